@@ -1,0 +1,38 @@
+# Two commands on a fresh machine with only Python 3: `make demo` and `make test`.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+# torch/torchvision are pinned to releases that pip can take from this machine's disk;
+# any torch >= 2.4 works (see pyproject.toml).
+TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
+
+.PHONY: venv test test-slow demo bench lint browser clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q $(TORCH_PINS) || $(BIN)/pip install -q "torch>=2.4" torchvision
+	$(BIN)/pip install -q -e ".[dev,bench]"
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+test: venv
+	$(BIN)/ruff check src tests bench
+	$(BIN)/python -m pytest -q
+
+test-slow: venv
+	$(BIN)/python -m pytest -q -m slow
+
+demo: venv
+	$(BIN)/dermaseg demo -o demo-out
+
+bench: venv
+	$(BIN)/python bench/run_all.py
+
+lint: venv
+	$(BIN)/ruff check src tests bench
+
+clean:
+	rm -rf $(VENV) demo-out .pytest_cache

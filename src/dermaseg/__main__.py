@@ -1,0 +1,3 @@
+from dermaseg.cli import main
+
+main()

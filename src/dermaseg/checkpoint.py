@@ -1,0 +1,112 @@
+"""What a checkpoint holds and how to read one without running code from it.
+
+A checkpoint (`best.ckpt`, `last.ckpt`, or a file written by `save_checkpoint`) is a dict with:
+- "state_dict": the model's weights (keys may carry a "model." prefix from Lightning);
+- "dermaseg": {"config": resolved Config dict, "image_size", "mean", "std", "threshold",
+  "version"}: everything needed to rebuild the model and its preprocessing.
+Lightning's own keys (optimizer, loops, callbacks) may sit beside them for resuming.
+"""
+
+from __future__ import annotations
+
+import pickle
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from dermaseg import __version__
+from dermaseg.config import Config, config_from_dict
+from dermaseg.errors import DermasegError
+from dermaseg.fileio import atomic_path
+
+
+@dataclass
+class ModelMeta:
+    config: Config
+    image_size: int
+    mean: list[float]
+    std: list[float]
+    threshold: float
+    version: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "config": self.config.to_dict(), "image_size": self.image_size, "mean": self.mean,
+            "std": self.std, "threshold": self.threshold, "version": self.version,
+        }
+
+    @classmethod
+    def from_config(cls, config: Config) -> ModelMeta:
+        return cls(config, config.data.image_size, list(config.data.mean),
+                   list(config.data.std), config.train.threshold, __version__)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], where: str) -> ModelMeta:
+        try:
+            config = config_from_dict(data["config"], f"{where}: config")
+            return cls(config, int(data["image_size"]), [float(v) for v in data["mean"]],
+                       [float(v) for v in data["std"]], float(data["threshold"]),
+                       str(data.get("version", "?")))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise DermasegError(f"{where}: incomplete dermaseg metadata ({exc})") from exc
+
+
+def read_checkpoint(path: str | Path) -> dict[str, Any]:
+    """torch.load with weights_only=True: a file that would run code is refused.
+
+    Raises:
+        DermasegError: the file is missing, not a checkpoint, or contains pickled code.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DermasegError(f"{path}: no such checkpoint file")
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise DermasegError(
+            f"{path}: refused: the file holds objects other than tensors and plain data "
+            f"(loading it could run code). ({str(exc).splitlines()[0]})"
+        ) from exc
+    except (RuntimeError, OSError, EOFError, zipfile.BadZipFile, ValueError) as exc:
+        raise DermasegError(f"{path}: not a readable checkpoint ({exc})") from exc
+    if not isinstance(data, dict) or "state_dict" not in data or "dermaseg" not in data:
+        raise DermasegError(f"{path}: not a dermaseg checkpoint (no 'state_dict'/'dermaseg')")
+    return data
+
+
+def model_state_dict(checkpoint: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """The model's weights, with Lightning's "model." prefix removed."""
+    state = checkpoint["state_dict"]
+    if any(key.startswith("model.") for key in state):
+        state = {k[len("model."):]: v for k, v in state.items() if k.startswith("model.")}
+    return state
+
+
+def load_model(path: str | Path, device: str | torch.device = "cpu"):
+    """Rebuild the model from a checkpoint; returns (model in eval mode, ModelMeta)."""
+    from dermaseg.models.factory import build_model
+
+    checkpoint = read_checkpoint(path)
+    meta = ModelMeta.from_dict(checkpoint["dermaseg"], str(path))
+    model_config = meta.config.model
+    model_config.pretrained = None
+    model_config.weights = None
+    model = build_model(model_config)
+    try:
+        model.load_state_dict(model_state_dict(checkpoint))
+    except RuntimeError as exc:
+        raise DermasegError(f"{path}: weights do not fit the model in its config ({exc})") from exc
+    return model.to(device).eval(), meta
+
+
+def save_checkpoint(path: str | Path, model: torch.nn.Module, meta: ModelMeta) -> None:
+    """Write a minimal inference checkpoint atomically."""
+    payload = {"state_dict": model.state_dict(), "dermaseg": meta.to_dict()}
+    try:
+        with atomic_path(path) as tmp:
+            torch.save(payload, tmp)
+    except OSError as exc:
+        raise DermasegError(f"{path}: cannot write checkpoint ({exc.strerror or exc})") from exc

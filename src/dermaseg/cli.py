@@ -1,0 +1,59 @@
+"""The `dermaseg` command: `dermaseg <group> <command>`; thin wrappers over the library.
+
+Every user-facing problem is a DermasegError: printed as one line naming the file or field,
+exit code 1 (2 for usage errors), no traceback.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from dermaseg import __version__
+from dermaseg.commands import data as data_commands
+from dermaseg.commands import evaluate as evaluate_command
+from dermaseg.commands import predict as predict_command
+from dermaseg.errors import DermasegError
+
+app = typer.Typer(
+    name="dermaseg",
+    help="Skin-lesion segmentation in dermoscopy images with DeepLab-v3.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+app.add_typer(data_commands.app, name="data")
+app.command("predict")(predict_command.predict)
+app.command("evaluate")(evaluate_command.evaluate)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"dermaseg {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="Print the version and exit."
+    ),
+) -> None:
+    """Skin-lesion segmentation in dermoscopy images with DeepLab-v3."""
+
+
+def main() -> None:
+    """Console entry point: run the app, turning DermasegError into a message + exit code."""
+    try:
+        app()
+    except DermasegError as exc:
+        typer.secho(f"error: {exc}", err=True, fg=typer.colors.RED)
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        typer.echo("interrupted", err=True)
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Typer command modules: each parses its options, then calls typed library code."""

@@ -1,0 +1,72 @@
+"""`dermaseg evaluate`: official ISIC metrics of a model, or of masks made elsewhere."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from dermaseg.errors import UsageError
+
+
+def _print_overall(summary: dict, out: Path) -> None:
+    overall = summary["overall"]
+    typer.echo(f"{summary['images']} images (mean over images, ISIC conventions):")
+    for name in ("threshold_jaccard", "jaccard", "dice", "sensitivity", "specificity",
+                 "accuracy", "precision"):
+        typer.echo(f"  {name:<18} {overall[name]:.4f}")
+    typer.echo(f"report: {out / 'report.html'}")
+
+
+def evaluate(
+    model: Path = typer.Argument(None, help="Checkpoint (.ckpt) or .onnx model to evaluate."),
+    data: Path = typer.Option(None, "--data", help="Prepared dataset (or a raw pair folder)."),
+    split: str = typer.Option("test", "--split", help="Split of the prepared dataset."),
+    pred: Path = typer.Option(None, "--pred", help="Folder of <id>_segmentation.png predictions."),
+    truth: Path = typer.Option(None, "--truth", help="Folder of <id>_segmentation.png truths."),
+    images: Path = typer.Option(None, "--images", help="Images for the gallery (--pred mode)."),
+    out: Path = typer.Option(None, "-o", "--out", help="Report folder (default: see below)."),
+    tta: bool = typer.Option(False, "--tta", help="Average over the four flips."),
+    keep_largest: bool = typer.Option(False, "--keep-largest"),
+    fill_holes: bool = typer.Option(False, "--fill-holes"),
+    min_area: int = typer.Option(0, "--min-area"),
+    crf: bool = typer.Option(False, "--crf"),
+    batch_size: int = typer.Option(8, "--batch-size", min=1),
+    device: str = typer.Option("auto", "--device"),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
+) -> None:
+    """Dice, IoU, threshold-Jaccard, sensitivity, specificity, accuracy, precision.
+
+    `evaluate MODEL --data DIR [--split test]` predicts each image at its original size and
+    compares it with the original mask; report in MODEL's folder, eval-<split>/, unless -o.
+    `evaluate --pred PRED --truth TRUTH` scores existing masks; report in PRED-eval/ unless -o.
+    Writes metrics.csv, metrics.json, report.md, report.html, jaccard_hist.png, gallery/.
+    """
+    from dermaseg.evaluate import evaluate_folders, evaluate_model, split_items
+    from dermaseg.evaluate import write_evaluation
+
+    if (pred is None) != (truth is None):
+        raise UsageError("--pred and --truth go together")
+    if pred is not None:
+        if model is not None or data is not None:
+            raise UsageError("give either MODEL --data DIR, or --pred and --truth, not both")
+        out = out or pred.parent / f"{pred.name}-eval"
+        result = evaluate_folders(pred, truth, images, progress=not quiet)
+        notes = [f"predictions: {pred}", f"truth: {truth}"]
+    else:
+        if model is None or data is None:
+            raise UsageError("give MODEL --data DIR, or --pred PRED --truth TRUTH")
+        from dermaseg.commands.predict import postprocess_config, tta_config
+        from dermaseg.infer.predictor import Predictor
+
+        post = postprocess_config(keep_largest, fill_holes, min_area, crf)
+        items = split_items(data, split)
+        predictor = Predictor.load(model, device=device, tta=tta_config(tta, None),
+                                   batch_size=batch_size)
+        out = out or model.parent / f"eval-{split}"
+        result = evaluate_model(predictor, items, post, progress=not quiet)
+        notes = [f"model: {model}", f"data: {data} (split {split})",
+                 f"threshold {predictor.threshold}, TTA {'on' if tta else 'off'}, "
+                 f"post-processing: {post or 'none'}"]
+    summary = write_evaluation(result, out, "dermaseg evaluation", notes)
+    _print_overall(summary, out)

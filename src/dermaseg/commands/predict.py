@@ -1,0 +1,104 @@
+"""`dermaseg predict MODEL INPUT... -o OUT`: masks at each image's original size."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import typer
+
+from dermaseg.errors import DermasegError, UsageError
+
+
+def postprocess_config(keep_largest: bool, fill_holes: bool, min_area: int, crf: bool):
+    """The PostprocessConfig for these flags, or None when none is asked for."""
+    if not (keep_largest or fill_holes or min_area > 0 or crf):
+        return None
+    from dermaseg.infer.postprocess import PostprocessConfig, _import_crf
+
+    if crf:
+        _import_crf()  # fail before predicting anything when the extra is missing
+    return PostprocessConfig(largest_component=keep_largest, fill_holes=fill_holes,
+                             min_area=min_area, crf=crf)
+
+
+def tta_config(tta: bool, scales: str | None):
+    """--tta (the four flips) and --tta-scales "0.75,1,1.25" -> TTAConfig, or None."""
+    if not tta and scales is None:
+        return None
+    from dermaseg.infer.tta import TTAConfig
+
+    flips = ("none", "h", "v", "hv") if tta else ("none",)
+    if scales is None:
+        return TTAConfig(flips=flips)
+    try:
+        values = tuple(float(v) for v in scales.split(",") if v.strip())
+    except ValueError as exc:
+        raise UsageError(f"--tta-scales {scales}: expected numbers like 0.75,1,1.25") from exc
+    return TTAConfig(flips=flips, scales=values)
+
+
+def _device(device: str) -> str:
+    """Under torchrun (LOCAL_RANK set), "auto" picks this process's own GPU."""
+    import torch
+
+    if device == "auto" and "LOCAL_RANK" in os.environ and torch.cuda.is_available():
+        return f"cuda:{int(os.environ['LOCAL_RANK']) % torch.cuda.device_count()}"
+    return device
+
+
+def predict(
+    model: Path = typer.Argument(..., help="A checkpoint (.ckpt) or an exported .onnx model."),
+    inputs: list[str] = typer.Argument(..., help="Image files, folders (recursive) or globs."),
+    out: Path = typer.Option(..., "-o", "--out", help="Output folder."),
+    tta: bool = typer.Option(False, "--tta", help="Average over the four flips."),
+    tta_scales: str = typer.Option(None, "--tta-scales", help="Also rescale, e.g. 0.75,1,1.25."),
+    keep_largest: bool = typer.Option(False, "--keep-largest", help="Keep the largest lesion."),
+    fill_holes: bool = typer.Option(False, "--fill-holes", help="Fill holes inside the lesion."),
+    min_area: int = typer.Option(0, "--min-area", help="Remove specks under N pixels."),
+    crf: bool = typer.Option(False, "--crf", help="Dense-CRF refinement (extra: dermaseg[crf])."),
+    save_prob: bool = typer.Option(False, "--save-prob", help="Write prob/<id>_prob.png."),
+    overlay: bool = typer.Option(False, "--overlay", help="Write overlay/<id>_overlay.jpg."),
+    measure: bool = typer.Option(False, "--measure", help="Write measurements.jsonl."),
+    pixel_size: float = typer.Option(None, "--pixel-size", help="Pixel size in mm."),
+    batch_size: int = typer.Option(8, "--batch-size", min=1),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:1 ..."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Redo images already predicted."),
+    shard: str = typer.Option(
+        None, "--shard",
+        help="i/n: this process takes images i, i+n, ... Run n processes (one per GPU, "
+             "e.g. CUDA_VISIBLE_DEVICES=k) with the same OUT; under torchrun the default is "
+             "RANK/WORLD_SIZE.",
+    ),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
+) -> None:
+    """Predict lesion masks: OUT/<id>_segmentation.png, 8-bit 0/255, each image's own size.
+
+    Unreadable inputs are reported and skipped (exit 1 at the end); images whose mask already
+    exists are skipped, so an interrupted run resumes where it stopped.
+    """
+    from dermaseg.infer.batch import PredictOptions, list_inputs, parse_shard, predict_files
+    from dermaseg.infer.predictor import Predictor
+
+    if pixel_size is not None and pixel_size <= 0:
+        raise UsageError(f"--pixel-size {pixel_size}: must be positive (mm per pixel)")
+    options = PredictOptions(
+        overwrite=overwrite, save_prob=save_prob, overlay=overlay, measure=measure,
+        pixel_size_mm=pixel_size, postprocess=postprocess_config(keep_largest, fill_holes,
+                                                                 min_area, crf),
+        progress=not quiet,
+    )
+    shard_index = parse_shard(shard)
+    files, missing = list_inputs(inputs, exclude=out)
+    if not files and not missing:
+        raise UsageError(f"no images found in {', '.join(inputs)}")
+    predictor = Predictor.load(model, device=_device(device), tta=tta_config(tta, tta_scales),
+                               batch_size=batch_size)
+    summary = predict_files(predictor, files, out, options, shard_index)
+    summary.failed = missing + summary.failed
+    typer.echo(f"{len(summary.written)} written, {len(summary.skipped)} already there, "
+               f"{len(summary.failed)} failed -> {out}")
+    if summary.failed:
+        for message in summary.failed:
+            typer.echo(f"  failed: {message}", err=True)
+        raise DermasegError(f"{len(summary.failed)} input(s) could not be predicted (listed above)")

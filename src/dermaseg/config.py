@@ -1,0 +1,210 @@
+"""Typed configuration: dataclasses, YAML in and out, `key=value` overrides.
+
+A recipe in `configs/` is a YAML file with the sections below; anything left out takes the
+default here. The resolved config is saved with every run and inside every checkpoint.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, get_type_hints
+
+import yaml
+
+from dermaseg.errors import DermasegError
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass
+class ModelConfig:
+    arch: str = "deeplabv3"  # "deeplabv3" or "deeplabv3plus" (adds the low-level decoder)
+    backbone: str = "resnet50"  # a timm name, see dermaseg.models.backbones.BACKBONES
+    output_stride: int = 16  # 16 or 8
+    atrous_rates: list[int] | None = None  # None: 6/12/18 at OS16, 12/24/36 at OS8
+    aspp_channels: int = 256
+    aspp_dropout: float = 0.1
+    decoder_channels: int = 256  # v3+ decoder width
+    attention: str | None = None  # None or "scse": channel+spatial attention after ASPP/decoder
+    edge_head: bool = False  # auxiliary boundary head (training only unless asked)
+    pretrained: str | None = None  # None or "imagenet" (timm weights; needs network)
+    weights: str | None = None  # local backbone weights: .safetensors or a state dict
+    freeze_stages: int = 0  # freeze the first N backbone stages (-1: the whole backbone)
+
+
+@dataclass
+class AugmentConfig:
+    hflip: float = 0.5  # probability
+    vflip: float = 0.5
+    brightness: float = 0.2  # +/- fraction
+    contrast: float = 0.2  # factor in [1 - c, 1 + c]
+    elastic_p: float = 0.25  # probability of an elastic deformation
+    elastic_alpha: float = 8.0  # largest shift of a control point, pixels of the network input
+    elastic_sigma: float = 32.0  # spacing of the random control points, pixels (larger: smoother)
+    rotate90: float = 0.0  # probability of a random multiple-of-90 rotation (square inputs)
+
+
+@dataclass
+class DataConfig:
+    image_size: int = 512  # side of the square network input (resize keeping aspect + pad)
+    mean: list[float] = field(default_factory=lambda: list(IMAGENET_MEAN))
+    std: list[float] = field(default_factory=lambda: list(IMAGENET_STD))
+    batch_size: int = 8
+    num_workers: int = -1  # -1: one per CPU core, up to 8
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+
+
+@dataclass
+class LossConfig:
+    dice: float = 1.0  # weight of soft Dice
+    bce: float = 1.0  # weight of binary cross-entropy
+    focal: float = 0.0  # weight of focal loss
+    focal_gamma: float = 2.0
+    pos_weight: float | None = None  # BCE weight of lesion pixels (class imbalance)
+    label_smoothing: float = 0.0  # targets become t * (1 - a) + a / 2
+    boundary: float = 0.0  # weight of the edge-head loss (needs model.edge_head)
+    boundary_width: int = 3  # width in pixels of the boundary band target
+
+
+@dataclass
+class OptimConfig:
+    name: str = "adam"  # adam | adamw | sgd
+    lr: float = 1e-4
+    weight_decay: float = 0.0
+    scheduler: str = "plateau"  # plateau | cosine | poly | none
+    plateau_factor: float = 0.5
+    plateau_patience: int = 3
+    warmup_epochs: int = 0
+
+
+@dataclass
+class TrainConfig:
+    max_epochs: int = 100
+    max_minutes: float | None = None  # wall-clock budget; stops cleanly when reached
+    early_stop_patience: int = 10  # epochs without val-loss improvement
+    precision: str = "auto"  # auto (bf16 on GPU, 32 on CPU) | 32 | bf16 | 16
+    channels_last: bool = True  # on GPU only
+    compile: bool = False
+    seed: int = 42
+    freeze_backbone_epoch: int | None = None  # from this epoch, train only ASPP + decoder
+    freeze_after_lr_drops: int | None = None  # or after the plateau scheduler cut the LR k times
+    val_every: int = 1
+    devices: str = "auto"
+    num_nodes: int = 1
+    threshold: float = 0.5
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+def _build(cls, data: dict[str, Any], where: str):
+    if not isinstance(data, dict):
+        raise DermasegError(f"{where}: expected a mapping, got {type(data).__name__}")
+    hints = get_type_hints(cls)
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise DermasegError(
+            f"{where}: unknown field(s) {', '.join(unknown)}; valid: {', '.join(sorted(known))}"
+        )
+    kwargs = {}
+    for name, value in data.items():
+        hint = hints[name]
+        if dataclasses.is_dataclass(hint):
+            kwargs[name] = _build(hint, value, f"{where}.{name}")
+        else:
+            kwargs[name] = _coerce(value, hint, f"{where}.{name}")
+    return cls(**kwargs)
+
+
+def _coerce(value: Any, hint: Any, where: str) -> Any:
+    text = str(hint)
+    if value is None:
+        if "None" in text:
+            return None
+        raise DermasegError(f"{where}: must not be empty")
+    for kind in (bool, int, float, str):
+        if text.startswith(kind.__name__) or text == f"<class '{kind.__name__}'>":
+            return _as_kind(value, kind, where)
+    if text.startswith("list"):
+        if not isinstance(value, list | tuple):
+            raise DermasegError(f"{where}: expected a list, got {value!r}")
+        item_kind = float if "float" in text else int if "int" in text else str
+        return [_as_kind(v, item_kind, where) for v in value]
+    return value
+
+
+def _as_kind(value: Any, kind: type, where: str) -> Any:
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+        if str(value).lower() in ("true", "false", "1", "0", "yes", "no"):
+            return str(value).lower() in ("true", "1", "yes")
+        raise DermasegError(f"{where}: expected true/false, got {value!r}")
+    if kind is float and isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    if kind is int and isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if kind is str and isinstance(value, str):
+        return value
+    raise DermasegError(f"{where}: expected {kind.__name__}, got {value!r}")
+
+
+def config_from_dict(data: dict[str, Any] | None, where: str = "config") -> Config:
+    return _build(Config, data or {}, where)
+
+
+def load_config(path: str | Path | None, overrides: list[str] | None = None) -> Config:
+    """Read a YAML recipe (or defaults when `path` is None) and apply `section.key=value` overrides.
+
+    Raises:
+        DermasegError: naming the file or field when the YAML is unreadable or a value is wrong.
+    """
+    data: dict[str, Any] = {}
+    where = "config"
+    if path is not None:
+        where = str(path)
+        try:
+            data = yaml.safe_load(Path(path).read_text()) or {}
+        except OSError as exc:
+            raise DermasegError(f"{path}: cannot read ({exc.strerror or exc})") from exc
+        except yaml.YAMLError as exc:
+            raise DermasegError(f"{path}: not valid YAML ({exc})") from exc
+    for item in overrides or []:
+        apply_override(data, item)
+    return config_from_dict(data, where)
+
+
+def apply_override(data: dict[str, Any], item: str) -> None:
+    """Set `a.b.c=value` in a nested dict; the value is parsed as YAML (numbers, lists, null)."""
+    key, sep, raw = item.partition("=")
+    if not sep or not key.strip():
+        raise DermasegError(f"override {item!r}: expected section.key=value")
+    parts = key.strip().split(".")
+    node = data
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise DermasegError(f"override {item!r}: {part} is not a section")
+    node[parts[-1]] = yaml.safe_load(raw)
+
+
+def save_config(config: Config, path: str | Path) -> None:
+    from dermaseg.fileio import write_bytes_atomic
+
+    write_bytes_atomic(path, config.to_yaml().encode())

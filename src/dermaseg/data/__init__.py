@@ -1,0 +1,1 @@
+"""Finding, checking, preparing and loading image/mask pairs."""

@@ -1,0 +1,182 @@
+"""Find image/mask pairs in the layouts people download.
+
+Supported, anywhere below the root (searched recursively, symlinks followed once):
+
+- ISIC 2016/2017/2018 Task 1: images `ISIC_0000000.jpg` in one folder, masks
+  `ISIC_0000000_segmentation.png` (or `_Segmentation.png`) in another; `ATTRIBUTION.txt`,
+  `LICENSE.txt`, CSV metadata and ISIC 2017 `*_superpixels.png` are ignored.
+- PH2: `IMD002/IMD002_Dermoscopic_Image/IMD002.bmp` + `IMD002/IMD002_lesion/IMD002_lesion.bmp`;
+  the `IMD002_roi/` colour-structure labels are ignored.
+- A flat folder: `NAME.<jpg|jpeg|png|bmp|tif|tiff>` + `NAME_segmentation.png`.
+
+A mask is paired with the image of the same id, preferring the image in the same folder, then
+the one in the nearest folder. Hidden files (including dermaseg's own `.name.tmp` files) and
+`__MACOSX/` folders are skipped. Files are not opened here: `dermaseg.data.check` reads them.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from dermaseg.errors import UsageError
+
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff"})
+# `<id>_segmentation` (ISIC, any case) or `<id>_lesion` (PH2)
+MASK_STEM = re.compile(r"^(?P<id>.+?)_(segmentation|lesion)$", re.IGNORECASE)
+IGNORED_STEM = re.compile(r"_superpixels$", re.IGNORECASE)
+IGNORED_DIR = re.compile(r"(^__MACOSX$)|(_roi$)", re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class Pair:
+    """One image and its lesion mask; `id` is unique within a Discovery."""
+
+    id: str
+    image: Path
+    mask: Path
+
+
+@dataclass(frozen=True)
+class Problem:
+    """Something wrong with one file: `kind` is a short machine name, `detail` says what."""
+
+    kind: str
+    path: Path
+    detail: str
+
+    def to_dict(self) -> dict[str, str]:
+        return {"kind": self.kind, "path": display_path(self.path), "detail": self.detail}
+
+
+@dataclass
+class Discovery:
+    """Pairs found under `root` (sorted by id) and the files that could not be paired."""
+
+    root: Path
+    pairs: list[Pair] = field(default_factory=list)
+    problems: list[Problem] = field(default_factory=list)
+
+
+def display_path(path: os.PathLike | str) -> str:
+    """A printable form of any path: undecodable bytes of non-UTF-8 names become `\\xNN`."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
+def _walk_files(root: Path, problems: list[Problem]) -> list[Path]:
+    """Every regular file (or symlink to one, or broken symlink) under root, each folder once.
+
+    Folders are identified by (device, inode) so symlink loops are visited once.
+    """
+    files: list[Path] = []
+    seen: set[tuple[int, int]] = set()
+    stack = [root]
+    while stack:
+        folder = stack.pop()
+        try:
+            info = folder.stat()
+        except OSError as exc:
+            problems.append(Problem("unreadable", folder, f"cannot open folder ({exc.strerror})"))
+            continue
+        if (info.st_dev, info.st_ino) in seen:
+            continue
+        seen.add((info.st_dev, info.st_ino))
+        try:
+            entries = sorted(os.scandir(folder), key=lambda e: e.name)
+        except OSError as exc:
+            problems.append(Problem("unreadable", folder, f"cannot list folder ({exc.strerror})"))
+            continue
+        for entry in entries:
+            if entry.name.startswith("."):
+                continue
+            path = Path(entry.path)
+            try:
+                is_dir = entry.is_dir()
+            except OSError:
+                is_dir = False
+            if is_dir:
+                if not IGNORED_DIR.search(entry.name):
+                    stack.append(path)
+            elif path.suffix.lower() in IMAGE_SUFFIXES and not IGNORED_STEM.search(path.stem):
+                files.append(path)
+    return files
+
+
+def _distance(a: Path, b: Path) -> int:
+    """Number of folder steps between the parents of two files (0: same folder)."""
+    pa, pb = a.parent.parts, b.parent.parts
+    common = 0
+    for x, y in zip(pa, pb, strict=False):
+        if x != y:
+            break
+        common += 1
+    return (len(pa) - common) + (len(pb) - common)
+
+
+def _unique_id(base: str, image: Path, root: Path, taken: set[str]) -> str:
+    """`base`, or when another pair already has it, the image path relative to root."""
+    if base not in taken:
+        return base
+    relative = image.relative_to(root).with_suffix("")
+    candidate = "__".join(relative.parts)
+    number = 2
+    while candidate in taken:
+        candidate = f"{'__'.join(relative.parts)}_{number}"
+        number += 1
+    return candidate
+
+
+def _match(images: dict[str, list[Path]], masks: dict[str, list[Path]], root: Path) -> Discovery:
+    """Pair images and masks with the same id, nearest folder first."""
+    found = Discovery(root=root)
+    taken: set[str] = set()
+    for key in sorted(set(images) | set(masks)):
+        free_masks = list(masks.get(key, []))
+        shown = display_path(key)
+        for image in sorted(images.get(key, []), key=str):
+            if not free_masks:
+                found.problems.append(
+                    Problem("missing_mask", image, f"no mask named {shown}_segmentation.png found")
+                )
+                continue
+            mask = min(free_masks, key=lambda m, im=image: (_distance(im, m), str(m)))
+            free_masks.remove(mask)
+            pair_id = _unique_id(key, image, root, taken)
+            taken.add(pair_id)
+            found.pairs.append(Pair(pair_id, image, mask))
+        for mask in free_masks:
+            found.problems.append(Problem("orphan_mask", mask, f"no image with id {shown!r} found"))
+    found.pairs.sort(key=lambda p: p.id)
+    return found
+
+
+def discover(root: str | os.PathLike) -> Discovery:
+    """Find every image/mask pair below `root`.
+
+    Returns:
+        Discovery with the pairs sorted by id, plus "missing_mask" (image without mask),
+        "orphan_mask" (mask without image) and "unreadable" (folder that cannot be listed)
+        problems. A folder without any pair gives an empty Discovery, not an error.
+
+    Raises:
+        UsageError: `root` does not exist or is not a folder.
+    """
+    root = Path(root)
+    if not root.exists():
+        raise UsageError(f"{display_path(root)}: no such folder")
+    if not root.is_dir():
+        raise UsageError(f"{display_path(root)}: not a folder")
+    problems: list[Problem] = []
+    images: dict[str, list[Path]] = {}
+    masks: dict[str, list[Path]] = {}
+    for path in _walk_files(root, problems):
+        match = MASK_STEM.match(path.stem)
+        if match:
+            masks.setdefault(match["id"], []).append(path)
+        else:
+            images.setdefault(path.stem, []).append(path)
+    found = _match(images, masks, root)
+    found.problems = problems + found.problems
+    return found

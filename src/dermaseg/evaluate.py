@@ -1,0 +1,220 @@
+"""Score predicted masks against the truth with the official ISIC conventions, and report.
+
+Two entry points:
+- `evaluate_model`: a model predicts every item of a prepared split (or every pair of a raw
+  dataset folder) from its SOURCE image at the ORIGINAL size, and is compared with the source
+  mask at the original size: what the ISIC challenge scores.
+- `evaluate_folders`: masks made elsewhere (`<id>_segmentation.png`), paired with the truth by id.
+
+Both write to OUT: metrics.csv (one row per image), metrics.json (overall + per image),
+report.md, report.html, jaccard_hist.png and gallery/ (best and worst cases, truth in green,
+prediction in red). Per-image values and their macro average come from dermaseg.metrics, which
+equals `isic-challenge-scoring` (masks are lesion where > 128).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from tqdm import tqdm
+
+from dermaseg.data.check import mask_array
+from dermaseg.data.discover import IMAGE_SUFFIXES, MASK_STEM, discover, display_path
+from dermaseg.errors import DermasegError, UsageError
+from dermaseg.fileio import read_rgb, write_bytes_atomic, write_json_atomic
+from dermaseg.metrics import METRIC_NAMES, Confusion, binarize, confusion, metrics_from_confusion
+from dermaseg.metrics import pooled_metrics, summarize
+from dermaseg.report import GalleryCollector, plot_jaccard_histogram, save_gallery, thumbnail
+from dermaseg.report import write_reports
+
+
+@dataclass
+class Evaluation:
+    per_image: dict[str, dict[str, float]] = field(default_factory=dict)
+    counts: dict[str, Confusion] = field(default_factory=dict)
+    gallery: GalleryCollector = field(default_factory=GalleryCollector)
+
+    def add(self, image_id: str, pred: np.ndarray, truth: np.ndarray, image=None) -> None:
+        """Score one (H, W) prediction against its truth (bool, or uint8 lesion > 128)."""
+        counts = confusion(pred, truth)
+        values = metrics_from_confusion(counts)
+        self.per_image[image_id] = values
+        self.counts[image_id] = counts
+
+        def draw() -> np.ndarray:
+            base = image if image is not None else np.full((*pred.shape, 3), 40, np.uint8)
+            return thumbnail(base, binarize(truth), binarize(pred))
+
+        self.gallery.offer(image_id, values["jaccard"], draw)
+
+    def overall(self) -> dict[str, float]:
+        return summarize(self.per_image)
+
+
+def read_mask(path: Path) -> np.ndarray:
+    """A mask file as (H, W) uint8 0..255, exactly as stored (no EXIF rotation, like the scorer).
+
+    Raises:
+        DermasegError: unreadable, or not single-channel.
+    """
+    try:
+        with Image.open(path) as handle:
+            handle.load()
+            array, issue = mask_array(handle)
+    except (OSError, ValueError, SyntaxError) as exc:
+        raise DermasegError(f"{display_path(path)}: not a readable mask ({exc})") from exc
+    if issue is not None and "channels equal" not in issue:
+        raise DermasegError(f"{display_path(path)}: not a single-channel mask ({issue})")
+    return array
+
+
+def _masks_by_id(folder: Path, what: str) -> dict[str, Path]:
+    if not folder.is_dir():
+        raise UsageError(f"{display_path(folder)}: {what} folder does not exist")
+    found = {}
+    for path in sorted(folder.iterdir()):
+        match = MASK_STEM.match(path.stem)
+        if path.is_file() and match and path.suffix.lower() in IMAGE_SUFFIXES \
+                and not path.name.startswith("."):
+            found[match["id"]] = path
+    if not found:
+        raise UsageError(f"{display_path(folder)}: no <id>_segmentation.png masks in the {what} "
+                         "folder")
+    return found
+
+
+def _find_image(image_id: str, folders: list[Path]) -> Path | None:
+    for folder in folders:
+        for suffix in (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".JPG", ".PNG"):
+            candidate = folder / f"{image_id}{suffix}"
+            if candidate.is_file():
+                return candidate
+    return None
+
+
+def evaluate_folders(pred_dir: Path, truth_dir: Path, images_dir: Path | None = None,
+                     progress: bool = True) -> Evaluation:
+    """Pair `<id>_segmentation.png` in both folders by id and score each pair.
+
+    Images for the gallery are looked up as `<id>.<ext>` in `images_dir` and `truth_dir`.
+
+    Raises:
+        DermasegError: a truth mask has no prediction (all missing ids listed), or sizes differ.
+    """
+    truths = _masks_by_id(truth_dir, "truth")
+    preds = _masks_by_id(pred_dir, "prediction")
+    missing = sorted(set(truths) - set(preds))
+    if missing:
+        shown = ", ".join(missing[:20]) + (f" ... ({len(missing)} in all)" if len(missing) > 20
+                                           else "")
+        raise DermasegError(f"{display_path(pred_dir)}: no prediction for {shown}")
+    folders = [f for f in (images_dir, truth_dir) if f is not None]
+    result = Evaluation()
+    for image_id, truth_path in tqdm(truths.items(), desc="evaluate", unit="img",
+                                     disable=not progress):
+        truth, pred = read_mask(truth_path), read_mask(preds[image_id])
+        if truth.shape != pred.shape:
+            raise DermasegError(f"{display_path(preds[image_id])}: size {pred.shape[1]}x"
+                                f"{pred.shape[0]}, truth is {truth.shape[1]}x{truth.shape[0]}")
+        image_path = _find_image(image_id, folders)
+        image = _image_of_size(image_path, truth.shape) if image_path else None
+        result.add(image_id, pred, truth, image)
+    return result
+
+
+def _image_of_size(path: Path, shape: tuple[int, int]) -> np.ndarray | None:
+    try:
+        image = read_rgb(path)
+    except DermasegError:
+        return None
+    return image if image.shape[:2] == shape else None
+
+
+def split_items(data_dir: Path, split: str) -> list[tuple[str, Path, Path]]:
+    """(id, source image, source mask) of a prepared split, or of every pair of a raw folder.
+
+    Raises:
+        UsageError: no such split, or no pairs.
+    """
+    from dermaseg.data.prepare import read_manifest
+
+    manifest = read_manifest(data_dir) if (data_dir / "manifest.json").exists() else None
+    if manifest is None:
+        pairs = discover(data_dir).pairs
+        if not pairs:
+            raise UsageError(f"{display_path(data_dir)}: neither a prepared dataset "
+                             "(manifest.json) nor a folder with image/mask pairs")
+        return [(p.id, p.image, p.mask) for p in pairs]
+    items = [(item.id, Path(item.source_image), Path(item.source_mask))
+             for item in manifest.items if item.split == split]
+    if not items:
+        raise UsageError(f"{display_path(data_dir)}: split {split!r} has no items")
+    return items
+
+
+def _iter_pairs(items: list[tuple[str, Path, Path]]) -> Iterator:
+    from dermaseg.infer.batch import iter_decoded
+
+    masks = {image_id: mask for image_id, _, mask in items}
+    for image_id, path, image, error in iter_decoded([(i, p) for i, p, _ in items], ahead=16):
+        if error is not None:
+            raise DermasegError(error)
+        yield image_id, image, read_mask(masks[image_id])
+
+
+def evaluate_model(predictor, items: list[tuple[str, Path, Path]], postprocess=None,
+                   progress: bool = True) -> Evaluation:
+    """Predict each source image at its original size and score it against its source mask.
+
+    Raises:
+        DermasegError: an image or mask is unreadable, or the mask's size differs.
+    """
+    result = Evaluation()
+    batch: list = []
+
+    def flush() -> None:
+        for (image_id, image, truth), prob in zip(
+                batch, predictor.predict_proba([b[1] for b in batch])):
+            result.add(image_id, predictor.to_mask(prob, image, postprocess), truth, image)
+        batch.clear()
+
+    with tqdm(total=len(items), desc="evaluate", unit="img", disable=not progress) as bar:
+        for image_id, image, truth in _iter_pairs(items):
+            if truth.shape != image.shape[:2]:
+                raise DermasegError(f"{image_id}: mask is {truth.shape[1]}x{truth.shape[0]}, "
+                                    f"image is {image.shape[1]}x{image.shape[0]}")
+            batch.append((image_id, image, truth))
+            if len(batch) >= predictor.batch_size:
+                bar.update(len(batch))
+                flush()
+        bar.update(len(batch))
+        if batch:
+            flush()
+    return result
+
+
+def write_evaluation(result: Evaluation, out: Path, title: str, notes: list[str]) -> dict:
+    """metrics.csv, metrics.json, jaccard_hist.png, gallery/*.png, report.md, report.html."""
+    overall = result.overall()
+    pooled = pooled_metrics(result.counts.values())
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["id", *METRIC_NAMES, "tp", "fp", "fn", "tn"])
+    for image_id, values in result.per_image.items():
+        writer.writerow([image_id, *(repr(values[n]) for n in METRIC_NAMES),
+                         *result.counts[image_id]])
+    write_bytes_atomic(out / "metrics.csv", buffer.getvalue().encode())
+    summary = {"images": len(result.per_image), "overall": overall, "pooled": pooled,
+               "notes": notes, "per_image": result.per_image}
+    write_json_atomic(out / "metrics.json", summary)
+    plot_jaccard_histogram([v["jaccard"] for v in result.per_image.values()],
+                           out / "jaccard_hist.png")
+    gallery = save_gallery(result.gallery, out / "gallery")
+    write_reports(out, title, result.per_image, overall, "jaccard_hist.png", gallery, notes)
+    return summary

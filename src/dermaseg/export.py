@@ -1,0 +1,283 @@
+"""Export a trained model to ONNX (float32 and static INT8) or TFLite, each checked against PyTorch.
+
+The ONNX contract, read by `dermaseg.infer.predictor.OnnxBackend` and the server:
+
+- input  "image":  float32 (N, 3, H, W), letterboxed and normalised like `Predictor.prepare`
+  (N, H and W are dynamic; the model was trained at `image_size`, its natural input);
+- output "logits": float32 (N, 1, H, W), before the sigmoid;
+- metadata_props["dermaseg"]: json.dumps(ModelMeta.to_dict()): architecture config, input size,
+  mean/std and threshold, so that the `.onnx` file alone is enough to predict.
+
+`check_onnx(path)` validates a file someone hands in (onnx.checker, names, metadata) before use.
+The INT8 path (static QDQ calibration) lives in `dermaseg.quantize`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from dermaseg.checkpoint import ModelMeta
+from dermaseg.errors import DermasegError, UsageError
+from dermaseg.fileio import atomic_path
+
+INPUT_NAME = "image"
+OUTPUT_NAME = "logits"
+META_KEY = "dermaseg"
+PARITY_TOLERANCE = 1e-4  # largest allowed |p_onnx - p_torch| after the sigmoid
+DEFAULT_OPSET = 18
+TFLITE_INSTALL = 'pip install "dermaseg[tflite]"  (or: pip install litert-torch)'
+
+
+class LogitsOnly(torch.nn.Module):
+    """Wraps a model whose forward may return {"out": logits, ...}; returns the logits only."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        out = self.model(image)
+        return out["out"] if isinstance(out, dict) else out
+
+
+def _dynamo_export(model: torch.nn.Module, sample: torch.Tensor, opset: int):
+    auto = torch.export.Dim.AUTO
+    program = torch.onnx.export(
+        model, (sample,), input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+        opset_version=opset, dynamo=True, optimize=True, verbose=False,
+        dynamic_shapes={"image": {0: auto, 2: auto, 3: auto}},
+    )
+    return program.model_proto
+
+
+def _legacy_export(model: torch.nn.Module, sample: torch.Tensor, opset: int, path: Path):
+    import onnx
+
+    axes = {0: "batch", 2: "height", 3: "width"}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            model, (sample,), str(path), input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+            opset_version=min(opset, 17), dynamo=False,
+            dynamic_axes={INPUT_NAME: axes, OUTPUT_NAME: axes},
+        )
+    return onnx.load(str(path))
+
+
+def _rename_dims(proto) -> None:
+    """Give the symbolic dims of the graph's input and output readable names everywhere."""
+    dims = proto.graph.input[0].type.tensor_type.shape.dim
+    names = {dims[i].dim_param: name for i, name in ((0, "batch"), (2, "height"), (3, "width"))
+             if dims[i].dim_param}
+    values = list(proto.graph.input) + list(proto.graph.output) + list(proto.graph.value_info)
+    for value in values:
+        for dim in value.type.tensor_type.shape.dim:
+            if dim.dim_param in names:
+                dim.dim_param = names[dim.dim_param]
+
+
+def set_metadata(proto, meta: ModelMeta) -> None:
+    """Store the preprocessing contract under metadata_props["dermaseg"] (replacing it)."""
+    for index in reversed(range(len(proto.metadata_props))):
+        if proto.metadata_props[index].key == META_KEY:
+            del proto.metadata_props[index]
+    entry = proto.metadata_props.add()
+    entry.key, entry.value = META_KEY, json.dumps(meta.to_dict())
+    proto.producer_name = "dermaseg"
+    proto.doc_string = "dermaseg lesion segmentation: image (N,3,H,W) -> logits (N,1,H,W)"
+
+
+def save_onnx(proto, path: str | os.PathLike) -> Path:
+    """Check the model with onnx.checker and write it atomically."""
+    import onnx
+
+    path = Path(path)
+    try:
+        onnx.checker.check_model(proto, full_check=False)
+    except onnx.checker.ValidationError as exc:
+        raise DermasegError(f"{path}: the exported graph fails onnx.checker ({exc})") from exc
+    try:
+        with atomic_path(path) as tmp:
+            onnx.save(proto, str(tmp))
+    except OSError as exc:
+        raise DermasegError(f"{path}: cannot write ({exc.strerror or exc})") from exc
+    return path
+
+
+def export_onnx(model: torch.nn.Module, meta: ModelMeta, path: str | os.PathLike, *,
+                opset: int = DEFAULT_OPSET, exporter: str = "auto") -> Path:
+    """Export to ONNX with dynamic batch, height and width and the dermaseg metadata.
+
+    Args:
+        exporter: "dynamo" (torch.export based, the default of recent PyTorch), "legacy"
+            (TorchScript tracing), or "auto": dynamo, falling back to legacy if it fails.
+
+    Raises:
+        UsageError: an unknown exporter or an opset below 13.
+        DermasegError: neither exporter handles the model, or the file cannot be written.
+    """
+    if exporter not in ("auto", "dynamo", "legacy"):
+        raise UsageError(f"--exporter {exporter}: use auto, dynamo or legacy")
+    if opset < 13:
+        raise UsageError(f"--opset {opset}: dermaseg needs opset 13 or newer")
+    wrapped = LogitsOnly(model).eval()
+    sample = torch.zeros(1, 3, meta.image_size, meta.image_size)
+    path = Path(path)
+    proto, errors = None, []
+    if exporter in ("auto", "dynamo"):
+        try:
+            proto = _dynamo_export(wrapped, sample, opset)
+        except Exception as exc:  # the exporters raise many unrelated types
+            errors.append(f"dynamo: {str(exc).splitlines()[0] if str(exc) else type(exc)}")
+    if proto is None and exporter in ("auto", "legacy"):
+        try:
+            with tempfile.TemporaryDirectory() as folder:
+                proto = _legacy_export(wrapped, sample, opset, Path(folder) / "legacy.onnx")
+        except Exception as exc:
+            errors.append(f"legacy: {str(exc).splitlines()[0] if str(exc) else type(exc)}")
+    if proto is None:
+        raise DermasegError(f"{path}: ONNX export failed ({'; '.join(errors)})")
+    _rename_dims(proto)
+    set_metadata(proto, meta)
+    return save_onnx(proto, path)
+
+
+def check_onnx(path: str | os.PathLike) -> ModelMeta:
+    """Validate an ONNX file before use: checker, input/output names and dermaseg metadata.
+
+    Returns:
+        The ModelMeta stored in the file.
+
+    Raises:
+        DermasegError: naming the file: missing, not ONNX, invalid graph, wrong input/output
+            names or ranks, missing or malformed metadata.
+    """
+    import onnx
+
+    path = Path(path)
+    if not path.is_file():
+        raise DermasegError(f"{path}: no such ONNX file")
+    try:
+        proto = onnx.load(str(path), load_external_data=False)
+        onnx.checker.check_model(proto)
+    except (onnx.checker.ValidationError, OSError, ValueError, RuntimeError) as exc:
+        raise DermasegError(f"{path}: not a valid ONNX model ({str(exc).splitlines()[0]})") from exc
+    except Exception as exc:  # protobuf DecodeError and friends
+        raise DermasegError(f"{path}: not an ONNX file ({type(exc).__name__})") from exc
+    _check_io(path, proto)
+    props = {p.key: p.value for p in proto.metadata_props}
+    if META_KEY not in props:
+        raise DermasegError(f"{path}: no '{META_KEY}' metadata; export it with `dermaseg export`")
+    try:
+        data = json.loads(props[META_KEY])
+    except json.JSONDecodeError as exc:
+        raise DermasegError(f"{path}: '{META_KEY}' metadata is not JSON ({exc})") from exc
+    return ModelMeta.from_dict(data, str(path))
+
+
+def _check_io(path: Path, proto) -> None:
+    initializers = {init.name for init in proto.graph.initializer}
+    inputs = {v.name: v for v in proto.graph.input if v.name not in initializers}
+    outputs = {v.name: v for v in proto.graph.output}
+    for name, found, rank in ((INPUT_NAME, inputs, 4), (OUTPUT_NAME, outputs, 4)):
+        if name not in found:
+            raise DermasegError(f"{path}: expected a graph input/output named '{name}', "
+                                f"found {', '.join(found) or 'none'}")
+        tensor = found[name].type.tensor_type
+        if tensor.elem_type != 1:  # TensorProto.FLOAT
+            raise DermasegError(f"{path}: '{name}' must be float32")
+        if len(tensor.shape.dim) != rank:
+            raise DermasegError(f"{path}: '{name}' must have rank {rank}")
+    if len(inputs) != 1:
+        raise DermasegError(f"{path}: expected one input ('image'), found {', '.join(inputs)}")
+
+
+def torch_probabilities(model: torch.nn.Module, batch: np.ndarray) -> np.ndarray:
+    """Normalised (N, 3, H, W) float32 -> sigmoid probabilities (N, 1, H, W) from PyTorch."""
+    with torch.inference_mode():
+        return torch.sigmoid(LogitsOnly(model).eval()(torch.from_numpy(batch))).numpy()
+
+
+def onnx_session(path: str | os.PathLike, threads: int | None = None):
+    """An onnxruntime CPU session with full graph optimisation."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    if threads:
+        options.intra_op_num_threads = threads
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def onnx_probabilities(session, batch: np.ndarray) -> np.ndarray:
+    logits = session.run([OUTPUT_NAME], {INPUT_NAME: np.ascontiguousarray(batch)})[0]
+    return 1.0 / (1.0 + np.exp(-logits.astype(np.float64)))
+
+
+def parity_batches(images: list[np.ndarray], meta: ModelMeta) -> list[np.ndarray]:
+    """Inputs for the parity check: the images prepared exactly like the Predictor does, at
+    the model's size, plus one non-square batch of another size to exercise dynamic axes."""
+    from dermaseg.infer.predictor import Predictor
+
+    prepared = np.stack([Predictor(None, meta).prepare(image)[0] for image in images])
+    side = meta.image_size
+    odd = torch.nn.functional.interpolate(
+        torch.from_numpy(prepared[:2]), size=(side - side // 4 + 1, side + side // 8 + 3),
+        mode="bilinear", align_corners=False,
+    ).numpy()
+    return [prepared, odd]
+
+
+def max_probability_difference(model: torch.nn.Module, onnx_path: str | os.PathLike,
+                               batches: list[np.ndarray]) -> float:
+    """Largest |sigmoid(onnx) - sigmoid(torch)| over every pixel of every batch."""
+    session = onnx_session(onnx_path)
+    worst = 0.0
+    for batch in batches:
+        ours = onnx_probabilities(session, batch)
+        theirs = torch_probabilities(model, batch)
+        if ours.shape != theirs.shape:
+            raise DermasegError(f"{onnx_path}: output shape {ours.shape} != PyTorch "
+                                f"{theirs.shape} for input {batch.shape}")
+        worst = max(worst, float(np.abs(ours - theirs).max()))
+    return worst
+
+
+def export_tflite(model: torch.nn.Module, meta: ModelMeta, path: str | os.PathLike,
+                  batch: np.ndarray) -> float:
+    """Float TFLite via litert-torch (fixed input (1, 3, S, S)); returns the largest
+    probability difference against PyTorch on `batch`. Writes `path` and `path`.json (meta).
+
+    Raises:
+        DermasegError: litert-torch is not installed (with the pip command), or conversion fails.
+    """
+    try:
+        import litert_torch
+    except ImportError as exc:
+        raise DermasegError(f"--format tflite needs litert-torch: {TFLITE_INSTALL}") from exc
+    path = Path(path)
+    wrapped = LogitsOnly(model).eval()
+    sample = torch.from_numpy(batch[:1])
+    try:
+        edge = litert_torch.convert(wrapped, (sample,))
+    except Exception as exc:
+        raise DermasegError(f"{path}: TFLite conversion failed ({exc})") from exc
+    worst = 0.0
+    for item in batch:
+        x = torch.from_numpy(item[None])
+        logits = np.asarray(edge(x), dtype=np.float64)
+        ours = 1.0 / (1.0 + np.exp(-logits))
+        worst = max(worst, float(np.abs(ours - torch_probabilities(model, item[None])).max()))
+    with atomic_path(path) as tmp:
+        edge.export(str(tmp))
+    meta_path = path.with_name(path.name + ".json")
+    with atomic_path(meta_path) as tmp:
+        tmp.write_text(json.dumps(meta.to_dict(), indent=2) + "\n")
+    return worst

@@ -1,0 +1,97 @@
+"""Safe file output (temp file + rename) and image reading with errors that name the file."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps
+
+from dermaseg.errors import DermasegError
+
+# Decompression-bomb guard: ISIC's largest images are 6000x4000 (24 Mpx); allow 4x that.
+MAX_PIXELS = 100_000_000
+Image.MAX_IMAGE_PIXELS = MAX_PIXELS
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path beside `path`; on success rename it over `path`, else remove it."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, target)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
+    try:
+        with atomic_path(path) as tmp:
+            tmp.write_bytes(data)
+    except OSError as exc:
+        raise DermasegError(f"{path}: cannot write ({exc.strerror or exc})") from exc
+
+
+def write_json_atomic(path: str | os.PathLike, obj) -> None:
+    write_bytes_atomic(path, (json.dumps(obj, indent=2) + "\n").encode())
+
+
+def save_png_atomic(path: str | os.PathLike, array: np.ndarray) -> None:
+    """Write a uint8 array (HxW or HxWx3) as PNG, atomically."""
+    buffer = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(array)).save(buffer, format="PNG")
+    write_bytes_atomic(path, buffer.getvalue())
+
+
+def open_image(source: str | os.PathLike | bytes, name: str | None = None) -> Image.Image:
+    """Open an image file (or bytes), apply EXIF orientation, and fully decode it.
+
+    Raises:
+        DermasegError: naming the file when it is missing, empty, not an image, truncated,
+            or larger than MAX_PIXELS.
+    """
+    label = name or str(source)
+    try:
+        handle = io.BytesIO(source) if isinstance(source, bytes) else open(source, "rb")  # noqa: SIM115
+    except OSError as exc:
+        raise DermasegError(f"{label}: cannot open ({exc.strerror or exc})") from exc
+    with handle:
+        try:
+            image = Image.open(handle)
+            image.load()
+            image = ImageOps.exif_transpose(image)
+        except Image.DecompressionBombError as exc:
+            raise DermasegError(f"{label}: image too large (over {MAX_PIXELS} pixels)") from exc
+        except (OSError, ValueError, SyntaxError) as exc:
+            raise DermasegError(f"{label}: not a readable image ({exc})") from exc
+    return image
+
+
+def to_rgb_array(image: Image.Image) -> np.ndarray:
+    """Any PIL mode (L, P, RGBA, CMYK, I;16, ...) -> HxWx3 uint8 RGB."""
+    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
+        data = np.asarray(image, dtype=np.float64)
+        scale = 65535.0 if data.max() > 255 else 255.0
+        image = Image.fromarray((data / scale * 255).round().clip(0, 255).astype(np.uint8))
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        image = image.convert("RGBA")
+        background = Image.new("RGBA", image.size, (0, 0, 0, 255))
+        image = Image.alpha_composite(background, image)
+    return np.asarray(image.convert("RGB"), dtype=np.uint8)
+
+
+def read_rgb(source: str | os.PathLike | bytes, name: str | None = None) -> np.ndarray:
+    """Read any supported image as HxWx3 uint8 RGB with EXIF orientation applied."""
+    return to_rgb_array(open_image(source, name))

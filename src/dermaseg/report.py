@@ -1,0 +1,206 @@
+"""Drawings and reports of an evaluation: overlays, the Jaccard histogram, the gallery, MD/HTML.
+
+Matplotlib runs with the Agg backend (no display needed); overlays are drawn with numpy/PIL.
+Colours: truth contour green, prediction contour red.
+"""
+
+from __future__ import annotations
+
+import heapq
+import html
+import io
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from scipy import ndimage
+
+from dermaseg.fileio import write_bytes_atomic
+
+TRUTH_COLOUR = (40, 220, 40)
+PRED_COLOUR = (255, 40, 40)
+THUMB_SIDE = 256
+
+
+def contour(mask: np.ndarray, width: int = 1) -> np.ndarray:
+    """The inner boundary band of a (H, W) bool mask, `width` pixels thick, as a bool mask."""
+    mask = np.asarray(mask, dtype=bool)
+    if not mask.any():
+        return mask.copy()
+    inner = ndimage.binary_erosion(mask, iterations=width, border_value=0)
+    return mask & ~inner
+
+
+def draw_overlay(image: np.ndarray, masks: Sequence[tuple[np.ndarray, tuple[int, int, int]]],
+                 width: int | None = None) -> np.ndarray:
+    """The image (H, W, 3 uint8) with each mask's contour drawn in its colour.
+
+    `width` defaults to about 1/300 of the longer side (at least 1 pixel).
+    """
+    out = np.array(image, dtype=np.uint8, copy=True)
+    width = width or max(1, round(max(out.shape[:2]) / 300))
+    for mask, colour in masks:
+        out[contour(mask, width)] = colour
+    return out
+
+
+def thumbnail(image: np.ndarray, truth: np.ndarray | None, pred: np.ndarray,
+              side: int = THUMB_SIDE) -> np.ndarray:
+    """A small overlay (longest side `side`): truth in green, prediction in red."""
+    height, width = pred.shape
+    scale = min(1.0, side / max(height, width))
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+
+    def small(mask: np.ndarray) -> np.ndarray:
+        resized = Image.fromarray(mask.astype(np.uint8) * 255).resize(size, Image.Resampling.NEAREST)
+        return np.asarray(resized) > 127
+
+    base = np.asarray(Image.fromarray(image).resize(size, Image.Resampling.BILINEAR))
+    masks = [(small(pred), PRED_COLOUR)]
+    if truth is not None:
+        masks.insert(0, (small(truth), TRUTH_COLOUR))
+    return draw_overlay(base, masks, width=2)
+
+
+def _png_bytes(figure) -> bytes:
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
+    return buffer.getvalue()
+
+
+def plot_jaccard_histogram(values: Sequence[float], path: Path, threshold: float = 0.65) -> None:
+    """Histogram of per-image Jaccard in [0, 1], the ISIC 0.65 cut-off marked; PNG at `path`."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(6, 3.5))
+    axes = figure.subplots()
+    axes.hist(np.asarray(values, dtype=float), bins=np.linspace(0, 1, 21),
+              color="#4c72b0", edgecolor="white")
+    axes.axvline(threshold, color="#c44e52", linestyle="--",
+                 label=f"threshold-Jaccard cut-off {threshold}")
+    below = int(np.sum(np.asarray(values) < threshold))
+    axes.set_title(f"Per-image Jaccard (IoU), {len(values)} images, {below} below {threshold}")
+    axes.set_xlabel("Jaccard")
+    axes.set_ylabel("images")
+    axes.set_xlim(0, 1)
+    axes.legend(loc="upper left")
+    write_bytes_atomic(path, _png_bytes(figure))
+
+
+@dataclass(order=True)
+class _Case:
+    key: float
+    image_id: str = field(compare=False)
+    jaccard: float = field(compare=False)
+    picture: np.ndarray = field(compare=False, repr=False)
+
+
+class GalleryCollector:
+    """Keeps the `k` best and `k` worst images by Jaccard, drawing a thumbnail only for those.
+
+    `offer(image_id, jaccard, draw)`: `draw()` returns the thumbnail and is called only when
+    the image enters the best or worst set, so memory holds at most 2k thumbnails.
+    """
+
+    def __init__(self, k: int = 6) -> None:
+        self.k = k
+        self._best: list[_Case] = []  # min-heap on jaccard
+        self._worst: list[_Case] = []  # min-heap on -jaccard
+
+    def _push(self, heap: list[_Case], key: float, image_id: str, jaccard: float, draw) -> None:
+        if len(heap) < self.k or key > heap[0].key:
+            case = _Case(key, image_id, jaccard, draw())
+            (heapq.heappush if len(heap) < self.k else heapq.heapreplace)(heap, case)
+
+    def offer(self, image_id: str, jaccard: float, draw: Callable[[], np.ndarray]) -> None:
+        self._push(self._best, jaccard, image_id, jaccard, draw)
+        self._push(self._worst, -jaccard, image_id, jaccard, draw)
+
+    def best(self) -> list[_Case]:
+        return sorted(self._best, key=lambda c: -c.jaccard)
+
+    def worst(self) -> list[_Case]:
+        """The worst cases not already shown among the best (small sets overlap)."""
+        best_ids = {c.image_id for c in self._best}
+        return [c for c in sorted(self._worst, key=lambda c: c.jaccard)
+                if c.image_id not in best_ids]
+
+
+def save_gallery(collector: GalleryCollector, folder: Path) -> dict[str, list[dict]]:
+    """Write each kept thumbnail as folder/<best|worst>_<rank>_<id>.png; returns their entries."""
+    entries: dict[str, list[dict]] = {"best": [], "worst": []}
+    for group, cases in (("best", collector.best()), ("worst", collector.worst())):
+        for rank, case in enumerate(cases, 1):
+            name = f"{group}_{rank:02d}_{case.image_id}.png"
+            buffer = io.BytesIO()
+            Image.fromarray(case.picture).save(buffer, format="PNG")
+            write_bytes_atomic(folder / name, buffer.getvalue())
+            entries[group].append({"id": case.image_id, "jaccard": case.jaccard,
+                                   "file": f"{folder.name}/{name}"})
+    return entries
+
+
+LABELS = {
+    "dice": "Dice", "jaccard": "IoU (Jaccard)", "threshold_jaccard": "Threshold-Jaccard (ISIC 2018)",
+    "sensitivity": "Sensitivity", "specificity": "Specificity", "accuracy": "Accuracy",
+    "precision": "Precision",
+}
+
+
+def metric_rows(per_image: dict[str, dict[str, float]], overall: dict[str, float]):
+    """[(label, mean, median, min)] for each metric, mean = the official macro average."""
+    rows = []
+    for name, label in LABELS.items():
+        values = np.asarray([m[name] for m in per_image.values()], dtype=float)
+        rows.append((label, overall[name], float(np.median(values)), float(values.min())))
+    return rows
+
+
+def write_reports(out: Path, title: str, per_image: dict[str, dict[str, float]],
+                  overall: dict[str, float], histogram: str, gallery: dict[str, list[dict]],
+                  notes: Sequence[str] = ()) -> None:
+    """report.md and report.html in `out`, linking the histogram and gallery PNGs (relative)."""
+    rows = metric_rows(per_image, overall)
+    md = [f"# {title}", "", *[f"- {n}" for n in notes], "",
+          f"{len(per_image)} images. Mean = the official ISIC macro average over images.", "",
+          "| metric | mean | median | min |", "|---|---:|---:|---:|"]
+    md += [f"| {label} | {mean:.4f} | {med:.4f} | {low:.4f} |" for label, mean, med, low in rows]
+    md += ["", f"![Per-image Jaccard]({histogram})", ""]
+    for group in ("best", "worst"):
+        md += [f"## {group.capitalize()} cases (green: truth, red: prediction)", ""]
+        md += [f"![{e['id']} J={e['jaccard']:.3f}]({e['file']}) `{e['id']}` J={e['jaccard']:.3f}"
+               for e in gallery[group]]
+        md.append("")
+    write_bytes_atomic(out / "report.md", "\n".join(md).encode())
+    write_bytes_atomic(out / "report.html", _html(title, rows, per_image, histogram, gallery,
+                                                  notes).encode())
+
+
+def _html(title, rows, per_image, histogram, gallery, notes) -> str:
+    esc = html.escape
+    table = "".join(f"<tr><td>{esc(label)}</td><td>{mean:.4f}</td><td>{med:.4f}</td>"
+                    f"<td>{low:.4f}</td></tr>" for label, mean, med, low in rows)
+    parts = [
+        "<!doctype html><html><head><meta charset='utf-8'>",
+        f"<title>{esc(title)}</title><style>body{{font-family:sans-serif;max-width:1100px;"
+        "margin:auto}table{border-collapse:collapse}td,th{border:1px solid #ccc;"
+        "padding:4px 10px;text-align:right}td:first-child{text-align:left}"
+        "figure{display:inline-block;margin:6px;text-align:center}</style></head><body>",
+        f"<h1>{esc(title)}</h1>", *[f"<p>{esc(n)}</p>" for n in notes],
+        f"<p>{len(per_image)} images. Mean = the official ISIC macro average over images.</p>",
+        "<table><tr><th>metric</th><th>mean</th><th>median</th><th>min</th></tr>",
+        table, "</table>",
+        f"<h2>Per-image Jaccard</h2><img src='{esc(histogram)}' alt='Jaccard histogram'>",
+    ]
+    for group in ("best", "worst"):
+        parts.append(f"<h2>{group.capitalize()} cases</h2><p>green: truth, red: prediction</p>")
+        parts += [f"<figure><img src='{esc(e['file'])}' alt='{esc(e['id'])}'><figcaption>"
+                  f"{esc(e['id'])} J={e['jaccard']:.3f}</figcaption></figure>"
+                  for e in gallery[group]]
+    parts.append("</body></html>\n")
+    return "\n".join(parts)

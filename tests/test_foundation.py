@@ -1,0 +1,120 @@
+"""Config, geometry, file I/O, checkpoint safety and the CLI's root behaviour."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from dermaseg import __version__
+from dermaseg.checkpoint import read_checkpoint
+from dermaseg.config import Config, load_config
+from dermaseg.data.geometry import Letterbox, letterbox_image, restore_probability
+from dermaseg.errors import DermasegError
+from dermaseg.fileio import atomic_path, read_rgb
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "dermaseg", *args], capture_output=True,
+                          text=True, timeout=120)
+
+
+def test_version_and_help():
+    result = run_cli("--version")
+    assert result.returncode == 0 and __version__ in result.stdout
+    result = run_cli("--help")
+    assert result.returncode == 0 and "data" in result.stdout
+
+
+def test_config_overrides_and_round_trip(tmp_path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("model:\n  backbone: resnet18\ndata:\n  image_size: 128\n")
+    config = load_config(recipe, ["optim.lr=0.001", "model.atrous_rates=[1,2,3]"])
+    assert config.model.backbone == "resnet18" and config.data.image_size == 128
+    assert config.optim.lr == pytest.approx(1e-3) and config.model.atrous_rates == [1, 2, 3]
+    saved = tmp_path / "saved.yaml"
+    saved.write_text(config.to_yaml())
+    assert load_config(saved) == config
+
+
+@pytest.mark.parametrize("text, field", [
+    ("model:\n  backbonez: x\n", "backbonez"),
+    ("optim:\n  lr: fast\n", "optim.lr"),
+    ("model: [1, 2\n", "not valid YAML"),
+])
+def test_bad_config_names_field(tmp_path, text, field):
+    recipe = tmp_path / "bad.yaml"
+    recipe.write_text(text)
+    with pytest.raises(DermasegError, match=field):
+        load_config(recipe)
+
+
+def test_default_config_is_the_tutorial():
+    config = Config()
+    assert (config.optim.name, config.optim.lr, config.data.batch_size) == ("adam", 1e-4, 8)
+    assert config.train.early_stop_patience == 10 and config.optim.plateau_patience == 3
+
+
+@pytest.mark.parametrize("height, width", [(300, 451), (451, 300), (64, 64), (1, 7)])
+def test_letterbox_round_trip(height, width):
+    rng = np.random.default_rng(0)
+    image = Image.fromarray(rng.integers(0, 255, (height, width, 3), dtype=np.uint8))
+    canvas, box = letterbox_image(image, 128)
+    assert canvas.shape == (128, 128, 3)
+    assert max(box.new_height, box.new_width) == 128
+    assert abs(box.new_height / box.new_width - height / width) < 0.1 or min(height, width) < 8
+    prob = np.zeros((128, 128), np.float32)
+    box.crop(prob)[...] = 1.0
+    restored = restore_probability(prob, box)
+    assert restored.shape == (height, width) and np.allclose(restored, 1.0)
+
+
+def test_letterbox_mask_stays_binary():
+    mask = Image.fromarray((np.indices((97, 61)).sum(0) % 7 == 0).astype(np.uint8) * 255)
+    canvas, _ = letterbox_image(mask, 50, is_mask=True)
+    assert set(np.unique(canvas)) <= {0, 255}
+    assert Letterbox.fit(97, 61, 50).pad_top == 0
+
+
+def test_atomic_path_leaves_nothing_on_failure(tmp_path):
+    target = tmp_path / "out.bin"
+    with pytest.raises(RuntimeError), atomic_path(target) as tmp:
+        tmp.write_bytes(b"half")
+        raise RuntimeError("killed")
+    assert os.listdir(tmp_path) == []
+
+
+def test_read_rgb_modes_and_errors(tmp_path):
+    for mode in ("L", "RGBA", "P", "CMYK", "I;16"):
+        path = tmp_path / f"img_{mode.replace(';', '')}.png"
+        fmt = "JPEG" if mode == "CMYK" else "PNG"
+        path = path.with_suffix(".jpg") if fmt == "JPEG" else path
+        Image.new(mode, (9, 5)).save(path, format=fmt)
+        assert read_rgb(path).shape == (5, 9, 3)
+    bad = tmp_path / "text.jpg"
+    bad.write_text("not an image")
+    with pytest.raises(DermasegError, match="text.jpg"):
+        read_rgb(bad)
+
+
+class _Exploit:
+    def __reduce__(self):
+        return (os.system, ("echo pwned > /tmp/dermaseg_pwned",))
+
+
+def test_checkpoint_with_code_is_refused(tmp_path):
+    path = tmp_path / "evil.ckpt"
+    torch.save({"state_dict": {}, "dermaseg": {}, "x": _Exploit()}, path)
+    with pytest.raises(DermasegError, match="refused"):
+        read_checkpoint(path)
+    raw = tmp_path / "raw.ckpt"
+    raw.write_bytes(pickle.dumps(_Exploit()))
+    with pytest.raises(DermasegError):
+        read_checkpoint(raw)
+    assert not os.path.exists("/tmp/dermaseg_pwned")
