@@ -9,6 +9,13 @@ TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
 
 .PHONY: venv test test-slow demo bench lint browser clean
 
+# The web-page test drives Debian's Chromium; install it when we can (root + apt), else that
+# test is skipped with its reason.
+browser:
+	@command -v chromium >/dev/null 2>&1 || [ "$$(id -u)" != 0 ] || \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) \
+	  >/dev/null 2>&1 || echo "chromium not installed: the browser test will be skipped"
+
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
@@ -18,11 +25,11 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
-test: venv
+test: venv browser
 	$(BIN)/ruff check src tests bench
 	$(BIN)/python -m pytest -q
 
-test-slow: venv
+test-slow: venv browser
 	$(BIN)/python -m pytest -q -m slow
 
 demo: venv

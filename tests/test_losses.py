@@ -124,12 +124,24 @@ def test_segmentation_loss_combines_weights():
     logits = torch.randn(2, 1, 8, 8, requires_grad=True)
     edge = torch.randn(2, 1, 8, 8)
     target = (torch.rand(2, 1, 8, 8) > 0.5).float()
-    cfg = LossConfig(dice=0.5, bce=2.0, focal=1.5, focal_gamma=1.0, pos_weight=2.0,
-                     label_smoothing=0.1, boundary=0.3, boundary_width=2)
+    cfg = LossConfig(
+        dice=0.5,
+        bce=2.0,
+        focal=1.5,
+        focal_gamma=1.0,
+        pos_weight=2.0,
+        label_smoothing=0.1,
+        boundary=0.3,
+        boundary_width=2,
+    )
     total, parts = SegmentationLoss(cfg)({"mask": logits, "edge": edge}, target[:, 0])
     assert set(parts) == {"dice", "bce", "focal", "boundary"}
-    want = (0.5 * soft_dice_loss(logits, target) + 2.0 * bce_loss(logits, target, 2.0, 0.1)
-            + 1.5 * focal_loss(logits, target, 1.0, 0.1) + 0.3 * boundary_loss(edge, target, 2))
+    want = (
+        0.5 * soft_dice_loss(logits, target)
+        + 2.0 * bce_loss(logits, target, 2.0, 0.1)
+        + 1.5 * focal_loss(logits, target, 1.0, 0.1)
+        + 0.3 * boundary_loss(edge, target, 2)
+    )
     assert total.item() == pytest.approx(want.item(), rel=1e-6)
     total.backward()
     assert logits.grad is not None and torch.isfinite(logits.grad).all()

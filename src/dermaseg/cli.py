@@ -13,7 +13,12 @@ import typer
 from dermaseg import __version__
 from dermaseg.commands import data as data_commands
 from dermaseg.commands import evaluate as evaluate_command
+from dermaseg.commands import export as export_command
 from dermaseg.commands import predict as predict_command
+from dermaseg.commands import serve as serve_command
+from dermaseg.commands import train as train_command
+from dermaseg.commands.demo import demo
+from dermaseg.commands.doctor import doctor
 from dermaseg.errors import DermasegError
 
 app = typer.Typer(
@@ -24,8 +29,13 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 app.add_typer(data_commands.app, name="data")
+app.command("train")(train_command.train)
+app.command()(doctor)
+app.command()(demo)
 app.command("predict")(predict_command.predict)
 app.command("evaluate")(evaluate_command.evaluate)
+app.command("export")(export_command.export)
+app.command("serve")(serve_command.serve)
 
 
 def _version(value: bool) -> None:

@@ -6,6 +6,7 @@ default here. The resolved config is saved with every run and inside every check
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -78,6 +79,9 @@ class OptimConfig:
     plateau_factor: float = 0.5
     plateau_patience: int = 3
     warmup_epochs: int = 0
+    # cosine/poly: progress = max(step / total steps, elapsed / train.max_minutes), so the
+    # schedule ends within the time budget (runs are then not bit-reproducible)
+    anneal_by_time: bool = False
 
 
 @dataclass
@@ -95,6 +99,8 @@ class TrainConfig:
     devices: str = "auto"
     num_nodes: int = 1
     threshold: float = 0.5
+    nan_tolerance: int = 3  # skip up to N non-finite-loss batches in a row, then stop
+    checkpoint_every_steps: int = 50  # also write last.ckpt every N optimizer steps (0: off)
 
 
 @dataclass
@@ -158,10 +164,16 @@ def _as_kind(value: Any, kind: type, where: str) -> Any:
         raise DermasegError(f"{where}: expected true/false, got {value!r}")
     if kind is float and isinstance(value, int | float) and not isinstance(value, bool):
         return float(value)
+    if kind is float and isinstance(value, str):
+        # YAML 1.1 reads `1e-4` (no dot) as a string; accept it as the number it means.
+        with contextlib.suppress(ValueError):
+            return float(value)
     if kind is int and isinstance(value, int) and not isinstance(value, bool):
         return value
     if kind is str and isinstance(value, str):
         return value
+    if kind is str and isinstance(value, int) and not isinstance(value, bool):
+        return str(value)  # `precision: 16`, `devices: 2` read as numbers by YAML
     raise DermasegError(f"{where}: expected {kind.__name__}, got {value!r}")
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,10 +29,22 @@ from dermaseg.data.check import mask_array
 from dermaseg.data.discover import IMAGE_SUFFIXES, MASK_STEM, discover, display_path
 from dermaseg.errors import DermasegError, UsageError
 from dermaseg.fileio import read_rgb, write_bytes_atomic, write_json_atomic
-from dermaseg.metrics import METRIC_NAMES, Confusion, binarize, confusion, metrics_from_confusion
-from dermaseg.metrics import pooled_metrics, summarize
-from dermaseg.report import GalleryCollector, plot_jaccard_histogram, save_gallery, thumbnail
-from dermaseg.report import write_reports
+from dermaseg.metrics import (
+    METRIC_NAMES,
+    Confusion,
+    binarize,
+    confusion,
+    metrics_from_confusion,
+    pooled_metrics,
+    summarize,
+)
+from dermaseg.report import (
+    GalleryCollector,
+    plot_jaccard_histogram,
+    save_gallery,
+    thumbnail,
+    write_reports,
+)
 
 
 @dataclass
@@ -136,23 +149,55 @@ def _image_of_size(path: Path, shape: tuple[int, int]) -> np.ndarray | None:
     return image if image.shape[:2] == shape else None
 
 
+def _read_manifest(data_dir: Path) -> dict:
+    path = data_dir / "manifest.json"
+    try:
+        manifest = json.loads(path.read_text())
+        if not isinstance(manifest["items"], list):
+            raise TypeError("'items' is not a list")
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise DermasegError(f"{display_path(path)}: not a readable manifest ({exc})") from exc
+    return manifest
+
+
+def _source(value: str, manifest: dict) -> Path:
+    """A source path as recorded in the manifest; a relative one (relative to where `prepare`
+    ran) is tried from here, then below the manifest's resolved "source" root."""
+    path = Path(value)
+    if path.is_absolute() or path.exists() or not manifest.get("source"):
+        return path
+    root = Path(manifest["source"])
+    for start in range(len(path.parts)):
+        candidate = root.joinpath(*path.parts[start:])
+        if candidate.exists():
+            return candidate
+    return path
+
+
 def split_items(data_dir: Path, split: str) -> list[tuple[str, Path, Path]]:
     """(id, source image, source mask) of a prepared split, or of every pair of a raw folder.
 
     Raises:
         UsageError: no such split, or no pairs.
+        DermasegError: a manifest item lacks its source paths.
     """
-    from dermaseg.data.prepare import read_manifest
-
-    manifest = read_manifest(data_dir) if (data_dir / "manifest.json").exists() else None
-    if manifest is None:
+    if not (data_dir / "manifest.json").is_file():
         pairs = discover(data_dir).pairs
         if not pairs:
             raise UsageError(f"{display_path(data_dir)}: neither a prepared dataset "
                              "(manifest.json) nor a folder with image/mask pairs")
         return [(p.id, p.image, p.mask) for p in pairs]
-    items = [(item.id, Path(item.source_image), Path(item.source_mask))
-             for item in manifest.items if item.split == split]
+    manifest = _read_manifest(data_dir)
+    items = []
+    for item in manifest["items"]:
+        if not isinstance(item, dict) or item.get("split") != split:
+            continue
+        try:
+            items.append((str(item["id"]), _source(item["source_image"], manifest),
+                          _source(item["source_mask"], manifest)))
+        except KeyError as exc:
+            raise DermasegError(f"{display_path(data_dir / 'manifest.json')}: item "
+                                f"{item.get('id')!r} has no {exc}") from exc
     if not items:
         raise UsageError(f"{display_path(data_dir)}: split {split!r} has no items")
     return items
@@ -162,10 +207,13 @@ def _iter_pairs(items: list[tuple[str, Path, Path]]) -> Iterator:
     from dermaseg.infer.batch import iter_decoded
 
     masks = {image_id: mask for image_id, _, mask in items}
-    for image_id, path, image, error in iter_decoded([(i, p) for i, p, _ in items], ahead=16):
+    for image_id, _path, image, error in iter_decoded([(i, p) for i, p, _ in items], ahead=16):
         if error is not None:
             raise DermasegError(error)
-        yield image_id, image, read_mask(masks[image_id])
+        truth = read_mask(masks[image_id])
+        if truth.max(initial=0) <= 1:  # a 0/1 mask, as `data prepare` reads it
+            truth = truth * np.uint8(255)
+        yield image_id, image, truth
 
 
 def evaluate_model(predictor, items: list[tuple[str, Path, Path]], postprocess=None,
@@ -180,7 +228,7 @@ def evaluate_model(predictor, items: list[tuple[str, Path, Path]], postprocess=N
 
     def flush() -> None:
         for (image_id, image, truth), prob in zip(
-                batch, predictor.predict_proba([b[1] for b in batch])):
+                batch, predictor.predict_proba([b[1] for b in batch]), strict=True):
             result.add(image_id, predictor.to_mask(prob, image, postprocess), truth, image)
         batch.clear()
 

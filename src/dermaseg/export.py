@@ -14,9 +14,11 @@ The INT8 path (static QDQ calibration) lives in `dermaseg.quantize`.
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import tempfile
+import types
 import warnings
 from pathlib import Path
 
@@ -250,6 +252,24 @@ def max_probability_difference(model: torch.nn.Module, onnx_path: str | os.PathL
     return worst
 
 
+def _broadcast_by_multiply(self, x: torch.Tensor) -> torch.Tensor:
+    pooled = self.act(self.conv(x.mean(dim=(2, 3), keepdim=True)))
+    return pooled * torch.ones_like(x[:, :1])
+
+
+def tflite_friendly(model: torch.nn.Module) -> torch.nn.Module:
+    """A copy of `model` whose ASPP image pooling broadcasts with a multiply instead of
+    `expand`: LiteRT's BROADCAST_TO kernel rejects the shape litert-torch gives it (NHWC
+    rewrite). The values are identical."""
+    from dermaseg.models.aspp import ImagePooling
+
+    model = copy.deepcopy(model)
+    for module in model.modules():
+        if isinstance(module, ImagePooling):
+            module.forward = types.MethodType(_broadcast_by_multiply, module)
+    return model
+
+
 def export_tflite(model: torch.nn.Module, meta: ModelMeta, path: str | os.PathLike,
                   batch: np.ndarray) -> float:
     """Float TFLite via litert-torch (fixed input (1, 3, S, S)); returns the largest
@@ -263,7 +283,7 @@ def export_tflite(model: torch.nn.Module, meta: ModelMeta, path: str | os.PathLi
     except ImportError as exc:
         raise DermasegError(f"--format tflite needs litert-torch: {TFLITE_INSTALL}") from exc
     path = Path(path)
-    wrapped = LogitsOnly(model).eval()
+    wrapped = LogitsOnly(tflite_friendly(model)).eval()
     sample = torch.from_numpy(batch[:1])
     try:
         edge = litert_torch.convert(wrapped, (sample,))

@@ -17,6 +17,8 @@ from dermaseg.errors import DermasegError
 
 # Decompression-bomb guard: ISIC's largest images are 6000x4000 (24 Mpx); allow 4x that.
 MAX_PIXELS = 100_000_000
+_UMASK = os.umask(0)
+os.umask(_UMASK)
 Image.MAX_IMAGE_PIXELS = MAX_PIXELS
 
 
@@ -27,6 +29,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     os.close(fd)
+    os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the file the usual permissions
     try:
         yield Path(tmp)
         os.replace(tmp, target)

@@ -12,15 +12,17 @@ Definitions (all in pixels; `_mm` / `_mm2` variants when `pixel_size_mm` is give
   after smoothing its vertices twice with the [1, 2, 1] / 4 kernel along the line, which removes
   the pixel staircase: a digital disc of radius r measures 2*pi*r within ~1 % (r >= 5), a
   rotated ellipse within ~1 %, a square ~2 % short (its corners are rounded).
-* max_diameter: maximum Feret diameter, the largest distance between two contour points
-  (found on their convex hull).
+* max_diameter: maximum Feret diameter, the largest distance between two points of the lesion
+  taken as a union of unit pixel squares (found among the corners of its convex hull): a row
+  of n pixels measures n, a single pixel sqrt(2).
 * compactness: 4*pi*area / perimeter^2; 1 for a disc, smaller for elongated or ragged borders.
   border_irregularity is its inverse, perimeter^2 / (4*pi*area) (>= ~1).
-* solidity: area / area of the convex hull of the contour; < 1 for notched borders.
+* solidity: area / area of the convex hull of the pixel squares; < 1 for notched borders.
 * asymmetry_major, asymmetry_minor: the lesion is reflected about its major (minor) principal
   axis through the centroid (axes of the pixel-coordinate covariance); the value is the fraction
-  of the lesion area not covered by its mirror image, in [0, 1] (0: symmetric).
-  asymmetry is their mean.
+  of the lesion area not covered by its mirror image (bilinear sampling), in [0, 1]
+  (0: symmetric). asymmetry is their mean. Digitisation alone gives up to ~0.5 / r for a disc of
+  radius r pixels, so measure lesions at least ~50 pixels across.
 * colours (with an RGB image): each lesion pixel goes to the nearest of six reference colours of
   the ABCD rule (Euclidean distance in RGB scaled to [0, 1]); a colour is present when it holds at
   least 5 % of the lesion (`COLOR_MIN_FRACTION`). color_count is the number present (the ABCD
@@ -98,6 +100,14 @@ def _hull(points: np.ndarray) -> tuple[np.ndarray, float]:
     return points[hull.vertices], float(hull.volume)
 
 
+def _pixel_corners(m: np.ndarray) -> np.ndarray:
+    """(x, y) corners of the border pixels' unit squares, (k, 2); the hull of the lesion's."""
+    border = m & ~ndimage.binary_erosion(m, border_value=0)
+    ys, xs = np.nonzero(border)
+    corners = [np.stack([xs + dx, ys + dy], axis=1) for dx in (-0.5, 0.5) for dy in (-0.5, 0.5)]
+    return np.unique(np.concatenate(corners).astype(np.float64), axis=0)
+
+
 def _max_diameter(points: np.ndarray) -> float:
     diff = points[:, None, :] - points[None, :, :]
     return float(np.sqrt((diff**2).sum(-1)).max())
@@ -151,7 +161,7 @@ def _shape_measures(m: np.ndarray, ys: np.ndarray, xs: np.ndarray) -> dict:
     area = float(len(xs))
     lines = contours(m)
     perimeter = sum(_length(_smooth(line)) for line in lines)
-    hull_points, hull_area = _hull(np.concatenate(lines))
+    hull_points, hull_area = _hull(_pixel_corners(m))
     compactness = 4.0 * math.pi * area / perimeter**2
     major, minor = _asymmetry(m, ys, xs)
     return {
@@ -200,13 +210,25 @@ def measure_lesion(
     ys, xs = np.nonzero(m)
     result: dict = {"empty": len(xs) == 0, "height": m.shape[0], "width": m.shape[1]}
     if len(xs) == 0:
-        keys = ["perimeter", "max_diameter", "compactness", "border_irregularity", "solidity",
-                "asymmetry_major", "asymmetry_minor", "asymmetry", "centroid", "bbox"]
+        keys = [
+            "perimeter",
+            "max_diameter",
+            "compactness",
+            "border_irregularity",
+            "solidity",
+            "asymmetry_major",
+            "asymmetry_minor",
+            "asymmetry",
+            "centroid",
+            "bbox",
+        ]
         result.update({"area": 0, **dict.fromkeys(keys)})
         if image is not None:
-            result.update(dict.fromkeys(
-                ["colors", "color_count", "color_fractions", "color_spread", "mean_rgb"]
-            ))
+            result.update(
+                dict.fromkeys(
+                    ["colors", "color_count", "color_fractions", "color_spread", "mean_rgb"]
+                )
+            )
     else:
         result.update(_shape_measures(m, ys, xs))
         if image is not None:

@@ -215,7 +215,7 @@ class SegmentationMetrics(Metric):
         if target.dim() == logits.dim() - 1:
             target = target.unsqueeze(1)
         if logits.shape != target.shape:
-            raise ValueError(f"logits {tuple(logits.shape)} and target {tuple(target.shape)} differ")
+            raise ValueError(f"logits {tuple(logits.shape)} != target {tuple(target.shape)}")
         pred = torch.sigmoid(logits.detach().float()) > self.threshold
         truth = target.detach() > 0.5
         values = batch_metrics(pred, truth, self.jaccard_threshold)

@@ -54,8 +54,8 @@ def thumbnail(image: np.ndarray, truth: np.ndarray | None, pred: np.ndarray,
     size = (max(1, round(width * scale)), max(1, round(height * scale)))
 
     def small(mask: np.ndarray) -> np.ndarray:
-        resized = Image.fromarray(mask.astype(np.uint8) * 255).resize(size, Image.Resampling.NEAREST)
-        return np.asarray(resized) > 127
+        resized = Image.fromarray(mask.astype(np.uint8) * 255)
+        return np.asarray(resized.resize(size, Image.Resampling.NEAREST)) > 127
 
     base = np.asarray(Image.fromarray(image).resize(size, Image.Resampling.BILINEAR))
     masks = [(small(pred), PRED_COLOUR)]
@@ -121,14 +121,20 @@ class GalleryCollector:
         self._push(self._best, jaccard, image_id, jaccard, draw)
         self._push(self._worst, -jaccard, image_id, jaccard, draw)
 
+    def _cases(self) -> list[_Case]:
+        unique = {c.image_id: c for c in self._best + self._worst}
+        return sorted(unique.values(), key=lambda c: -c.jaccard)
+
     def best(self) -> list[_Case]:
-        return sorted(self._best, key=lambda c: -c.jaccard)
+        """Up to k highest-Jaccard cases (half of them when there are fewer than 2k)."""
+        cases = self._cases()
+        return cases[: min(self.k, (len(cases) + 1) // 2)]
 
     def worst(self) -> list[_Case]:
-        """The worst cases not already shown among the best (small sets overlap)."""
-        best_ids = {c.image_id for c in self._best}
-        return [c for c in sorted(self._worst, key=lambda c: c.jaccard)
-                if c.image_id not in best_ids]
+        """Up to k lowest-Jaccard cases, worst first, none of them among `best()`."""
+        cases = self._cases()
+        rest = cases[min(self.k, (len(cases) + 1) // 2):]
+        return sorted(rest, key=lambda c: c.jaccard)[: self.k]
 
 
 def save_gallery(collector: GalleryCollector, folder: Path) -> dict[str, list[dict]]:
@@ -146,7 +152,8 @@ def save_gallery(collector: GalleryCollector, folder: Path) -> dict[str, list[di
 
 
 LABELS = {
-    "dice": "Dice", "jaccard": "IoU (Jaccard)", "threshold_jaccard": "Threshold-Jaccard (ISIC 2018)",
+    "dice": "Dice", "jaccard": "IoU (Jaccard)",
+    "threshold_jaccard": "Threshold-Jaccard (ISIC 2018)",
     "sensitivity": "Sensitivity", "specificity": "Specificity", "accuracy": "Accuracy",
     "precision": "Precision",
 }

@@ -62,3 +62,59 @@ def synth(
     options = SynthOptions(size=_parse_size(size), min_side=min_side, max_side=max_side)
     written = synth_dataset(n, out, seed=seed, options=options)
     typer.echo(f"wrote {len(written)} pairs to {out}")
+
+
+@app.command("prepare")
+def prepare(
+    folder: Path = typer.Argument(..., help="Dataset folder (ISIC, PH2 or flat layout)."),
+    out: Path = typer.Option(..., "-o", "--out", help="Output folder for arrays + manifest."),
+    size: int = typer.Option(512, "--size", help="Side of the square arrays, pixels."),
+    val: float = typer.Option(0.15, "--val", help="Validation fraction (random split)."),
+    test: float = typer.Option(0.15, "--test", help="Test fraction (random split)."),
+    seed: int = typer.Option(42, "--seed", help="Seed of the random split."),
+    workers: int = typer.Option(0, "--workers", "-j", help="Parallel processes (0: all cores)."),
+    official: bool = typer.Option(
+        True, "--official-split/--random-split",
+        help="Keep an official split given by folder names (ISIC *Training*/*Test*).",
+    ),
+) -> None:
+    """Decode every pair once, letterbox to --size, split train/val/test, write a manifest.
+
+    Bad pairs are skipped and listed; a re-run only prepares what changed.
+    """
+    from dermaseg.data.prepare import prepare_dataset, summary_lines
+
+    if workers < 0:
+        raise UsageError(f"--workers must be 0 or more, got {workers}")
+    manifest = prepare_dataset(folder, out, size=size, val=val, test=test, seed=seed,
+                               workers=workers or None, keep_official_split=official)
+    typer.echo("\n".join(summary_lines(manifest, out)))
+    if not manifest["items"]:
+        raise typer.Exit(1)
+
+
+@app.command("download")
+def download(
+    dataset: str = typer.Argument(..., help="isic2016, isic2017 or isic2018 (Task 1)."),
+    out: Path = typer.Option(..., "-o", "--out", help="Folder for the archives and images."),
+    url_base: str = typer.Option(None, "--url-base", help="Server to fetch from (a mirror)."),
+    split: list[str] = typer.Option(
+        None, "--split", help="training, validation or test; repeat for several (default all)."
+    ),
+    timeout: float = typer.Option(10.0, "--timeout", help="Network timeout in seconds."),
+    no_checksum: bool = typer.Option(False, "--no-checksum", help="Skip SHA-256 checks."),
+) -> None:
+    """Fetch the official ISIC Task 1 archives (resumable), unpack them, then check them."""
+    from dermaseg.data.download import SPLITS, URL_BASE, download_dataset
+
+    report = download_dataset(
+        dataset,
+        out,
+        url_base=url_base or URL_BASE,
+        splits=tuple(split) if split else SPLITS,
+        timeout=timeout,
+        verify_checksum=not no_checksum,
+    )
+    typer.echo(report.format_table())
+    if not report.ok:
+        raise typer.Exit(1)

@@ -39,11 +39,11 @@ def evaluate(
 
     `evaluate MODEL --data DIR [--split test]` predicts each image at its original size and
     compares it with the original mask; report in MODEL's folder, eval-<split>/, unless -o.
+    DIR may also be a raw folder of image/mask pairs: then every pair is scored.
     `evaluate --pred PRED --truth TRUTH` scores existing masks; report in PRED-eval/ unless -o.
     Writes metrics.csv, metrics.json, report.md, report.html, jaccard_hist.png, gallery/.
     """
-    from dermaseg.evaluate import evaluate_folders, evaluate_model, split_items
-    from dermaseg.evaluate import write_evaluation
+    from dermaseg.evaluate import evaluate_folders, evaluate_model, split_items, write_evaluation
 
     if (pred is None) != (truth is None):
         raise UsageError("--pred and --truth go together")
@@ -63,9 +63,10 @@ def evaluate(
         items = split_items(data, split)
         predictor = Predictor.load(model, device=device, tta=tta_config(tta, None),
                                    batch_size=batch_size)
-        out = out or model.parent / f"eval-{split}"
+        prepared = (data / "manifest.json").is_file()
+        out = out or model.parent / (f"eval-{split}" if prepared else f"eval-{data.name}")
         result = evaluate_model(predictor, items, post, progress=not quiet)
-        notes = [f"model: {model}", f"data: {data} (split {split})",
+        notes = [f"model: {model}", f"data: {data}" + (f" (split {split})" if prepared else ""),
                  f"threshold {predictor.threshold}, TTA {'on' if tta else 'off'}, "
                  f"post-processing: {post or 'none'}"]
     summary = write_evaluation(result, out, "dermaseg evaluation", notes)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 import re
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -65,6 +66,14 @@ def display_path(path: os.PathLike | str) -> str:
     return os.fsencode(path).decode("utf-8", "backslashreplace")
 
 
+def _is_special(entry: os.DirEntry) -> bool:
+    """True for FIFOs, sockets and devices (or links to them); broken links are left to check."""
+    try:
+        return not stat.S_ISREG(entry.stat().st_mode)
+    except OSError:
+        return False
+
+
 def _walk_files(root: Path, problems: list[Problem]) -> list[Path]:
     """Every regular file (or symlink to one, or broken symlink) under root, each folder once.
 
@@ -100,7 +109,10 @@ def _walk_files(root: Path, problems: list[Problem]) -> list[Path]:
                 if not IGNORED_DIR.search(entry.name):
                     stack.append(path)
             elif path.suffix.lower() in IMAGE_SUFFIXES and not IGNORED_STEM.search(path.stem):
-                files.append(path)
+                if _is_special(entry):  # a FIFO or device would block or never end when read
+                    problems.append(Problem("unreadable", path, "not a regular file"))
+                else:
+                    files.append(path)
     return files
 
 

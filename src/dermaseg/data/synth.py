@@ -221,8 +221,10 @@ def synth_pair(rng: np.random.Generator, width: int, height: int, options: Synth
     if (width, height) != picture.size:
         picture = picture.resize((width, height), Image.BICUBIC)
         soft = soft.resize((width, height), Image.BILINEAR)
+        grain = rng.standard_normal((height, width), dtype=np.float32) * 3  # sensor-like texture
+        picture = np.clip(np.asarray(picture, dtype=np.float32) + grain[..., None], 0, 255)
     mask = np.where(np.asarray(soft) > 0.5, 255, 0).astype(np.uint8)
-    return np.asarray(picture), mask
+    return np.asarray(picture, dtype=np.uint8), mask
 
 
 def _item_size(rng: np.random.Generator, options: SynthOptions) -> tuple[int, int]:

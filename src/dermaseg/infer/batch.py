@@ -171,7 +171,7 @@ def _write_outputs(out: Path, image_id: str, path: Path, image, prob, mask, opti
 
 def _flush(predictor, batch, out, options, summary, bar) -> None:
     probs = predictor.predict_proba([image for _, _, image in batch])
-    for (image_id, path, image), prob in zip(batch, probs):
+    for (image_id, path, image), prob in zip(batch, probs, strict=True):
         mask = predictor.to_mask(prob, image, options.postprocess)
         _write_outputs(out, image_id, path, image, prob, mask, options)
         summary.written.append(image_id)

@@ -140,7 +140,7 @@ def crf_refine(prob: np.ndarray, image: np.ndarray, config: PostprocessConfig) -
     crf.addPairwiseBilateral(
         sxy=config.crf_bilateral_sxy,
         srgb=config.crf_bilateral_srgb,
-        rgbim=np.ascontiguousarray(image),
+        rgbim=np.array(image, order="C"),  # a writable copy: the binding rejects read-only
         compat=config.crf_bilateral_compat,
     )
     q = np.asarray(crf.inference(config.crf_iterations)).reshape(2, height, width)

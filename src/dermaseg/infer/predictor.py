@@ -55,8 +55,8 @@ class TorchBackend:
     def __call__(self, batch: np.ndarray) -> np.ndarray:
         inputs = torch.from_numpy(batch).to(self.device, non_blocking=True)
         logits = self.model(inputs)
-        if isinstance(logits, dict):  # heads with auxiliary outputs return {"out": ...}
-            logits = logits["out"]
+        if isinstance(logits, dict):  # with an edge head: {"mask": ..., "edge": ...}
+            logits = logits["mask"]
         return logits.float().cpu().numpy()
 
 
@@ -164,7 +164,8 @@ class Predictor:
             prepared = [self.prepare(image) for image in images[start : start + self.batch_size]]
             batch = np.stack([array for array, _ in prepared])
             probs = self._run(batch)
-            results += [restore_probability(p, box) for p, (_, box) in zip(probs, prepared)]
+            boxes = [box for _, box in prepared]
+            results += [restore_probability(p, b) for p, b in zip(probs, boxes, strict=True)]
         return results
 
     def to_mask(self, prob: np.ndarray, image: np.ndarray | None = None, postprocess=None):

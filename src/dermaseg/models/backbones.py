@@ -91,7 +91,8 @@ def _check_hub_reachable(name: str) -> None:
     try:
         socket.create_connection((url.hostname, port), timeout=HUB_TIMEOUT_S).close()
     except OSError as exc:
-        raise DermasegError(_offline_message(name, f"{url.hostname}:{port} unreachable: {exc}"))
+        why = f"{url.hostname}:{port} unreachable: {exc}"
+        raise DermasegError(_offline_message(name, why)) from exc
 
 
 def _offline_message(name: str, why: str) -> str:

@@ -1,0 +1,64 @@
+"""`dermaseg doctor`: what this machine offers dermaseg (versions, GPU, disk, memory, extras)."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import importlib.util
+import os
+import platform
+import shutil
+from pathlib import Path
+
+import typer
+
+from dermaseg import __version__
+
+PACKAGES = ("torch", "torchvision", "timm", "lightning", "torchmetrics", "onnx", "onnxruntime",
+            "fastapi", "uvicorn", "numpy", "pillow")
+EXTRAS = {"crf": "pydensecrf2", "tflite": "litert-torch", "dev": "isic-challenge-scoring",
+          "bench": "segmentation-models-pytorch"}
+
+
+def _version(package: str) -> str:
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def _accelerators() -> list[str]:
+    import torch
+
+    found = [f"CUDA {i}: {torch.cuda.get_device_name(i)}" for i in range(torch.cuda.device_count())]
+    mps = getattr(torch.backends, "mps", None)
+    if mps is not None and mps.is_available():
+        found.append("Apple MPS")
+    return found or ["none (training and inference run on the CPU)"]
+
+
+def _memory_gib() -> str:
+    try:
+        pages, page_size = os.sysconf("SC_PHYS_PAGES"), os.sysconf("SC_PAGE_SIZE")
+        available = os.sysconf("SC_AVPHYS_PAGES")
+        return f"{available * page_size / 2**30:.1f} GiB free of {pages * page_size / 2**30:.1f}"
+    except (ValueError, OSError, AttributeError):
+        return "unknown"
+
+
+def doctor(
+    path: Path = typer.Option(Path("."), "--path", help="Folder whose disk space to report."),
+) -> None:
+    """Print versions, GPUs, free disk and memory, and which optional extras are installed."""
+    typer.echo(f"dermaseg {__version__}  python {platform.python_version()}  {platform.platform()}")
+    for package in PACKAGES:
+        typer.echo(f"  {package:<14} {_version(package)}")
+    typer.echo(f"accelerators:  {'; '.join(_accelerators())}")
+    typer.echo(f"CPU cores:     {os.cpu_count()}")
+    typer.echo(f"memory:        {_memory_gib()}")
+    usage = shutil.disk_usage(path if path.exists() else Path("."))
+    typer.echo(f"disk ({path}): {usage.free / 2**30:.1f} GiB free")
+    for extra, package in EXTRAS.items():
+        module = package.replace("-", "_")
+        have = importlib.util.find_spec(module) is not None or _version(package) != "not installed"
+        hint = "installed" if have else f"missing: pip install 'dermaseg[{extra}]'"
+        typer.echo(f"extra {extra:<8} ({package}): {hint}")

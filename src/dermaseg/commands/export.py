@@ -1,0 +1,165 @@
+"""`dermaseg export MODEL.ckpt --format onnx|tflite [--int8] [-o OUT]`: checked exports."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+
+import numpy as np
+import typer
+
+from dermaseg.errors import DermasegError, UsageError
+
+SYNTH_SEED = 1234
+
+
+def calibration_images(folder: Path | None, count: int, image_size: int,
+                       progress: bool = True) -> tuple[list[np.ndarray], str]:
+    """Up to `count` HxWx3 uint8 images: a seeded random sample of the image files under
+    `folder` (masks excluded), or synthetic dermoscopy images when `folder` is None.
+
+    Returns:
+        (images, a description of where they came from)
+
+    Raises:
+        UsageError: the folder is missing or holds no readable image.
+    """
+    from tqdm import tqdm
+
+    if count < 2:
+        raise UsageError(f"--calib-count must be at least 2, got {count}")
+    if folder is None:
+        from dermaseg.data.synth import SynthOptions, synth_pair
+
+        rng = np.random.default_rng(SYNTH_SEED)
+        side = max(64, image_size)
+        images = [synth_pair(rng, int(side * rng.uniform(0.8, 1.4)), side, SynthOptions())[0]
+                  for _ in tqdm(range(count), desc="synth", disable=not progress)]
+        return images, f"{count} synthetic images (dermaseg.data.synth)"
+    from dermaseg.fileio import read_rgb
+    from dermaseg.infer.batch import list_inputs
+
+    if not folder.is_dir():
+        raise UsageError(f"--calib {folder}: no such folder")
+    files, _ = list_inputs([str(folder)])
+    if len(files) > count:
+        picked = np.random.default_rng(0).choice(len(files), size=count, replace=False)
+        files = [files[i] for i in sorted(picked)]
+    images = []
+    for path in tqdm(files, desc="read", disable=not progress):
+        with contextlib.suppress(DermasegError):  # unreadable files are simply not used
+            images.append(read_rgb(path))
+    if len(images) < 2:
+        raise UsageError(f"--calib {folder}: needs at least 2 readable images, found {len(images)}")
+    return images, f"{len(images)} images from {folder}"
+
+
+def _default_output(model: Path, fmt: str, int8: bool) -> Path:
+    suffix = ".tflite" if fmt == "tflite" else (".int8.onnx" if int8 else ".onnx")
+    return model.with_name(model.stem + suffix)
+
+
+def _remove(path: Path) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
+
+
+def export_onnx_checked(model, meta, path: Path, images, opset: int, exporter: str) -> float:
+    """Export, run ONNX Runtime on `images` and compare with PyTorch; remove the file and
+    raise if the largest probability difference exceeds PARITY_TOLERANCE."""
+    from dermaseg.export import (
+        PARITY_TOLERANCE,
+        export_onnx,
+        max_probability_difference,
+        parity_batches,
+    )
+
+    export_onnx(model, meta, path, opset=opset, exporter=exporter)
+    diff = max_probability_difference(model, path, parity_batches(images[:4], meta))
+    typer.echo(f"{path}: max |p_onnx - p_torch| = {diff:.2e} (tolerance {PARITY_TOLERANCE:g})")
+    if not diff <= PARITY_TOLERANCE:
+        _remove(path)
+        raise DermasegError(f"{path}: removed: ONNX Runtime differs from PyTorch by {diff:.2e} "
+                            f"(> {PARITY_TOLERANCE:g}); try --exporter legacy or another --opset")
+    return diff
+
+
+def _int8(model, meta, output: Path, images, opset, exporter, holdout, per_tensor, repeats):
+    from dermaseg.quantize import Int8Options, compare_int8, quantize_int8
+
+    fp32_path = output.with_name(output.name.removesuffix(".onnx") + ".fp32.onnx")
+    if fp32_path == output:
+        raise UsageError(f"-o {output}: the INT8 model needs a name ending in .onnx")
+    export_onnx_checked(model, meta, fp32_path, images, opset, exporter)
+    held_out = max(1, min(holdout, len(images) // 2))
+    calib, test = images[:-held_out], images[-held_out:]
+    typer.echo(f"calibrating on {len(calib)} images, comparing on {len(test)} others")
+    quantize_int8(fp32_path, output, calib, meta, Int8Options(per_channel=not per_tensor))
+    comparison = compare_int8(fp32_path, output, test, repeats=repeats)
+    for line in comparison.lines():
+        typer.echo(line)
+    report = output.with_name(output.name.removesuffix(".onnx") + ".report.json")
+    from dermaseg.fileio import write_json_atomic
+
+    write_json_atomic(report, {"fp32": str(fp32_path), "int8": str(output),
+                               **comparison.to_dict()})
+    typer.echo(f"wrote {output} (INT8), {fp32_path} (float32), {report}")
+
+
+def export(
+    model: Path = typer.Argument(..., help="A dermaseg checkpoint (.ckpt)."),
+    fmt: str = typer.Option("onnx", "--format", help="onnx or tflite."),
+    int8: bool = typer.Option(False, "--int8", help="Static INT8 (ONNX Runtime, QDQ)."),
+    calib: Path = typer.Option(
+        None, "--calib",
+        help="Folder of images (e.g. training images) for calibration and checks; default: "
+             "synthetic images.",
+    ),
+    output: Path = typer.Option(None, "-o", "--output", help="Output file."),
+    opset: int = typer.Option(18, "--opset", help="ONNX opset (>= 13)."),
+    exporter: str = typer.Option("auto", "--exporter", help="auto, dynamo or legacy."),
+    calib_count: int = typer.Option(32, "--calib-count", help="Images to read from --calib."),
+    holdout: int = typer.Option(8, "--holdout", help="Images kept out of calibration for the "
+                                                     "fp32/INT8 agreement."),
+    per_tensor: bool = typer.Option(False, "--per-tensor", help="One scale per weight tensor."),
+    repeats: int = typer.Option(10, "--repeats", help="Timed runs for the latency median."),
+) -> None:
+    """Export a checkpoint to ONNX (float32, or static INT8) or TFLite, checked against PyTorch.
+
+    With --int8, OUT is the INT8 model; the float32 model is written beside it as
+    OUT.fp32.onnx and the comparison (size, latency, mask Dice) as OUT.report.json.
+    """
+    from dermaseg.checkpoint import load_model
+
+    if fmt not in ("onnx", "tflite"):
+        raise UsageError(f"--format {fmt}: use onnx or tflite")
+    if int8 and fmt != "onnx":
+        raise UsageError("--int8 is for --format onnx")
+    if model.suffix.lower() == ".onnx":
+        raise UsageError(f"{model}: export starts from a checkpoint (.ckpt), not an ONNX file")
+    net, meta = load_model(model)
+    output = output or _default_output(model, fmt, int8)
+    images, source = calibration_images(calib, calib_count, meta.image_size)
+    typer.echo(f"checking on {source}")
+    if fmt == "tflite":
+        _tflite(net, meta, output, images)
+    elif int8:
+        _int8(net, meta, output, images, opset, exporter, holdout, per_tensor, repeats)
+    else:
+        export_onnx_checked(net, meta, output, images, opset, exporter)
+        typer.echo(f"wrote {output}")
+
+
+def _tflite(net, meta, output: Path, images) -> None:
+    from dermaseg.export import PARITY_TOLERANCE, export_tflite, parity_batches
+
+    batch = parity_batches(images[:4], meta)[0]
+    diff = export_tflite(net, meta, output, batch)
+    typer.echo(f"{output}: max |p_tflite - p_torch| = {diff:.2e} (tolerance {PARITY_TOLERANCE:g})")
+    if not diff <= PARITY_TOLERANCE:
+        _remove(output)
+        _remove(output.with_name(output.name + ".json"))
+        raise DermasegError(f"{output}: removed: TFLite differs from PyTorch by {diff:.2e}")
+    typer.echo(f"wrote {output} (input 1x3x{meta.image_size}x{meta.image_size}) and "
+               f"{output.name}.json (the preprocessing metadata)")

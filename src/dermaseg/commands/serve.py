@@ -1,0 +1,49 @@
+"""`dermaseg serve MODEL`: the HTTP API and web page (FastAPI + uvicorn)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import typer
+
+from dermaseg.errors import UsageError
+
+
+def serve(
+    model: Path = typer.Argument(..., help="An exported .onnx model or a checkpoint (.ckpt)."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on."),
+    port: int = typer.Option(8000, "--port", help="TCP port."),
+    backend: str = typer.Option("auto", "--backend",
+                                help="onnx or torch (auto: from the file suffix)."),
+    workers: int = typer.Option(1, "--workers", help="Server processes (each loads the model)."),
+    token: str = typer.Option(None, "--token", help="Require `Authorization: Bearer TOKEN` on "
+                              "/v1/* (default: env DERMASEG_TOKEN; none: no auth)."),
+    max_upload_mb: float = typer.Option(20.0, "--max-upload-mb", help="Request body limit."),
+    max_pixels: int = typer.Option(40_000_000, "--max-pixels", help="Pixels per image."),
+    max_concurrency: int = typer.Option(8, "--max-concurrency",
+                                        help="API requests at once per process; more get 503."),
+    timeout_s: float = typer.Option(60.0, "--timeout", help="Inference time limit (504)."),
+    threads: int = typer.Option(0, "--threads", help="Inference threads (0: CPU cores)."),
+    log_level: str = typer.Option("info", "--log-level", help="uvicorn log level."),
+) -> None:
+    """Serve MODEL over HTTP: POST /v1/segment, a web page at /, /docs, /metrics."""
+    import uvicorn
+
+    from dermaseg.serve.app import ServeSettings, load_predictor, settings_json
+
+    if workers < 1:
+        raise UsageError(f"--workers must be at least 1, got {workers}")
+    if not 0 < port < 65536:
+        raise UsageError(f"--port {port}: must be 1..65535")
+    settings = ServeSettings(str(model), backend, None, max_upload_mb, max_pixels,
+                             max_concurrency, timeout_s, threads=threads)
+    settings.check()
+    load_predictor(settings)  # fail here, with a clear message, rather than in every worker
+    os.environ["DERMASEG_SERVE"] = settings_json(settings)
+    if token:
+        os.environ["DERMASEG_TOKEN"] = token
+    typer.echo(f"serving {model} on http://{host}:{port}/ (API docs at /docs)"
+               + (", bearer token required" if os.environ.get("DERMASEG_TOKEN") else ""))
+    uvicorn.run("dermaseg.serve.app:app_from_env", factory=True, host=host, port=port,
+                workers=workers, log_level=log_level, timeout_graceful_shutdown=5)

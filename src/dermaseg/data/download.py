@@ -1,0 +1,323 @@
+"""Fetch the official ISIC 2016/2017/2018 Task 1 archives, unpack them safely, then check them.
+
+Transfers go to `NAME.zip.part` and resume with an HTTP Range request after a break (within a run
+and across runs); the size is checked against Content-Length and, where a SHA-256 is known, the
+content against it; only then is the file renamed to `NAME.zip`. A `NAME.zip` already in the
+folder (downloaded by hand) is used as is. Unpacking refuses members that would land outside the
+output folder. Only the standard library's urllib is used.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import os
+import re
+import shutil
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from urllib.error import HTTPError, URLError
+from urllib.request import Request, urlopen
+
+from tqdm import tqdm
+
+from dermaseg.data.check import CheckReport, check_dataset
+from dermaseg.errors import DermasegError, UsageError
+from dermaseg.fileio import atomic_path, write_bytes_atomic
+
+URL_BASE = "https://isic-challenge-data.s3.amazonaws.com"
+MIRROR_BASE = "https://isic-archive.s3.amazonaws.com/challenges"
+CHUNK = 1 << 20
+SPLITS = ("training", "validation", "test")
+
+
+@dataclass(frozen=True)
+class Archive:
+    """One published archive: `<base>/<folder>/<name>`; sha256 where a checksum is known."""
+
+    folder: str
+    name: str
+    split: str
+    sha256: str | None = None
+
+
+# SHA-256 of the 2018 archives as verified by torch-em's ISIC loader (torch_em/data/datasets);
+# ISIC publishes no checksums for 2016 and 2017, so those are checked by size only.
+ARCHIVES: dict[str, list[Archive]] = {
+    "isic2018": [
+        Archive(
+            "2018",
+            "ISIC2018_Task1-2_Training_Input.zip",
+            "training",
+            "80f98572347a2d7a376227fa9eb2e4f7459d317cb619865b8b9910c81446675f",
+        ),
+        Archive(
+            "2018",
+            "ISIC2018_Task1_Training_GroundTruth.zip",
+            "training",
+            "99f8b2bb3c4d6af483362010715f7e7d5d122d9f6c02cac0e0d15bef77c7604c",
+        ),
+        Archive(
+            "2018",
+            "ISIC2018_Task1-2_Validation_Input.zip",
+            "validation",
+            "0ea920fcfe512d12a6e620b50b50233c059f67b10146e1479c82be58ff15a797",
+        ),
+        Archive(
+            "2018",
+            "ISIC2018_Task1_Validation_GroundTruth.zip",
+            "validation",
+            "f6911e9c0a64e6d687dd3ca466ca927dd5e82145cb2163b7a1e5b37d7a716285",
+        ),
+        Archive(
+            "2018",
+            "ISIC2018_Task1-2_Test_Input.zip",
+            "test",
+            "e59ae1f69f4ed16f09db2cb1d76c2a828487b63d28f6ab85997f5616869b127d",
+        ),
+        Archive(
+            "2018",
+            "ISIC2018_Task1_Test_GroundTruth.zip",
+            "test",
+            "2e8f6edce454a5bdee52485e39f92bd6eddf357e81f39018d05512175238ef82",
+        ),
+    ],
+    "isic2017": [
+        Archive("2017", "ISIC-2017_Training_Data.zip", "training"),
+        Archive("2017", "ISIC-2017_Training_Part1_GroundTruth.zip", "training"),
+        Archive("2017", "ISIC-2017_Validation_Data.zip", "validation"),
+        Archive("2017", "ISIC-2017_Validation_Part1_GroundTruth.zip", "validation"),
+        Archive("2017", "ISIC-2017_Test_v2_Data.zip", "test"),
+        Archive("2017", "ISIC-2017_Test_v2_Part1_GroundTruth.zip", "test"),
+    ],
+    "isic2016": [
+        Archive("2016", "ISBI2016_ISIC_Part1_Training_Data.zip", "training"),
+        Archive("2016", "ISBI2016_ISIC_Part1_Training_GroundTruth.zip", "training"),
+        Archive("2016", "ISBI2016_ISIC_Part1_Test_Data.zip", "test"),
+        Archive("2016", "ISBI2016_ISIC_Part1_Test_GroundTruth.zip", "test"),
+    ],
+}
+
+
+class Unreachable(DermasegError):
+    """The server could not be reached at all (no network, DNS failure, refused)."""
+
+
+class _Broken(Exception):
+    """A transfer started but stopped early; the `.part` file keeps what arrived."""
+
+
+def archive_url(archive: Archive, url_base: str = URL_BASE) -> str:
+    return f"{url_base.rstrip('/')}/{archive.folder}/{archive.name}"
+
+
+def _content_range(header: str | None) -> tuple[int | None, int | None]:
+    """'bytes 100-199/1000' -> (100, 1000); 'bytes */1000' -> (None, 1000)."""
+    match = re.match(r"bytes (\d+|\*)(?:-\d+)?/(\d+|\*)", header or "")
+    if not match:
+        return None, None
+    start, total = match.groups()
+    return (None if start == "*" else int(start)), (None if total == "*" else int(total))
+
+
+def _open(url: str, offset: int, timeout: float):
+    """Open `url` asking for bytes from `offset`; None when the .part is already complete."""
+    headers = {"Range": f"bytes={offset}-"} if offset else {}
+    try:
+        return urlopen(Request(url, headers=headers), timeout=timeout)  # noqa: S310
+    except HTTPError as exc:
+        if (
+            exc.code == 416
+            and offset
+            and _content_range(exc.headers.get("Content-Range"))[1] == offset
+        ):
+            return None
+        raise DermasegError(f"{url}: the server answered HTTP {exc.code} {exc.reason}") from exc
+    except (URLError, OSError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise Unreachable(f"cannot reach {url} ({reason})") from exc
+
+
+def _transfer(url: str, part: Path, timeout: float, progress: bool) -> None:
+    """Append the rest of `url` to `part` (or restart it if the server ignores Range).
+
+    Raises:
+        _Broken: the connection stopped before Content-Length bytes arrived.
+        Unreachable, DermasegError: no connection, or an HTTP error status.
+    """
+    offset = part.stat().st_size if part.exists() else 0
+    response = _open(url, offset, timeout)
+    if response is None:
+        return
+    with response:
+        start = (
+            _content_range(response.headers.get("Content-Range"))[0]
+            if response.status == 206
+            else 0
+        )
+        if start not in (0, offset):
+            raise DermasegError(f"{url}: the server resumed at byte {start}, not {offset}")
+        length = response.headers.get("Content-Length")
+        total = start + int(length) if length is not None else None
+        bar = tqdm(
+            total=total,
+            initial=start,
+            unit="B",
+            unit_scale=True,
+            unit_divisor=1024,
+            desc=Path(part.stem).name,
+            disable=not progress,
+        )
+        with bar, open(part, "ab" if start else "wb") as handle:
+            try:
+                while chunk := response.read(CHUNK):
+                    handle.write(chunk)
+                    bar.update(len(chunk))
+            except (OSError, http.client.HTTPException) as exc:
+                raise _Broken(f"{type(exc).__name__}: {exc}") from exc
+    size = part.stat().st_size
+    if total is not None and size != total:
+        raise _Broken(f"got {size} of {total} bytes")
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(CHUNK):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def fetch(
+    url: str,
+    dest: str | os.PathLike,
+    sha256: str | None = None,
+    timeout: float = 10.0,
+    retries: int = 3,
+    progress: bool = True,
+) -> Path:
+    """Download `url` to `dest` unless it is already there, resuming breaks with HTTP Range.
+
+    Raises:
+        Unreachable: no connection to the server.
+        DermasegError: HTTP error, transfer still broken after `retries` resumes (the `.part`
+            file stays: running again resumes it), or a checksum mismatch.
+    """
+    dest = Path(dest)
+    if dest.exists():
+        return dest
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    part = dest.with_name(dest.name + ".part")
+    for attempt in range(retries + 1):
+        try:
+            _transfer(url, part, timeout, progress)
+            break
+        except _Broken as exc:
+            if attempt == retries:
+                kept = part.stat().st_size if part.exists() else 0
+                raise DermasegError(
+                    f"{url}: transfer broke ({exc}); {kept} bytes kept in {part}, "
+                    "run the same command again to resume"
+                ) from exc
+    if sha256 is not None and (actual := _sha256(part)) != sha256:
+        bad = part.with_name(dest.name + ".bad")
+        os.replace(part, bad)
+        raise DermasegError(
+            f"{url}: SHA-256 {actual} differs from the published {sha256}; kept as {bad}"
+        )
+    os.replace(part, dest)
+    return dest
+
+
+def _check_members(archive: Path, members: list[zipfile.ZipInfo], out: Path) -> None:
+    """Raises DermasegError if any member would be written outside `out`."""
+    root = out.resolve()
+    for member in members:
+        name = member.filename
+        parts = PurePosixPath(name.replace("\\", "/")).parts
+        target = (root / name).resolve()
+        if name.startswith(("/", "\\")) or ".." in parts or not target.is_relative_to(root):
+            raise DermasegError(
+                f"{archive}: member {name!r} would be written outside {out}; refusing to unpack"
+            )
+
+
+def safe_extract(archive: str | os.PathLike, out: str | os.PathLike, progress: bool = True) -> int:
+    """Unpack a zip into `out`, each file written atomically; returns the number of files.
+
+    Raises:
+        DermasegError: not a valid zip, a member escaping `out` (nothing is written then),
+            not enough disk space, or a corrupt member.
+    """
+    archive, out = Path(archive), Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    try:
+        with zipfile.ZipFile(archive) as zipped:
+            members = zipped.infolist()
+            _check_members(archive, members, out)
+            needed = sum(m.file_size for m in members)
+            if needed > shutil.disk_usage(out).free:
+                raise DermasegError(f"{archive}: needs {needed} bytes, {out} has less free space")
+            files = [m for m in members if not m.is_dir()]
+            for member in tqdm(
+                files, desc=f"unpack {archive.name}", unit="file", disable=not progress
+            ):
+                destination = out / member.filename
+                with (
+                    zipped.open(member) as source,
+                    atomic_path(destination) as tmp,
+                    open(tmp, "wb") as target,
+                ):
+                    shutil.copyfileobj(source, target, CHUNK)
+            return len(files)
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError) as exc:
+        raise DermasegError(f"{archive}: not a valid zip archive ({exc})") from exc
+
+
+def _manual_help(archives: list[Archive], url_base: str, out: Path) -> str:
+    urls = "\n".join(f"  {archive_url(a, url_base)}" for a in archives)
+    return (
+        f"\nDownload these files by hand on a machine with network access "
+        f"(or from the mirror {MIRROR_BASE}/<year>/...):\n{urls}\n"
+        f"put them in {out}/ and run the same command again: it unpacks and checks them "
+        "without the network."
+    )
+
+
+def download_dataset(
+    dataset: str,
+    out: str | os.PathLike,
+    url_base: str = URL_BASE,
+    splits: tuple[str, ...] = SPLITS,
+    timeout: float = 10.0,
+    verify_checksum: bool = True,
+    progress: bool = True,
+) -> CheckReport:
+    """Fetch, unpack and check the Task 1 archives of `dataset` ("isic2016/2017/2018").
+
+    Raises:
+        UsageError: unknown dataset or split.
+        DermasegError: no network (the message lists the files to fetch by hand), HTTP or
+            transfer failure, checksum mismatch, unsafe or corrupt archive.
+    """
+    if dataset not in ARCHIVES:
+        raise UsageError(f"unknown dataset {dataset!r}; choose from {', '.join(ARCHIVES)}")
+    if unknown := set(splits) - set(SPLITS):
+        raise UsageError(f"unknown split {sorted(unknown)}; choose from {', '.join(SPLITS)}")
+    archives = [a for a in ARCHIVES[dataset] if a.split in splits]
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    for archive in archives:
+        url = archive_url(archive, url_base)
+        sha = archive.sha256 if verify_checksum else None
+        try:
+            fetch(url, out / archive.name, sha, timeout=timeout, progress=progress)
+        except Unreachable as exc:
+            raise Unreachable(str(exc) + _manual_help(archives, url_base, out)) from exc
+    for archive in archives:
+        marker = out / f".{archive.name}.unpacked"
+        if not marker.exists():
+            safe_extract(out / archive.name, out, progress=progress)
+            write_bytes_atomic(marker, b"unpacked\n")
+    return check_dataset(out, progress=progress)

@@ -1,0 +1,271 @@
+"""The HTTP service: `create_app(model_path, ...)` -> a FastAPI app (run it with uvicorn).
+
+    POST /v1/segment          multipart `file` -> SegmentResponse JSON, or ?format=png the mask
+    POST /v1/segment/batch    multipart `files` (several) -> BatchResponse
+    GET  /healthz /readyz /metrics /docs, and the web page at /
+
+The model is loaded once, in the lifespan, in a worker thread; /readyz says when it is there.
+Inference runs in a thread pool with a timeout (504). Limits, auth and overload (503) are
+handled by `dermaseg.serve.guard.Guard` before the body is read. Every error is JSON
+{"status", "detail"} without a stack trace; bad input is always a 4xx.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from fastapi import Depends, FastAPI, File, Query, Request, UploadFile
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, Response
+from fastapi.security import HTTPBearer
+from fastapi.staticfiles import StaticFiles
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from dermaseg import __version__
+from dermaseg.errors import UsageError
+from dermaseg.serve.guard import Guard, Metrics, Slots
+from dermaseg.serve.schemas import (
+    BatchItem,
+    BatchResponse,
+    ErrorResponse,
+    Health,
+    ModelInfo,
+    Ready,
+    SegmentResponse,
+)
+from dermaseg.serve.work import ApiError, Segmented, safe_name, segment_images
+
+log = logging.getLogger("dermaseg.serve")
+STATIC = Path(__file__).resolve().parent / "static"
+ENDPOINTS = {"/", "/healthz", "/readyz", "/metrics", "/v1/segment", "/v1/segment/batch",
+             "/docs", "/openapi.json"}
+ERRORS = {code: {"model": ErrorResponse} for code in (400, 401, 413, 415, 422, 503, 504)}
+
+
+@dataclass
+class ServeSettings:
+    model_path: str
+    backend: str = "auto"  # "onnx", "torch", or "auto" (from the file suffix)
+    token: str | None = None  # bearer token for /v1/*; None: no auth
+    max_upload_mb: float = 20.0  # request body limit
+    max_pixels: int = 40_000_000  # per image, checked from the header before decoding
+    max_concurrency: int = 8  # API requests admitted at once; more get 503 at once
+    timeout_s: float = 60.0  # per request inference time limit (504)
+    max_batch: int = 16  # files per batch request
+    threads: int = 0  # inference threads (0: min(max_concurrency, CPU cores))
+
+    def check(self) -> None:
+        """Raises: UsageError for a value out of range or a backend that does not fit."""
+        suffix = Path(self.model_path).suffix.lower()
+        if self.backend not in ("auto", "onnx", "torch"):
+            raise UsageError(f"--backend {self.backend}: use onnx or torch")
+        if self.backend == "onnx" and suffix != ".onnx":
+            raise UsageError(f"{self.model_path}: --backend onnx needs an .onnx model; make one "
+                             f"with `dermaseg export {self.model_path} -o model.onnx`")
+        if self.backend == "torch" and suffix == ".onnx":
+            raise UsageError(f"{self.model_path}: --backend torch needs a checkpoint (.ckpt)")
+        for name in ("max_upload_mb", "max_pixels", "max_concurrency", "timeout_s", "max_batch"):
+            if not getattr(self, name) > 0:
+                raise UsageError(f"{name}: must be > 0, got {getattr(self, name)}")
+
+
+def load_predictor(settings: ServeSettings):
+    """Check (ONNX: onnx.checker, names, metadata) and load the model on the CPU."""
+    from dermaseg.infer.predictor import Predictor
+
+    if Path(settings.model_path).suffix.lower() == ".onnx":
+        from dermaseg.export import check_onnx
+
+        check_onnx(settings.model_path)
+    return Predictor.load(settings.model_path, device="cpu")
+
+
+def model_info(predictor, settings: ServeSettings) -> ModelInfo:
+    meta = predictor.meta
+    onnx = Path(settings.model_path).suffix.lower() == ".onnx"
+    return ModelInfo(
+        name=f"{meta.config.model.arch}-{meta.config.model.backbone}", version=meta.version,
+        file=Path(settings.model_path).name, backend="onnx" if onnx else "torch",
+        image_size=meta.image_size, threshold=meta.threshold,
+    )
+
+
+def _error(status: int, detail: str, headers=None) -> JSONResponse:
+    return JSONResponse({"status": status, "detail": detail}, status, headers=headers)
+
+
+def _install_handlers(app: FastAPI) -> None:
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException):
+        return _error(exc.status_code, str(exc.detail), getattr(exc, "headers", None))
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, exc: RequestValidationError):
+        parts = [f"{'.'.join(str(p) for p in e.get('loc', ()))}: {e.get('msg')}"
+                 for e in exc.errors()]
+        return _error(422, "; ".join(parts) or "invalid request")
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception):
+        log.exception("unexpected error on %s", request.url.path)
+        return _error(500, "internal error (logged on the server)")
+
+
+def create_app(model_path: str | os.PathLike, backend: str = "auto", token: str | None = None,
+               max_upload_mb: float = 20.0, max_pixels: int = 40_000_000,
+               max_concurrency: int = 8, timeout_s: float = 60.0, max_batch: int = 16,
+               threads: int = 0) -> FastAPI:
+    """The FastAPI app serving one model (see the module docstring).
+
+    Raises:
+        UsageError: a setting out of range or a backend that does not fit the file.
+    """
+    settings = ServeSettings(str(model_path), backend, token or None, max_upload_mb, max_pixels,
+                             max_concurrency, timeout_s, max_batch, threads)
+    settings.check()
+    slots = Slots(settings.max_concurrency)
+    metrics = Metrics(ENDPOINTS)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        workers = settings.threads or max(1, min(settings.max_concurrency, os.cpu_count() or 1))
+        app.state.pool = ThreadPoolExecutor(workers, thread_name_prefix="dermaseg-infer")
+        loop = asyncio.get_running_loop()
+        app.state.predictor = await loop.run_in_executor(app.state.pool, load_predictor, settings)
+        app.state.model_info = model_info(app.state.predictor, settings)
+        log.info("model %s loaded", app.state.model_info.name)
+        yield
+        app.state.pool.shutdown(wait=False, cancel_futures=True)
+
+    app = FastAPI(title="dermaseg", version=__version__, lifespan=lifespan,
+                  description="Skin-lesion segmentation (DeepLab-v3) over HTTP.")
+    app.state.settings, app.state.metrics, app.state.slots = settings, metrics, slots
+    app.state.predictor = None
+    _install_handlers(app)
+    _add_routes(app)
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    max_body = int(settings.max_upload_mb * 2**20)
+    app.add_middleware(Guard, metrics=metrics, slots=slots, max_body=max_body,
+                       token=settings.token)
+    return app
+
+
+def app_from_env() -> FastAPI:
+    """Factory for `uvicorn --factory` (used with several workers): settings from the
+    environment, DERMASEG_SERVE (JSON of ServeSettings) and DERMASEG_TOKEN."""
+    import json
+
+    data = json.loads(os.environ["DERMASEG_SERVE"])
+    data["token"] = os.environ.get("DERMASEG_TOKEN") or None
+    return create_app(**data)
+
+
+def settings_json(settings: ServeSettings) -> str:
+    import json
+
+    data = asdict(settings)
+    data.pop("token")
+    return json.dumps(data)
+
+
+async def _run(request: Request, uploads, pixel_size_mm, want_json: bool) -> list:
+    """Run segment_images in the pool with the timeout; the job is registered with the Guard
+    so that the request's slot is freed only when the work has really stopped."""
+    app = request.app
+    predictor = app.state.predictor
+    if predictor is None:
+        raise ApiError(503, "model not loaded yet; see /readyz")
+    settings: ServeSettings = app.state.settings
+    job = app.state.pool.submit(segment_images, predictor, uploads, settings.max_pixels,
+                                pixel_size_mm, want_json)
+    request.state.jobs.append(job)
+    start = time.perf_counter()
+    try:
+        results = await asyncio.wait_for(asyncio.wrap_future(job), settings.timeout_s)
+    except asyncio.TimeoutError as exc:
+        raise ApiError(504, f"inference took longer than {settings.timeout_s:g} s") from exc
+    done = sum(isinstance(r, Segmented) for r in results)
+    if done:
+        app.state.metrics.observe_inference(time.perf_counter() - start, done)
+    return results
+
+
+async def _read(upload: UploadFile) -> tuple[str, bytes]:
+    return safe_name(upload.filename), await upload.read()
+
+
+def _response(result: Segmented, name: str, info: ModelInfo) -> SegmentResponse:
+    return SegmentResponse(filename=name, model=info, **result.fields)
+
+
+def _add_routes(app: FastAPI) -> None:
+    bearer = [Depends(HTTPBearer(auto_error=False))]  # documents the auth; the Guard checks it
+
+    @app.post("/v1/segment", response_model=SegmentResponse, responses={
+        **ERRORS, 200: {"content": {"image/png": {}}, "description": "JSON, or the mask PNG"}},
+        dependencies=bearer)
+    async def segment(request: Request, file: UploadFile = File(..., description="the image"),
+                      format: str = Query("json", pattern="^(json|png)$"),
+                      pixel_size_mm: float | None = Query(None, gt=0)):
+        """Segment one image (JPEG, PNG, BMP, TIFF or WebP)."""
+        name, data = await _read(file)
+        (result,) = await _run(request, [(name, data)], pixel_size_mm, format == "json")
+        if isinstance(result, ApiError):
+            raise result
+        if format == "png":
+            stem = name.rsplit(".", 1)[0]
+            return Response(result.png, media_type="image/png", headers={
+                "content-disposition": f'attachment; filename="{stem}_segmentation.png"',
+                "x-inference-ms": str(result.fields["inference_ms"])})
+        return _response(result, name, app.state.model_info)
+
+    @app.post("/v1/segment/batch", response_model=BatchResponse, responses=ERRORS,
+              dependencies=bearer)
+    async def segment_batch(request: Request,
+                            files: list[UploadFile] = File(..., description="the images"),
+                            pixel_size_mm: float | None = Query(None, gt=0)):
+        """Segment several images; each gets its own status (200 or the 4xx of its problem)."""
+        limit = app.state.settings.max_batch
+        if len(files) > limit:
+            raise ApiError(413, f"{len(files)} files: at most {limit} per batch request")
+        uploads = [await _read(upload) for upload in files]
+        results = await _run(request, uploads, pixel_size_mm, True)
+        items = []
+        for (name, _), result in zip(uploads, results, strict=True):
+            if isinstance(result, ApiError):
+                items.append(BatchItem(filename=name, status=result.status_code,
+                                       error=str(result.detail)))
+            else:
+                items.append(BatchItem(filename=name, status=200,
+                                       result=_response(result, name, app.state.model_info)))
+        return BatchResponse(results=items)
+
+    @app.get("/healthz", response_model=Health)
+    async def healthz():
+        """The process is up."""
+        return Health()
+
+    @app.get("/readyz", response_model=Ready, responses={503: {"model": Ready}})
+    async def readyz():
+        """The model is loaded (503 until then)."""
+        if app.state.predictor is None:
+            return JSONResponse(Ready(ready=False).model_dump(), 503)
+        return Ready(ready=True, model=app.state.model_info)
+
+    @app.get("/metrics", response_class=PlainTextResponse)
+    async def metrics():
+        """Prometheus text format: requests by endpoint/status, latency histograms."""
+        slots = app.state.slots
+        text = app.state.metrics.render(slots.total - slots.free, app.state.predictor is not None)
+        return PlainTextResponse(text, media_type="text/plain; version=0.0.4")
+
+    @app.get("/", include_in_schema=False)
+    async def index():
+        return FileResponse(STATIC / "index.html")

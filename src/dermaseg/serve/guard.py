@@ -1,0 +1,222 @@
+"""The server's front door (a plain ASGI middleware): metrics, auth, admission, body size.
+
+For every HTTP request it records the count by endpoint and status and the latency (exposed at
+/metrics in the Prometheus text format). For the API paths (/v1/...) it also, in this order and
+before any byte of the body is read:
+
+1. checks the bearer token when one is set (hmac.compare_digest) -> 401;
+2. takes one of `max_concurrency` slots without waiting -> 503 when all are taken (a bounded
+   server, not a growing queue); the slot is given back when the request's inference jobs have
+   really finished, even if the client was already answered 504;
+3. refuses a body over `max_body` bytes (Content-Length, then counted while streaming) -> 413.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import threading
+import time
+from collections import defaultdict
+
+from fastapi import HTTPException
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+API_PREFIX = "/v1/"
+
+
+class BodyTooLarge(HTTPException):
+    def __init__(self, limit: int) -> None:
+        super().__init__(413, f"request body is over the limit of {limit} bytes "
+                              f"({limit / 2**20:.1f} MiB)")
+
+
+class Slots:
+    """A counter of free request slots; try_acquire never waits. Thread-safe."""
+
+    def __init__(self, total: int) -> None:
+        self.total = total
+        self.free = total
+        self._lock = threading.Lock()
+
+    def try_acquire(self) -> bool:
+        with self._lock:
+            if self.free == 0:
+                return False
+            self.free -= 1
+            return True
+
+    def release(self) -> None:
+        with self._lock:
+            self.free = min(self.total, self.free + 1)
+
+    def release_after(self, jobs: list) -> None:
+        """Release once every concurrent.futures.Future in `jobs` is done."""
+        pending = [job for job in jobs if not job.done()]
+        if not pending:
+            self.release()
+            return
+        remaining = [len(pending)]
+        lock = threading.Lock()
+
+        def finished(_job) -> None:
+            with lock:
+                remaining[0] -= 1
+                last = remaining[0] == 0
+            if last:
+                self.release()
+
+        for job in pending:
+            job.add_done_callback(finished)
+
+
+class Metrics:
+    """Request counts by (endpoint, status) and latency histograms by endpoint."""
+
+    def __init__(self, endpoints: set[str]) -> None:
+        self.endpoints = endpoints
+        self.counts: dict[tuple[str, int], int] = defaultdict(int)
+        self.buckets: dict[str, list[int]] = defaultdict(lambda: [0] * len(LATENCY_BUCKETS))
+        self.sums: dict[str, float] = defaultdict(float)
+        self.totals: dict[str, int] = defaultdict(int)
+        self.inference: list[float] = [0.0, 0.0]  # seconds, images
+        self._lock = threading.Lock()
+
+    def label(self, path: str) -> str:
+        return path if path in self.endpoints else "other"
+
+    def observe(self, path: str, status: int, seconds: float) -> None:
+        endpoint = self.label(path)
+        with self._lock:
+            self.counts[(endpoint, status)] += 1
+            self.sums[endpoint] += seconds
+            self.totals[endpoint] += 1
+            row = self.buckets[endpoint]
+            for index, bound in enumerate(LATENCY_BUCKETS):
+                if seconds <= bound:
+                    row[index] += 1
+
+    def observe_inference(self, seconds: float, images: int) -> None:
+        with self._lock:
+            self.inference[0] += seconds
+            self.inference[1] += images
+
+    def render(self, in_flight: int, ready: bool) -> str:
+        """The Prometheus text exposition format (version 0.0.4)."""
+        out = ["# HELP dermaseg_requests_total HTTP requests by endpoint and status code.",
+               "# TYPE dermaseg_requests_total counter"]
+        with self._lock:
+            for (endpoint, status), count in sorted(self.counts.items()):
+                out.append(f'dermaseg_requests_total{{endpoint="{endpoint}",status="{status}"}} '
+                           f"{count}")
+            out += ["# HELP dermaseg_request_duration_seconds Request latency by endpoint.",
+                    "# TYPE dermaseg_request_duration_seconds histogram"]
+            for endpoint in sorted(self.totals):
+                name, label = "dermaseg_request_duration_seconds", f'endpoint="{endpoint}"'
+                for bound, count in zip(LATENCY_BUCKETS, self.buckets[endpoint], strict=True):
+                    out.append(f'{name}_bucket{{{label},le="{bound}"}} {count}')
+                out.append(f'{name}_bucket{{{label},le="+Inf"}} {self.totals[endpoint]}')
+                out.append(f"{name}_sum{{{label}}} {self.sums[endpoint]:.6f}")
+                out.append(f"{name}_count{{{label}}} {self.totals[endpoint]}")
+            seconds, images = self.inference
+        out += ["# HELP dermaseg_inference_seconds_total Model time spent, all images.",
+                "# TYPE dermaseg_inference_seconds_total counter",
+                f"dermaseg_inference_seconds_total {seconds:.6f}",
+                "# HELP dermaseg_images_total Images segmented.",
+                "# TYPE dermaseg_images_total counter", f"dermaseg_images_total {int(images)}",
+                "# HELP dermaseg_in_flight API requests being served now.",
+                "# TYPE dermaseg_in_flight gauge", f"dermaseg_in_flight {in_flight}",
+                "# HELP dermaseg_model_ready 1 when the model is loaded.",
+                "# TYPE dermaseg_model_ready gauge", f"dermaseg_model_ready {int(ready)}"]
+        return "\n".join(out) + "\n"
+
+
+async def send_json(send, status: int, detail: str, headers: list | None = None) -> None:
+    body = json.dumps({"status": status, "detail": detail}).encode()
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"),
+                            (b"content-length", str(len(body)).encode()), *(headers or [])]})
+    await send({"type": "http.response.body", "body": body})
+
+
+def _bearer(scope) -> str | None:
+    for key, value in scope.get("headers", []):
+        if key == b"authorization":
+            text = value.decode("latin-1")
+            scheme, _, credential = text.partition(" ")
+            return credential.strip() if scheme.lower() == "bearer" else None
+    return None
+
+
+def _content_length(scope) -> int | None:
+    for key, value in scope.get("headers", []):
+        if key == b"content-length":
+            try:
+                return int(value)
+            except ValueError:
+                return None
+    return None
+
+
+class Guard:
+    """ASGI middleware: see the module docstring."""
+
+    def __init__(self, app, *, metrics: Metrics, slots: Slots, max_body: int,
+                 token: str | None) -> None:
+        self.app, self.metrics, self.slots = app, metrics, slots
+        self.max_body, self.token = max_body, token
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start, status = time.perf_counter(), [500]
+
+        async def send_status(message) -> None:
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+            await send(message)
+
+        try:
+            if scope["path"].startswith(API_PREFIX):
+                await self._api(scope, receive, send_status)
+            else:
+                await self.app(scope, receive, send_status)
+        finally:
+            self.metrics.observe(scope["path"], status[0], time.perf_counter() - start)
+
+    async def _api(self, scope, receive, send) -> None:
+        if self.token is not None:
+            given = _bearer(scope)
+            if given is None or not hmac.compare_digest(given.encode(), self.token.encode()):
+                await send_json(send, 401, "missing or wrong bearer token",
+                                [(b"www-authenticate", b"Bearer")])
+                return
+        length = _content_length(scope)
+        if length is not None and length > self.max_body:
+            await send_json(send, 413, BodyTooLarge(self.max_body).detail,
+                            [(b"connection", b"close")])
+            return
+        if not self.slots.try_acquire():
+            await send_json(send, 503, "server busy: all request slots are taken, retry later",
+                            [(b"retry-after", b"1")])
+            return
+        jobs: list = []
+        scope.setdefault("state", {})["jobs"] = jobs
+        try:
+            await self.app(scope, self._limited(receive), send)
+        finally:
+            self.slots.release_after(jobs)
+
+    def _limited(self, receive):
+        seen = [0]
+
+        async def limited_receive():
+            message = await receive()
+            if message["type"] == "http.request":
+                seen[0] += len(message.get("body", b""))
+                if seen[0] > self.max_body:
+                    raise BodyTooLarge(self.max_body)
+            return message
+
+        return limited_receive

@@ -1,0 +1,63 @@
+"""Response bodies of the HTTP API (pydantic models; they make the OpenAPI schema at /docs)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+
+class BBox(BaseModel):
+    x: int = Field(description="left column of the lesion pixels")
+    y: int = Field(description="top row")
+    width: int
+    height: int
+
+
+class ModelInfo(BaseModel):
+    name: str = Field(description="architecture and backbone, e.g. deeplabv3plus-resnet50")
+    version: str = Field(description="dermaseg version that wrote the model")
+    file: str = Field(description="model file name")
+    backend: str = Field(description="onnx or torch")
+    image_size: int = Field(description="side of the square network input")
+    threshold: float
+
+
+class SegmentResponse(BaseModel):
+    filename: str | None = None
+    width: int = Field(description="image width in pixels (after EXIF orientation)")
+    height: int
+    area_fraction: float = Field(description="lesion pixels / all pixels")
+    bbox: BBox | None = Field(description="lesion bounding box; null when nothing was found")
+    contour: list[list[float]] = Field(
+        description="outer contour of the largest lesion region, [[x, y], ...] in pixels"
+    )
+    measurements: dict[str, Any] = Field(description="dermaseg.measure.measure_lesion output")
+    mask_png_base64: str = Field(description="8-bit PNG, 0 = skin, 255 = lesion, image size")
+    model: ModelInfo
+    inference_ms: float = Field(description="model time (preprocess + network + resize back)")
+
+
+class BatchItem(BaseModel):
+    filename: str | None = None
+    status: int = Field(description="200, or the 4xx status this image alone would get")
+    result: SegmentResponse | None = None
+    error: str | None = None
+
+
+class BatchResponse(BaseModel):
+    results: list[BatchItem]
+
+
+class ErrorResponse(BaseModel):
+    status: int
+    detail: str
+
+
+class Health(BaseModel):
+    status: str = "ok"
+
+
+class Ready(BaseModel):
+    ready: bool
+    model: ModelInfo | None = None

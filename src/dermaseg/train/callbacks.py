@@ -1,0 +1,214 @@
+"""What Lightning lacks: late backbone freezing, a time budget that finishes whole epochs, a
+non-finite-loss guard, `last.ckpt` every N steps and every epoch, atomic checkpoint files.
+
+Every callback keeps its state in the checkpoint (`state_dict`), so a resumed run behaves as
+the uninterrupted one would have.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+
+from dermaseg.errors import DermasegError
+from dermaseg.fileio import atomic_path
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Write checkpoints to a temporary file, then rename: a kill never leaves half a file.
+
+    Reading uses `torch.load(weights_only=True)`: a checkpoint cannot run code when resumed.
+    """
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options=None) -> None:
+        try:
+            with atomic_path(path) as tmp:
+                torch.save(checkpoint, tmp)
+        except OSError as exc:
+            raise DermasegError(f"{path}: cannot write checkpoint ({exc.strerror or exc})") from exc
+
+    def load_checkpoint(self, path, map_location=None, weights_only=None) -> dict[str, Any]:
+        from dermaseg.checkpoint import read_checkpoint
+
+        return read_checkpoint(path)
+
+
+class LastCheckpoint(ModelCheckpoint):
+    """`last.ckpt` after every `every_n_steps` optimizer steps and at the end of every epoch.
+
+    A ModelCheckpoint subclass so that Lightning runs it after the other callbacks (and after
+    the best-checkpoint callback), and the file holds their updated state.
+    """
+
+    def __init__(self, dirpath, every_n_steps: int) -> None:
+        super().__init__(dirpath=dirpath, filename="last", save_top_k=0,
+                         every_n_train_steps=every_n_steps, enable_version_counter=False)
+
+    def _save_last_now(self, trainer: L.Trainer) -> None:
+        if not self._should_skip_saving_checkpoint(trainer):
+            self._save_checkpoint(trainer, self.last_path())
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        n = self._every_n_train_steps
+        if n >= 1 and trainer.global_step % n == 0:
+            self._save_last_now(trainer)
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        if not trainer.fit_loop.epoch_loop._should_check_val_epoch():
+            self._save_last_now(trainer)  # epochs without validation
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        # Always, even if saved at this step before validation: the file must hold the
+        # epoch's validation results (early stopping, best score, history row).
+        if not trainer.sanity_checking:
+            self._save_checkpoint(trainer, self.last_path())
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        self._save_last_now(trainer)  # a run stopped mid-epoch (time budget)
+
+    def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
+        if self._last_global_step_saved >= 0 and os.path.isfile(self.last_path()):
+            rank_zero_info(f"stopped at step {trainer.global_step}; {self.last_path()} holds "
+                           f"step {self._last_global_step_saved}: continue with --resume")
+
+    def last_path(self) -> str:
+        return self.format_checkpoint_name({}, "last")
+
+
+class LateFreeze(Callback):
+    """Freeze the backbone (train only ASPP + decoder) from epoch `epoch`, or once the plateau
+    scheduler has cut the learning rate `after_drops` times.
+
+    Args:
+        epoch: first epoch (0-based) trained with a frozen backbone; None: not by epoch.
+        after_drops: number of LR reductions that trigger the freeze; None: not by drops.
+    """
+
+    def __init__(self, epoch: int | None = None, after_drops: int | None = None) -> None:
+        self.epoch, self.after_drops = epoch, after_drops
+        self.frozen = False
+        self.drops = 0
+        self.last_lr: float | None = None
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.frozen:  # resumed mid-epoch: no on_train_epoch_start for this epoch
+            pl_module.model.freeze_backbone()
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        lr = trainer.optimizers[0].param_groups[0]["lr"]
+        if self.last_lr is not None and lr < self.last_lr * (1 - 1e-6):
+            self.drops += 1
+        self.last_lr = lr
+        due = (self.epoch is not None and trainer.current_epoch >= self.epoch) or (
+            self.after_drops is not None and self.drops >= self.after_drops)
+        if due and not self.frozen:
+            self.frozen = True
+            rank_zero_info(f"epoch {trainer.current_epoch}: backbone frozen (after "
+                           f"{self.drops} LR drops); training ASPP + decoder only")
+        if self.frozen:  # again after a resume; idempotent
+            pl_module.model.freeze_backbone()
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"frozen": self.frozen, "drops": self.drops, "last_lr": self.last_lr}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.frozen = bool(state_dict["frozen"])
+        self.drops = int(state_dict["drops"])
+        self.last_lr = state_dict["last_lr"]
+
+
+class TimeBudget(Callback):
+    """Stop within `minutes` of training time (resumed runs count the time already spent).
+
+    At the end of an epoch the run stops if the next epoch would not fit (judged by the last
+    epoch's duration), so every epoch is complete and validated; mid-epoch it stops only when
+    the budget is already spent.
+    """
+
+    def __init__(self, minutes: float) -> None:
+        self.budget = minutes * 60.0
+        self.spent = 0.0  # seconds, from earlier (interrupted) sessions of this run
+        self.stopped = False
+        self._start = self._epoch_start = 0.0
+        self._last_epoch = 0.0
+
+    def elapsed(self) -> float:
+        return self.spent + time.monotonic() - self._start
+
+    def fraction_spent(self) -> float:
+        """Share of the budget used so far (this process's clock)."""
+        return self.elapsed() / self.budget
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self._start = self._epoch_start = time.monotonic()
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        self._epoch_start = time.monotonic()
+
+    def _stop(self, trainer: L.Trainer, stop: bool, why: str) -> None:
+        stop = trainer.strategy.broadcast(stop)
+        if stop and not trainer.should_stop:
+            self.stopped = trainer.should_stop = True
+            rank_zero_info(f"time budget of {self.budget / 60:g} min: {why}")
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self._stop(trainer, self.elapsed() >= self.budget, "spent, stopping")
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        if trainer.sanity_checking:
+            return
+        self._last_epoch = time.monotonic() - self._epoch_start
+        left = self.budget - self.elapsed()
+        self._stop(trainer, left < self._last_epoch, "no time for another epoch, stopping")
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"spent": self.elapsed() if self._start else self.spent, "stopped": self.stopped}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.spent = float(state_dict["spent"])
+        self.stopped = bool(state_dict["stopped"])
+
+
+class NonFiniteGuard:
+    """Skip a training batch whose loss is NaN/inf, naming it; stop after `tolerance` in a row.
+
+    Used by the LightningModule (a callback cannot skip a step). Under DDP every process skips
+    when any one sees a non-finite loss, so the processes stay in step.
+    """
+
+    def __init__(self, tolerance: int = 3) -> None:
+        self.tolerance = tolerance
+        self.in_a_row = 0
+        self.skipped = 0
+
+    def should_skip(self, loss: torch.Tensor, parts: dict[str, torch.Tensor],
+                    trainer: L.Trainer, batch_idx: int, items: list[str]) -> bool:
+        """True when this batch must be skipped.
+
+        Raises:
+            DermasegError: more than `tolerance` non-finite losses in a row.
+        """
+        bad = not bool(torch.isfinite(loss.detach()).item())
+        if trainer.world_size > 1:
+            bad = trainer.strategy.reduce_boolean_decision(bad, all=False)
+        if not bad:
+            self.in_a_row = 0
+            return False
+        self.in_a_row += 1
+        self.skipped += 1
+        values = ", ".join(f"{k}={float(v):.4g}" for k, v in parts.items())
+        where = (f"non-finite loss ({values}) at epoch {trainer.current_epoch}, batch "
+                 f"{batch_idx} (images: {', '.join(items)})")
+        if self.in_a_row > self.tolerance:
+            raise DermasegError(
+                f"{where}; {self.in_a_row} batches in a row, stopping. Try a lower optim.lr, "
+                "train.precision=32, or check these images")
+        rank_zero_warn(f"{where}; batch skipped")
+        return True

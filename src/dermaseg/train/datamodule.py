@@ -1,0 +1,212 @@
+"""Data loading for training: PreparedDataset splits behind a LightningDataModule.
+
+Reproducibility and exact resume rest on two choices:
+
+* the training order is a function of (seed, epoch) only (`EpochSampler`), sharded by rank
+  under DDP, and it can skip the batches an interrupted epoch already trained on;
+* each sample's augmentation is drawn from a torch generator seeded by (seed, epoch, index)
+  (`KeyedDataset`), so it does not depend on which worker loads it, on the number of workers,
+  or on where in an epoch a run was resumed.
+
+Batches are (images (N, 3, H, W) float, masks (N, 1, H, W) {0, 1}, indices (N,) int64).
+"""
+
+from __future__ import annotations
+
+import os
+import random
+
+import lightning as L
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from dermaseg.config import Config
+from dermaseg.errors import DermasegError
+
+MAX_WORKERS = 8
+
+
+def loader_workers(requested: int) -> int:
+    """`num_workers` from the config: -1 means one per available CPU core, at most 8."""
+    if requested >= 0:
+        return requested
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cores = os.cpu_count() or 1
+    return min(cores, MAX_WORKERS)
+
+
+def sample_seed(seed: int, epoch: int, index: int) -> int:
+    """The seed of one sample's augmentation: distinct for every (seed, epoch, index)."""
+    return ((seed * 1_000_003 + epoch) * 1_000_003 + index) % (2**63 - 1)
+
+
+class KeyedDataset(Dataset):
+    """Wraps a dataset; item `(epoch, index)` -> (image, mask, index) with seeded augmentation.
+
+    The global torch RNG is forked around the call, so loading in the main process
+    (`num_workers=0`) leaves the training RNG (dropout) untouched.
+    """
+
+    def __init__(self, base: Dataset, seed: int) -> None:
+        self.base = base
+        self.seed = seed
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, key: tuple[int, int]):
+        epoch, index = key
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(sample_seed(self.seed, epoch, index))
+            image, mask = self.base[index]
+        return image, mask, index
+
+
+class EpochSampler(Sampler):
+    """Yields `(epoch, index)` keys: a (seed, epoch) permutation, this rank's share of it.
+
+    Args:
+        size: dataset length.
+        shuffle: permute (training) or keep the order (evaluation).
+        seed: base seed of the permutation.
+        rank, world: this process's share under DDP (every `world`-th item from `rank`).
+        batch_size, drop_last: only used to count batches for `skip_batches`.
+        even: make every rank's share the same length (training under DDP needs it).
+    """
+
+    def __init__(self, size: int, *, shuffle: bool, seed: int, rank: int = 0, world: int = 1,
+                 batch_size: int = 1, even: bool = True) -> None:
+        self.size, self.shuffle, self.seed = size, shuffle, seed
+        self.rank, self.world, self.batch_size = rank, world, batch_size
+        self.even = even
+        self.epoch = 0
+        self.skip = 0  # samples to skip in the next iteration only (resume mid-epoch)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def skip_batches(self, epoch: int, batches: int) -> None:
+        """Start the next iteration at `epoch`, after its first `batches` batches."""
+        self.epoch = epoch
+        self.skip = batches * self.batch_size
+
+    def _indices(self) -> list[int]:
+        if self.shuffle:
+            generator = torch.Generator().manual_seed(self.seed * 7919 + self.epoch)
+            order = torch.randperm(self.size, generator=generator).tolist()
+        else:
+            order = list(range(self.size))
+        share = order[self.rank::self.world]
+        if self.even:
+            share = share[: self.size // self.world]
+        return share
+
+    def __len__(self) -> int:
+        return self.size // self.world if self.even else len(range(self.rank, self.size,
+                                                                   self.world))
+
+    def __iter__(self):
+        share = self._indices()[self.skip:]
+        self.skip = 0
+        # A list, not a generator: the permutation is fixed when iteration starts.
+        return iter([(self.epoch, index) for index in share])
+
+
+def seed_worker(worker_id: int) -> None:
+    """Seed numpy and random in each loader worker from its torch seed."""
+    seed = torch.initial_seed() % 2**32
+    np.random.seed(seed)
+    random.seed(seed)
+
+
+class SegmentationDataModule(L.LightningDataModule):
+    """Train/val loaders over a folder written by `dermaseg data prepare`.
+
+    Raises:
+        DermasegError: the folder is not a prepared dataset, or a split is empty.
+    """
+
+    def __init__(self, config: Config, data_dir: str | os.PathLike) -> None:
+        super().__init__()
+        self.config = config
+        self.data_dir = data_dir
+        self.train_set: KeyedDataset | None = None
+        self.val_set: KeyedDataset | None = None
+        self.train_sampler: EpochSampler | None = None
+
+    def setup(self, stage: str | None = None) -> None:
+        from dermaseg.data.dataset import PreparedDataset
+        from dermaseg.data.transforms import build_transform
+
+        data, seed = self.config.data, self.config.train.seed
+        if self.train_set is None:
+            train = PreparedDataset(self.data_dir, "train", data.image_size,
+                                    build_transform(data, train=True))
+            val = PreparedDataset(self.data_dir, "val", data.image_size,
+                                  build_transform(data, train=False))
+            for name, split in (("train", train), ("val", val)):
+                if len(split) == 0:
+                    raise DermasegError(f"{self.data_dir}: the {name} split is empty; prepare "
+                                        "the data with a non-zero --val fraction")
+            if len(train) < data.batch_size:
+                raise DermasegError(
+                    f"{self.data_dir}: {len(train)} training images, fewer than "
+                    f"data.batch_size={data.batch_size}; lower data.batch_size")
+            self.train_set, self.val_set = KeyedDataset(train, seed), KeyedDataset(val, seed)
+
+    def describe(self, indices: list[int]) -> list[str]:
+        """Image ids of training-set indices (for messages naming a batch)."""
+        items = getattr(self.train_set.base, "items", None) if self.train_set else None
+        if not items:
+            return [str(i) for i in indices]
+        return [str(items[i].get("id", i)) for i in indices]
+
+    def _rank_world(self) -> tuple[int, int]:
+        trainer = self.trainer
+        return (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+
+    def _loader(self, dataset: KeyedDataset, sampler: EpochSampler, drop_last: bool):
+        workers = loader_workers(self.config.data.num_workers)
+        on_gpu = torch.cuda.is_available()
+        extra = {"persistent_workers": True, "prefetch_factor": 4 if on_gpu else 2,
+                 "worker_init_fn": seed_worker} if workers > 0 else {}
+        return DataLoader(
+            dataset, batch_size=self.config.data.batch_size, sampler=sampler,
+            num_workers=workers, pin_memory=on_gpu, drop_last=drop_last,
+            # Its own generator: creating an iterator never draws from the global RNG.
+            generator=torch.Generator().manual_seed(self.config.train.seed), **extra,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        rank, world = self._rank_world()
+        self.train_sampler = EpochSampler(
+            len(self.train_set), shuffle=True, seed=self.config.train.seed, rank=rank,
+            world=world, batch_size=self.config.data.batch_size)
+        self._position_for_resume(self.train_sampler)
+        return self._loader(self.train_set, self.train_sampler, drop_last=True)
+
+    def val_dataloader(self) -> DataLoader:
+        rank, world = self._rank_world()
+        sampler = EpochSampler(len(self.val_set), shuffle=False, seed=0, rank=rank,
+                               world=world, even=False)
+        return self._loader(self.val_set, sampler, drop_last=False)
+
+    def _position_for_resume(self, sampler: EpochSampler) -> None:
+        """After a restore, start where the interrupted run stopped.
+
+        Lightning creates the first iterator before it sets the sampler's epoch and does not
+        skip batches already trained on, so both are taken from its restored progress here.
+        """
+        trainer = self.trainer
+        if trainer is None or trainer.ckpt_path is None:
+            return
+        epoch = trainer.fit_loop.epoch_progress.current.processed
+        done = trainer.fit_loop.epoch_loop.batch_progress.current.processed
+        batches = len(sampler) // sampler.batch_size
+        if done >= batches:
+            sampler.skip_batches(epoch + 1, 0)
+        else:
+            sampler.skip_batches(epoch, done)

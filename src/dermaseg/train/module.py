@@ -1,0 +1,208 @@
+"""The LightningModule: model + loss + metrics + optimiser/scheduler from a Config.
+
+Batches are (images (N, 3, H, W), masks (N, 1, H, W) in {0, 1}, indices (N,)). Logged per
+epoch: `train_loss` (the module's running mean, see `pop_train_loss`), `val_loss` and
+`val_<metric>` for every metric of `dermaseg.metrics.SegmentationMetrics` (`val_iou` is the
+Jaccard index). Checkpoints carry {"dermaseg": ModelMeta dict} for `dermaseg.checkpoint` and
+the global RNG state for an exact resume; no pickled objects, no hyper-parameters.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+import lightning as L
+import torch
+from torchmetrics import MeanMetric
+
+from dermaseg.checkpoint import ModelMeta
+from dermaseg.config import Config
+from dermaseg.errors import DermasegError
+from dermaseg.losses import SegmentationLoss
+from dermaseg.metrics import SegmentationMetrics
+from dermaseg.models.factory import build_model
+from dermaseg.train.callbacks import NonFiniteGuard
+
+OPTIMIZERS = ("adam", "adamw", "sgd")
+SCHEDULERS = ("plateau", "cosine", "poly", "none")
+LOG_NAMES = {"jaccard": "iou"}  # metric name -> logged name (val_iou)
+
+
+class SegmentationModule(L.LightningModule):
+    """Trains `build_model(config.model)` with `SegmentationLoss(config.loss)`.
+
+    Raises:
+        DermasegError: unknown optimiser or scheduler name in the config.
+    """
+
+    def __init__(self, config: Config) -> None:
+        super().__init__()
+        check_optim(config)
+        self.config = config
+        self.model = build_model(config.model)
+        self.criterion = SegmentationLoss(config.loss)
+        # The eval-mode model returns mask logits only: validate without the boundary term.
+        self.val_criterion = (SegmentationLoss(dataclasses.replace(config.loss, boundary=0.0))
+                              if config.loss.boundary > 0 else self.criterion)
+        self.val_metrics = SegmentationMetrics(threshold=config.train.threshold)
+        self.train_loss_avg = MeanMetric()
+        self.train_loss_avg.persistent(True)  # in last.ckpt: a mid-epoch resume keeps the mean
+        self.guard = NonFiniteGuard(config.train.nan_tolerance)
+        self._rng_to_restore: dict[str, Any] | None = None
+        self._lr_shape: LRShape | None = None
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.model(images)
+
+    def on_fit_start(self) -> None:
+        if self.device.type == "cuda" and self.config.train.channels_last:
+            self.model.to(memory_format=torch.channels_last)
+
+    def on_after_batch_transfer(self, batch, dataloader_idx: int):
+        images, masks, indices = batch
+        if self.device.type == "cuda" and self.config.train.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        return images, masks, indices
+
+    def on_train_start(self) -> None:
+        if self._rng_to_restore is not None:
+            torch.set_rng_state(self._rng_to_restore["torch"])
+            if torch.cuda.is_available() and len(self._rng_to_restore.get("cuda", [])):
+                torch.cuda.set_rng_state_all(list(self._rng_to_restore["cuda"]))
+            self._rng_to_restore = None
+
+    def on_train_batch_start(self, batch, batch_idx: int) -> None:
+        self._warmup_plateau()
+        if self._lr_shape is not None and self.config.optim.anneal_by_time:
+            budget = next((cb for cb in self.trainer.callbacks if hasattr(cb, "fraction_spent")),
+                          None)
+            if budget is not None:
+                spent = budget.fraction_spent()
+                if self.trainer.world_size > 1:  # one LR on every process: rank 0's clock
+                    spent = self.trainer.strategy.broadcast(spent)
+                self._lr_shape.time_progress = spent
+
+    def training_step(self, batch, batch_idx: int):
+        images, masks, indices = batch
+        total, parts = self.criterion(self.model(images), masks)
+        if self.guard.should_skip(total, parts, self.trainer, batch_idx, self._names(indices)):
+            return None  # Lightning skips backward and the optimiser step
+        self.train_loss_avg.update(total.detach(), weight=images.shape[0])
+        self.log("loss", total.detach(), prog_bar=True, on_step=True, on_epoch=False,
+                 batch_size=images.shape[0])
+        return total
+
+    def validation_step(self, batch, batch_idx: int) -> None:
+        images, masks, _ = batch
+        logits = self.model(images)
+        loss, _ = self.val_criterion(logits, masks)
+        self.val_metrics.update(logits, masks)
+        self.log("val_loss", loss, on_epoch=True, prog_bar=True, sync_dist=True,
+                 batch_size=images.shape[0])
+
+    def on_validation_epoch_end(self) -> None:
+        values = self.val_metrics.compute()  # reduced over processes by torchmetrics
+        self.val_metrics.reset()
+        for name, value in values.items():  # the same on every process: sync is a no-op mean
+            self.log(f"val_{LOG_NAMES.get(name, name)}", value.float(),
+                     prog_bar=name == "dice", sync_dist=True)
+
+    def pop_train_loss(self) -> float:
+        """Mean training loss since the last call (over every process), then start afresh."""
+        value = float(self.train_loss_avg.compute()) if self.train_loss_avg.update_count else \
+            math.nan
+        self.train_loss_avg.reset()
+        return value
+
+    def _names(self, indices: torch.Tensor) -> list[str]:
+        datamodule = getattr(self.trainer, "datamodule", None)
+        if datamodule is not None and hasattr(datamodule, "describe"):
+            return datamodule.describe(indices.tolist())
+        return [str(i) for i in indices.tolist()]
+
+    def _warmup_plateau(self) -> None:
+        """Linear LR warm-up for the plateau schedule (the others warm up in their lambda)."""
+        optim = self.config.optim
+        if optim.scheduler != "plateau" or optim.warmup_epochs <= 0:
+            return
+        warmup = optim.warmup_epochs * self.trainer.num_training_batches
+        if self.global_step < warmup:
+            for group in self.trainer.optimizers[0].param_groups:
+                group["lr"] = optim.lr * (self.global_step + 1) / warmup
+
+    def configure_optimizers(self):
+        optim = self.config.optim
+        params = self.model.param_groups() if hasattr(self.model, "param_groups") else \
+            self.model.parameters()
+        if optim.name == "adam":
+            optimizer = torch.optim.Adam(params, lr=optim.lr, weight_decay=optim.weight_decay)
+        elif optim.name == "adamw":
+            optimizer = torch.optim.AdamW(params, lr=optim.lr, weight_decay=optim.weight_decay)
+        else:
+            optimizer = torch.optim.SGD(params, lr=optim.lr, momentum=0.9, nesterov=True,
+                                        weight_decay=optim.weight_decay)
+        if optim.scheduler == "plateau":
+            scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
+                optimizer, mode="min", factor=optim.plateau_factor,
+                patience=optim.plateau_patience)
+            return {"optimizer": optimizer, "lr_scheduler": {
+                "scheduler": scheduler, "monitor": "val_loss", "interval": "epoch",
+                "frequency": self.config.train.val_every}}
+        total = max(1, int(self.trainer.estimated_stepping_batches))
+        per_epoch = total / max(1, self.trainer.max_epochs or 1)
+        shape = lr_shape(optim.scheduler, total, round(optim.warmup_epochs * per_epoch))
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, shape)
+        self._lr_shape = shape
+        return {"optimizer": optimizer,
+                "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["dermaseg"] = ModelMeta.from_config(self.config).to_dict()
+        rng = {"torch": torch.get_rng_state()}
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            rng["cuda"] = torch.cuda.get_rng_state_all()
+        checkpoint["rng"] = rng
+        checkpoint.pop("hyper_parameters", None)
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self._rng_to_restore = checkpoint.get("rng")
+
+
+class LRShape:
+    """LR multiplier at optimiser step `step`: linear warm-up, then cosine/poly/constant."""
+
+    def __init__(self, kind: str, total: int, warmup: int) -> None:
+        self.kind, self.total, self.warmup = kind, total, warmup
+        self.time_progress = 0.0  # fraction of the time budget spent (optim.anneal_by_time)
+
+    def __call__(self, step: int) -> float:
+        if step < self.warmup:
+            return (step + 1) / self.warmup
+        progress = (step - self.warmup) / max(1, self.total - self.warmup)
+        progress = min(1.0, max(progress, self.time_progress))
+        if self.kind == "cosine":
+            return 0.5 * (1.0 + math.cos(math.pi * progress))
+        if self.kind == "poly":
+            return (1.0 - progress) ** 0.9
+        return 1.0
+
+
+def lr_shape(kind: str, total: int, warmup: int) -> LRShape:
+    return LRShape(kind, total, warmup)
+
+
+def check_optim(config: Config) -> None:
+    """Raises DermasegError naming the field when optimiser/scheduler settings are invalid."""
+    optim = config.optim
+    if optim.name not in OPTIMIZERS:
+        raise DermasegError(f"optim.name: must be one of {', '.join(OPTIMIZERS)}, "
+                            f"got {optim.name!r}")
+    if optim.scheduler not in SCHEDULERS:
+        raise DermasegError(f"optim.scheduler: must be one of {', '.join(SCHEDULERS)}, "
+                            f"got {optim.scheduler!r}")
+    if not optim.lr > 0:
+        raise DermasegError(f"optim.lr: must be > 0, got {optim.lr}")
+    if not 0 < optim.plateau_factor < 1:
+        raise DermasegError(f"optim.plateau_factor: must be in (0, 1), got {optim.plateau_factor}")

@@ -1,0 +1,229 @@
+"""`train(config, data_dir, out_dir)`: one training run, from a Config to a run folder.
+
+RUN_DIR receives config.yaml (resolved), best.ckpt (highest val Dice), last.ckpt (every epoch
+and every `train.checkpoint_every_steps` steps), metrics.csv, curves.png and summary.json.
+
+Precision: `train.precision=auto` is bf16 autocast on CUDA, fp32 on CPU; channels_last and
+`torch.compile` (`train.compile`) apply on GPU.
+
+Several GPUs / machines (DDP): `devices=4` trains on 4 GPUs of this machine, one process each
+(the command is relaunched per GPU); `num_nodes=2` with `devices=4` expects the same command on
+2 machines, each with MASTER_ADDR, MASTER_PORT, NODE_RANK (0, 1) and WORLD_SIZE=8 set (or a
+SLURM/torchrun environment, detected by Lightning). `data.batch_size` is per process.
+
+Resume: `resume=True` continues from RUN_DIR/last.ckpt with optimiser, scheduler, early stopping,
+callback and RNG state; see `dermaseg.train.datamodule` for why the data order matches.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.fabric.utilities.exceptions import MisconfigurationException
+from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
+
+from dermaseg.config import Config, load_config, save_config
+from dermaseg.errors import DermasegError, UsageError
+from dermaseg.fileio import write_json_atomic
+from dermaseg.train.callbacks import AtomicCheckpointIO, LastCheckpoint, LateFreeze, TimeBudget
+from dermaseg.train.datamodule import SegmentationDataModule
+from dermaseg.train.history import History, summarize
+from dermaseg.train.module import SegmentationModule, check_optim
+
+PRECISIONS = {"32": "32-true", "bf16": "bf16-mixed", "16": "16-mixed"}
+
+
+def resolve_precision(value: str, on_gpu: bool) -> str:
+    """Config precision -> Lightning's: auto = bf16-mixed on CUDA (16-mixed without bf16)."""
+    if value == "auto":
+        if not on_gpu:
+            return "32-true"
+        return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
+    if value not in PRECISIONS:
+        raise DermasegError(f"train.precision: must be auto, 32, bf16 or 16, got {value!r}")
+    if value == "16" and not on_gpu:
+        raise DermasegError("train.precision=16 needs a GPU; use 32 or bf16 on CPU")
+    return PRECISIONS[value]
+
+
+def resolve_devices(value: str | int | None) -> tuple[int | str, int]:
+    """(devices for the Trainer, how many processes that means on this machine)."""
+    if value in (None, "auto"):
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 1
+        return "auto", max(1, count)
+    try:
+        count = int(value)
+    except (TypeError, ValueError):
+        raise UsageError(f"--devices: expected a number or 'auto', got {value!r}") from None
+    if count < 1:
+        raise UsageError(f"--devices: must be >= 1, got {count}")
+    return count, count
+
+
+def load_run_config(out_dir: Path, overrides: list[str] | None) -> Config:
+    """The resolved config saved in RUN_DIR, with `section.key=value` overrides applied."""
+    path = out_dir / "config.yaml"
+    if not path.is_file():
+        raise UsageError(f"{out_dir}: no config.yaml, not a run folder to resume")
+    return load_config(path, overrides)
+
+
+def check_resume_config(given: Config, saved: Config, out_dir: Path) -> None:
+    """Raises UsageError listing the fields where a config given with --resume differs."""
+    a, b = given.to_dict(), saved.to_dict()
+    diffs = [f"{s}.{k}" for s in a for k in a[s] if a[s][k] != b.get(s, {}).get(k)]
+    if diffs:
+        raise UsageError(
+            f"{out_dir}/config.yaml: the run was started with a different config "
+            f"({', '.join(diffs)}); drop --config to resume it as it was, or use another -o")
+
+
+def _check_paths(data_dir: Path, out_dir: Path, resume: bool) -> Path | None:
+    if not data_dir.is_dir():
+        raise UsageError(f"--data {data_dir}: no such folder (make one with "
+                         "`dermaseg data prepare IMAGES/ -o PREPARED/`)")
+    if not (data_dir / "manifest.json").is_file():
+        raise UsageError(f"--data {data_dir}: no manifest.json, not a prepared dataset (make one "
+                         "with `dermaseg data prepare IMAGES/ -o PREPARED/`)")
+    last = out_dir / "last.ckpt"
+    if resume:
+        if not last.is_file():
+            raise UsageError(f"{last}: not found, nothing to resume")
+        return last
+    if last.exists() or (out_dir / "best.ckpt").exists():
+        raise UsageError(f"{out_dir}: already holds a run (last.ckpt); add --resume to "
+                         "continue it, or choose another -o")
+    return None
+
+
+def build_callbacks(config: Config, out_dir: Path) -> list[Callback]:
+    t = config.train
+    callbacks: list[Callback] = [
+        History(out_dir),
+        EarlyStopping(monitor="val_loss", mode="min", patience=t.early_stop_patience,
+                      check_on_train_epoch_end=False),
+        LateFreeze(t.freeze_backbone_epoch, t.freeze_after_lr_drops
+                   if config.optim.scheduler == "plateau" else None),
+        ModelCheckpoint(dirpath=out_dir, filename="best", monitor="val_dice", mode="max",
+                        save_top_k=1, save_on_train_epoch_end=False,
+                        enable_version_counter=False, auto_insert_metric_name=False),
+        LastCheckpoint(out_dir, t.checkpoint_every_steps),
+    ]
+    if t.max_minutes is not None:
+        callbacks.insert(1, TimeBudget(t.max_minutes))
+    return callbacks
+
+
+def build_trainer(config: Config, out_dir: Path, devices: str | int | None = None,
+                  num_nodes: int | None = None, callbacks: list[Callback] | None = None,
+                  progress: bool = True) -> L.Trainer:
+    """A Trainer for this config: precision, devices/DDP, callbacks, atomic checkpoints.
+
+    Raises:
+        UsageError: bad --devices / --num-nodes, or a setup Lightning refuses.
+    """
+    devices_arg, count = resolve_devices(devices if devices is not None else config.train.devices)
+    nodes = num_nodes if num_nodes is not None else config.train.num_nodes
+    if nodes < 1:
+        raise UsageError(f"--num-nodes: must be >= 1, got {nodes}")
+    try:
+        return _trainer(config, out_dir, devices_arg, count, nodes, callbacks, progress)
+    except MisconfigurationException as exc:  # e.g. more devices asked than present
+        raise UsageError(f"cannot set up training: {exc}") from exc
+
+
+def _trainer(config: Config, out_dir: Path, devices: int | str, count: int, nodes: int,
+             callbacks: list[Callback] | None, progress: bool) -> L.Trainer:
+    on_gpu = torch.cuda.is_available()
+    return L.Trainer(
+        accelerator="auto", devices=devices, num_nodes=nodes,
+        strategy="ddp" if count * nodes > 1 else "auto",
+        precision=resolve_precision(config.train.precision, on_gpu),
+        max_epochs=config.train.max_epochs, check_val_every_n_epoch=config.train.val_every,
+        callbacks=build_callbacks(config, out_dir) + list(callbacks or []),
+        plugins=[AtomicCheckpointIO()], logger=False, default_root_dir=out_dir,
+        use_distributed_sampler=False, num_sanity_val_steps=0,
+        enable_progress_bar=progress, enable_model_summary=False, log_every_n_steps=1,
+    )
+
+
+def train(config: Config, data_dir: str | os.PathLike, out_dir: str | os.PathLike, *,
+          resume: bool = False, devices: str | int | None = None, num_nodes: int | None = None,
+          callbacks: list[Callback] | None = None, progress: bool = True) -> dict[str, Any]:
+    """Train a model as `config` says on the prepared dataset `data_dir`; write RUN_DIR.
+
+    Args:
+        config: the resolved configuration (see `dermaseg.config`).
+        data_dir: a folder written by `dermaseg data prepare`.
+        out_dir: the run folder (created).
+        resume: continue the run in `out_dir` from its last.ckpt.
+        devices, num_nodes: override train.devices / train.num_nodes (DDP when > 1 process).
+        callbacks: extra Lightning callbacks (tests, experiments).
+        progress: show Lightning's progress bar.
+
+    Returns:
+        The summary also written to RUN_DIR/summary.json.
+
+    Raises:
+        UsageError: missing data folder, or a run folder in the wrong state for `resume`.
+        DermasegError: invalid config values, unreadable data, non-finite losses.
+    """
+    data_dir, out_dir = Path(data_dir), Path(out_dir)
+    check_optim(config)
+    ckpt_path = _check_paths(data_dir, out_dir, resume)
+    L.seed_everything(config.train.seed, verbose=False)
+    module = SegmentationModule(config)
+    if config.train.compile:
+        module.model.compile()
+    warnings.filterwarnings("ignore", message=".*Checkpoint directory .* exists and is not empty")
+    # Our sampler resumes mid-epoch itself (datamodule._position_for_resume).
+    warnings.filterwarnings("ignore", message=".*your dataloader is not resumable")
+    warnings.filterwarnings("ignore", message=".*overridden `on_after_batch_transfer`")
+    trainer = build_trainer(config, out_dir, devices, num_nodes, callbacks, progress)
+    if trainer.is_global_zero:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        save_config(config, out_dir / "config.yaml")
+    start = time.perf_counter()
+    trainer.fit(module, datamodule=SegmentationDataModule(config, data_dir), ckpt_path=ckpt_path)
+    return _finish(trainer, config, out_dir, time.perf_counter() - start)
+
+
+def _stop_reason(trainer: L.Trainer) -> str:
+    for callback in trainer.callbacks:
+        if isinstance(callback, TimeBudget) and callback.stopped:
+            return "time_budget"
+        if isinstance(callback, EarlyStopping) and callback.stopped_epoch > 0:
+            return "early_stopping"
+    return "max_epochs"
+
+
+def _finish(trainer: L.Trainer, config: Config, out_dir: Path, seconds: float) -> dict:
+    history = next(cb for cb in trainer.callbacks if isinstance(cb, History))
+    summary = summarize(
+        history.rows, stopped_by=_stop_reason(trainer), session_seconds=seconds,
+        device=str(trainer.strategy.root_device), precision=str(trainer.precision),
+        world_size=trainer.world_size, best_ckpt=str(out_dir / "best.ckpt"),
+        last_ckpt=str(out_dir / "last.ckpt"),
+    )
+    summary = _json_safe(summary)
+    if trainer.is_global_zero:
+        write_json_atomic(out_dir / "summary.json", summary)
+    return summary
+
+
+def _json_safe(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+__all__ = ["build_trainer", "check_resume_config", "load_run_config", "train"]

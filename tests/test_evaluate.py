@@ -1,0 +1,170 @@
+"""`dermaseg evaluate`: numbers equal dermaseg.metrics and the official ISIC scorer; reports."""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from dermaseg.errors import DermasegError
+from dermaseg.evaluate import evaluate_folders, evaluate_model, split_items, write_evaluation
+from dermaseg.infer.batch import PredictOptions, list_inputs, predict_files
+from dermaseg.infer.predictor import Predictor
+from dermaseg.metrics import METRIC_NAMES, image_metrics, summarize
+
+
+def run_cli(*args: str):
+    """The `dermaseg` command in this process (no interpreter start-up)."""
+    from typer.testing import CliRunner
+
+    from dermaseg.cli import app
+
+    return CliRunner().invoke(app, list(args))
+
+
+def _disc(shape: tuple[int, int], centre: tuple[int, int], radius: float) -> np.ndarray:
+    ys, xs = np.ogrid[: shape[0], : shape[1]]
+    return ((ys - centre[0]) ** 2 + (xs - centre[1]) ** 2 <= radius**2).astype(np.uint8) * 255
+
+
+def _mask_folders(root: Path) -> tuple[Path, Path, dict]:
+    """Truth and prediction folders (ISIC names) with perfect, empty, shifted and missed cases."""
+    shape = (47, 63)
+    truth_disc = _disc(shape, (23, 30), 14)
+    empty = np.zeros(shape, np.uint8)
+    cases = {  # id: (prediction, truth)
+        "ISIC_0000001": (truth_disc, truth_disc),  # perfect
+        "ISIC_0000002": (empty, empty),  # both empty: every metric is 1
+        "ISIC_0000003": (_disc(shape, (25, 33), 13), truth_disc),  # Jaccard above 0.65
+        "ISIC_0000004": (_disc(shape, (10, 10), 6), truth_disc),  # poor overlap
+        "ISIC_0000005": (empty, truth_disc),  # missed lesion
+        "ISIC_0000006": (truth_disc, empty),  # lesion where there is none
+        "ISIC_0000007": (np.full(shape, 255, np.uint8), np.full(shape, 255, np.uint8)),
+    }
+    pred_dir, truth_dir = root / "pred", root / "truth"
+    pred_dir.mkdir()
+    truth_dir.mkdir()
+    for image_id, (pred, truth) in cases.items():
+        Image.fromarray(pred).save(pred_dir / f"{image_id}_segmentation.png")
+        Image.fromarray(truth).save(truth_dir / f"{image_id}_segmentation.png")
+    return pred_dir, truth_dir, cases
+
+
+def test_folder_metrics_equal_dermaseg_metrics(tmp_path):
+    pred_dir, truth_dir, cases = _mask_folders(tmp_path)
+    result = evaluate_folders(pred_dir, truth_dir, progress=False)
+    summary = write_evaluation(result, tmp_path / "out", "t", [])
+    expected = {i: image_metrics(p, t) for i, (p, t) in cases.items()}
+    assert result.per_image == expected
+    stored = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert stored["overall"] == pytest.approx(summarize(expected), abs=1e-12)
+    assert stored["per_image"] == expected and summary["images"] == len(cases)
+    with open(tmp_path / "out" / "metrics.csv") as handle:
+        rows = {row["id"]: row for row in csv.DictReader(handle)}
+    for image_id, values in expected.items():
+        for name in METRIC_NAMES:
+            assert float(rows[image_id][name]) == values[name]
+
+
+def test_missing_predictions_are_listed(tmp_path):
+    pred_dir, truth_dir, _ = _mask_folders(tmp_path)
+    (pred_dir / "ISIC_0000003_segmentation.png").unlink()
+    (pred_dir / "ISIC_0000005_segmentation.png").unlink()
+    with pytest.raises(DermasegError, match="ISIC_0000003, ISIC_0000005"):
+        evaluate_folders(pred_dir, truth_dir, progress=False)
+
+
+def test_report_files_exist_and_html_references_the_images(tmp_path):
+    pred_dir, truth_dir, _ = _mask_folders(tmp_path)
+    result = run_cli("evaluate", "--pred", str(pred_dir), "--truth", str(truth_dir), "--quiet")
+    assert result.exit_code == 0, result.output
+    out = tmp_path / "pred-eval"
+    for name in ("metrics.csv", "metrics.json", "report.md", "report.html", "jaccard_hist.png"):
+        assert (out / name).is_file(), name
+    html = (out / "report.html").read_text()
+    sources = re.findall(r"<img src='([^']+)'", html)
+    assert "jaccard_hist.png" in sources and any(s.startswith("gallery/") for s in sources)
+    for source in sources:
+        with Image.open(out / source) as picture:
+            assert picture.format == "PNG"
+    assert "Threshold-Jaccard" in html and "ISIC_0000004" in html
+    markdown = (out / "report.md").read_text()
+    assert "| Dice |" in markdown and "](jaccard_hist.png)" in markdown
+
+
+def _isic_inputs(synth_dir: Path, root: Path) -> tuple[Path, Path]:
+    """Synthetic pairs renamed to ISIC ids: images/ and a truth/ folder holding only masks."""
+    images, truth = root / "images", root / "truth"
+    images.mkdir()
+    truth.mkdir()
+    for number, source in enumerate(sorted(synth_dir.glob("synth_*.jpg"))[:6], start=1):
+        image_id = f"ISIC_{number:07d}"
+        shutil.copy(source, images / f"{image_id}.jpg")
+        shutil.copy(source.with_name(f"{source.stem}_segmentation.png"),
+                    truth / f"{image_id}_segmentation.png")
+    return images, truth
+
+
+def test_official_scorer_reads_predictions_and_agrees(tiny_ckpt, synth_dir, tmp_path):
+    images, truth = _isic_inputs(synth_dir, tmp_path)
+    pred = tmp_path / "pred"
+    predictor = Predictor.load(tiny_ckpt)
+    files, _ = list_inputs([str(images)])
+    options = PredictOptions(save_prob=True, overlay=True, progress=False)  # extras beside
+    predict_files(predictor, files, pred, options)
+    scorer = shutil.which("isic-challenge-scoring", path=str(Path(sys.executable).parent))
+    if scorer is None:
+        pytest.skip("isic-challenge-scoring is not installed (pip install dermaseg[dev])")
+    result = subprocess.run([scorer, "--output", "json", "segmentation", str(truth), str(pred)],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    official = json.loads(result.stdout)["macro_average"]
+    ours = evaluate_folders(pred, truth, images, progress=False).overall()
+    assert 0 < ours["jaccard"] < 1  # a real mix of lesion and skin, not a trivial case
+    for name in ("accuracy", "sensitivity", "specificity", "jaccard", "threshold_jaccard",
+                 "dice"):
+        assert ours[name] == pytest.approx(official[name], abs=1e-9), name
+
+
+def test_model_evaluation_equals_predict_then_score(tiny_ckpt, synth_dir, tmp_path):
+    predictor = Predictor.load(tiny_ckpt, batch_size=4)
+    items = split_items(synth_dir, "test")  # a raw pair folder: every pair
+    assert len(items) == 12
+    direct = evaluate_model(predictor, items[:5], progress=False)
+    predict_files(predictor, [image for _, image, _ in items[:5]], tmp_path,
+                  PredictOptions(progress=False))
+    truth = tmp_path / "truth"
+    truth.mkdir()
+    for _, _, mask in items[:5]:
+        shutil.copy(mask, truth)
+    from_files = evaluate_folders(tmp_path, truth, progress=False)
+    assert direct.per_image == from_files.per_image
+
+
+def test_model_evaluation_on_a_prepared_split(tiny_ckpt, synth_dir, tmp_path):
+    from dermaseg.data.prepare import prepare_dataset
+
+    manifest = prepare_dataset(synth_dir, tmp_path / "prep", size=64, val=0.25, test=0.25,
+                               workers=1, progress=False)
+    test_ids = sorted(item["id"] for item in manifest["items"] if item["split"] == "test")
+    items = split_items(tmp_path / "prep", "test")
+    assert sorted(i for i, _, _ in items) == test_ids
+    result = run_cli("evaluate", str(tiny_ckpt), "--data", str(tmp_path / "prep"),
+                     "-o", str(tmp_path / "eval"), "--quiet")
+    assert result.exit_code == 0, result.output
+    stored = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert sorted(stored["per_image"]) == test_ids
+    with open(tmp_path / "eval" / "metrics.csv") as handle:
+        rows = {row["id"]: row for row in csv.DictReader(handle)}
+    for image_id, _, mask_path in items:  # scored at the source mask's own size
+        with Image.open(mask_path) as mask:
+            pixels = sum(int(rows[image_id][k]) for k in ("tp", "fp", "fn", "tn"))
+            assert pixels == mask.size[0] * mask.size[1] > 64 * 64

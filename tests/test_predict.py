@@ -1,0 +1,184 @@
+"""Predictor, TTA and `dermaseg predict`: masks at the original size, resume, bad inputs."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from dermaseg.errors import UsageError
+from dermaseg.infer.batch import (
+    PredictOptions,
+    list_inputs,
+    parse_shard,
+    predict_files,
+)
+from dermaseg.infer.predictor import Predictor
+from dermaseg.infer.tta import TTAConfig
+
+SIZE = 64
+
+
+@pytest.fixture(scope="session")
+def predictor(tiny_ckpt) -> Predictor:
+    return Predictor.load(tiny_ckpt, batch_size=4)
+
+
+def _image(height: int, width: int, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    base = rng.integers(0, 255, (max(2, height // 8), max(2, width // 8), 3), dtype=np.uint8)
+    return np.asarray(Image.fromarray(base).resize((width, height), Image.Resampling.BILINEAR))
+
+
+@pytest.mark.parametrize("height, width", [(101, 67), (67, 101), (37, 123), (64, 64), (1, 9)])
+def test_probability_and_mask_have_the_original_size(predictor, height, width):
+    image = _image(height, width)
+    prob = predictor.predict_proba([image])[0]
+    assert prob.shape == (height, width) and prob.dtype == np.float32
+    assert prob.min() >= 0.0 and prob.max() <= 1.0
+    mask = predictor.predict(image)
+    assert mask.shape == (height, width) and mask.dtype == bool
+
+
+def test_batching_does_not_change_results(predictor):
+    images = [_image(90, 70, seed=s) for s in range(5)]
+    together = predictor.predict_proba(images)
+    alone = [predictor.predict_proba([image])[0] for image in images]
+    for a, b in zip(together, alone, strict=True):
+        np.testing.assert_allclose(a, b, atol=1e-5)
+
+
+def test_tta_is_the_mean_of_flipped_predictions(predictor):
+    image = _image(SIZE, SIZE, seed=3)  # the network's own size: no resize, no padding
+    plain = predictor
+    flips = [(lambda a: a), np.fliplr, np.flipud, lambda a: np.flipud(np.fliplr(a))]
+    expected = np.mean([f(plain.predict_proba([np.ascontiguousarray(f(image))])[0])
+                        for f in flips], axis=0)
+    tta = Predictor(predictor.backend, predictor.meta, tta=TTAConfig())
+    np.testing.assert_allclose(tta.predict_proba([image])[0], expected, atol=1e-5)
+    assert not np.allclose(expected, plain.predict_proba([image])[0], atol=1e-4)
+
+
+def test_tta_with_scales_keeps_the_original_size(predictor):
+    config = TTAConfig(flips=("none", "h"), scales=(0.75, 1.0, 1.5))
+    tta = Predictor(predictor.backend, predictor.meta, tta=config)
+    assert tta.predict_proba([_image(51, 83)])[0].shape == (51, 83)
+    with pytest.raises(UsageError):
+        TTAConfig(flips=("diagonal",))
+
+
+def test_exif_rotated_jpeg_gives_mask_of_displayed_size(predictor, tmp_path):
+    photo = tmp_path / "in" / "rotated.jpg"
+    photo.parent.mkdir()
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise for display
+    Image.fromarray(_image(70, 120)).save(photo, exif=exif)  # stored 120 wide x 70 high
+    predict_files(predictor, [photo], tmp_path / "out", PredictOptions(progress=False))
+    with Image.open(tmp_path / "out" / "rotated_segmentation.png") as mask:
+        assert mask.size == (70, 120) and mask.mode == "L"
+
+
+def test_predict_writes_isic_masks_and_extras(predictor, synth_dir, tmp_path):
+    files, failed = list_inputs([str(synth_dir)])
+    assert len(files) == 12 and not failed  # the *_segmentation.png truths are not inputs
+    options = PredictOptions(save_prob=True, overlay=True, measure=True, pixel_size_mm=0.05,
+                             progress=False)
+    summary = predict_files(predictor, files, tmp_path, options)
+    assert len(summary.written) == 12 and not summary.failed
+    for path in files:
+        with Image.open(path) as image:
+            size = image.size
+        with Image.open(tmp_path / f"{path.stem}_segmentation.png") as mask:
+            values = set(np.unique(np.asarray(mask)).tolist())
+            assert mask.mode == "L" and mask.size == size and values <= {0, 255}
+        with Image.open(tmp_path / "prob" / f"{path.stem}_prob.png") as prob:
+            assert prob.size == size
+        with Image.open(tmp_path / "overlay" / f"{path.stem}_overlay.jpg") as overlay:
+            assert overlay.size == size
+    first = np.asarray(Image.open(tmp_path / "synth_0001_segmentation.png"))
+    assert set(np.unique(first).tolist()) == {0, 255}
+    lines = (tmp_path / "measurements.jsonl").read_text().splitlines()
+    records = [json.loads(line) for line in lines]
+    assert [r["id"] for r in records] == sorted(p.stem for p in files)
+
+
+def test_resume_skips_existing_masks_and_overwrite_redoes_them(predictor, synth_dir, tmp_path):
+    files = sorted(synth_dir.glob("synth_000[1-4].jpg"))
+    options = PredictOptions(progress=False)
+    predict_files(predictor, files, tmp_path, options)
+    (tmp_path / "synth_0002_segmentation.png").unlink()
+    kept = tmp_path / "synth_0001_segmentation.png"
+    os.utime(kept, (1, 1))
+    summary = predict_files(predictor, files, tmp_path, options)
+    assert summary.written == ["synth_0002"]
+    assert summary.skipped == ["synth_0001", "synth_0003", "synth_0004"]
+    assert kept.stat().st_mtime == 1
+    options.overwrite = True
+    assert len(predict_files(predictor, files, tmp_path, options).written) == 4
+    assert kept.stat().st_mtime != 1
+
+
+def test_shards_split_the_list_without_overlap(predictor, synth_dir, tmp_path):
+    files = sorted(synth_dir.glob("synth_*.jpg"))[:5]
+    options = PredictOptions(progress=False)
+    first = predict_files(predictor, files, tmp_path, options, shard=(0, 2)).written
+    second = predict_files(predictor, files, tmp_path, options, shard=(1, 2)).written
+    assert not set(first) & set(second)
+    assert sorted(first + second) == [p.stem for p in files]
+    assert parse_shard("1/3") == (1, 3)
+    for bad in ("3/3", "a/b", "1"):
+        with pytest.raises(UsageError):
+            parse_shard(bad)
+
+
+def test_inputs_from_files_folders_and_globs(synth_dir, tmp_path):
+    out = tmp_path / "out"
+    shutil.copytree(synth_dir, tmp_path / "data")
+    (out).mkdir()
+    shutil.copy(synth_dir / "synth_0001.jpg", out / "synth_0099.jpg")  # inside OUT: ignored
+    files, failed = list_inputs(
+        [str(tmp_path / "data" / "synth_0001.jpg"), str(tmp_path / "data" / "synth_001*.jpg"),
+         str(tmp_path), str(tmp_path / "nothing_here.png")], exclude=out)
+    assert len(files) == 12 and all(p.parent.name == "data" for p in files)
+    assert len(failed) == 1 and "nothing_here.png" in failed[0]
+
+
+def test_onnx_model_predicts_like_the_checkpoint(tiny_ckpt, predictor, tmp_path):
+    from dermaseg.checkpoint import load_model
+    from dermaseg.export import export_onnx
+
+    model, meta = load_model(tiny_ckpt)
+    onnx_path = export_onnx(model, meta, tmp_path / "tiny.onnx", exporter="legacy")
+    onnx_predictor = Predictor.load(onnx_path)
+    assert onnx_predictor.meta.image_size == SIZE
+    image = _image(77, 45)
+    np.testing.assert_allclose(onnx_predictor.predict_proba([image])[0],
+                               predictor.predict_proba([image])[0], atol=1e-4)
+
+
+def test_cli_skips_unreadable_inputs_and_exits_1(tiny_ckpt, synth_dir, tmp_path, monkeypatch,
+                                                 capfd):
+    from dermaseg.cli import main
+
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    shutil.copy(synth_dir / "synth_0001.jpg", inputs)
+    shutil.copy(synth_dir / "synth_0002.jpg", inputs)
+    (inputs / "broken.jpg").write_bytes(b"not a jpeg at all")
+    data = (synth_dir / "synth_0003.jpg").read_bytes()
+    (inputs / "truncated.jpg").write_bytes(data[: len(data) // 3])
+    out = tmp_path / "out"
+    monkeypatch.setattr(sys, "argv", ["dermaseg", "predict", str(tiny_ckpt), str(inputs),
+                                      "-o", str(out), "--quiet", "--keep-largest", "--fill-holes"])
+    with pytest.raises(SystemExit) as stopped:
+        main()
+    stderr = capfd.readouterr().err
+    assert stopped.value.code == 1, stderr
+    assert "broken.jpg" in stderr and "truncated.jpg" in stderr and "Traceback" not in stderr
+    written = sorted(p.name for p in out.glob("*_segmentation.png"))
+    assert written == ["synth_0001_segmentation.png", "synth_0002_segmentation.png"]

@@ -1,0 +1,223 @@
+"""The HTTP service started for real (`dermaseg serve` in a subprocess on loopback) and driven
+with httpx: good images of several formats and sizes, every kind of bad input (4xx, never a
+500), auth, overload (503), timeout (504), metrics and the OpenAPI schema."""
+
+from __future__ import annotations
+
+import base64
+import io
+import struct
+import zlib
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import numpy as np
+import pytest
+from PIL import Image
+
+from dermaseg.checkpoint import load_model
+from dermaseg.export import export_onnx
+from fitted import fitted_checkpoint, synth_images
+from serving import Server
+
+TOKEN = "s3cret-token"
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("serve")
+    checkpoint = fitted_checkpoint(folder / "fit.ckpt")
+    model, meta = load_model(checkpoint)
+    return checkpoint, export_onnx(model, meta, folder / "fit.onnx", exporter="legacy"), folder
+
+
+@pytest.fixture(scope="module")
+def servers(models):
+    """open: ONNX, no auth, 2 MB / 4 Mpx limits; auth: checkpoint (torch backend) with a
+    token; tight: one slot and a 1 ms timeout, for 503 and 504."""
+    checkpoint, onnx_path, folder = models
+    started = {
+        "open": Server(onnx_path, folder / "open.log", "--max-upload-mb", "2",
+                       "--max-pixels", "4000000"),
+        "auth": Server(checkpoint, folder / "auth.log", "--backend", "torch",
+                       env={"DERMASEG_TOKEN": TOKEN}),
+        "tight": Server(onnx_path, folder / "tight.log", "--max-concurrency", "1",
+                        "--timeout", "0.001"),
+    }
+    try:
+        yield {name: server.wait_ready().url for name, server in started.items()}
+    finally:
+        for server in started.values():
+            server.stop()
+
+
+def encode(image: np.ndarray, fmt: str, **options) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format=fmt, **options)
+    return buffer.getvalue()
+
+
+def post(url: str, data: bytes, name: str = "x.png", **kwargs) -> httpx.Response:
+    return httpx.post(f"{url}/v1/segment", files={"file": (name, data)}, timeout=60, **kwargs)
+
+
+@pytest.mark.parametrize("fmt,size", [("PNG", (96, 80)), ("JPEG", (131, 77)),
+                                      ("BMP", (64, 64)), ("JPEG", (61, 150)),
+                                      ("TIFF", (100, 90)), ("WEBP", (90, 100)), ("PNG", (1, 1))])
+def test_good_images_give_a_mask_at_their_own_size(servers, fmt, size):
+    width, height = size
+    image = synth_images(1, seed=width, width=width, height=height)[0][0]
+    response = post(servers["open"], encode(image, fmt), f"lesion.{fmt.lower()}")
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert (body["width"], body["height"]) == (width, height)
+    mask = np.asarray(Image.open(io.BytesIO(base64.b64decode(body["mask_png_base64"]))))
+    assert mask.shape == (height, width) and set(np.unique(mask)) <= {0, 255}
+    assert body["area_fraction"] == pytest.approx((mask == 255).mean())
+    assert body["model"]["name"] == "deeplabv3-resnet18" and body["model"]["backend"] == "onnx"
+    assert body["inference_ms"] > 0
+    for x, y in body["contour"]:
+        assert -0.5 <= x <= width - 0.5 and -0.5 <= y <= height - 0.5
+    if min(size) > 16:  # a fitted model finds the synthetic lesion
+        assert 0.02 < body["area_fraction"] < 0.98 and len(body["contour"]) > 8
+        box = body["bbox"]
+        ys, xs = np.nonzero(mask)
+        assert (box["x"], box["y"]) == (xs.min(), ys.min())
+        assert body["measurements"]["area"] == (mask == 255).sum()
+
+
+def test_png_format_and_pixel_size(servers):
+    image = synth_images(1, seed=3, width=120, height=90)[0][0]
+    response = httpx.post(f"{servers['open']}/v1/segment?format=png",
+                          files={"file": ("../../etc/a b.jpg", encode(image, "JPEG"))})
+    assert response.status_code == 200 and response.headers["content-type"] == "image/png"
+    assert 'filename="a b_segmentation.png"' in response.headers["content-disposition"]
+    assert Image.open(io.BytesIO(response.content)).size == (120, 90)
+    body = post(servers["open"], encode(image, "PNG"), params={"pixel_size_mm": 0.05}).json()
+    assert body["measurements"]["area_mm2"] == pytest.approx(
+        body["measurements"]["area"] * 0.0025)
+
+
+def test_batch_reports_each_image(servers):
+    image = synth_images(1, seed=4)[0][0]
+    files = [("files", ("a.png", encode(image, "PNG"))), ("files", ("b.jpg", b"text, not jpeg")),
+             ("files", ("c.jpg", encode(image, "JPEG")))]
+    response = httpx.post(f"{servers['open']}/v1/segment/batch", files=files, timeout=60)
+    assert response.status_code == 200
+    results = response.json()["results"]
+    assert [r["status"] for r in results] == [200, 415, 200]
+    assert results[1]["error"].startswith("b.jpg:") and results[1]["result"] is None
+    assert results[0]["result"]["width"] == 96
+
+
+def png_bomb(width: int, height: int) -> bytes:
+    """A valid PNG header claiming width x height, with almost no data (never decoded)."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (struct.pack(">I", len(data)) + kind + data
+                + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF))
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header)
+            + chunk(b"IDAT", zlib.compress(b"\0" * 100)) + chunk(b"IEND", b""))
+
+
+def bad_inputs() -> dict:
+    image = synth_images(1, seed=9)[0][0]
+    jpeg = encode(image, "JPEG")
+    gif = encode(image, "GIF")
+    return {
+        "empty": ("e.jpg", b"", 400),
+        "text named .jpg": ("t.jpg", b"hello, I am not an image\n" * 10, 415),
+        "truncated jpeg": ("cut.jpg", jpeg[: len(jpeg) // 2], 422),
+        "png bomb (over --max-pixels)": ("bomb.png", png_bomb(5000, 5000), 413),
+        "png bomb (over PIL's limit)": ("bomb2.png", png_bomb(30000, 30000), 413),
+        "gif": ("a.gif", gif, 415),
+        "random bytes": ("r.png", np.random.default_rng(0).bytes(5000), 415),
+        "png header only": ("h.png", png_bomb(50, 50)[:40], 422),
+        "oversized upload": ("big.png", b"\0" * (3 * 2**20), 413),
+    }
+
+
+@pytest.mark.parametrize("case", list(bad_inputs()))
+def test_bad_uploads_get_a_clear_4xx(servers, case):
+    name, data, status = bad_inputs()[case]
+    response = post(servers["open"], data, name)
+    assert response.status_code == status, response.text
+    body = response.json()
+    assert body["status"] == status and body["detail"]
+    assert "Traceback" not in response.text
+
+
+@pytest.mark.parametrize("request_kwargs,status", [
+    ({}, 422),  # no multipart body
+    ({"data": {"other": "field"}}, 422),  # no file field
+    ({"content": b"--x\r\ngarbage", "headers": {"content-type": "multipart/form-data; boundary=x"}},
+     400),
+    ({"content": b"\x89PNG", "headers": {"content-type": "image/png"}}, 422),
+])
+def test_malformed_requests_are_4xx(servers, request_kwargs, status):
+    response = httpx.post(f"{servers['open']}/v1/segment", timeout=30, **request_kwargs)
+    assert response.status_code == status, response.text
+    assert "Traceback" not in response.text
+
+
+def test_streamed_body_over_the_limit_is_cut_off(servers):
+    def chunks():
+        yield b"--x\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.png\"\r\n\r\n"
+        for _ in range(40):
+            yield b"\0" * 2**17  # 5 MiB in all, no Content-Length
+
+    response = httpx.post(f"{servers['open']}/v1/segment", content=chunks(), timeout=30,
+                          headers={"content-type": "multipart/form-data; boundary=x"})
+    assert response.status_code == 413
+
+
+def test_auth_on(servers):
+    url = servers["auth"]
+    data = encode(synth_images(1, seed=2)[0][0], "PNG")
+    assert post(url, data).status_code == 401
+    assert post(url, data, headers={"Authorization": "Bearer wrong"}).status_code == 401
+    assert post(url, data, headers={"Authorization": f"Basic {TOKEN}"}).status_code == 401
+    good = post(url, data, headers={"Authorization": f"Bearer {TOKEN}"})
+    assert good.status_code == 200 and good.json()["model"]["backend"] == "torch"
+    assert httpx.get(f"{url}/healthz").status_code == 200  # probes stay open
+
+
+def test_auth_off_needs_no_header(servers):
+    assert post(servers["open"], encode(synth_images(1, seed=2)[0][0], "PNG")).status_code == 200
+
+
+def test_timeout_is_504_and_overload_is_503(servers):
+    url = servers["tight"]
+    data = encode(synth_images(1, seed=5, width=400, height=300)[0][0], "PNG")
+    assert post(url, data).status_code == 504
+    with ThreadPoolExecutor(8) as pool:
+        statuses = list(pool.map(lambda _: post(url, data).status_code, range(16)))
+    assert set(statuses) <= {503, 504} and 503 in statuses
+    body = post(url, data).json()
+    assert body["status"] in (503, 504) and body["detail"]
+
+
+def test_probes_metrics_and_openapi(servers):
+    url = servers["open"]
+    post(url, encode(synth_images(1, seed=1)[0][0], "PNG"))
+    assert httpx.get(f"{url}/healthz").json() == {"status": "ok"}
+    ready = httpx.get(f"{url}/readyz").json()
+    assert ready["ready"] and ready["model"]["image_size"] == 64
+    text = httpx.get(f"{url}/metrics").text
+    assert '# TYPE dermaseg_requests_total counter' in text
+    assert 'dermaseg_requests_total{endpoint="/v1/segment",status="200"}' in text
+    assert 'dermaseg_request_duration_seconds_bucket{endpoint="/v1/segment",le="+Inf"}' in text
+    assert "dermaseg_model_ready 1" in text
+    schema = httpx.get(f"{url}/openapi.json").json()
+    assert {"/v1/segment", "/v1/segment/batch", "/readyz"} <= set(schema["paths"])
+    assert httpx.get(f"{url}/docs").status_code == 200
+    page = httpx.get(f"{url}/")
+    assert page.status_code == 200 and "/static/app.js" in page.text
+    assert httpx.get(f"{url}/static/../../../etc/passwd").status_code == 404
+
+
+def test_no_5xx_was_ever_answered_by_the_open_server(servers):
+    text = httpx.get(f"{servers['open']}/metrics").text
+    statuses = [line.split('status="')[1][:3] for line in text.splitlines()
+                if line.startswith("dermaseg_requests_total{")]
+    assert statuses and not [s for s in statuses if s.startswith("5")]

@@ -1,0 +1,310 @@
+"""Training: real short runs on synthetic data (tiny MobileNetV3 DeepLab-v3+, 48 px).
+
+The runs use one torch thread: on a shared 2-core machine that is several times faster than
+two threads fighting other processes, and it changes nothing in what is checked.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, TensorDataset
+
+from dermaseg.checkpoint import load_model, model_state_dict, read_checkpoint
+from dermaseg.config import load_config
+from dermaseg.data.prepare import prepare_dataset
+from dermaseg.data.synth import SynthOptions, synth_dataset
+from dermaseg.errors import DermasegError
+from dermaseg.train.callbacks import AtomicCheckpointIO
+from dermaseg.train.module import LRShape, SegmentationModule
+from dermaseg.train.runner import train
+
+TINY = [
+    "model.arch=deeplabv3plus", "model.backbone=mobilenetv3_large_100",
+    "model.aspp_channels=16", "model.decoder_channels=16", "data.image_size=48",
+    "data.batch_size=4", "data.num_workers=0", "optim.lr=0.001", "optim.scheduler=plateau",
+    "train.max_epochs=3", "train.checkpoint_every_steps=2", "train.seed=7",
+]
+STEPS_PER_EPOCH = 4  # 16 training images, batch 4
+TIMING_COLUMNS = {"seconds", "minutes", "train_seconds", "images_per_s"}
+
+
+class Interrupt(Exception):
+    """Raised by `InterruptAt` to simulate a crash."""
+
+
+class InterruptAt(L.Callback):
+    """Crash after optimizer step `step`, before that step's checkpoint is written."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_end(self, trainer, *args) -> None:
+        if trainer.global_step == self.step:
+            raise Interrupt()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory):
+    """A prepared dataset: 16 train + 4 val synthetic pairs at 48 px."""
+    raw = tmp_path_factory.mktemp("raw")
+    out = tmp_path_factory.mktemp("prepared")
+    synth_dataset(20, raw, seed=3, options=SynthOptions(min_side=48, max_side=72),
+                  progress=False)
+    prepare_dataset(raw, out, size=48, val=0.2, test=0.0, seed=0, workers=1, progress=False)
+    return out
+
+
+def tiny(*extra: str):
+    return load_config(None, [*TINY, *extra])
+
+
+@pytest.fixture(scope="module")
+def run(prepared, tmp_path_factory):
+    """One uninterrupted 3-epoch run: (run folder, summary)."""
+    out = tmp_path_factory.mktemp("runs") / "full"
+    return out, train(tiny(), prepared, out, progress=False)
+
+
+def read_rows(path):
+    with open(path, newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_run_writes_every_artefact(run):
+    out, summary = run
+    names = {p.name for p in out.iterdir()}
+    assert {"config.yaml", "best.ckpt", "last.ckpt", "metrics.csv", "curves.png",
+            "summary.json"} <= names
+    assert not [n for n in names if n.endswith(".tmp")]
+    assert load_config(out / "config.yaml") == tiny()
+    rows = read_rows(out / "metrics.csv")
+    assert [int(r["epoch"]) for r in rows] == [0, 1, 2]
+    for column in ("train_loss", "val_loss", "val_dice", "val_iou", "val_sensitivity",
+                   "val_specificity", "val_precision", "val_accuracy",
+                   "val_threshold_jaccard", "lr", "seconds", "images_per_s"):
+        assert all(np.isfinite(float(r[column])) for r in rows), column
+    with Image.open(out / "curves.png") as image:
+        assert image.format == "PNG" and image.width > 600
+    on_disk = json.loads((out / "summary.json").read_text())
+    assert on_disk == summary
+    dice = [float(r["val_dice"]) for r in rows]
+    assert summary["best_epoch"] == int(np.argmax(dice))
+    assert summary["best"]["val_dice"] == pytest.approx(max(dice), abs=1e-5)
+    assert summary["epochs"] == 3 and summary["stopped_by"] == "max_epochs"
+    assert summary["images_per_s"] > 0 and summary["seconds_per_epoch"] > 0
+
+
+def test_checkpoints_load_for_inference(run):
+    out, summary = run
+    for name in ("best.ckpt", "last.ckpt"):
+        checkpoint = read_checkpoint(out / name)  # weights_only=True
+        assert "hyper_parameters" not in checkpoint
+        model, meta = load_model(out / name)
+        assert meta.image_size == 48 and meta.config == tiny()
+        with torch.no_grad():
+            logits = model(torch.zeros(2, 3, 48, 48))
+        assert logits.shape == (2, 1, 48, 48) and torch.isfinite(logits).all()
+    best = read_checkpoint(out / "best.ckpt")
+    assert best["epoch"] == summary["best_epoch"]
+    assert read_checkpoint(out / "last.ckpt")["global_step"] == 3 * STEPS_PER_EPOCH
+
+
+def test_loss_goes_down(run):
+    rows = read_rows(run[0] / "metrics.csv")
+    assert float(rows[-1]["train_loss"]) < float(rows[0]["train_loss"])
+    assert float(rows[-1]["val_loss"]) < float(rows[0]["val_loss"])
+
+
+def assert_same_run(full, resumed):
+    a, b = read_checkpoint(full / "last.ckpt"), read_checkpoint(resumed / "last.ckpt")
+    assert a["global_step"] == b["global_step"] == 3 * STEPS_PER_EPOCH
+    wa, wb = model_state_dict(a), model_state_dict(b)
+    assert wa.keys() == wb.keys()
+    different = [k for k in wa if not torch.equal(wa[k], wb[k])]
+    assert not different, f"weights differ after resume: {different[:5]}"
+    for sa, sb in zip(a["optimizer_states"][0]["state"].values(),
+                      b["optimizer_states"][0]["state"].values(), strict=True):
+        assert torch.equal(sa["exp_avg"], sb["exp_avg"])
+    rows_a, rows_b = read_rows(full / "metrics.csv"), read_rows(resumed / "metrics.csv")
+    strip = [{k: v for k, v in r.items() if k not in TIMING_COLUMNS} for r in rows_a + rows_b]
+    assert strip[:3] == strip[3:]
+
+
+@pytest.mark.parametrize("crash_after", [7, 5], ids=["mid-epoch", "epoch-boundary"])
+def test_resume_after_crash_matches_uninterrupted_run(run, prepared, tmp_path, crash_after):
+    """Crash after step 7 (last.ckpt holds step 6: epoch 1, 2 of 4 batches) or after step 5
+    (last.ckpt from the end of epoch 0), resume: bit-identical weights, optimiser state and
+    metrics. It holds because the batch order is a function of (seed, epoch), augmentation is
+    seeded per (seed, epoch, image), the sampler skips the batches already trained on, and
+    the RNG state (dropout) travels in the checkpoint."""
+    out = tmp_path / "crashed"
+    with pytest.raises(Interrupt):
+        train(tiny(), prepared, out, progress=False, callbacks=[InterruptAt(crash_after)])
+    saved = read_checkpoint(out / "last.ckpt")["global_step"]
+    assert saved == (6 if crash_after == 7 else 4)
+    train(tiny(), prepared, out, resume=True, progress=False)
+    assert_same_run(run[0], out)
+
+
+class RecordBackbone(L.Callback):
+    """Copies of the backbone weights and BN statistics at the end of every epoch."""
+
+    def __init__(self) -> None:
+        self.states: list[dict[str, torch.Tensor]] = []
+        self.trainable: list[bool] = []
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        backbone = pl_module.model.backbone
+        self.states.append({k: v.detach().clone() for k, v in backbone.state_dict().items()})
+        self.trainable.append(any(p.requires_grad for p in backbone.parameters()))
+
+
+class HalveLR(L.Callback):
+    """Stands in for the plateau scheduler: cut the LR at the end of every epoch."""
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        for group in trainer.optimizers[0].param_groups:
+            group["lr"] *= 0.5
+
+
+def changed(before: dict, after: dict) -> bool:
+    return any(not torch.equal(before[k], after[k]) for k in before
+               if before[k].is_floating_point())
+
+
+@pytest.mark.parametrize("setting", ["train.freeze_backbone_epoch=2",
+                                     "train.freeze_after_lr_drops=2"])
+def test_late_freeze_stops_backbone_training(prepared, tmp_path, setting):
+    record = RecordBackbone()
+    extra = [record] + ([HalveLR()] if "drops" in setting else [])
+    train(tiny(setting), prepared, tmp_path / "run", progress=False, callbacks=extra)
+    assert record.trainable == [True, True, False]
+    assert changed(record.states[0], record.states[1])  # trained in epoch 1
+    # Frozen in epoch 2: weights and BatchNorm running statistics unchanged.
+    assert not changed(record.states[1], record.states[2])
+
+
+def nan_loader(bad_batches: set[int], batches: int = 4) -> DataLoader:
+    generator = torch.Generator().manual_seed(0)
+    images = torch.randn(batches * 2, 3, 32, 32, generator=generator)
+    masks = (torch.rand(batches * 2, 1, 32, 32, generator=generator) > 0.5).float()
+    for batch in bad_batches:
+        images[batch * 2] = float("nan")
+    return DataLoader(TensorDataset(images, masks, torch.arange(batches * 2)), batch_size=2)
+
+
+def fit_plain(module, loader) -> None:
+    trainer = L.Trainer(max_epochs=1, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False,
+                        limit_val_batches=0)
+    trainer.fit(module, train_dataloaders=loader)
+
+
+def test_non_finite_loss_skips_the_batch_and_names_it():
+    module = SegmentationModule(tiny("optim.scheduler=none"))
+    with pytest.warns(UserWarning, match=r"non-finite loss .*batch 1 \(images: 2, 3\)"):
+        fit_plain(module, nan_loader({1}))
+    assert module.guard.skipped == 1
+    assert all(torch.isfinite(p).all() for p in module.parameters())
+
+
+def test_non_finite_loss_in_a_row_stops_training():
+    module = SegmentationModule(tiny("optim.scheduler=none", "train.nan_tolerance=1"))
+    with pytest.raises(DermasegError, match=r"epoch 0, batch 1 .*2 batches in a row"):
+        fit_plain(module, nan_loader({0, 1, 2}))
+
+
+def test_time_budget_stops_the_run(prepared, tmp_path):
+    summary = train(tiny("train.max_minutes=0.0001"), prepared, tmp_path / "run",
+                    progress=False)
+    # Stopped after the first step; Lightning still validates the cut epoch.
+    assert summary["stopped_by"] == "time_budget" and summary["epochs"] == 1
+    assert read_checkpoint(tmp_path / "run" / "last.ckpt")["global_step"] == 1
+    assert (tmp_path / "run" / "best.ckpt").is_file()
+
+
+def test_atomic_checkpoint_write_keeps_the_old_file(tmp_path):
+    path = tmp_path / "last.ckpt"
+    io = AtomicCheckpointIO()
+    io.save_checkpoint({"state_dict": {"w": torch.ones(3)}, "dermaseg": {}}, path)
+    with pytest.raises(Exception):  # noqa: B017  (pickling a lambda fails mid-write)
+        io.save_checkpoint({"state_dict": {"w": torch.zeros(3)}, "bad": lambda: 0}, path)
+    assert torch.equal(io.load_checkpoint(path)["state_dict"]["w"], torch.ones(3))
+    assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]
+
+
+def run_cli(monkeypatch, capsys, *args: str) -> tuple[int, str]:
+    from dermaseg.cli import main
+
+    monkeypatch.setattr(sys, "argv", ["dermaseg", "train", *args])
+    with pytest.raises(SystemExit) as exit_info:
+        main()
+    return exit_info.value.code, capsys.readouterr().err
+
+
+def test_cli_reports_bad_input(monkeypatch, capsys, prepared, run, tmp_path):
+    code, err = run_cli(monkeypatch, capsys, "-c", "configs/cpu_small.yaml", "-d",
+                        str(tmp_path / "missing"), "-o", str(tmp_path / "r"))
+    assert code == 2 and "missing: no such folder" in err
+    recipe = tmp_path / "bad.yaml"
+    recipe.write_text("optim:\n  lr: fast\n")
+    code, err = run_cli(monkeypatch, capsys, "-c", str(recipe), "-d", str(prepared),
+                        "-o", str(tmp_path / "r"))
+    assert code == 1 and "optim.lr" in err
+    code, err = run_cli(monkeypatch, capsys, "-c", str(recipe), "-d", str(prepared),
+                        "-o", str(run[0]))
+    assert code != 0 and "optim.lr" in err
+    (tmp_path / "copy.yaml").write_text((run[0] / "config.yaml").read_text())
+    code, err = run_cli(monkeypatch, capsys, "-c", str(tmp_path / "copy.yaml"), "-d",
+                        str(prepared), "-o", str(run[0]))
+    assert code == 2 and "already holds a run" in err
+    code, err = run_cli(monkeypatch, capsys, "-d", str(prepared), "-o", str(tmp_path / "r"),
+                        "--resume")
+    assert code == 2 and "no config.yaml" in err
+
+
+def test_lr_shapes():
+    cosine = LRShape("cosine", total=100, warmup=10)
+    assert [cosine(s) for s in (0, 4, 9)] == pytest.approx([0.1, 0.5, 1.0])
+    assert cosine(10) == 1.0 and cosine(55) == pytest.approx(0.5) and cosine(100) == 0.0
+    cosine.time_progress = 0.5  # half the time budget spent: at least half-way down
+    assert cosine(20) == pytest.approx(0.5)
+    poly = LRShape("poly", total=100, warmup=0)
+    assert poly(0) == 1.0 and poly(50) == pytest.approx(0.5**0.9) and poly(100) == 0.0
+
+
+@pytest.mark.slow
+def test_cli_trains_with_ddp_on_two_cpu_processes(prepared, tmp_path):
+    out = tmp_path / "ddp"
+    recipe = Path(__file__).resolve().parents[1] / "configs" / "cpu_small.yaml"
+    args = ["-m", "dermaseg", "train", "-c", str(recipe), "-d", str(prepared),
+            "-o", str(out), "--devices", "2", "-q", "--set", "train.max_epochs=2"]
+    args += [f"--set={item}" for item in TINY if "max_epochs" not in item]
+    result = subprocess.run([sys.executable, *args], capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["world_size"] == 2 and summary["epochs"] == 2
+    # 16 images, batch 4 per process: 2 steps per epoch.
+    assert read_checkpoint(out / "last.ckpt")["global_step"] == 4
