@@ -3,6 +3,10 @@ something (an untrained model's probabilities sit near 0.5, so its masks are noi
 
 from __future__ import annotations
 
+import atexit
+import functools
+import shutil
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -58,3 +62,11 @@ def fitted_checkpoint(path: Path, arch: str = "deeplabv3", backbone: str = "resn
         optimizer.step()
     save_checkpoint(path, model.eval(), meta)
     return path
+
+
+@functools.cache
+def shared_fitted(arch: str = "deeplabv3") -> Path:
+    """One fitted checkpoint per test session (trained on first use, removed at exit)."""
+    folder = Path(tempfile.mkdtemp(prefix="dermaseg-fitted-"))
+    atexit.register(shutil.rmtree, folder, True)
+    return fitted_checkpoint(folder / "fit.ckpt", arch=arch)

@@ -28,7 +28,7 @@ from dermaseg.export import (
 )
 from dermaseg.infer.predictor import Predictor
 from dermaseg.models.factory import build_model
-from fitted import fitted_checkpoint, synth_images
+from fitted import shared_fitted, synth_images
 
 SIZES = [(2, 64, 64), (1, 80, 48), (1, 33, 57)]  # (batch, height, width): square, portrait, odd
 
@@ -44,7 +44,7 @@ def _untrained(path, arch: str, size: int = 64):
 
 @pytest.fixture(scope="module")
 def fitted(tmp_path_factory):
-    return fitted_checkpoint(tmp_path_factory.mktemp("fitted") / "fit.ckpt")
+    return shared_fitted()
 
 
 @pytest.mark.parametrize("arch,exporter", [("deeplabv3", "dynamo"), ("deeplabv3plus", "dynamo"),
@@ -173,3 +173,15 @@ def test_tflite_without_the_extra_names_the_pip_command(tmp_path):
                                       "--calib-count", "2"])
     assert isinstance(result.exception, DermasegError)
     assert "pip install" in str(result.exception)
+
+
+def test_calibration_reads_a_prepared_train_split_or_a_folder(tmp_path, synth_dir):
+    from dermaseg.commands.export import calibration_images
+    from dermaseg.data.prepare import prepare_dataset
+
+    prepare_dataset(synth_dir, tmp_path / "prep", size=64, workers=1, progress=False)
+    images, source = calibration_images(tmp_path / "prep", 5, 64, progress=False)
+    assert "prepared dataset" in source and len(images) == 5
+    assert all(image.shape == (64, 64, 3) and image.dtype == np.uint8 for image in images)
+    images, source = calibration_images(synth_dir, 4, 64, progress=False)
+    assert len(images) == 4 and images[0].ndim == 3  # masks are left out

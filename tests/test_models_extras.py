@@ -35,6 +35,16 @@ def test_full_resolution_at_real_sizes_batch_one(arch):
             assert model(torch.randn(1, 3, h, w)).shape == (1, 1, h, w)
 
 
+def test_xception65_dilated_output_and_stage_freezing():
+    model = _built(backbone="xception65", arch="deeplabv3plus", freeze_stages=3).eval()
+    assert model.backbone.reductions == [2, 4, 8, 16, 16]
+    with torch.no_grad():
+        assert model(torch.randn(1, 3, 65, 97)).shape == (1, 1, 65, 97)
+    body = model.backbone.body  # timm's FeatureHookNet renames blocks.N to blocks_N
+    assert not body.blocks_2.stack.conv1.conv_dw.weight.requires_grad
+    assert body.blocks_3.stack.conv1.conv_dw.weight.requires_grad
+
+
 def test_batch_of_one_trains():
     model = _built(arch="deeplabv3plus", edge_head=True).train()
     out = model(torch.randn(1, 3, 64, 64))

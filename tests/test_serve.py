@@ -17,7 +17,7 @@ from PIL import Image
 
 from dermaseg.checkpoint import load_model
 from dermaseg.export import export_onnx
-from fitted import fitted_checkpoint, synth_images
+from fitted import shared_fitted, synth_images
 from serving import Server
 
 TOKEN = "s3cret-token"
@@ -26,7 +26,7 @@ TOKEN = "s3cret-token"
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
     folder = tmp_path_factory.mktemp("serve")
-    checkpoint = fitted_checkpoint(folder / "fit.ckpt")
+    checkpoint = shared_fitted()
     model, meta = load_model(checkpoint)
     return checkpoint, export_onnx(model, meta, folder / "fit.onnx", exporter="legacy"), folder
 
@@ -147,16 +147,20 @@ def test_bad_uploads_get_a_clear_4xx(servers, case):
     assert "Traceback" not in response.text
 
 
-@pytest.mark.parametrize("request_kwargs,status", [
-    ({}, 422),  # no multipart body
-    ({"data": {"other": "field"}}, 422),  # no file field
-    ({"content": b"--x\r\ngarbage", "headers": {"content-type": "multipart/form-data; boundary=x"}},
-     400),
-    ({"content": b"\x89PNG", "headers": {"content-type": "image/png"}}, 422),
+MULTIPART_X = {"content-type": "multipart/form-data; boundary=x"}
+
+
+@pytest.mark.parametrize("request_kwargs", [
+    {},  # no body at all
+    {"data": {"other": "field"}},  # no file field
+    {"content": b"--x\r\ngarbage", "headers": MULTIPART_X},  # broken multipart
+    {"content": b"--x\r\nContent-Disposition: form-data; name=file\r\n", "headers": MULTIPART_X},
+    {"content": b"abc", "headers": {"content-type": "multipart/form-data"}},  # no boundary
+    {"content": b"\x89PNG", "headers": {"content-type": "image/png"}},  # not multipart
 ])
-def test_malformed_requests_are_4xx(servers, request_kwargs, status):
+def test_malformed_requests_are_4xx(servers, request_kwargs):
     response = httpx.post(f"{servers['open']}/v1/segment", timeout=30, **request_kwargs)
-    assert response.status_code == status, response.text
+    assert response.status_code in (400, 422), response.text
     assert "Traceback" not in response.text
 
 

@@ -13,7 +13,7 @@ from PIL import Image
 
 from dermaseg.checkpoint import load_model
 from dermaseg.export import export_onnx
-from fitted import fitted_checkpoint, synth_images
+from fitted import shared_fitted, synth_images
 from serving import Server
 
 pytestmark = pytest.mark.browser
@@ -30,7 +30,7 @@ def server(tmp_path_factory):
                     "`apt-get install -y chromium` (make test does)")
     pytest.importorskip("playwright.sync_api", reason="the playwright package is missing")
     folder = tmp_path_factory.mktemp("web")
-    model, meta = load_model(fitted_checkpoint(folder / "fit.ckpt"))
+    model, meta = load_model(shared_fitted())
     onnx_path = export_onnx(model, meta, folder / "fit.onnx", exporter="legacy")
     running = Server(onnx_path, folder / "server.log").wait_ready()
     yield running.url

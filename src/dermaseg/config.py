@@ -33,7 +33,8 @@ class ModelConfig:
     edge_head: bool = False  # auxiliary boundary head (training only unless asked)
     pretrained: str | None = None  # None or "imagenet" (timm weights; needs network)
     weights: str | None = None  # local backbone weights: .safetensors or a state dict
-    freeze_stages: int = 0  # freeze the first N backbone stages (-1: the whole backbone)
+    freeze_stages: int = 0  # freeze the first N of 5 backbone stages (stem, /4, /8, /16, last;
+    # -1: the whole backbone); their BatchNorm stays in eval mode
 
 
 @dataclass

@@ -26,7 +26,13 @@ from PIL import Image
 from tqdm import tqdm
 
 from dermaseg.data.check import mask_array
-from dermaseg.data.discover import IMAGE_SUFFIXES, MASK_STEM, discover, display_path
+from dermaseg.data.discover import (
+    IMAGE_SUFFIXES,
+    MASK_STEM,
+    discover,
+    display_path,
+    path_from_display,
+)
 from dermaseg.errors import DermasegError, UsageError
 from dermaseg.fileio import read_rgb, write_bytes_atomic, write_json_atomic
 from dermaseg.metrics import (
@@ -55,6 +61,7 @@ class Evaluation:
 
     def add(self, image_id: str, pred: np.ndarray, truth: np.ndarray, image=None) -> None:
         """Score one (H, W) prediction against its truth (bool, or uint8 lesion > 128)."""
+        image_id = display_path(image_id)  # a non-UTF-8 file name cannot go into CSV/JSON/HTML
         counts = confusion(pred, truth)
         values = metrics_from_confusion(counts)
         self.per_image[image_id] = values
@@ -164,6 +171,8 @@ def _source(value: str, manifest: dict) -> Path:
     """A source path as recorded in the manifest; a relative one (relative to where `prepare`
     ran) is tried from here, then below the manifest's resolved "source" root."""
     path = Path(value)
+    if not path.exists() and path_from_display(value).exists():  # a non-UTF-8 name
+        path = path_from_display(value)
     if path.is_absolute() or path.exists() or not manifest.get("source"):
         return path
     root = Path(manifest["source"])

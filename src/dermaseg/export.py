@@ -207,14 +207,17 @@ def torch_probabilities(model: torch.nn.Module, batch: np.ndarray) -> np.ndarray
         return torch.sigmoid(LogitsOnly(model).eval()(torch.from_numpy(batch))).numpy()
 
 
-def onnx_session(path: str | os.PathLike, threads: int | None = None):
-    """An onnxruntime CPU session with full graph optimisation."""
+def onnx_session(path: str | os.PathLike, threads: int | None = None, spin: bool = True):
+    """An onnxruntime CPU session with full graph optimisation. spin=False stops its threads
+    from busy-waiting after a run (fair timing beside other work)."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     if threads:
         options.intra_op_num_threads = threads
+    if not spin:
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 

@@ -65,18 +65,27 @@ def open_image(source: str | os.PathLike | bytes, name: str | None = None) -> Im
         DermasegError: naming the file when it is missing, empty, not an image, truncated,
             or larger than MAX_PIXELS.
     """
-    label = name or str(source)
+    # a non-UTF-8 file name is shown with \xNN escapes, never as lone surrogates
+    if name is None:
+        name = "image bytes" if isinstance(source, bytes) else \
+            os.fsencode(source).decode("utf-8", "backslashreplace")
+    label = name
     try:
         handle = io.BytesIO(source) if isinstance(source, bytes) else open(source, "rb")  # noqa: SIM115
     except OSError as exc:
         raise DermasegError(f"{label}: cannot open ({exc.strerror or exc})") from exc
     with handle:
         try:
+            if not handle.read(1):
+                raise DermasegError(f"{label}: empty file (0 bytes)")
+            handle.seek(0)
             image = Image.open(handle)
             image.load()
             image = ImageOps.exif_transpose(image)
         except Image.DecompressionBombError as exc:
             raise DermasegError(f"{label}: image too large (over {MAX_PIXELS} pixels)") from exc
+        except Image.UnidentifiedImageError as exc:
+            raise DermasegError(f"{label}: not an image (unknown or damaged format)") from exc
         except (OSError, ValueError, SyntaxError) as exc:
             raise DermasegError(f"{label}: not a readable image ({exc})") from exc
     return image

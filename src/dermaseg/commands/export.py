@@ -42,6 +42,8 @@ def calibration_images(folder: Path | None, count: int, image_size: int,
 
     if not folder.is_dir():
         raise UsageError(f"--calib {folder}: no such folder")
+    if (folder / "manifest.json").is_file():
+        return _prepared_images(folder, count)
     files, _ = list_inputs([str(folder)])
     if len(files) > count:
         picked = np.random.default_rng(0).choice(len(files), size=count, replace=False)
@@ -53,6 +55,20 @@ def calibration_images(folder: Path | None, count: int, image_size: int,
     if len(images) < 2:
         raise UsageError(f"--calib {folder}: needs at least 2 readable images, found {len(images)}")
     return images, f"{len(images)} images from {folder}"
+
+
+def _prepared_images(folder: Path, count: int) -> tuple[list[np.ndarray], str]:
+    """A seeded sample of the train split of a `dermaseg data prepare` folder (letterboxed
+    uint8 arrays, exactly what the model saw in training)."""
+    from dermaseg.data.dataset import PreparedDataset
+
+    dataset = PreparedDataset(folder, "train", cache=False)
+    if len(dataset) < 2:
+        raise UsageError(f"--calib {folder}: the train split has {len(dataset)} items, need 2")
+    picked = np.random.default_rng(0).choice(len(dataset), size=min(count, len(dataset)),
+                                             replace=False)
+    images = [dataset.arrays(int(i))[0] for i in sorted(picked)]
+    return images, f"{len(images)} training images of the prepared dataset {folder}"
 
 
 def _default_output(model: Path, fmt: str, int8: bool) -> Path:
@@ -88,9 +104,10 @@ def export_onnx_checked(model, meta, path: Path, images, opset: int, exporter: s
 def _int8(model, meta, output: Path, images, opset, exporter, holdout, per_tensor, repeats):
     from dermaseg.quantize import Int8Options, compare_int8, quantize_int8
 
-    fp32_path = output.with_name(output.name.removesuffix(".onnx") + ".fp32.onnx")
-    if fp32_path == output:
+    if output.suffix != ".onnx":
         raise UsageError(f"-o {output}: the INT8 model needs a name ending in .onnx")
+    stem = output.name.removesuffix(".onnx").removesuffix(".int8")
+    fp32_path = output.with_name(stem + ".fp32.onnx")
     export_onnx_checked(model, meta, fp32_path, images, opset, exporter)
     held_out = max(1, min(holdout, len(images) // 2))
     calib, test = images[:-held_out], images[-held_out:]
@@ -99,7 +116,7 @@ def _int8(model, meta, output: Path, images, opset, exporter, holdout, per_tenso
     comparison = compare_int8(fp32_path, output, test, repeats=repeats)
     for line in comparison.lines():
         typer.echo(line)
-    report = output.with_name(output.name.removesuffix(".onnx") + ".report.json")
+    report = output.with_name(stem + ".report.json")
     from dermaseg.fileio import write_json_atomic
 
     write_json_atomic(report, {"fp32": str(fp32_path), "int8": str(output),
@@ -113,8 +130,8 @@ def export(
     int8: bool = typer.Option(False, "--int8", help="Static INT8 (ONNX Runtime, QDQ)."),
     calib: Path = typer.Option(
         None, "--calib",
-        help="Folder of images (e.g. training images) for calibration and checks; default: "
-             "synthetic images.",
+        help="Images for calibration and checks: a prepared dataset (its train split) or any "
+             "folder of images; default: synthetic images.",
     ),
     output: Path = typer.Option(None, "-o", "--output", help="Output file."),
     opset: int = typer.Option(18, "--opset", help="ONNX opset (>= 13)."),

@@ -66,6 +66,12 @@ def display_path(path: os.PathLike | str) -> str:
     return os.fsencode(path).decode("utf-8", "backslashreplace")
 
 
+def path_from_display(text: str) -> Path:
+    """The inverse of display_path: `\\xNN` escapes back to the bytes of a non-UTF-8 name."""
+    raw = re.sub(rb"\\x([0-9a-f]{2})", lambda m: bytes([int(m[1], 16)]), text.encode())
+    return Path(os.fsdecode(raw))
+
+
 def _is_special(entry: os.DirEntry) -> bool:
     """True for FIFOs, sockets and devices (or links to them); broken links are left to check."""
     try:

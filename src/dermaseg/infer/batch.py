@@ -192,7 +192,11 @@ def gather_measurements(out: Path) -> None:
 def predict_files(predictor, files: list[Path], out: Path, options: PredictOptions,
                   shard: tuple[int, int] = (0, 1)) -> PredictSummary:
     """Predict every file of this shard into `out`; see the module docstring for the layout."""
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise DermasegError(f"{display_path(out)}: cannot create the output folder "
+                            f"({exc.strerror or exc})") from exc
     summary = PredictSummary()
     items, summary.failed = assign_ids(files)
     items = items[shard[0] :: shard[1]]

@@ -81,7 +81,8 @@ def _hub_cached(name: str) -> bool:
         from huggingface_hub import try_to_load_from_cache
     except ImportError:
         return False
-    return any(isinstance(try_to_load_from_cache(hub_id, f), str)
+    cache = os.environ.get("HF_HUB_CACHE")  # read now, not at huggingface_hub's import
+    return any(isinstance(try_to_load_from_cache(hub_id, f, cache_dir=cache), str)
                for f in ("model.safetensors", "pytorch_model.bin"))
 
 
