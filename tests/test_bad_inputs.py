@@ -24,6 +24,17 @@ TRAIN_TINY = ["-s", "model.arch=deeplabv3plus", "-s", "model.backbone=mobilenetv
               "-s", "train.max_epochs=1"]
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """One torch thread: on a shared, loaded machine several threads fight and run slower."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
     root = tmp_path_factory.mktemp("corpus")
@@ -226,7 +237,7 @@ def test_evaluate_refuses_a_truncated_prediction(corpus, predicted, tmp_path):
 
 
 @pytest.mark.parametrize("damage,message", [
-    ("yaml", "bad.yaml"), ("key", "model.colour"), ("data", "no such folder"),
+    ("yaml", "bad.yaml"), ("key", "unknown field(s) colour"), ("data", "no such folder"),
     ("manifest-json", "manifest.json: corrupt manifest"),
     ("manifest-items", "manifest.json: corrupt manifest"),
     ("npy-truncated", "corrupt prepared file"), ("npy-missing", "missing prepared file"),

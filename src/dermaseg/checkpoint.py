@@ -10,6 +10,7 @@ Lightning's own keys (optimizer, loops, callbacks) may sit beside them for resum
 from __future__ import annotations
 
 import pickle
+import shutil
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -102,11 +103,27 @@ def load_model(path: str | Path, device: str | torch.device = "cpu"):
     return model.to(device).eval(), meta
 
 
-def save_checkpoint(path: str | Path, model: torch.nn.Module, meta: ModelMeta) -> None:
-    """Write a minimal inference checkpoint atomically."""
-    payload = {"state_dict": model.state_dict(), "dermaseg": meta.to_dict()}
+def torch_save_atomic(payload: dict[str, Any], path: str | Path) -> None:
+    """torch.save to a temp file, then rename: the previous file stays whole on any failure.
+
+    Raises:
+        DermasegError: the file cannot be written (disk full, no permission ...).
+    """
     try:
         with atomic_path(path) as tmp:
             torch.save(payload, tmp)
     except OSError as exc:
         raise DermasegError(f"{path}: cannot write checkpoint ({exc.strerror or exc})") from exc
+    except RuntimeError as exc:  # torch's zip writer reports a failed write (ENOSPC) this way
+        free = shutil.disk_usage(Path(path).parent).free
+        raise DermasegError(f"{path}: cannot write checkpoint (write failed with {free} bytes "
+                            f"free on that disk: disk full?; {str(exc).splitlines()[0]})") from exc
+
+
+def save_checkpoint(path: str | Path, model: torch.nn.Module, meta: ModelMeta) -> None:
+    """Write a minimal inference checkpoint atomically.
+
+    Raises:
+        DermasegError: the file cannot be written; an earlier file at `path` is left as it was.
+    """
+    torch_save_atomic({"state_dict": model.state_dict(), "dermaseg": meta.to_dict()}, path)

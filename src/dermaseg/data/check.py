@@ -20,8 +20,6 @@ import math
 import os
 import time
 from collections import Counter, defaultdict
-from concurrent.futures import ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
@@ -31,8 +29,8 @@ from PIL import Image
 from tqdm import tqdm
 
 from dermaseg.data.discover import Discovery, Pair, Problem, discover, display_path
-from dermaseg.errors import DermasegError
 from dermaseg.fileio import MAX_PIXELS
+from dermaseg.parallel import parallel_map
 
 # Every kind of problem, in report order, with what it means.
 KINDS = {
@@ -303,26 +301,8 @@ def find_duplicates(results: list[PairCheck]) -> list[Problem]:
 
 
 def _inspect_all(pairs: list[Pair], workers: int, progress: bool) -> list[PairCheck]:
-    bar = tqdm(total=len(pairs), desc="checking", unit="pair", disable=not progress)
-    with bar:
-        if workers <= 1 or len(pairs) < 8:
-            results = []
-            for pair in pairs:
-                results.append(inspect_pair(pair))
-                bar.update()
-            return results
-        chunk = max(1, min(16, len(pairs) // (workers * 8)))
-        try:
-            with ProcessPoolExecutor(max_workers=workers) as pool:
-                results = []
-                for result in pool.map(inspect_pair, pairs, chunksize=chunk):
-                    results.append(result)
-                    bar.update()
-                return results
-        except BrokenProcessPool as exc:
-            raise DermasegError(
-                "a checking process died (out of memory?); run again with --workers 1"
-            ) from exc
+    with tqdm(total=len(pairs), desc="checking", unit="pair", disable=not progress) as bar:
+        return parallel_map(inspect_pair, pairs, workers, bar, "checking")
 
 
 def default_workers() -> int:

@@ -25,7 +25,6 @@ import os
 import random
 import re
 import time
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -39,6 +38,7 @@ from dermaseg.data.discover import Pair, Problem, discover, display_path
 from dermaseg.data.geometry import Letterbox, letterbox_image
 from dermaseg.errors import DermasegError, UsageError
 from dermaseg.fileio import MAX_PIXELS, atomic_path, to_rgb_array, write_json_atomic
+from dermaseg.parallel import parallel_map
 
 MANIFEST = "manifest.json"
 FORMAT = "dermaseg-prepared/1"
@@ -234,19 +234,7 @@ def _clean_temporaries(out: Path) -> None:
 def _run_all(todo: list[Pair], out: Path, size: int, workers: int, bar: tqdm
              ) -> list[PrepareResult]:
     work = partial(_prepare_safely, out=out, size=size)
-    if workers <= 1 or len(todo) < 4:
-        results = []
-        for pair in todo:
-            results.append(work(pair))
-            bar.update()
-        return results
-    chunk = max(1, min(8, len(todo) // (workers * 8)))
-    with ProcessPoolExecutor(max_workers=min(workers, len(todo))) as pool:
-        results = []
-        for result in pool.map(work, todo, chunksize=chunk):
-            results.append(result)
-            bar.update()
-        return results
+    return parallel_map(work, todo, workers, bar, "prepare", serial_below=4)
 
 
 def _drop_duplicates(results: list[PrepareResult]) -> None:

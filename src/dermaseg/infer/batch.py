@@ -197,6 +197,9 @@ def predict_files(predictor, files: list[Path], out: Path, options: PredictOptio
     except OSError as exc:
         raise DermasegError(f"{display_path(out)}: cannot create the output folder "
                             f"({exc.strerror or exc})") from exc
+    if shard[1] == 1:  # temp files of a killed run (with shards, they may be another's)
+        for leftover in [*out.glob(".*.tmp"), *out.glob("*/.*.tmp")]:
+            leftover.unlink(missing_ok=True)
     summary = PredictSummary()
     items, summary.failed = assign_ids(files)
     items = items[shard[0] :: shard[1]]

@@ -129,6 +129,9 @@ class Predictor:
             raise DermasegError(f"{path}: no such model file")
         device = resolve_device(device)
         if path.suffix.lower() == ".onnx":
+            from dermaseg.export import check_onnx
+
+            check_onnx(path)  # graph, names, ranks and metadata, before onnxruntime sees it
             backend = OnnxBackend(path, device)
             return cls(backend, backend.meta, **kwargs)
         model, meta = load_model(path, device)

@@ -18,7 +18,6 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from dermaseg.errors import DermasegError
-from dermaseg.fileio import atomic_path
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -28,11 +27,9 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     """
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options=None) -> None:
-        try:
-            with atomic_path(path) as tmp:
-                torch.save(checkpoint, tmp)
-        except OSError as exc:
-            raise DermasegError(f"{path}: cannot write checkpoint ({exc.strerror or exc})") from exc
+        from dermaseg.checkpoint import torch_save_atomic
+
+        torch_save_atomic(checkpoint, path)
 
     def load_checkpoint(self, path, map_location=None, weights_only=None) -> dict[str, Any]:
         from dermaseg.checkpoint import read_checkpoint
