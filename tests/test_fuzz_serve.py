@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 
 from badinputs import build_corpus, encode
 from dermaseg.checkpoint import load_model
+from dermaseg.data.discover import display_path
 from dermaseg.export import export_onnx
 from serving import Server
 
@@ -28,7 +29,7 @@ def server(tmp_path_factory, tiny_ckpt):
     started = Server(onnx_path, folder / "server.log", "--max-upload-mb", "1",
                      "--max-pixels", "1000000", "--max-concurrency", "4", "--threads", "1")
     try:
-        yield started.wait_ready()
+        yield started.wait_ready(timeout=400)  # a loaded CI machine starts it slowly
     finally:
         started.stop()
 
@@ -118,7 +119,7 @@ def test_every_corpus_image_is_a_mask_or_a_clear_4xx(server, tmp_path):
     for case in build_corpus(tmp_path):
         data = case.image.read_bytes()
         response = httpx.post(f"{server.url}/v1/segment", timeout=60,
-                              files={"file": (case.image.name, data, "image/png")})
+                              files={"file": (display_path(case.image.name), data, "image/png")})
         if case.predictable:
             assert response.status_code == 200, (case.name, response.text)
             body = response.json()
