@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import base64
 import io
-import struct
-import zlib
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
@@ -15,6 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from badinputs import png_bomb
 from dermaseg.checkpoint import load_model
 from dermaseg.export import export_onnx
 from fitted import shared_fitted, synth_images
@@ -108,16 +107,6 @@ def test_batch_reports_each_image(servers):
     assert [r["status"] for r in results] == [200, 415, 200]
     assert results[1]["error"].startswith("b.jpg:") and results[1]["result"] is None
     assert results[0]["result"]["width"] == 96
-
-
-def png_bomb(width: int, height: int) -> bytes:
-    """A valid PNG header claiming width x height, with almost no data (never decoded)."""
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return (struct.pack(">I", len(data)) + kind + data
-                + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF))
-    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header)
-            + chunk(b"IDAT", zlib.compress(b"\0" * 100)) + chunk(b"IEND", b""))
 
 
 def bad_inputs() -> dict:
