@@ -77,13 +77,9 @@ class ServeSettings:
 
 
 def load_predictor(settings: ServeSettings):
-    """Check (ONNX: onnx.checker, names, metadata) and load the model on the CPU."""
+    """Load the model on the CPU (Predictor.load checks an ONNX file before using it)."""
     from dermaseg.infer.predictor import Predictor
 
-    if Path(settings.model_path).suffix.lower() == ".onnx":
-        from dermaseg.export import check_onnx
-
-        check_onnx(settings.model_path)
     return Predictor.load(settings.model_path, device="cpu")
 
 
