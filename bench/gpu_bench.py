@@ -35,9 +35,10 @@ from common import RESULTS, machine, markdown_table
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPE = ROOT / "configs" / "deeplabv3_resnet50_isic.yaml"
-MODES = ("fp32", "bf16_cl", "bf16_cl_compile")
-STAGE_LIMIT_S = {"prepare": 90, "fp32": 75, "bf16_cl": 60, "bf16_cl_compile": 150,
-                 "loader": 75}
+# fp32: PyTorch's defaults (cuDNN may run convolutions in TF32); fp32_strict: TF32 off.
+MODES = ("fp32", "fp32_strict", "bf16_cl", "bf16_cl_compile")
+STAGE_LIMIT_S = {"prepare": 90, "fp32": 60, "fp32_strict": 60, "bf16_cl": 50,
+                 "bf16_cl_compile": 150, "loader": 75}
 TRAIN_OVERHEAD_S = 50  # process start, data setup and the final validation of the train stage
 
 
@@ -64,8 +65,11 @@ def _step_fn(config, device: torch.device, mode: str):
     from dermaseg.losses import SegmentationLoss
     from dermaseg.models.factory import build_model
 
+    if mode == "fp32_strict":
+        torch.backends.cudnn.allow_tf32 = False
+        torch.backends.cuda.matmul.allow_tf32 = False
     model = build_model(config.model).to(device).train()
-    channels_last = mode != "fp32"
+    channels_last = mode.startswith("bf16")
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     forward = torch.compile(model) if mode == "bf16_cl_compile" else model
@@ -75,7 +79,7 @@ def _step_fn(config, device: torch.device, mode: str):
     def step(images: torch.Tensor, masks: torch.Tensor) -> None:
         if channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=mode != "fp32"):
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=channels_last):
             loss, _ = criterion(forward(images), masks)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -120,10 +124,15 @@ def stage_throughput(config, device: torch.device, mode: str, steps: int, warmup
             "step_ms": seconds * 1000, "peak_mem_gib": peak, "first_step_s": first_s}
 
 
-def _loader_batches(loader, device: torch.device):
+def _loader_batches(loader, device: torch.device, config):
+    """The loader's uint8 batches on the device, normalised there as the training loop does."""
+    from dermaseg.data.transforms import normalise_images
+
     while True:
         for images, masks, _ in loader:
-            yield (images.to(device, non_blocking=True), masks.to(device, non_blocking=True))
+            images = images.to(device, non_blocking=True)
+            yield (normalise_images(images, config.data.mean, config.data.std),
+                   masks.to(device, non_blocking=True).float())
 
 
 def stage_loader(config, device: torch.device, data: Path, steps: int, warmup: int) -> dict:
@@ -137,12 +146,17 @@ def stage_loader(config, device: torch.device, data: Path, steps: int, warmup: i
     fixed = _fixed_batches(config, device)
     _timed(step, fixed, warmup, device)
     compute = _timed(step, fixed, steps, device)
-    fed = _loader_batches(loader, device)
+    fed = _loader_batches(loader, device, config)
     _timed(step, fed, warmup, device)
     fed_s = _timed(step, fed, steps, device)
+    # The loader alone: first empty the batches prefetched while the GPU worked, then time.
+    buffered = loader.num_workers * (loader.prefetch_factor or 0)
+    _timed(lambda *batch: None, fed, buffered + warmup, device)
+    alone_s = _timed(lambda *batch: None, fed, max(steps, 3 * buffered), device)
     return {"mode": f"{mode} fed by DataLoader", "workers": loader.num_workers,
             "pin_memory": loader.pin_memory, "compute_step_ms": compute * 1000,
             "fed_step_ms": fed_s * 1000, "images_per_s": config.data.batch_size / fed_s,
+            "loader_alone_images_per_s": config.data.batch_size / alone_s,
             "gpu_busy_fraction": min(1.0, compute / fed_s)}
 
 
@@ -178,6 +192,7 @@ def run_stage(args: argparse.Namespace) -> None:
     config = load_config(RECIPE, recipe_overrides(args.smoke))
     device = device_for(args.smoke)
     torch.manual_seed(0)
+    torch.backends.cudnn.benchmark = True  # fixed input size, as the training runner sets it
     if args.stage in MODES:
         result = stage_throughput(config, device, args.stage, args.steps, args.warmup)
     elif args.stage == "loader":
@@ -282,7 +297,8 @@ def write_results(results: dict, status: dict, args: argparse.Namespace) -> dict
             f"{markdown_table([results['loader']] if results.get('loader') else [])}\n\n"
             f"{markdown_table([results['train']] if results.get('train') else [])}\n\n"
             f"- Data: {(results.get('prepare') or {}).get('source', 'none')}.\n"
-            "- fp32 = PyTorch defaults (cuDNN may use TF32 for convolutions); speed-ups are "
+            "- fp32 = PyTorch defaults (cuDNN may use TF32 for convolutions), fp32_strict = "
+            "TF32 off; speed-ups are "
             "images/s against fp32 eager in the same run; busy fraction = pure compute step "
             "time / step time fed by the real DataLoader.\n"
             + "".join(f"- {stage}: {text}\n" for stage, text in status.items()))

@@ -122,3 +122,38 @@ def test_evaluation_transform_only_normalises():
     switched_off = SegmentationTransform(augment=_only())(image, mask)
     plain = SegmentationTransform()(image, mask)
     assert all(torch.equal(a, b) for a, b in zip(switched_off, plain, strict=True))
+
+
+@pytest.mark.parametrize("brightness, contrast", [(1.0, 1.0), (1.2, 1.0), (0.8, 1.0),
+                                                  (1.0, 0.8), (1.0, 1.2), (1.17, 0.83),
+                                                  (0.85, 1.19)])
+def test_brightness_contrast_lookup_matches_torchvision(brightness, contrast):
+    from torchvision import tv_tensors
+    from torchvision.transforms.v2 import functional as F
+
+    from dermaseg.data.transforms import BrightnessContrast
+
+    image, _ = _sample(size=48, seed=3)
+    pixels = tv_tensors.Image(torch.from_numpy(image).permute(2, 0, 1).contiguous())
+    ours = BrightnessContrast().transform(pixels, {"brightness": brightness,
+                                                   "contrast": contrast})
+    # torchvision's reference, in float so that only our single rounding differs
+    reference = F.adjust_contrast(F.adjust_brightness(pixels.float() / 255, brightness),
+                                  contrast) * 255
+    assert ours.dtype == torch.uint8 and ours.shape == pixels.shape
+    assert (ours.float() - reference).abs().max() <= 1.0
+    mask = tv_tensors.Mask(torch.ones(1, 48, 48, dtype=torch.uint8))
+    assert BrightnessContrast().transform(mask, {"brightness": 2.0, "contrast": 2.0}) is mask
+
+
+def test_uint8_output_normalised_later_equals_float_output():
+    from dermaseg.data.transforms import normalise_images
+
+    image, mask = _sample()
+    config = DataConfig()
+    as_float = build_transform(config, train=False)(image, mask)
+    as_bytes = build_transform(config, train=False, as_uint8=True)(image, mask)
+    assert as_bytes[0].dtype == torch.uint8 and as_bytes[1].dtype == torch.uint8
+    batch = torch.stack([as_bytes[0], as_bytes[0]])  # the loader collates, the device normalises
+    assert torch.equal(normalise_images(batch, config.mean, config.std)[1], as_float[0])
+    assert torch.equal(as_bytes[1].float(), as_float[1])

@@ -24,11 +24,11 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from dermaseg.config import Config
 from dermaseg.errors import DermasegError
 
-MAX_WORKERS = 8
+MAX_WORKERS = 16
 
 
 def loader_workers(requested: int) -> int:
-    """`num_workers` from the config: -1 means one per available CPU core, at most 8."""
+    """`num_workers` from the config: -1 means one per available CPU core, at most 16."""
     if requested >= 0:
         return requested
     try:
@@ -144,9 +144,9 @@ class SegmentationDataModule(L.LightningDataModule):
         data, seed = self.config.data, self.config.train.seed
         if self.train_set is None:
             train = PreparedDataset(self.data_dir, "train", data.image_size,
-                                    build_transform(data, train=True))
+                                    build_transform(data, train=True, as_uint8=True))
             val = PreparedDataset(self.data_dir, "val", data.image_size,
-                                  build_transform(data, train=False))
+                                  build_transform(data, train=False, as_uint8=True))
             for name, split in (("train", train), ("val", val)):
                 if len(split) == 0:
                     raise DermasegError(f"{self.data_dir}: the {name} split is empty; prepare "

@@ -19,6 +19,7 @@ from torchmetrics import MeanMetric
 
 from dermaseg.checkpoint import ModelMeta
 from dermaseg.config import Config
+from dermaseg.data.transforms import normalise_images
 from dermaseg.errors import DermasegError
 from dermaseg.losses import SegmentationLoss
 from dermaseg.metrics import SegmentationMetrics
@@ -61,10 +62,13 @@ class SegmentationModule(L.LightningModule):
             self.model.to(memory_format=torch.channels_last)
 
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
+        """The loader sends uint8 images and masks; normalise them here, on the device."""
         images, masks, indices = batch
         if self.device.type == "cuda" and self.config.train.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
-        return images, masks, indices
+        if images.dtype == torch.uint8:
+            images = normalise_images(images, self.config.data.mean, self.config.data.std)
+        return images, masks.float(), indices
 
     def on_train_start(self) -> None:
         if self._rng_to_restore is not None:

@@ -17,6 +17,7 @@ callback and RNG state; see `dermaseg.train.datamodule` for why the data order m
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import time
@@ -38,6 +39,17 @@ from dermaseg.train.history import History, summarize
 from dermaseg.train.module import SegmentationModule, check_optim
 
 PRECISIONS = {"32": "32-true", "bf16": "bf16-mixed", "16": "16-mixed"}
+
+
+class _DropAdvertisingTips(logging.Filter):
+    """Lightning's "Tip: try installing litlogger" line says nothing about this run."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Tip:" not in record.getMessage()
+
+
+for _name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
+    logging.getLogger(_name).addFilter(_DropAdvertisingTips())
 
 
 def resolve_precision(value: str, on_gpu: bool) -> str:
@@ -142,6 +154,8 @@ def build_trainer(config: Config, out_dir: Path, devices: str | int | None = Non
 def _trainer(config: Config, out_dir: Path, devices: int | str, count: int, nodes: int,
              callbacks: list[Callback] | None, progress: bool) -> L.Trainer:
     on_gpu = torch.cuda.is_available()
+    if on_gpu:  # fp32 matmuls may use TF32, as cuDNN convolutions already do by default
+        torch.set_float32_matmul_precision("high")
     return L.Trainer(
         accelerator="auto", devices=devices, num_nodes=nodes,
         strategy="ddp" if count * nodes > 1 else "auto",
@@ -151,6 +165,7 @@ def _trainer(config: Config, out_dir: Path, devices: int | str, count: int, node
         plugins=[AtomicCheckpointIO()], logger=False, default_root_dir=out_dir,
         use_distributed_sampler=False, num_sanity_val_steps=0,
         enable_progress_bar=progress, enable_model_summary=False, log_every_n_steps=1,
+        benchmark=on_gpu,  # training inputs have one size: let cuDNN pick its fastest kernels
     )
 
 
