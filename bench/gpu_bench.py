@@ -192,7 +192,6 @@ def run_stage(args: argparse.Namespace) -> None:
     config = load_config(RECIPE, recipe_overrides(args.smoke))
     device = device_for(args.smoke)
     torch.manual_seed(0)
-    torch.backends.cudnn.benchmark = True  # fixed input size, as the training runner sets it
     if args.stage in MODES:
         result = stage_throughput(config, device, args.stage, args.steps, args.warmup)
     elif args.stage == "loader":

@@ -55,7 +55,7 @@ class DataConfig:
     mean: list[float] = field(default_factory=lambda: list(IMAGENET_MEAN))
     std: list[float] = field(default_factory=lambda: list(IMAGENET_STD))
     batch_size: int = 8
-    num_workers: int = -1  # -1: one per CPU core, up to 16
+    num_workers: int = -1  # -1: one per CPU core, up to 8
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
 

@@ -165,7 +165,9 @@ def _trainer(config: Config, out_dir: Path, devices: int | str, count: int, node
         plugins=[AtomicCheckpointIO()], logger=False, default_root_dir=out_dir,
         use_distributed_sampler=False, num_sanity_val_steps=0,
         enable_progress_bar=progress, enable_model_summary=False, log_every_n_steps=1,
-        benchmark=on_gpu,  # training inputs have one size: let cuDNN pick its fastest kernels
+        # cuDNN's benchmark mode stays off: on an H200 it made bf16 channels_last steps 1.7x
+        # slower and took 20 GiB of workspace (bench/results/gpu_cudnn_benchmark.md).
+        benchmark=False,
     )
 
 
