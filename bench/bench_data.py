@@ -34,7 +34,7 @@ from dermaseg.data.discover import discover
 from dermaseg.data.geometry import Letterbox
 from dermaseg.data.prepare import prepare_dataset
 from dermaseg.data.synth import SynthOptions, synth_dataset
-from dermaseg.data.transforms import SegmentationTransform
+from dermaseg.data.transforms import BrightnessContrast, SegmentationTransform
 
 DEFAULT_REAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "derm-real"
 REAL = Path(os.environ.get("DERMASEG_REAL", DEFAULT_REAL))
@@ -79,7 +79,7 @@ def prepare_rows(name: str, folder: Path, workers: int) -> list[dict]:
 
 
 def loader_rows(prepared: Path) -> list[dict]:
-    transform = SegmentationTransform(augment=AugmentConfig())
+    transform = SegmentationTransform(augment=AugmentConfig(), as_uint8=True)  # as in training
     data = PreparedDataset(prepared, "train", image_size=256, transform=transform)
     rows = []
     for workers in (0, 2):
@@ -92,7 +92,8 @@ def loader_rows(prepared: Path) -> list[dict]:
                     start = time.perf_counter()
                     continue
                 batches += 1
-        rows.append({"pipeline": f"PreparedDataset + augment, batch 8 @ 256 px, {workers} workers",
+        rows.append({"pipeline": f"PreparedDataset + augment (uint8 out), batch 8 @ 256 px, "
+                                 f"{workers} workers",
                      "batches/s": batches / (time.perf_counter() - start)})
     return rows
 
@@ -104,20 +105,26 @@ def transform_rows() -> list[dict]:
     off = dict(hflip=0.0, vflip=0.0, brightness=0.0, contrast=0.0, elastic_p=0.0)
     cases = {
         "normalise only": SegmentationTransform(),
-        "flips + brightness/contrast": SegmentationTransform(
-            augment=AugmentConfig(elastic_p=0.0)),
-        "default augment (elastic p=0.25)": SegmentationTransform(augment=AugmentConfig()),
+        "flips + brightness/contrast, uint8 out": SegmentationTransform(
+            augment=AugmentConfig(elastic_p=0.0), as_uint8=True),
+        "default augment (elastic p=0.25), uint8 out (the training loader)":
+            SegmentationTransform(augment=AugmentConfig(), as_uint8=True),
         "elastic p=1 (dermaseg control grid)": SegmentationTransform(
             augment=AugmentConfig(**(off | {"elastic_p": 1.0}))),
     }
     rows = [{"pipeline": f"transform per sample @ 256 px: {name}",
              "ms": 1000 * median_time(lambda t=t: t(image, mask), repeats=30)}
             for name, t in cases.items()]
-    reference = v2.ElasticTransform(alpha=50.0, sigma=5.0)  # torchvision's defaults
     pair = (tv_tensors.Image(torch.from_numpy(image).permute(2, 0, 1)),
             tv_tensors.Mask(torch.from_numpy(mask)[None]))
-    rows.append({"pipeline": "transform per sample @ 256 px: torchvision v2.ElasticTransform",
-                 "ms": 1000 * median_time(lambda: reference(*pair), repeats=10)})
+    ours = BrightnessContrast(brightness=0.2, contrast=0.2)
+    jitter = v2.ColorJitter(brightness=0.2, contrast=0.2)
+    elastic = v2.ElasticTransform(alpha=50.0, sigma=5.0)  # torchvision's defaults
+    for name, fn, repeats in (("dermaseg BrightnessContrast (lookup table)", ours, 30),
+                              ("torchvision v2.ColorJitter(brightness, contrast)", jitter, 30),
+                              ("torchvision v2.ElasticTransform", elastic, 10)):
+        rows.append({"pipeline": f"transform per sample @ 256 px: {name}",
+                     "ms": 1000 * median_time(lambda f=fn: f(*pair), repeats=repeats)})
     return rows
 
 

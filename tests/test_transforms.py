@@ -157,3 +157,15 @@ def test_uint8_output_normalised_later_equals_float_output():
     batch = torch.stack([as_bytes[0], as_bytes[0]])  # the loader collates, the device normalises
     assert torch.equal(normalise_images(batch, config.mean, config.std)[1], as_float[0])
     assert torch.equal(as_bytes[1].float(), as_float[1])
+
+
+@pytest.mark.parametrize("steps, height, width", [(17, 512, 512), (5, 64, 90), (2, 7, 3)])
+def test_separable_bicubic_field_equals_interpolate(steps, height, width):
+    from dermaseg.data.transforms import bicubic_weights
+
+    grid = torch.randn(2, steps, steps + 1)
+    field = torch.einsum("hk,ckl,wl->chw", bicubic_weights(steps, height), grid,
+                         bicubic_weights(steps + 1, width))
+    reference = torch.nn.functional.interpolate(grid[None], size=(height, width),
+                                                mode="bicubic", align_corners=True)[0]
+    assert torch.allclose(field, reference, atol=1e-5)
