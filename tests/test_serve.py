@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import base64
 import io
+import socket
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
@@ -33,7 +35,7 @@ def models(tmp_path_factory):
 @pytest.fixture(scope="module")
 def servers(models):
     """open: ONNX, no auth, 2 MB / 4 Mpx limits; auth: checkpoint (torch backend) with a
-    token; tight: one slot and a 1 ms timeout, for 503 and 504."""
+    token; tight: one slot, a 1 ms timeout and 1 s for an upload, for 503, 504 and 408."""
     checkpoint, onnx_path, folder = models
     started = {
         "open": Server(onnx_path, folder / "open.log", "--max-upload-mb", "2",
@@ -41,7 +43,7 @@ def servers(models):
         "auth": Server(checkpoint, folder / "auth.log", "--backend", "torch",
                        env={"DERMASEG_TOKEN": TOKEN}),
         "tight": Server(onnx_path, folder / "tight.log", "--max-concurrency", "1",
-                        "--timeout", "0.001"),
+                        "--timeout", "0.001", "--body-timeout", "1"),
     }
     try:
         yield {name: server.wait_ready().url for name, server in started.items()}
@@ -188,6 +190,26 @@ def test_timeout_is_504_and_overload_is_503(servers):
     assert set(statuses) <= {503, 504} and 503 in statuses
     body = post(url, data).json()
     assert body["status"] in (503, 504) and body["detail"]
+
+
+def test_stalled_upload_holds_no_slot_and_is_cut_off(servers):
+    url = servers["tight"]
+    deadline = time.monotonic() + 60  # the jobs of earlier tests free the slot when they end
+    while "dermaseg_in_flight 0" not in httpx.get(f"{url}/metrics").text:
+        assert time.monotonic() < deadline, "the tight server's slot never came free"
+        time.sleep(0.1)
+    host, port = url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=20) as stalled:
+        stalled.sendall(b"POST /v1/segment HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n"
+                        b"Content-Type: multipart/form-data; boundary=x\r\n\r\n--x\r\n")
+        # The server's one slot stays free while that upload stalls: this request is admitted
+        # (and answered 504 by the 1 ms inference limit), not refused 503.
+        data = encode(synth_images(1, seed=4)[0][0], "PNG")
+        assert post(url, data).status_code == 504
+        start = time.monotonic()
+        reply = stalled.recv(4096)
+    assert reply.startswith(b"HTTP/1.1 408"), reply[:200]
+    assert b"not received within 1 s" in reply and time.monotonic() - start < 5
 
 
 def test_probes_metrics_and_openapi(servers):

@@ -213,16 +213,27 @@ def split_items(data_dir: Path, split: str) -> list[tuple[str, Path, Path]]:
 
 
 def _iter_pairs(items: list[tuple[str, Path, Path]]) -> Iterator:
+    """(id, image, truth mask 0/255, None) per usable pair; (id, None, None, problem) else."""
     from dermaseg.infer.batch import iter_decoded
 
     masks = {image_id: mask for image_id, _, mask in items}
     for image_id, _path, image, error in iter_decoded([(i, p) for i, p, _ in items], ahead=16):
         if error is not None:
-            raise DermasegError(error)
-        truth = read_mask(masks[image_id])
+            yield image_id, None, None, error
+            continue
+        try:
+            truth = read_mask(masks[image_id])
+        except DermasegError as exc:
+            yield image_id, None, None, str(exc)
+            continue
+        if truth.shape != image.shape[:2]:
+            yield image_id, None, None, (
+                f"{display_path(masks[image_id])}: mask is {truth.shape[1]}x{truth.shape[0]}, "
+                f"its image is {image.shape[1]}x{image.shape[0]}")
+            continue
         if truth.max(initial=0) <= 1:  # a 0/1 mask, as `data prepare` reads it
             truth = truth * np.uint8(255)
-        yield image_id, image, truth
+        yield image_id, image, truth, None
 
 
 def evaluate_model(predictor, items: list[tuple[str, Path, Path]], postprocess=None,
@@ -230,10 +241,12 @@ def evaluate_model(predictor, items: list[tuple[str, Path, Path]], postprocess=N
     """Predict each source image at its original size and score it against its source mask.
 
     Raises:
-        DermasegError: an image or mask is unreadable, or the mask's size differs.
+        DermasegError: listing every pair whose image or mask is unreadable or whose sizes
+            differ (after the first one, the rest are only checked, not predicted).
     """
     result = Evaluation()
     batch: list = []
+    problems: list[str] = []
 
     def flush() -> None:
         for (image_id, image, truth), prob in zip(
@@ -242,17 +255,20 @@ def evaluate_model(predictor, items: list[tuple[str, Path, Path]], postprocess=N
         batch.clear()
 
     with tqdm(total=len(items), desc="evaluate", unit="img", disable=not progress) as bar:
-        for image_id, image, truth in _iter_pairs(items):
-            if truth.shape != image.shape[:2]:
-                raise DermasegError(f"{image_id}: mask is {truth.shape[1]}x{truth.shape[0]}, "
-                                    f"image is {image.shape[1]}x{image.shape[0]}")
-            batch.append((image_id, image, truth))
-            if len(batch) >= predictor.batch_size:
-                bar.update(len(batch))
-                flush()
-        bar.update(len(batch))
-        if batch:
+        for image_id, image, truth, problem in _iter_pairs(items):
+            bar.update(1)
+            if problem is not None:
+                problems.append(problem)
+                batch.clear()
+            elif not problems:
+                batch.append((image_id, image, truth))
+                if len(batch) >= predictor.batch_size:
+                    flush()
+        if batch and not problems:
             flush()
+    if problems:
+        raise DermasegError(f"{len(problems)} of {len(items)} pairs cannot be scored (fix or "
+                            "remove them; nothing was written):\n  " + "\n  ".join(problems))
     return result
 
 

@@ -24,6 +24,8 @@ def serve(
     max_concurrency: int = typer.Option(8, "--max-concurrency",
                                         help="API requests at once per process; more get 503."),
     timeout_s: float = typer.Option(60.0, "--timeout", help="Inference time limit (504)."),
+    body_timeout_s: float = typer.Option(60.0, "--body-timeout",
+                                         help="Seconds for a whole upload to arrive (408)."),
     threads: int = typer.Option(0, "--threads", help="Inference threads (0: CPU cores)."),
     log_level: str = typer.Option("info", "--log-level", help="uvicorn log level."),
 ) -> None:
@@ -37,7 +39,8 @@ def serve(
     if not 0 < port < 65536:
         raise UsageError(f"--port {port}: must be 1..65535")
     settings = ServeSettings(str(model), backend, None, max_upload_mb, max_pixels,
-                             max_concurrency, timeout_s, threads=threads)
+                             max_concurrency, timeout_s, threads=threads,
+                             body_timeout_s=body_timeout_s)
     settings.check()
     load_predictor(settings)  # fail here, with a clear message, rather than in every worker
     os.environ["DERMASEG_SERVE"] = settings_json(settings)

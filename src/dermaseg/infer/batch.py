@@ -79,8 +79,11 @@ def list_inputs(inputs: Iterable[str], exclude: Path | None = None):
         path = Path(item)
         if path.is_dir():
             candidates = [p for p in path.rglob("*") if p.is_file() and _is_input_image(p)]
-        elif path.exists():
+        elif path.is_file():
             candidates = [path]
+        elif path.exists():  # reading a pipe or a device could block for ever
+            failed.append(f"{item}: not a regular file (a pipe, socket or device)")
+            candidates = []
         elif glob.has_magic(item):
             candidates = [Path(p) for p in glob.glob(item, recursive=True)]
             candidates = [p for p in candidates if p.is_file() and _is_input_image(p)]

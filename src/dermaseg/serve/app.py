@@ -46,7 +46,8 @@ log = logging.getLogger("dermaseg.serve")
 STATIC = Path(__file__).resolve().parent / "static"
 ENDPOINTS = {"/", "/healthz", "/readyz", "/metrics", "/v1/segment", "/v1/segment/batch",
              "/docs", "/openapi.json"}
-ERRORS = {code: {"model": ErrorResponse} for code in (400, 401, 413, 415, 422, 503, 504)}
+ERRORS = {code: {"model": ErrorResponse} for code in (400, 401, 408, 413, 415, 422, 503,
+                                                          504)}
 
 
 @dataclass
@@ -58,6 +59,7 @@ class ServeSettings:
     max_pixels: int = 40_000_000  # per image, checked from the header before decoding
     max_concurrency: int = 8  # API requests admitted at once; more get 503 at once
     timeout_s: float = 60.0  # per request inference time limit (504)
+    body_timeout_s: float = 60.0  # the whole upload must arrive within this (408)
     max_batch: int = 16  # files per batch request
     threads: int = 0  # inference threads (0: min(max_concurrency, CPU cores))
 
@@ -71,7 +73,8 @@ class ServeSettings:
                              f"with `dermaseg export {self.model_path} -o model.onnx`")
         if self.backend == "torch" and suffix == ".onnx":
             raise UsageError(f"{self.model_path}: --backend torch needs a checkpoint (.ckpt)")
-        for name in ("max_upload_mb", "max_pixels", "max_concurrency", "timeout_s", "max_batch"):
+        for name in ("max_upload_mb", "max_pixels", "max_concurrency", "timeout_s", "max_batch",
+                     "body_timeout_s"):
             if not getattr(self, name) > 0:
                 raise UsageError(f"{name}: must be > 0, got {getattr(self, name)}")
 
@@ -117,14 +120,15 @@ def _install_handlers(app: FastAPI) -> None:
 def create_app(model_path: str | os.PathLike, backend: str = "auto", token: str | None = None,
                max_upload_mb: float = 20.0, max_pixels: int = 40_000_000,
                max_concurrency: int = 8, timeout_s: float = 60.0, max_batch: int = 16,
-               threads: int = 0) -> FastAPI:
+               threads: int = 0, body_timeout_s: float = 60.0) -> FastAPI:
     """The FastAPI app serving one model (see the module docstring).
 
     Raises:
         UsageError: a setting out of range or a backend that does not fit the file.
     """
     settings = ServeSettings(str(model_path), backend, token or None, max_upload_mb, max_pixels,
-                             max_concurrency, timeout_s, max_batch, threads)
+                             max_concurrency, timeout_s, max_batch=max_batch, threads=threads,
+                             body_timeout_s=body_timeout_s)
     settings.check()
     slots = Slots(settings.max_concurrency)
     metrics = Metrics(ENDPOINTS)
@@ -149,7 +153,7 @@ def create_app(model_path: str | os.PathLike, backend: str = "auto", token: str 
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     max_body = int(settings.max_upload_mb * 2**20)
     app.add_middleware(Guard, metrics=metrics, slots=slots, max_body=max_body,
-                       token=settings.token)
+                       token=settings.token, body_timeout=settings.body_timeout_s)
     return app
 
 

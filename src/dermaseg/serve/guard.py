@@ -1,18 +1,21 @@
 """The server's front door (a plain ASGI middleware): metrics, auth, admission, body size.
 
 For every HTTP request it records the count by endpoint and status and the latency (exposed at
-/metrics in the Prometheus text format). For the API paths (/v1/...) it also, in this order and
-before any byte of the body is read:
+/metrics in the Prometheus text format). For the API paths (/v1/...) it also, in this order:
 
 1. checks the bearer token when one is set (hmac.compare_digest) -> 401;
-2. takes one of `max_concurrency` slots without waiting -> 503 when all are taken (a bounded
+2. refuses a body over `max_body` bytes (Content-Length first, then counted while it arrives)
+   -> 413;
+3. reads the whole body within `body_timeout` seconds -> 408 (a slow or stalled upload is cut
+   off, and holds no slot while it arrives);
+4. takes one of `max_concurrency` slots without waiting -> 503 when all are taken (a bounded
    server, not a growing queue); the slot is given back when the request's inference jobs have
-   really finished, even if the client was already answered 504;
-3. refuses a body over `max_body` bytes (Content-Length, then counted while streaming) -> 413.
+   really finished, even if the client was already answered 504.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
 import threading
@@ -162,9 +165,9 @@ class Guard:
     """ASGI middleware: see the module docstring."""
 
     def __init__(self, app, *, metrics: Metrics, slots: Slots, max_body: int,
-                 token: str | None) -> None:
+                 token: str | None, body_timeout: float = 60.0) -> None:
         self.app, self.metrics, self.slots = app, metrics, slots
-        self.max_body, self.token = max_body, token
+        self.max_body, self.token, self.body_timeout = max_body, token, body_timeout
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] != "http":
@@ -194,8 +197,18 @@ class Guard:
                 return
         length = _content_length(scope)
         if length is not None and length > self.max_body:
-            await send_json(send, 413, BodyTooLarge(self.max_body).detail,
-                            [(b"connection", b"close")])
+            await send_json(send, 413, BodyTooLarge(self.max_body).detail, CLOSE)
+            return
+        try:
+            body = await self._read_body(receive)
+        except BodyTooLarge as exc:
+            await send_json(send, 413, exc.detail, CLOSE)
+            return
+        except asyncio.TimeoutError:  # TimeoutError from 3.11 on; distinct in 3.10
+            await send_json(send, 408, f"request body not received within {self.body_timeout:g} "
+                                       "s", CLOSE)
+            return
+        if body is None:  # the client went away
             return
         if not self.slots.try_acquire():
             await send_json(send, 503, "server busy: all request slots are taken, retry later",
@@ -204,19 +217,40 @@ class Guard:
         jobs: list = []
         scope.setdefault("state", {})["jobs"] = jobs
         try:
-            await self.app(scope, self._limited(receive), send)
+            await self.app(scope, _replay(body, receive), send)
         finally:
             self.slots.release_after(jobs)
 
-    def _limited(self, receive):
-        seen = [0]
+    async def _read_body(self, receive) -> bytes | None:
+        """The whole body (None when the client disconnects); BodyTooLarge, asyncio.TimeoutError."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.body_timeout
+        chunks, size = [], 0
+        while True:
+            message = await asyncio.wait_for(receive(), max(0.0, deadline - loop.time()))
+            if message["type"] == "http.disconnect":
+                return None
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.max_body:
+                raise BodyTooLarge(self.max_body)
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                return b"".join(chunks)
 
-        async def limited_receive():
-            message = await receive()
-            if message["type"] == "http.request":
-                seen[0] += len(message.get("body", b""))
-                if seen[0] > self.max_body:
-                    raise BodyTooLarge(self.max_body)
-            return message
 
-        return limited_receive
+CLOSE = [(b"connection", b"close")]
+
+
+def _replay(body: bytes, receive):
+    """An ASGI receive that gives the buffered body once, then the client's own messages
+    (a disconnect)."""
+    sent = [False]
+
+    async def replay():
+        if not sent[0]:
+            sent[0] = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return replay
