@@ -53,9 +53,9 @@ class BrightnessContrast(v2.Transform):
     Brightness multiplies the pixels by a factor drawn from [1 - brightness, 1 + brightness];
     contrast blends them with the image's mean grey level by a factor drawn from
     [1 - contrast, 1 + contrast]. For a uint8 image both are one map of the 256 levels, so the
-    image is read once through a lookup table (1.3 ms at 512 px against 3.8 ms for
-    `v2.ColorJitter`'s two passes); float images go through torchvision's kernels. Masks pass
-    through unchanged.
+    image is read once through a lookup table (2.1 ms at 512 px against 3.8 ms for
+    `v2.ColorJitter`'s two uint8 round trips); float images go through torchvision's kernels.
+    Masks pass through unchanged.
     """
 
     def __init__(self, brightness: float = 0.0, contrast: float = 0.0) -> None:
