@@ -212,6 +212,22 @@ def test_stalled_upload_holds_no_slot_and_is_cut_off(servers):
     assert b"not received within 1 s" in reply and time.monotonic() - start < 5
 
 
+def test_uploads_in_progress_are_bounded(servers):
+    url = servers["tight"]  # one slot: at most 4 bodies buffered at once
+    host, port = url.removeprefix("http://").split(":")
+    stalled = [socket.create_connection((host, int(port)), timeout=20) for _ in range(4)]
+    try:
+        for sock in stalled:
+            sock.sendall(b"POST /v1/segment HTTP/1.1\r\nHost: x\r\nContent-Length: 9999\r\n\r\n")
+        time.sleep(0.3)  # let the server start reading all four
+        response = post(url, encode(synth_images(1, seed=4)[0][0], "PNG"))
+        assert response.status_code == 503 and "too many uploads" in response.json()["detail"]
+        assert all(sock.recv(4096).startswith(b"HTTP/1.1 408") for sock in stalled)
+    finally:
+        for sock in stalled:
+            sock.close()
+
+
 def test_probes_metrics_and_openapi(servers):
     url = servers["open"]
     post(url, encode(synth_images(1, seed=1)[0][0], "PNG"))

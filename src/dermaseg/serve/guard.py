@@ -7,7 +7,8 @@ For every HTTP request it records the count by endpoint and status and the laten
 2. refuses a body over `max_body` bytes (Content-Length first, then counted while it arrives)
    -> 413;
 3. reads the whole body within `body_timeout` seconds -> 408 (a slow or stalled upload is cut
-   off, and holds no slot while it arrives);
+   off, and holds no slot while it arrives); at most UPLOADS_PER_SLOT x `max_concurrency`
+   uploads are buffered at once (memory stays bounded) -> 503 beyond that;
 4. takes one of `max_concurrency` slots without waiting -> 503 when all are taken (a bounded
    server, not a growing queue); the slot is given back when the request's inference jobs have
    really finished, even if the client was already answered 504.
@@ -26,6 +27,7 @@ from fastapi import HTTPException
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 API_PREFIX = "/v1/"
+UPLOADS_PER_SLOT = 4
 
 
 class BodyTooLarge(HTTPException):
@@ -168,6 +170,7 @@ class Guard:
                  token: str | None, body_timeout: float = 60.0) -> None:
         self.app, self.metrics, self.slots = app, metrics, slots
         self.max_body, self.token, self.body_timeout = max_body, token, body_timeout
+        self.uploading = 0  # bodies being received now (one event loop: no lock needed)
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] != "http":
@@ -199,6 +202,11 @@ class Guard:
         if length is not None and length > self.max_body:
             await send_json(send, 413, BodyTooLarge(self.max_body).detail, CLOSE)
             return
+        if self.uploading >= UPLOADS_PER_SLOT * self.slots.total:
+            await send_json(send, 503, "server busy: too many uploads in progress, retry later",
+                            [(b"retry-after", b"1"), *CLOSE])
+            return
+        self.uploading += 1
         try:
             body = await self._read_body(receive)
         except BodyTooLarge as exc:
@@ -208,6 +216,8 @@ class Guard:
             await send_json(send, 408, f"request body not received within {self.body_timeout:g} "
                                        "s", CLOSE)
             return
+        finally:
+            self.uploading -= 1
         if body is None:  # the client went away
             return
         if not self.slots.try_acquire():

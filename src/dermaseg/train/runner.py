@@ -203,6 +203,8 @@ def train(config: Config, data_dir: str | os.PathLike, out_dir: str | os.PathLik
     # Our sampler resumes mid-epoch itself (datamodule._position_for_resume).
     warnings.filterwarnings("ignore", message=".*your dataloader is not resumable")
     warnings.filterwarnings("ignore", message=".*overridden `on_after_batch_transfer`")
+    # Lightning 2.6 calls a torch pytree API deprecated in torch 2.10: nothing a user can act on.
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
     trainer = build_trainer(config, out_dir, devices, num_nodes, callbacks, progress)
     if trainer.is_global_zero:
         out_dir.mkdir(parents=True, exist_ok=True)
