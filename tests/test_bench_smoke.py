@@ -90,9 +90,10 @@ def test_gpu_bench_smoke_on_cpu(tmp_path):
     _run([str(BENCH / "gpu_bench.py"), "--smoke", "--results", str(tmp_path)], timeout=400)
     payload = json.loads((tmp_path / "gpu_smoke.json").read_text())
     modes = {row["mode"]: row for row in payload["throughput"]}
-    assert set(modes) == {"fp32", "bf16_cl"}
+    assert set(modes) == {"fp32", "fp32_strict", "bf16_cl"}
     assert modes["fp32"]["speedup_vs_fp32"] == 1.0
     assert all(row["images_per_s"] > 0 for row in modes.values())
     assert 0 < payload["loader"]["gpu_busy_fraction"] <= 1
+    assert payload["loader"]["loader_alone_images_per_s"] > 0
     assert 0 <= payload["train"]["val_dice"] <= 1
     assert payload["stages"]["bf16_cl_compile"].startswith("skipped")
