@@ -168,3 +168,16 @@ def test_model_evaluation_on_a_prepared_split(tiny_ckpt, synth_dir, tmp_path):
         with Image.open(mask_path) as mask:
             pixels = sum(int(rows[image_id][k]) for k in ("tp", "fp", "fn", "tn"))
             assert pixels == mask.size[0] * mask.size[1] > 64 * 64
+
+
+def test_raw_folder_evaluation_notes_images_without_masks(tiny_ckpt, synth_dir, tmp_path):
+    raw = tmp_path / "raw"
+    shutil.copytree(synth_dir, raw)
+    shutil.copy(raw / "synth_0001.jpg", raw / "lonely.jpg")  # an image with no mask
+    result = run_cli("evaluate", str(tiny_ckpt), "--data", str(raw), "-o", str(tmp_path / "e"),
+                     "--quiet")
+    assert result.exit_code == 0, result.output
+    assert "1 image(s) without a mask not scored: lonely.jpg" in result.output
+    summary = json.loads((tmp_path / "e" / "metrics.json").read_text())
+    assert summary["images"] == len(split_items(synth_dir, "test"))
+    assert any("lonely.jpg" in note for note in summary["notes"])

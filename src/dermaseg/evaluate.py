@@ -212,6 +212,14 @@ def split_items(data_dir: Path, split: str) -> list[tuple[str, Path, Path]]:
     return items
 
 
+def images_without_masks(data_dir: Path) -> list[Path]:
+    """Images of a raw pair folder that have no mask (not scored); [] for a prepared one."""
+    if (data_dir / "manifest.json").is_file():
+        return []
+    return [problem.path for problem in discover(data_dir).problems
+            if problem.kind == "missing_mask"]
+
+
 def _iter_pairs(items: list[tuple[str, Path, Path]]) -> Iterator:
     """(id, image, truth mask 0/255, None) per usable pair; (id, None, None, problem) else."""
     from dermaseg.infer.batch import iter_decoded

@@ -43,7 +43,13 @@ def evaluate(
     `evaluate --pred PRED --truth TRUTH` scores existing masks; report in PRED-eval/ unless -o.
     Writes metrics.csv, metrics.json, report.md, report.html, jaccard_hist.png, gallery/.
     """
-    from dermaseg.evaluate import evaluate_folders, evaluate_model, split_items, write_evaluation
+    from dermaseg.evaluate import (
+        evaluate_folders,
+        evaluate_model,
+        images_without_masks,
+        split_items,
+        write_evaluation,
+    )
 
     if (pred is None) != (truth is None):
         raise UsageError("--pred and --truth go together")
@@ -69,5 +75,11 @@ def evaluate(
         notes = [f"model: {model}", f"data: {data}" + (f" (split {split})" if prepared else ""),
                  f"threshold {predictor.threshold}, TTA {'on' if tta else 'off'}, "
                  f"post-processing: {post or 'none'}"]
+        unpaired = images_without_masks(data)
+        if unpaired:
+            shown = ", ".join(p.name for p in unpaired[:5]) + (", ..." if len(unpaired) > 5
+                                                               else "")
+            notes.append(f"{len(unpaired)} image(s) without a mask not scored: {shown}")
+            typer.echo(f"note: {notes[-1]} (see `dermaseg data check {data}`)", err=True)
     summary = write_evaluation(result, out, "dermaseg evaluation", notes)
     _print_overall(summary, out)
