@@ -4,12 +4,12 @@
     python bench/gpu_bench.py --smoke        # tiny sizes on CPU: proves the script runs
 
 Stages, each in its own process under a time limit (the whole run stays within --budget-s):
-1. training-step throughput on a fixed on-device batch (pure compute) in fp32 eager, bf16
-   autocast + channels_last, and the same with torch.compile: images/s, peak GPU memory,
-   speed-up over fp32 eager;
+1. training-step throughput on a fixed on-device batch (pure compute) in fp32 eager (PyTorch's
+   defaults, and strict: TF32 off), bf16 autocast + channels_last, and the same with
+   torch.compile: images/s, peak GPU memory, speed-up over fp32 eager;
 2. data-loader check: bf16 + channels_last steps fed by the recipe's real DataLoader (workers,
    pin_memory) on the prepared real set; GPU busy fraction = pure compute step time / fed step
-   time (1.0: the loader never makes the GPU wait);
+   time (1.0: the loader never makes the GPU wait); and the loader's own rate, alone;
 3. a short real training (`dermaseg.train.runner.train`, bf16, ~3 min budget) on the real set
    at 512 px, printing its val Dice.
 
