@@ -21,6 +21,7 @@ bench/results/gpu.json and gpu.md. Imports only dermaseg's training path (no CLI
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import subprocess
@@ -38,7 +39,7 @@ RECIPE = ROOT / "configs" / "deeplabv3_resnet50_isic.yaml"
 # fp32: PyTorch's defaults (cuDNN may run convolutions in TF32); fp32_strict: TF32 off.
 MODES = ("fp32", "fp32_strict", "bf16_cl", "bf16_cl_compile")
 STAGE_LIMIT_S = {"prepare": 90, "fp32": 60, "fp32_strict": 60, "bf16_cl": 50,
-                 "bf16_cl_compile": 150, "loader": 75}
+                 "bf16_cl_compile": 150, "loader": 110}
 TRAIN_OVERHEAD_S = 50  # process start, data setup and the final validation of the train stage
 
 
@@ -135,17 +136,14 @@ def _loader_batches(loader, device: torch.device, config):
                    masks.to(device, non_blocking=True).float())
 
 
-def stage_loader(config, device: torch.device, data: Path, steps: int, warmup: int) -> dict:
+def _fed_row(config, data: Path, device: torch.device, step, compute: float, steps: int,
+             warmup: int) -> dict:
+    """Steps fed by the recipe's DataLoader (`config.data.num_workers`), then the loader alone."""
     from dermaseg.train.datamodule import SegmentationDataModule
 
     module = SegmentationDataModule(config, data)
     module.setup("fit")
     loader = module.train_dataloader()
-    mode = "bf16_cl" if device.type == "cuda" else "fp32"  # CPU bf16 is slow, off the point
-    step = _step_fn(config, device, mode)
-    fixed = _fixed_batches(config, device)
-    _timed(step, fixed, warmup, device)
-    compute = _timed(step, fixed, steps, device)
     fed = _loader_batches(loader, device, config)
     _timed(step, fed, warmup, device)
     fed_s = _timed(step, fed, steps, device)
@@ -153,11 +151,31 @@ def stage_loader(config, device: torch.device, data: Path, steps: int, warmup: i
     buffered = loader.num_workers * (loader.prefetch_factor or 0)
     _timed(lambda *batch: None, fed, buffered + warmup, device)
     alone_s = _timed(lambda *batch: None, fed, max(steps, 3 * buffered), device)
-    return {"mode": f"{mode} fed by DataLoader", "workers": loader.num_workers,
-            "pin_memory": loader.pin_memory, "compute_step_ms": compute * 1000,
-            "fed_step_ms": fed_s * 1000, "images_per_s": config.data.batch_size / fed_s,
+    return {"workers": loader.num_workers, "pin_memory": loader.pin_memory,
+            "compute_step_ms": compute * 1000, "fed_step_ms": fed_s * 1000,
+            "images_per_s": config.data.batch_size / fed_s,
             "loader_alone_images_per_s": config.data.batch_size / alone_s,
             "gpu_busy_fraction": min(1.0, compute / fed_s)}
+
+
+def stage_loader(config, device: torch.device, data: Path, steps: int, warmup: int,
+                 other_workers: list[int]) -> dict:
+    """The recipe's loader (the goal's figure), then the same with `other_workers` workers."""
+    mode = "bf16_cl" if device.type == "cuda" else "fp32"  # CPU bf16 is slow, off the point
+    step = _step_fn(config, device, mode)
+    fixed = _fixed_batches(config, device)
+    _timed(step, fixed, warmup, device)
+    compute = _timed(step, fixed, steps, device)
+    row = {"mode": f"{mode} fed by the recipe's DataLoader",
+           **_fed_row(config, data, device, step, compute, steps, warmup)}
+    row["by_workers"] = []
+    for workers in other_workers:
+        changed = dataclasses.replace(config, data=dataclasses.replace(config.data,
+                                                                       num_workers=workers))
+        row["by_workers"].append({"mode": f"{mode}, {workers} workers",
+                                  **_fed_row(changed, data, device, step, compute, steps,
+                                             warmup)})
+    return row
 
 
 def stage_train(config, data: Path, minutes: float, smoke: bool) -> dict:
@@ -195,7 +213,8 @@ def run_stage(args: argparse.Namespace) -> None:
     if args.stage in MODES:
         result = stage_throughput(config, device, args.stage, args.steps, args.warmup)
     elif args.stage == "loader":
-        result = stage_loader(config, device, args.data, args.steps, args.warmup)
+        result = stage_loader(config, device, args.data, args.steps, args.warmup,
+                              args.other_workers)
     else:
         result = stage_train(config, args.data, args.train_minutes, args.smoke)
     Path(args.json).write_text(json.dumps(result))
@@ -233,7 +252,8 @@ def _child(name: str, args: argparse.Namespace, limit: float, extra: list[str]) 
     out = args.data.parent / f"{name}.json"
     command = [sys.executable, str(Path(__file__).resolve()), "--stage", name, "--json",
                str(out), "--data", str(args.data), "--steps", str(args.steps), "--warmup",
-               str(args.warmup), *(["--smoke"] if args.smoke else []), *extra]
+               str(args.warmup), "--loader-workers", ",".join(map(str, args.other_workers)),
+               *(["--smoke"] if args.smoke else []), *extra]
     print(f"\n--- {name} (limit {limit:.0f} s)", flush=True)
     start = time.monotonic()
     try:
@@ -283,6 +303,8 @@ def write_results(results: dict, status: dict, args: argparse.Namespace) -> dict
             rows.append(row)
     info = machine()
     info["device_used"] = str(device_for(args.smoke))
+    loader = dict(results.get("loader") or {})
+    loader_rows = [loader, *loader.pop("by_workers", [])] if loader else []
     payload = {"name": "gpu", "machine": info, "smoke": args.smoke, "data": results.get("prepare"),
                "throughput": rows, "loader": results.get("loader"), "train": results.get("train"),
                "stages": status, "time": time.strftime("%Y-%m-%d %H:%M:%S")}
@@ -293,7 +315,7 @@ def write_results(results: dict, status: dict, args: argparse.Namespace) -> dict
     config = "ResNet-18 64 px batch 2 (smoke)" if args.smoke else \
         "DeepLab-v3 ResNet-50 512x512 batch 8, random weights"
     text = (f"### GPU training: {config} on {device}\n\n{markdown_table(rows)}\n\n"
-            f"{markdown_table([results['loader']] if results.get('loader') else [])}\n\n"
+            f"{markdown_table(loader_rows)}\n\n"
             f"{markdown_table([results['train']] if results.get('train') else [])}\n\n"
             f"- Data: {(results.get('prepare') or {}).get('source', 'none')}.\n"
             "- fp32 = PyTorch defaults (cuDNN may use TF32 for convolutions), fp32_strict = "
@@ -314,6 +336,8 @@ def parse(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--budget-s", type=float, default=440, help="whole run, seconds")
     parser.add_argument("--train-minutes", type=float, help="default 3 (smoke 0.1)")
     parser.add_argument("--no-compile", action="store_true")
+    parser.add_argument("--loader-workers", help="other DataLoader worker counts to measure "
+                        "beside the recipe's, comma-separated (default 4,12; smoke 1)")
     parser.add_argument("--results", type=Path, default=RESULTS)
     parser.add_argument("--stage", choices=("prepare", *MODES, "loader", "train"),
                         help=argparse.SUPPRESS)
@@ -324,6 +348,12 @@ def parse(argv: list[str]) -> argparse.Namespace:
     args.warmup = args.warmup or (1 if args.smoke else 5)
     args.train_minutes = args.train_minutes or (0.1 if args.smoke else 3.0)
     args.no_compile = args.no_compile or args.smoke
+    text = args.loader_workers if args.loader_workers is not None else \
+        ("1" if args.smoke else "4,12")
+    try:
+        args.other_workers = [int(n) for n in text.split(",") if n.strip()]
+    except ValueError:
+        parser.error(f"--loader-workers {text!r}: expected numbers separated by commas")
     return args
 
 
