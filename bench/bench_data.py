@@ -30,6 +30,7 @@ from common import median_time, report
 from dermaseg.config import AugmentConfig
 from dermaseg.data.check import default_workers
 from dermaseg.data.dataset import PreparedDataset
+from dermaseg.data.device_augment import DeviceAugment
 from dermaseg.data.discover import discover
 from dermaseg.data.geometry import Letterbox
 from dermaseg.data.prepare import prepare_dataset
@@ -128,6 +129,34 @@ def transform_rows() -> list[dict]:
     return rows
 
 
+def placement_rows(size: int = 512, batch: int = 8) -> list[dict]:
+    """CPU time per batch of the GPU recipe (8 @ 512 px) on each side of `data.augment_on`:
+    what the loader workers do, and the batched device augmentation (timed here on the CPU;
+    a GPU runs it far faster)."""
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
+    mask = np.zeros((size, size), np.uint8)
+    mask[128:384, 160:400] = 1
+    in_workers = SegmentationTransform(augment=AugmentConfig(), as_uint8=True)
+    gather_only = SegmentationTransform(as_uint8=True)
+    device = DeviceAugment(AugmentConfig(), size, size)
+    images = torch.from_numpy(np.stack([image] * batch)).permute(0, 3, 1, 2).contiguous()
+    masks = torch.from_numpy(np.stack([mask] * batch))[:, None]
+    params = device.draw(list(range(batch)))
+    cases = {
+        "loader side, augment_on loader (augment in the workers)":
+            lambda: [in_workers(image, mask) for _ in range(batch)],
+        "loader side, augment_on device (the workers only convert)":
+            lambda: [gather_only(image, mask) for _ in range(batch)],
+        "device side, augment_on device: draw the parameters":
+            lambda: device.draw(list(range(batch))),
+        "device side, augment_on device: apply, timed on this CPU":
+            lambda: device.apply(images, masks, params),
+    }
+    return [{"pipeline": f"per batch {batch} @ {size} px: {name}",
+             "ms": 1000 * median_time(fn, repeats=10)} for name, fn in cases.items()]
+
+
 def model_step_row(threads: int) -> dict:
     """The consumer: one training step of a small DeepLab-v3 (MobileNetV3) on a batch 8 @ 256."""
     from torchvision.models.segmentation import deeplabv3_mobilenet_v3_large
@@ -185,7 +214,7 @@ def main() -> None:
         prepare_dataset(source, prepared, size=256, progress=False)
         threads = torch.get_num_threads()
         torch.set_num_threads(1)  # as in DataLoader workers; avoids thread-spin under load
-        loader = loader_rows(prepared) + transform_rows()
+        loader = loader_rows(prepared) + transform_rows() + placement_rows()
     loader.append(model_step_row(threads))
     report("data_loader", "Training data pipeline (CPU)", loader,
            [f"data from {source.name}, prepared at 256 px; loader and transforms timed with "

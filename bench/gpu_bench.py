@@ -8,8 +8,9 @@ Stages, each in its own process under a time limit (the whole run stays within -
    defaults, and strict: TF32 off), bf16 autocast + channels_last, and the same with
    torch.compile: images/s, peak GPU memory, speed-up over fp32 eager;
 2. data-loader check: bf16 + channels_last steps fed by the recipe's real DataLoader (workers,
-   pin_memory) on the prepared real set; GPU busy fraction = pure compute step time / fed step
-   time (1.0: the loader never makes the GPU wait); and the loader's own rate, alone;
+   pin_memory, augmentation on the GPU) on the prepared real set; GPU busy fraction = pure
+   compute step time / fed step time (1.0: the loader never makes the GPU wait); and the
+   loader's own rate, alone; the same with the augmentation in the loader workers;
 3. a short real training (`dermaseg.train.runner.train`, bf16, ~3 min budget) on the real set
    at 512 px, printing its val Dice.
 
@@ -126,14 +127,25 @@ def stage_throughput(config, device: torch.device, mode: str, steps: int, warmup
 
 
 def _loader_batches(loader, device: torch.device, config):
-    """The loader's uint8 batches on the device, normalised there as the training loop does."""
+    """The loader's uint8 batches on the device, augmented there when `data.augment_on` says
+    so and normalised, as the training module's batch hooks do."""
+    from dermaseg.data.device_augment import DeviceAugment, augment_on_device
     from dermaseg.data.transforms import normalise_images
+    from dermaseg.train.datamodule import sample_seed
 
+    size, seed = config.data.image_size, config.train.seed
+    augment = DeviceAugment(config.data.augment, size, size) \
+        if augment_on_device(config.data.augment_on, device.type == "cuda") else None
+    epoch = 0
     while True:
-        for images, masks, _ in loader:
+        for images, masks, indices in loader:
             images = images.to(device, non_blocking=True)
-            yield (normalise_images(images, config.data.mean, config.data.std),
-                   masks.to(device, non_blocking=True).float())
+            masks = masks.to(device, non_blocking=True)
+            if augment is not None:
+                params = augment.draw([sample_seed(seed, epoch, i) for i in indices.tolist()])
+                images, masks = augment.apply(images, masks, params)
+            yield normalise_images(images, config.data.mean, config.data.std), masks.float()
+        epoch += 1
 
 
 def _fed_row(config, data: Path, device: torch.device, step, compute: float, steps: int,
@@ -160,21 +172,30 @@ def _fed_row(config, data: Path, device: torch.device, step, compute: float, ste
 
 def stage_loader(config, device: torch.device, data: Path, steps: int, warmup: int,
                  other_workers: list[int]) -> dict:
-    """The recipe's loader (the goal's figure), then the same with `other_workers` workers."""
+    """The recipe's loader (the goal's figure; augmentation on the device on a GPU), the same
+    with the augmentation on the other side, then with `other_workers` workers."""
     mode = "bf16_cl" if device.type == "cuda" else "fp32"  # CPU bf16 is slow, off the point
     step = _step_fn(config, device, mode)
     fixed = _fixed_batches(config, device)
     _timed(step, fixed, warmup, device)
     compute = _timed(step, fixed, steps, device)
-    row = {"mode": f"{mode} fed by the recipe's DataLoader",
-           **_fed_row(config, data, device, step, compute, steps, warmup)}
-    row["by_workers"] = []
-    for workers in other_workers:
+
+    def variant(label: str, **data_fields) -> dict:
         changed = dataclasses.replace(config, data=dataclasses.replace(config.data,
-                                                                       num_workers=workers))
-        row["by_workers"].append({"mode": f"{mode}, {workers} workers",
-                                  **_fed_row(changed, data, device, step, compute, steps,
-                                             warmup)})
+                                                                       **data_fields))
+        return {"mode": f"{mode}, {label}",
+                **_fed_row(changed, data, device, step, compute, steps, warmup)}
+
+    row = {"mode": f"{mode} fed by the recipe's DataLoader, augment_on "
+                   f"{config.data.augment_on}",
+           **_fed_row(config, data, device, step, compute, steps, warmup)}
+    from dermaseg.data.device_augment import augment_on_device
+
+    other = "loader" if augment_on_device(config.data.augment_on, device.type == "cuda") \
+        else "device"
+    row["by_workers"] = [variant(f"augment_on {other}", augment_on=other)]
+    row["by_workers"] += [variant(f"{workers} workers", num_workers=workers)
+                          for workers in other_workers]
     return row
 
 

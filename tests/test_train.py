@@ -167,6 +167,53 @@ def test_resume_after_crash_matches_uninterrupted_run(run, prepared, tmp_path, c
     assert_same_run(run[0], out)
 
 
+def test_resume_with_augmentation_on_the_device_matches_uninterrupted_run(prepared, tmp_path):
+    """`data.augment_on=device` (the GPU default) draws each sample's parameters from its
+    (seed, epoch, index) key too: a mid-epoch crash and resume gives the same weights."""
+    device = tiny("data.augment_on=device")
+    full = tmp_path / "full"
+    train(device, prepared, full, progress=False)
+    out = tmp_path / "crashed"
+    with pytest.raises(Interrupt):
+        train(device, prepared, out, progress=False, callbacks=[InterruptAt(7)])
+    train(device, prepared, out, resume=True, progress=False)
+    assert_same_run(full, out)
+
+
+class RecordBatches(L.Callback):
+    """The training batches as the model receives them (after the device-side hooks)."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        images, masks, indices = batch
+        self.seen.append((images.clone(), masks.clone(), indices.clone()))
+
+
+@pytest.mark.parametrize("place", ["loader", "device"])
+def test_augmentation_reaches_the_model_wherever_it_runs(prepared, tmp_path, place):
+    """Flips with probability 1 (the other augmentations off): every image and mask the model
+    receives is the prepared one flipped both ways and normalised, on either path."""
+    from dermaseg.data.dataset import PreparedDataset
+    from dermaseg.data.transforms import normalise_images
+
+    config = tiny(f"data.augment_on={place}", "train.max_epochs=1", "data.augment.hflip=1",
+                  "data.augment.vflip=1", "data.augment.brightness=0",
+                  "data.augment.contrast=0", "data.augment.elastic_p=0")
+    record = RecordBatches()
+    train(config, prepared, tmp_path / place, progress=False, callbacks=[record])
+    dataset = PreparedDataset(prepared, "train", cache=False)
+    assert len(record.seen) == STEPS_PER_EPOCH
+    for images, masks, indices in record.seen:
+        for image, mask, index in zip(images, masks, indices.tolist(), strict=True):
+            array, lesion = dataset.arrays(index)
+            flipped = torch.from_numpy(array).permute(2, 0, 1).flip(-1).flip(-2)
+            expected = normalise_images(flipped, config.data.mean, config.data.std)
+            torch.testing.assert_close(image, expected, atol=1e-5, rtol=0)
+            assert torch.equal(mask[0], torch.from_numpy(lesion).flip(-1).flip(-2).float())
+
+
 class RecordBackbone(L.Callback):
     """Copies of the backbone weights and BN statistics at the end of every epoch."""
 

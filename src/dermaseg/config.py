@@ -57,6 +57,7 @@ class DataConfig:
     batch_size: int = 8
     num_workers: int = -1  # -1: one per CPU core, up to 8
     augment: AugmentConfig = field(default_factory=AugmentConfig)
+    augment_on: str = "auto"  # auto (device on a GPU, loader on CPU) | loader | device
 
 
 @dataclass

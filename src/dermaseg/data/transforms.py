@@ -102,6 +102,22 @@ def bicubic_weights(steps: int, size: int) -> torch.Tensor:
     return columns[0, :, :, 0].T.contiguous()
 
 
+def control_grid_shape(height: int, width: int, spacing: float) -> tuple[int, int]:
+    """Rows and columns of elastic control points, one every `spacing` pixels (at least 2)."""
+    return max(2, round(height / spacing) + 1), max(2, round(width / spacing) + 1)
+
+
+def displacement_field(shifts: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """Control-point shifts N x 2 (x, y) x gh x gw in pixels -> the bicubically interpolated
+    field N x H x W x 2 in grid units ([-1, 1] spans the image), as `grid_sample` and
+    torchvision's `elastic` take it."""
+    rows = bicubic_weights(shifts.shape[-2], height).to(shifts.device)
+    cols = bicubic_weights(shifts.shape[-1], width).to(shifts.device)
+    field = torch.einsum("hk,nckl,wl->nhwc", rows, shifts, cols)
+    scale = torch.tensor([2.0 / width, 2.0 / height], device=shifts.device)
+    return field * scale
+
+
 class ElasticDeform(v2.Transform):
     """Smooth random elastic deformation from a coarse grid of random control-point shifts.
 
@@ -122,15 +138,9 @@ class ElasticDeform(v2.Transform):
 
     def make_params(self, flat_inputs: list[Any]) -> dict[str, Any]:
         height, width = v2.query_size(flat_inputs)
-        grid_h = max(2, round(height / self.spacing) + 1)
-        grid_w = max(2, round(width / self.spacing) + 1)
+        grid_h, grid_w = control_grid_shape(height, width, self.spacing)
         shifts = (torch.rand(2, grid_h, grid_w) * 2 - 1) * self.alpha
-        field = torch.einsum("hk,ckl,wl->hwc", bicubic_weights(grid_h, height), shifts,
-                             bicubic_weights(grid_w, width))
-        # torchvision wants the displacement in grid units ([-1, 1] spans the image): 1xHxWx2.
-        field[..., 0] *= 2.0 / width
-        field[..., 1] *= 2.0 / height
-        return {"displacement": field.unsqueeze(0)}
+        return {"displacement": displacement_field(shifts.unsqueeze(0), height, width)}
 
     def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
         return self._call_kernel(F.elastic, inpt, params["displacement"], fill=0)

@@ -8,7 +8,9 @@ Reproducibility and exact resume rest on two choices:
   (`KeyedDataset`), so it does not depend on which worker loads it, on the number of workers,
   or on where in an epoch a run was resumed.
 
-Batches are (images (N, 3, H, W) float, masks (N, 1, H, W) {0, 1}, indices (N,) int64).
+Batches are (images (N, 3, H, W) uint8, masks (N, 1, H, W) uint8 {0, 1}, indices (N,) int64);
+the training module normalises them on the device, and there applies the augmentation too when
+`data.augment_on` puts it there (`dermaseg.data.device_augment`, the default on a GPU).
 """
 
 from __future__ import annotations
@@ -140,12 +142,14 @@ class SegmentationDataModule(L.LightningDataModule):
 
     def setup(self, stage: str | None = None) -> None:
         from dermaseg.data.dataset import PreparedDataset
+        from dermaseg.data.device_augment import augment_on_device
         from dermaseg.data.transforms import build_transform
 
         data, seed = self.config.data, self.config.train.seed
         if self.train_set is None:
+            on_device = augment_on_device(data.augment_on, torch.cuda.is_available())
             train = PreparedDataset(self.data_dir, "train", data.image_size,
-                                    build_transform(data, train=True, as_uint8=True))
+                                    build_transform(data, train=not on_device, as_uint8=True))
             val = PreparedDataset(self.data_dir, "val", data.image_size,
                                   build_transform(data, train=False, as_uint8=True))
             for name, split in (("train", train), ("val", val)):

@@ -19,12 +19,14 @@ from torchmetrics import MeanMetric
 
 from dermaseg.checkpoint import ModelMeta
 from dermaseg.config import Config
+from dermaseg.data.device_augment import DeviceAugment, augment_on_device
 from dermaseg.data.transforms import normalise_images
 from dermaseg.errors import DermasegError
 from dermaseg.losses import SegmentationLoss
 from dermaseg.metrics import SegmentationMetrics
 from dermaseg.models.factory import build_model
 from dermaseg.train.callbacks import NonFiniteGuard
+from dermaseg.train.datamodule import sample_seed
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULERS = ("plateau", "cosine", "poly", "none")
@@ -51,6 +53,9 @@ class SegmentationModule(L.LightningModule):
         self.train_loss_avg = MeanMetric()
         self.train_loss_avg.persistent(True)  # in last.ckpt: a mid-epoch resume keeps the mean
         self.guard = NonFiniteGuard(config.train.nan_tolerance)
+        size = config.data.image_size
+        self.device_augment = DeviceAugment(config.data.augment, size, size) \
+            if augment_on_device(config.data.augment_on, torch.cuda.is_available()) else None
         self._rng_to_restore: dict[str, Any] | None = None
         self._lr_shape: LRShape | None = None
 
@@ -61,12 +66,24 @@ class SegmentationModule(L.LightningModule):
         if self.device.type == "cuda" and self.config.train.channels_last:
             self.model.to(memory_format=torch.channels_last)
 
-    def on_after_batch_transfer(self, batch, dataloader_idx: int):
-        """The loader sends uint8 images and masks; normalise them here, on the device."""
+    def on_before_batch_transfer(self, batch, dataloader_idx: int):
+        """With augmentation on the device: draw each training sample's parameters (CPU)."""
+        if self.device_augment is None or self.trainer is None or not self.trainer.training:
+            return batch
         images, masks, indices = batch
+        seeds = [sample_seed(self.config.train.seed, self.current_epoch, index)
+                 for index in indices.tolist()]
+        return images, masks, indices, self.device_augment.draw(seeds)
+
+    def on_after_batch_transfer(self, batch, dataloader_idx: int):
+        """The loader sends uint8 images and masks; augment them here when the parameters came
+        with the batch, and normalise, on the device."""
+        images, masks, indices, *params = batch
+        if params:
+            images, masks = self.device_augment.apply(images, masks, params[0])
         if self.device.type == "cuda" and self.config.train.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
-        if images.dtype == torch.uint8:
+        if params or images.dtype == torch.uint8:
             images = normalise_images(images, self.config.data.mean, self.config.data.std)
         return images, masks.float(), indices
 
