@@ -130,7 +130,14 @@ def agreement(fp32_path: Path, int8_path: Path, images: list[np.ndarray]):
     return float(np.mean(dices)), float(np.min(dices)), float(np.mean([a.mean() for a, _ in masks]))
 
 
-def main() -> None:
+VARIANTS = {
+    "qdq": ("ONNX Runtime INT8 static QDQ per-channel (default)", Int8Options()),
+    "qoperator": ("ONNX Runtime INT8 static QOperator", Int8Options(quant_format="qoperator")),
+    "qdq-per-tensor": ("ONNX Runtime INT8 static QDQ per-tensor", Int8Options(per_channel=False)),
+}
+
+
+def parse() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoint", help="a trained DeepLab-v3 ResNet-50 checkpoint")
     parser.add_argument("--size", type=int, default=512)
@@ -141,8 +148,38 @@ def main() -> None:
                         help="without --checkpoint: Adam steps on real images (0: random)")
     parser.add_argument("--fit-images", type=int, default=40, help="real images to fit on")
     parser.add_argument("--variants", default="qdq,qoperator,qdq-per-tensor,dynamic")
-    args = parser.parse_args()
+    return parser.parse_args()
 
+
+def quantize_variants(fp32_path: Path, folder: Path, calib, meta, keys: list[str]
+                      ) -> tuple[dict[str, Path], dict[str, float]]:
+    """Each static INT8 variant in `keys`: its path and the seconds quantization took."""
+    paths, seconds = {}, {}
+    for key in keys:
+        start = time.perf_counter()
+        paths[key] = quantize_int8(fp32_path, folder / f"{key}.onnx", calib, meta,
+                                   VARIANTS[key][1])
+        seconds[key] = time.perf_counter() - start
+    return paths, seconds
+
+
+def int8_rows(fp32_path: Path, paths: dict[str, Path], medians: dict[str, float],
+              quantize_s: dict[str, float], compare) -> list[dict]:
+    base, fp32_mb = medians["eager"], fp32_path.stat().st_size / 1e6
+    rows = []
+    for key, path in paths.items():
+        dice_mean, dice_min, fraction = agreement(fp32_path, path, compare)
+        size = path.stat().st_size / 1e6
+        rows.append({"runtime": VARIANTS[key][0], "median_ms": 1000 * medians[key],
+                     "size_mb": size, "speedup_vs_eager": base / medians[key],
+                     "size_vs_fp32": size / fp32_mb, "dice_vs_fp32_mean": dice_mean,
+                     "dice_vs_fp32_min": dice_min, "fp32_lesion_fraction": fraction,
+                     "quantize_s": quantize_s[key]})
+    return rows
+
+
+def main() -> None:
+    args = parse()
     pairs = real_pairs(args.calib + args.compare + args.fit_images)
     images = [image for image, _ in pairs]
     calib, compare = images[: args.calib], images[args.calib: args.calib + args.compare]
@@ -153,19 +190,8 @@ def main() -> None:
     x = torch.randn(1, 3, side, side)
     fp32_path = export_onnx(model, meta, folder / "fp32.onnx")
     diff = max_probability_difference(model, fp32_path, [x.numpy()])
-    variants = {
-        "qdq": ("ONNX Runtime INT8 static QDQ per-channel (default)", Int8Options()),
-        "qoperator": ("ONNX Runtime INT8 static QOperator", Int8Options(quant_format="qoperator")),
-        "qdq-per-tensor": ("ONNX Runtime INT8 static QDQ per-tensor",
-                           Int8Options(per_channel=False)),
-    }
-    keys = [k for k in args.variants.split(",") if k in variants]
-    paths, quantize_s = {}, {}
-    for key in keys:
-        start = time.perf_counter()
-        paths[key] = quantize_int8(fp32_path, folder / f"{key}.onnx", calib, meta,
-                                   variants[key][1])
-        quantize_s[key] = time.perf_counter() - start
+    keys = [k for k in args.variants.split(",") if k in VARIANTS]
+    paths, quantize_s = quantize_variants(fp32_path, folder, calib, meta, keys)
 
     def eager() -> None:
         with torch.inference_mode():
@@ -183,15 +209,8 @@ def main() -> None:
              "speedup_vs_eager": 1.0},
             {"runtime": "ONNX Runtime fp32", "median_ms": 1000 * medians["fp32"],
              "size_mb": fp32_mb, "speedup_vs_eager": base / medians["fp32"],
-             "max_prob_diff_vs_torch": diff}]
-    for key, path in paths.items():
-        dice_mean, dice_min, fraction = agreement(fp32_path, path, compare)
-        size = path.stat().st_size / 1e6
-        rows.append({"runtime": variants[key][0], "median_ms": 1000 * medians[key],
-                     "size_mb": size, "speedup_vs_eager": base / medians[key],
-                     "size_vs_fp32": size / fp32_mb, "dice_vs_fp32_mean": dice_mean,
-                     "dice_vs_fp32_min": dice_min, "fp32_lesion_fraction": fraction,
-                     "quantize_s": quantize_s[key]})
+             "max_prob_diff_vs_torch": diff},
+            *int8_rows(fp32_path, paths, medians, quantize_s, compare)]
     if "dynamic" in args.variants.split(","):
         rows.append(dynamic_row(fp32_path, folder, side, base, fp32_mb))
     notes = [

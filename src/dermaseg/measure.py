@@ -193,6 +193,11 @@ def _shape_measures(m: np.ndarray, ys: np.ndarray, xs: np.ndarray) -> dict:
     }
 
 
+SHAPE_KEYS = ("perimeter", "max_diameter", "compactness", "border_irregularity", "solidity",
+              "asymmetry_major", "asymmetry_minor", "asymmetry", "centroid", "bbox")
+COLOUR_KEYS = ("colors", "color_count", "color_fractions", "color_spread", "mean_rgb")
+
+
 def measure_lesion(
     mask: np.ndarray, image: np.ndarray | None = None, pixel_size_mm: float | None = None
 ) -> dict:
@@ -219,25 +224,9 @@ def measure_lesion(
     ys, xs = np.nonzero(m)
     result: dict = {"empty": len(xs) == 0, "height": m.shape[0], "width": m.shape[1]}
     if len(xs) == 0:
-        keys = [
-            "perimeter",
-            "max_diameter",
-            "compactness",
-            "border_irregularity",
-            "solidity",
-            "asymmetry_major",
-            "asymmetry_minor",
-            "asymmetry",
-            "centroid",
-            "bbox",
-        ]
-        result.update({"area": 0, **dict.fromkeys(keys)})
+        result.update({"area": 0, **dict.fromkeys(SHAPE_KEYS)})
         if image is not None:
-            result.update(
-                dict.fromkeys(
-                    ["colors", "color_count", "color_fractions", "color_spread", "mean_rgb"]
-                )
-            )
+            result.update(dict.fromkeys(COLOUR_KEYS))
     else:
         result.update(_shape_measures(m, ys, xs))
         if image is not None:

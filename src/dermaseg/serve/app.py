@@ -149,7 +149,8 @@ def create_app(model_path: str | os.PathLike, backend: str = "auto", token: str 
     app.state.settings, app.state.metrics, app.state.slots = settings, metrics, slots
     app.state.predictor = None
     _install_handlers(app)
-    _add_routes(app)
+    _add_segment_routes(app)
+    _add_status_routes(app)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     max_body = int(settings.max_upload_mb * 2**20)
     app.add_middleware(Guard, metrics=metrics, slots=slots, max_body=max_body,
@@ -205,7 +206,7 @@ def _response(result: Segmented, name: str, info: ModelInfo) -> SegmentResponse:
     return SegmentResponse(filename=name, model=info, **result.fields)
 
 
-def _add_routes(app: FastAPI) -> None:
+def _add_segment_routes(app: FastAPI) -> None:
     bearer = [Depends(HTTPBearer(auto_error=False))]  # documents the auth; the Guard checks it
 
     @app.post("/v1/segment", response_model=SegmentResponse, responses={
@@ -247,6 +248,8 @@ def _add_routes(app: FastAPI) -> None:
                                        result=_response(result, name, app.state.model_info)))
         return BatchResponse(results=items)
 
+
+def _add_status_routes(app: FastAPI) -> None:
     @app.get("/healthz", response_model=Health)
     async def healthz():
         """The process is up."""
