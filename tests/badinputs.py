@@ -195,5 +195,5 @@ def run_cli(*args: str | os.PathLike) -> tuple[int, str]:
 
 
 def leftovers(folder: Path) -> list[Path]:
-    """Temp files (`.name.tmp`) an atomic write left behind: there must be none."""
+    """Temp files (`.*.tmp`) an atomic write left behind: there must be none."""
     return [p for p in folder.rglob(".*.tmp")] if folder.exists() else []

@@ -132,6 +132,22 @@ def test_prepare_refuses_folders_without_pairs_and_unwritable_outputs(corpus, tm
     assert code == 1 and "a-file" in output and "Traceback" not in output
 
 
+def test_prepare_with_no_usable_pair_is_an_error_and_writes_nothing(corpus, tmp_path):
+    root, cases = corpus
+    source = tmp_path / "all-bad"
+    source.mkdir()
+    for case in cases:
+        if case.name in ("zero", "text"):
+            shutil.copy(case.image, source)
+            shutil.copy(case.mask, source)
+    out = tmp_path / "out"
+    code, output = run_cli("data", "prepare", source, "-o", out, "-j", "1")
+    assert code == 1 and "Traceback" not in output, output
+    assert "error: " in output and "no usable pair: 2 skipped (unreadable 2)" in output
+    assert "zero.jpg" in output and "text.jpg" in output
+    assert not out.exists()
+
+
 def test_predict_writes_a_mask_per_usable_image_and_names_the_rest(corpus, predicted):
     root, cases = corpus
     out, code, output = predicted

@@ -67,6 +67,10 @@ def test_ph2_layout(tmp_path, synth_dir):
     assert [p.id for p in found.pairs] == ["IMD002", "IMD003"]
     assert found.pairs[0].mask.name == "IMD002_lesion.bmp"
     assert found.problems == []
+    (root / "IMD003" / "IMD003_lesion" / "IMD003_lesion.bmp").unlink()
+    missing = discover(tmp_path).problems
+    assert [(p.kind, p.path.name) for p in missing] == [("missing_mask", "IMD003.bmp")]
+    assert missing[0].detail == "no mask named IMD003_lesion/IMD003_lesion.bmp found"
 
 
 def test_flat_layout_with_problems(tmp_path):
@@ -100,6 +104,18 @@ def test_same_name_in_two_folders_pairs_nearest(tmp_path):
     assert len({p.id for p in found.pairs}) == 2
     for pair in found.pairs:
         assert pair.image.parent == pair.mask.parent
+
+
+def test_same_id_in_several_folders_pairs_nearest_first(tmp_path):
+    # a resized copy sorts first but is farther from the mask than the original image
+    for name in ("a_resized/Input/X.jpg", "b_orig/Data/X.jpg", "b_orig/GT/X_segmentation.png"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_bytes(b"x")
+    found = discover(tmp_path)
+    assert [(p.image, p.mask) for p in found.pairs] == [
+        (tmp_path / "b_orig/Data/X.jpg", tmp_path / "b_orig/GT/X_segmentation.png")]
+    assert [(p.kind, p.path) for p in found.problems] == [
+        ("missing_mask", tmp_path / "a_resized/Input/X.jpg")]
 
 
 def test_spaces_non_utf8_and_symlink_loop(tmp_path):

@@ -13,6 +13,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 from typer.testing import CliRunner
 
+from badinputs import run_cli
 from dermaseg.cli import app
 from dermaseg.data.download import Unreachable, download_dataset, fetch, safe_extract
 from dermaseg.errors import DermasegError
@@ -20,7 +21,8 @@ from dermaseg.errors import DermasegError
 
 class RangeHandler(BaseHTTPRequestHandler):
     """Serves `server.files` with `Range: bytes=N-` support; paths in `server.cut` are cut off
-    after half their body the first time they are asked for (a broken transfer)."""
+    after half their body the first time they are asked for (a broken transfer); paths in
+    `server.no_length` are sent without Content-Length (HTTP/1.0: the end is the close)."""
 
     def do_GET(self):  # noqa: N802
         body = self.server.files.get(self.path)
@@ -41,7 +43,8 @@ class RangeHandler(BaseHTTPRequestHandler):
             self.send_header("Content-Range", f"bytes {start}-{len(body) - 1}/{len(body)}")
         else:
             self.send_response(200)
-        self.send_header("Content-Length", str(len(body) - start))
+        if self.path not in self.server.no_length:
+            self.send_header("Content-Length", str(len(body) - start))
         self.end_headers()
         payload = body[start:]
         if self.path in self.server.cut:
@@ -59,7 +62,7 @@ class RangeHandler(BaseHTTPRequestHandler):
 @pytest.fixture
 def server():
     httpd = ThreadingHTTPServer(("127.0.0.1", 0), RangeHandler)
-    httpd.files, httpd.cut, httpd.log = {}, set(), []
+    httpd.files, httpd.cut, httpd.no_length, httpd.log = {}, set(), set(), []
     thread = threading.Thread(target=httpd.serve_forever, daemon=True)
     thread.start()
     httpd.base = f"http://127.0.0.1:{httpd.server_address[1]}"
@@ -145,6 +148,67 @@ def test_complete_part_file_is_finished_without_refetch(tmp_path, server):
     )
 
 
+def test_part_longer_than_the_file_restarts(tmp_path, server):
+    server.files["/s.zip"] = b"abc" * 100
+    (tmp_path / "s.zip.part").write_bytes(b"x" * 400)  # the server answers 416 to bytes=400-
+    assert fetch(f"{server.base}/s.zip", tmp_path / "s.zip", progress=False).read_bytes() == (
+        b"abc" * 100
+    )
+    assert server.log == [("/s.zip", "bytes=400-"), ("/s.zip", None)]
+    assert not (tmp_path / "s.zip.part").exists()
+
+
+def test_cut_transfer_of_unknown_size_is_not_taken_for_the_zip(tmp_path, server):
+    body = _zip({"a.txt": bytes(range(256)) * 200, "b.txt": b"b" * 5000})
+    server.files["/u.zip"] = body
+    server.cut.add("/u.zip")
+    server.no_length.add("/u.zip")
+    with pytest.raises(DermasegError, match="run the same command again to resume"):
+        fetch(f"{server.base}/u.zip", tmp_path / "u.zip", retries=0, progress=False)
+    assert not (tmp_path / "u.zip").exists()
+    assert (tmp_path / "u.zip.part").stat().st_size == len(body) // 2
+    assert fetch(f"{server.base}/u.zip", tmp_path / "u.zip", progress=False).read_bytes() == body
+
+
+def test_unsized_answer_that_is_no_zip_is_refused(tmp_path, server):
+    server.files["/p.zip"] = b"<html>please log in</html>"
+    server.no_length.add("/p.zip")
+    with pytest.raises(DermasegError, match="not a zip; kept as .*p.zip.bad"):
+        fetch(f"{server.base}/p.zip", tmp_path / "p.zip", progress=False)
+    assert not (tmp_path / "p.zip").exists() and not (tmp_path / "p.zip.part").exists()
+
+
+def test_damaged_zip_is_moved_aside_and_fetched_afresh(tmp_path, server, synth_dir):
+    inputs, truth = _isic2018_training(synth_dir)
+    server.files["/2018/ISIC2018_Task1-2_Training_Input.zip"] = inputs
+    server.files["/2018/ISIC2018_Task1_Training_GroundTruth.zip"] = truth
+    archive = tmp_path / "ISIC2018_Task1-2_Training_Input.zip"
+    archive.write_bytes(inputs[: len(inputs) // 2])  # e.g. promoted by an older version
+    args = ("isic2018", tmp_path, server.base, ("training",))
+    with pytest.raises(DermasegError) as caught:
+        download_dataset(*args, verify_checksum=False, progress=False)
+    assert "not a valid zip archive" in str(caught.value)
+    assert f"moved to {archive}.bad; run again to download it afresh" in str(caught.value)
+    assert not archive.exists() and (tmp_path / f"{archive.name}.bad").exists()
+    report = download_dataset(*args, verify_checksum=False, progress=False)
+    assert report.ok and report.pairs == 3 and archive.read_bytes() == inputs
+
+
+def test_corrupt_member_is_named_and_nothing_is_unpacked(tmp_path):
+    last = b"L" * 3000
+    data = _zip({"top/a.txt": b"first member\n" * 50, "top/b.txt": last})
+    archive = tmp_path / "c.zip"
+    archive.write_bytes(data.replace(last, b"M" + last[1:]))  # stored: the CRC no longer fits
+    out = tmp_path / "out"
+    with pytest.raises(DermasegError, match=r"c.zip: member 'top/b.txt' is corrupt \(Bad CRC-32\)"):
+        safe_extract(archive, out, progress=False)
+    assert list(out.rglob("*")) == []  # neither the first member nor the temporary folder
+    (out / ".dermaseg-killed.unpack" / "top").mkdir(parents=True)  # left by a killed run
+    archive.write_bytes(data)
+    assert safe_extract(archive, out, progress=False) == 2
+    assert sorted(p.name for p in out.rglob("*")) == ["a.txt", "b.txt", "top"]
+
+
 def test_checksum_mismatch_refused(tmp_path, server):
     server.files["/h.zip"] = b"tampered"
     with pytest.raises(DermasegError, match="SHA-256"):
@@ -154,7 +218,8 @@ def test_checksum_mismatch_refused(tmp_path, server):
 
 def test_http_error_named(tmp_path, server):
     with pytest.raises(DermasegError, match="HTTP 404"):
-        fetch(f"{server.base}/absent.zip", tmp_path / "absent.zip", progress=False)
+        fetch(f"{server.base}/absent.zip", tmp_path / "new" / "absent.zip", progress=False)
+    assert not (tmp_path / "new").exists()
 
 
 def test_path_traversal_refused(tmp_path):
@@ -178,11 +243,13 @@ def test_without_network_fails_fast_with_instructions(tmp_path):
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     start = time.monotonic()
+    out = tmp_path / "isic2016"
     with pytest.raises(Unreachable) as caught:
-        download_dataset("isic2016", tmp_path, f"http://127.0.0.1:{port}", progress=False)
+        download_dataset("isic2016", out, f"http://127.0.0.1:{port}", progress=False)
     assert time.monotonic() - start < 5
     message = str(caught.value)
-    assert "by hand" in message and str(tmp_path) in message
+    assert "by hand" in message and str(out) in message
+    assert not out.exists()  # no empty folder left behind
     assert "ISBI2016_ISIC_Part1_Training_GroundTruth.zip" in message
 
 
@@ -194,3 +261,25 @@ def test_hand_downloaded_archives_are_used_offline(tmp_path, synth_dir):
         "isic2018", tmp_path, "http://127.0.0.1:9", ("training",), progress=False
     )
     assert report.pairs == 3 and report.ok
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--timeout", "-1"], "--timeout must be > 0"),
+    (["--timeout", "0"], "--timeout must be > 0"),
+    (["--url-base", "not a url"], "--url-base 'not a url': not an http(s) URL"),
+    (["--split", "validation"], "isic2016 has no validation split (available: training, test)"),
+])
+def test_download_usage_errors(tmp_path, args, message):
+    out = tmp_path / "out"
+    code, output = run_cli("data", "download", "isic2016", "-o", out, *args)
+    assert code == 2 and message in output and "Traceback" not in output, output
+    assert not out.exists()
+
+
+def test_download_into_a_file_is_a_clear_error(tmp_path, server):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    code, output = run_cli("data", "download", "isic2018", "-o", blocker, "--url-base",
+                           server.base, "--split", "training", "--no-checksum")
+    assert code == 1 and "a-file: not a folder" in output and "Traceback" not in output, output
+    assert server.log == []

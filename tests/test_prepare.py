@@ -16,7 +16,7 @@ import pytest
 from PIL import Image
 
 from dermaseg.data.geometry import Letterbox
-from dermaseg.data.prepare import assign_splits, decode_image, prepare_dataset
+from dermaseg.data.prepare import assign_splits, decode_image, prepare_dataset, summary_lines
 from dermaseg.errors import UsageError
 
 SIZE = 64
@@ -110,6 +110,9 @@ def test_bad_pairs_are_skipped_and_reported(synth_dir, tmp_path):
     assert prepared == {"copy_0004", "synth_0005"} | {f"synth_{i:04d}" for i in range(7, 13)}
     zero_one = np.load(tmp_path / "out" / "masks" / "synth_0005.npy")  # 0/1 mask accepted
     assert zero_one.max() == 1 and set(np.unique(zero_one)) == {0, 1}
+    for folder, suffix in (("images", ".npy"), ("masks", ".npy"), ("meta", ".json")):
+        written = {path.stem for path in (tmp_path / "out" / folder).glob(f"*{suffix}")}
+        assert written == prepared, folder  # nothing left of the dropped duplicate synth_0004
 
 
 def test_rerun_is_incremental(synth_dir, tmp_path):
@@ -165,6 +168,31 @@ def test_official_split_is_kept(tmp_path):
     shuffled = prepare_dataset(root, tmp_path / "out2", size=32, val=0.2, test=0.2,
                                keep_official_split=False, progress=False)
     assert shuffled["counts"] == {"train": 6, "val": 2, "test": 2}
+
+
+def test_training_folders_alone_are_not_an_official_split(tmp_path):
+    root = tmp_path / "ISIC2018"
+    image, mask = np.full((40, 60, 3), 120, np.uint8), _disc(40, 60)
+    for index in range(10):
+        image[0, 0, 0] = index
+        _pair(root / "ISIC2018_Task1-2_Training_Input", f"ISIC_{index:07d}", image, mask)
+    manifest = prepare_dataset(root, tmp_path / "out", size=32, val=0.2, test=0.2,
+                               progress=False)
+    assert not manifest["split"]["official"]
+    assert manifest["counts"] == {"train": 6, "val": 2, "test": 2}
+    assert "split (seed 42): train 6, val 2, test 2" in summary_lines(manifest, tmp_path / "out")
+
+
+def test_longest_file_names_are_prepared(tmp_path):
+    stem = "lesion_" + "x" * 231  # 238 bytes: NAME_segmentation.png is 255, the most allowed
+    _pair(tmp_path / "src", stem, np.full((40, 60, 3), 120, np.uint8), _disc(40, 60))
+    out = tmp_path / "out"
+    (out / "images").mkdir(parents=True)
+    (out / "images" / ".dermaseg-k1ll3d.tmp").write_bytes(b"left by a killed run")
+    manifest = prepare_dataset(tmp_path / "src", out, size=32, progress=False)
+    assert [item["id"] for item in manifest["items"]] == [stem]
+    assert np.load(out / "images" / f"{stem}.npy").shape == (32, 32, 3)
+    assert (out / "meta" / f"{stem}.json").is_file() and not list(out.rglob(".*.tmp"))
 
 
 def test_big_jpeg_uses_draft_and_exif_orientation(tmp_path):

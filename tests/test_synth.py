@@ -8,6 +8,7 @@ from PIL import Image
 from scipy import ndimage
 from typer.testing import CliRunner
 
+from badinputs import run_cli
 from dermaseg.cli import app
 from dermaseg.data.check import check_dataset
 from dermaseg.data.synth import SynthOptions, synth_dataset, synth_pair
@@ -96,3 +97,11 @@ def test_cli(tmp_path):
     assert Image.open(tmp_path / "synth_0002.jpg").size == (90, 60)
     bad = CliRunner().invoke(app, ["data", "synth", "-n", "2", "-o", str(tmp_path), "--size", "9"])
     assert isinstance(bad.exception, UsageError)
+
+
+def test_cli_into_a_file_is_a_clear_error(tmp_path):
+    blocker = tmp_path / "af"
+    blocker.write_text("")
+    code, output = run_cli("data", "synth", "-n", "1", "-o", blocker)
+    assert code == 1 and "af: not a folder" in output and "Traceback" not in output, output
+    assert blocker.read_text() == ""

@@ -20,14 +20,39 @@ MAX_PIXELS = 100_000_000
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 Image.MAX_IMAGE_PIXELS = MAX_PIXELS
+# Temporary files of atomic writes: hidden, so dataset discovery skips them.
+TEMP_PREFIX = ".dermaseg-"
+
+
+def make_folder(path: str | os.PathLike) -> None:
+    """Create the output folder `path` (and its parents) unless it exists.
+
+    Raises:
+        DermasegError: `path` is a file, or cannot be created.
+    """
+    folder = Path(path)
+    shown = os.fsencode(folder).decode("utf-8", "backslashreplace")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise DermasegError(
+            f"{shown}: not a folder (cannot create the output folder there)"
+        ) from None
+    except OSError as exc:
+        raise DermasegError(
+            f"{shown}: cannot create the output folder ({exc.strerror or exc})"
+        ) from exc
 
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path beside `path`; on success rename it over `path`, else remove it."""
+    """Yield a temporary path beside `path`; on success rename it over `path`, else remove it.
+
+    The temporary name (TEMP_PREFIX + random + ".tmp") does not grow with the target's name, so a
+    target whose name is near the 255-byte limit can still be written."""
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    fd, tmp = tempfile.mkstemp(prefix=TEMP_PREFIX, suffix=".tmp", dir=target.parent)
     os.close(fd)
     os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the file the usual permissions
     try:

@@ -80,7 +80,8 @@ def prepare(
 ) -> None:
     """Decode every pair once, letterbox to --size, split train/val/test, write a manifest.
 
-    Bad pairs are skipped and listed; a re-run only prepares what changed.
+    Bad pairs are skipped and listed; a re-run only prepares what changed. Exit code 1 (and
+    nothing written) when no pair is usable.
     """
     from dermaseg.data.prepare import prepare_dataset, summary_lines
 
@@ -89,8 +90,6 @@ def prepare(
     manifest = prepare_dataset(folder, out, size=size, val=val, test=test, seed=seed,
                                workers=workers or None, keep_official_split=official)
     typer.echo("\n".join(summary_lines(manifest, out)))
-    if not manifest["items"]:
-        raise typer.Exit(1)
 
 
 @app.command("download")
@@ -105,13 +104,13 @@ def download(
     no_checksum: bool = typer.Option(False, "--no-checksum", help="Skip SHA-256 checks."),
 ) -> None:
     """Fetch the official ISIC Task 1 archives (resumable), unpack them, then check them."""
-    from dermaseg.data.download import SPLITS, URL_BASE, download_dataset
+    from dermaseg.data.download import URL_BASE, download_dataset
 
     report = download_dataset(
         dataset,
         out,
-        url_base=url_base or URL_BASE,
-        splits=tuple(split) if split else SPLITS,
+        url_base=URL_BASE if url_base is None else url_base,
+        splits=tuple(split) if split else None,
         timeout=timeout,
         verify_checksum=not no_checksum,
     )

@@ -10,7 +10,7 @@ Supported, anywhere below the root (searched recursively, symlinks followed once
 - A flat folder: `NAME.<jpg|jpeg|png|bmp|tif|tiff>` + `NAME_segmentation.png`.
 
 A mask is paired with the image of the same id, preferring the image in the same folder, then
-the one in the nearest folder. Hidden files (including dermaseg's own `.name.tmp` files) and
+the one in the nearest folder. Hidden files (including dermaseg's own `.dermaseg-*.tmp` files) and
 `__MACOSX/` folders are skipped. Files are not opened here: `dermaseg.data.check` reads them.
 """
 
@@ -146,26 +146,49 @@ def _unique_id(base: str, image: Path, root: Path, taken: set[str]) -> str:
     return candidate
 
 
+def _nearest_pairs(images: list[Path], masks: list[Path]) -> tuple[list, list[Path], list[Path]]:
+    """Pair images and masks of one id, closest folders first, each file used once.
+
+    Returns (image, mask) pairs sorted by image path, the images left without a mask and the
+    masks left without an image.
+    """
+    candidates = sorted((_distance(i, m), str(i), str(m), i, m) for i in images for m in masks)
+    used: set[Path] = set()
+    pairs = []
+    for *_, image, mask in candidates:
+        if image not in used and mask not in used:
+            used.update((image, mask))
+            pairs.append((image, mask))
+    pairs.sort(key=lambda pair: str(pair[0]))
+    lonely_images = sorted((i for i in images if i not in used), key=str)
+    return pairs, lonely_images, [m for m in masks if m not in used]
+
+
+def _expected_mask(image: Path, key: str) -> str:
+    """The mask name an image without mask should have had: PH2's, or ISIC's."""
+    shown = display_path(key)
+    if image.parent.name.lower().endswith("_dermoscopic_image"):
+        return f"{shown}_lesion/{shown}_lesion.bmp"
+    return f"{shown}_segmentation.png"
+
+
 def _match(images: dict[str, list[Path]], masks: dict[str, list[Path]], root: Path) -> Discovery:
     """Pair images and masks with the same id, nearest folder first."""
     found = Discovery(root=root)
     taken: set[str] = set()
     for key in sorted(set(images) | set(masks)):
-        free_masks = list(masks.get(key, []))
-        shown = display_path(key)
-        for image in sorted(images.get(key, []), key=str):
-            if not free_masks:
-                found.problems.append(
-                    Problem("missing_mask", image, f"no mask named {shown}_segmentation.png found")
-                )
-                continue
-            mask = min(free_masks, key=lambda m, im=image: (_distance(im, m), str(m)))
-            free_masks.remove(mask)
+        pairs, lonely_images, lonely_masks = _nearest_pairs(images.get(key, []),
+                                                            masks.get(key, []))
+        for image, mask in pairs:
             pair_id = _unique_id(key, image, root, taken)
             taken.add(pair_id)
             found.pairs.append(Pair(pair_id, image, mask))
-        for mask in free_masks:
-            found.problems.append(Problem("orphan_mask", mask, f"no image with id {shown!r} found"))
+        for image in lonely_images:
+            detail = f"no mask named {_expected_mask(image, key)} found"
+            found.problems.append(Problem("missing_mask", image, detail))
+        for mask in lonely_masks:
+            detail = f"no image with id {display_path(key)!r} found"
+            found.problems.append(Problem("orphan_mask", mask, detail))
     found.pairs.sort(key=lambda p: p.id)
     return found
 

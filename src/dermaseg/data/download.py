@@ -2,29 +2,33 @@
 
 Transfers go to `NAME.zip.part` and resume with an HTTP Range request after a break (within a run
 and across runs); the size is checked against Content-Length and, where a SHA-256 is known, the
-content against it; only then is the file renamed to `NAME.zip`. A `NAME.zip` already in the
-folder (downloaded by hand) is used as is. Unpacking refuses members that would land outside the
-output folder. Only the standard library's urllib is used.
+content against it (with neither, it must be a whole zip archive); only then is the file renamed
+to `NAME.zip`. A `NAME.zip` already in the folder (downloaded by hand) is used as is; one that
+turns out damaged is moved aside to `NAME.zip.bad` so that the next run fetches it afresh.
+Unpacking (`dermaseg.data.unzip`) refuses members that would land outside the output folder and
+writes nothing unless every member is whole. Only the standard library's urllib is used.
 """
 
 from __future__ import annotations
 
 import hashlib
 import http.client
+import math
 import os
 import re
-import shutil
 import zipfile
 from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from urllib.error import HTTPError, URLError
+from urllib.parse import urlsplit
 from urllib.request import Request, urlopen
 
 from tqdm import tqdm
 
 from dermaseg.data.check import CheckReport, check_dataset
+from dermaseg.data.unzip import BadArchive, safe_extract
 from dermaseg.errors import DermasegError, UsageError
-from dermaseg.fileio import atomic_path, write_bytes_atomic
+from dermaseg.fileio import make_folder, write_bytes_atomic
 
 URL_BASE = "https://isic-challenge-data.s3.amazonaws.com"
 MIRROR_BASE = "https://isic-archive.s3.amazonaws.com/challenges"
@@ -108,6 +112,14 @@ class _Broken(Exception):
     """A transfer started but stopped early; the `.part` file keeps what arrived."""
 
 
+class _RangeRefused(Exception):
+    """HTTP 416: the requested offset is at or past the end; `total` is the server's size."""
+
+    def __init__(self, total: int | None):
+        super().__init__(total)
+        self.total = total
+
+
 def archive_url(archive: Archive, url_base: str = URL_BASE) -> str:
     return f"{url_base.rstrip('/')}/{archive.folder}/{archive.name}"
 
@@ -122,34 +134,40 @@ def _content_range(header: str | None) -> tuple[int | None, int | None]:
 
 
 def _open(url: str, offset: int, timeout: float):
-    """Open `url` asking for bytes from `offset`; None when the .part is already complete."""
+    """Open `url` asking for bytes from `offset`.
+
+    Raises:
+        _RangeRefused: HTTP 416 to a Range request.
+        Unreachable, DermasegError: no connection, or another HTTP error status.
+    """
     headers = {"Range": f"bytes={offset}-"} if offset else {}
     try:
         return urlopen(Request(url, headers=headers), timeout=timeout)  # noqa: S310
     except HTTPError as exc:
-        if (
-            exc.code == 416
-            and offset
-            and _content_range(exc.headers.get("Content-Range"))[1] == offset
-        ):
-            return None
+        if exc.code == 416 and offset:
+            raise _RangeRefused(_content_range(exc.headers.get("Content-Range"))[1]) from exc
         raise DermasegError(f"{url}: the server answered HTTP {exc.code} {exc.reason}") from exc
     except (URLError, OSError) as exc:
         reason = getattr(exc, "reason", exc)
         raise Unreachable(f"cannot reach {url} ({reason})") from exc
 
 
-def _transfer(url: str, part: Path, timeout: float, progress: bool) -> None:
-    """Append the rest of `url` to `part` (or restart it if the server ignores Range).
+def _transfer(url: str, part: Path, timeout: float, progress: bool) -> int | None:
+    """Append the rest of `url` to `part` (or restart it if the server ignores Range or has a
+    smaller file); returns the file's size when the server gave it, else None.
 
     Raises:
         _Broken: the connection stopped before Content-Length bytes arrived.
         Unreachable, DermasegError: no connection, or an HTTP error status.
     """
     offset = part.stat().st_size if part.exists() else 0
-    response = _open(url, offset, timeout)
-    if response is None:
-        return
+    try:
+        response = _open(url, offset, timeout)
+    except _RangeRefused as refused:
+        if refused.total == offset:
+            return offset  # the .part is already complete
+        part.unlink()  # longer than the file on the server: start again
+        offset, response = 0, _open(url, 0, timeout)
     with response:
         start = (
             _content_range(response.headers.get("Content-Range"))[0]
@@ -160,25 +178,49 @@ def _transfer(url: str, part: Path, timeout: float, progress: bool) -> None:
             raise DermasegError(f"{url}: the server resumed at byte {start}, not {offset}")
         length = response.headers.get("Content-Length")
         total = start + int(length) if length is not None else None
-        bar = tqdm(
-            total=total,
-            initial=start,
-            unit="B",
-            unit_scale=True,
-            unit_divisor=1024,
-            desc=Path(part.stem).name,
-            disable=not progress,
-        )
-        with bar, open(part, "ab" if start else "wb") as handle:
-            try:
-                while chunk := response.read(CHUNK):
-                    handle.write(chunk)
-                    bar.update(len(chunk))
-            except (OSError, http.client.HTTPException) as exc:
-                raise _Broken(f"{type(exc).__name__}: {exc}") from exc
+        make_folder(part.parent)
+        _receive(response, part, start, total, progress)
     size = part.stat().st_size
     if total is not None and size != total:
         raise _Broken(f"got {size} of {total} bytes")
+    return total
+
+
+def _receive(response, part: Path, start: int, total: int | None, progress: bool) -> None:
+    """Write the body of `response` to `part` from byte `start`; _Broken if it stops early."""
+    bar = tqdm(
+        total=total,
+        initial=start,
+        unit="B",
+        unit_scale=True,
+        unit_divisor=1024,
+        desc=Path(part.stem).name,
+        disable=not progress,
+    )
+    with bar, open(part, "ab" if start else "wb") as handle:
+        try:
+            while chunk := response.read(CHUNK):
+                handle.write(chunk)
+                bar.update(len(chunk))
+        except (OSError, http.client.HTTPException) as exc:
+            raise _Broken(f"{type(exc).__name__}: {exc}") from exc
+
+
+def _check_unsized_zip(url: str, part: Path) -> None:
+    """A zip of unknown size and no checksum is accepted only once it reads as a whole zip.
+
+    Raises:
+        _Broken: it starts like a zip but is cut short (the server closed early).
+        DermasegError: it is not a zip at all (moved aside to NAME.bad).
+    """
+    if zipfile.is_zipfile(part):
+        return
+    with open(part, "rb") as handle:
+        if handle.read(2) == b"PK":
+            raise _Broken(f"got {part.stat().st_size} bytes of unknown size, not a whole zip")
+    bad = part.with_name(part.name.removesuffix(".part") + ".bad")
+    os.replace(part, bad)
+    raise DermasegError(f"{url}: the server sent something that is not a zip; kept as {bad}")
 
 
 def _sha256(path: Path) -> str:
@@ -202,16 +244,18 @@ def fetch(
     Raises:
         Unreachable: no connection to the server.
         DermasegError: HTTP error, transfer still broken after `retries` resumes (the `.part`
-            file stays: running again resumes it), or a checksum mismatch.
+            file stays: running again resumes it), or a checksum mismatch. The folder of `dest`
+            is created only once the server answers.
     """
     dest = Path(dest)
     if dest.exists():
         return dest
-    dest.parent.mkdir(parents=True, exist_ok=True)
     part = dest.with_name(dest.name + ".part")
     for attempt in range(retries + 1):
         try:
-            _transfer(url, part, timeout, progress)
+            total = _transfer(url, part, timeout, progress)
+            if total is None and sha256 is None and dest.suffix == ".zip":
+                _check_unsized_zip(url, part)
             break
         except _Broken as exc:
             if attempt == retries:
@@ -230,51 +274,6 @@ def fetch(
     return dest
 
 
-def _check_members(archive: Path, members: list[zipfile.ZipInfo], out: Path) -> None:
-    """Raises DermasegError if any member would be written outside `out`."""
-    root = out.resolve()
-    for member in members:
-        name = member.filename
-        parts = PurePosixPath(name.replace("\\", "/")).parts
-        target = (root / name).resolve()
-        if name.startswith(("/", "\\")) or ".." in parts or not target.is_relative_to(root):
-            raise DermasegError(
-                f"{archive}: member {name!r} would be written outside {out}; refusing to unpack"
-            )
-
-
-def safe_extract(archive: str | os.PathLike, out: str | os.PathLike, progress: bool = True) -> int:
-    """Unpack a zip into `out`, each file written atomically; returns the number of files.
-
-    Raises:
-        DermasegError: not a valid zip, a member escaping `out` (nothing is written then),
-            not enough disk space, or a corrupt member.
-    """
-    archive, out = Path(archive), Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    try:
-        with zipfile.ZipFile(archive) as zipped:
-            members = zipped.infolist()
-            _check_members(archive, members, out)
-            needed = sum(m.file_size for m in members)
-            if needed > shutil.disk_usage(out).free:
-                raise DermasegError(f"{archive}: needs {needed} bytes, {out} has less free space")
-            files = [m for m in members if not m.is_dir()]
-            for member in tqdm(
-                files, desc=f"unpack {archive.name}", unit="file", disable=not progress
-            ):
-                destination = out / member.filename
-                with (
-                    zipped.open(member) as source,
-                    atomic_path(destination) as tmp,
-                    open(tmp, "wb") as target,
-                ):
-                    shutil.copyfileobj(source, target, CHUNK)
-            return len(files)
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError) as exc:
-        raise DermasegError(f"{archive}: not a valid zip archive ({exc})") from exc
-
-
 def _manual_help(archives: list[Archive], url_base: str, out: Path) -> str:
     urls = "\n".join(f"  {archive_url(a, url_base)}" for a in archives)
     return (
@@ -285,29 +284,66 @@ def _manual_help(archives: list[Archive], url_base: str, out: Path) -> str:
     )
 
 
-def download_dataset(
-    dataset: str,
-    out: str | os.PathLike,
-    url_base: str = URL_BASE,
-    splits: tuple[str, ...] = SPLITS,
-    timeout: float = 10.0,
-    verify_checksum: bool = True,
-    progress: bool = True,
-) -> CheckReport:
-    """Fetch, unpack and check the Task 1 archives of `dataset` ("isic2016/2017/2018").
+def _is_http_url(text: str) -> bool:
+    try:
+        parts = urlsplit(text)
+        return parts.scheme in ("http", "https") and bool(parts.hostname) and (
+            parts.port is None or parts.port > 0)
+    except ValueError:  # unbalanced [ ], a port that is not a number or out of range
+        return False
 
-    Raises:
-        UsageError: unknown dataset or split.
-        DermasegError: no network (the message lists the files to fetch by hand), HTTP or
-            transfer failure, checksum mismatch, unsafe or corrupt archive.
-    """
+
+def _check_request(dataset: str, splits: tuple[str, ...], url_base: str, timeout: float) -> None:
+    """Raises UsageError for an unknown dataset or split, a bad URL or timeout."""
     if dataset not in ARCHIVES:
         raise UsageError(f"unknown dataset {dataset!r}; choose from {', '.join(ARCHIVES)}")
     if unknown := set(splits) - set(SPLITS):
         raise UsageError(f"unknown split {sorted(unknown)}; choose from {', '.join(SPLITS)}")
-    archives = [a for a in ARCHIVES[dataset] if a.split in splits]
+    available = [s for s in SPLITS if any(a.split == s for a in ARCHIVES[dataset])]
+    if missing := [s for s in SPLITS if s in splits and s not in available]:
+        raise UsageError(f"{dataset} has no {' or '.join(missing)} split "
+                         f"(available: {', '.join(available)})")
+    if not _is_http_url(url_base):
+        raise UsageError(f"--url-base {url_base!r}: not an http(s) URL")
+    if not (math.isfinite(timeout) and timeout > 0):
+        raise UsageError(f"--timeout must be > 0 seconds, got {timeout}")
+
+
+def _unpack(archive: Path, out: Path, progress: bool) -> None:
+    """safe_extract, moving a damaged archive aside so that the next run fetches it afresh."""
+    try:
+        safe_extract(archive, out, progress=progress)
+    except BadArchive as exc:
+        bad = archive.with_name(archive.name + ".bad")
+        os.replace(archive, bad)
+        raise DermasegError(f"{exc}; moved to {bad}; run again to download it afresh") from exc
+
+
+def download_dataset(
+    dataset: str,
+    out: str | os.PathLike,
+    url_base: str = URL_BASE,
+    splits: tuple[str, ...] | None = None,
+    timeout: float = 10.0,
+    verify_checksum: bool = True,
+    progress: bool = True,
+) -> CheckReport:
+    """Fetch, unpack and check the Task 1 archives of `dataset` ("isic2016/2017/2018"), of the
+    given splits (None or empty: every split the dataset has).
+
+    `out` is created only once the server answers: a failed run leaves no empty folder.
+
+    Raises:
+        UsageError: unknown dataset or split, a split the dataset lacks, a URL that is not
+            http(s), a timeout that is not positive.
+        DermasegError: `out` is a file, no network (the message lists the files to fetch by
+            hand), HTTP or transfer failure, checksum mismatch, unsafe or corrupt archive.
+    """
+    _check_request(dataset, splits or (), url_base, timeout)
+    archives = [a for a in ARCHIVES[dataset] if not splits or a.split in splits]
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    if out.exists() and not out.is_dir():
+        raise DermasegError(f"{out}: not a folder (cannot create the output folder there)")
     for archive in archives:
         url = archive_url(archive, url_base)
         sha = archive.sha256 if verify_checksum else None
@@ -318,6 +354,6 @@ def download_dataset(
     for archive in archives:
         marker = out / f".{archive.name}.unpacked"
         if not marker.exists():
-            safe_extract(out / archive.name, out, progress=progress)
+            _unpack(out / archive.name, out, progress)
             write_bytes_atomic(marker, b"unpacked\n")
     return check_dataset(out, progress=progress)

@@ -24,6 +24,7 @@ import math
 import os
 import random
 import re
+import shutil
 import time
 from dataclasses import dataclass, field
 from functools import partial
@@ -237,9 +238,17 @@ def _run_all(todo: list[Pair], out: Path, size: int, workers: int, bar: tqdm
     return parallel_map(work, todo, workers, bar, "prepare", serial_below=4)
 
 
-def _drop_duplicates(results: list[PrepareResult]) -> None:
+def _remove_item(out: Path, item_id: str) -> None:
+    for path in (out / "images" / f"{item_id}.npy", out / "masks" / f"{item_id}.npy",
+                 out / "meta" / f"{item_id}.json"):
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+
+
+def _drop_duplicates(results: list[PrepareResult], out: Path) -> None:
     """Keep the first (by id) of prepared images with identical pixels; the others get a
-    duplicate_image problem and no record, so the same image never lands in two splits."""
+    duplicate_image problem and no record, so the same image never lands in two splits.
+    The files this run wrote for a dropped item are removed."""
     first: dict[str, Pair] = {}
     for result in sorted(results, key=lambda r: r.pair.id):
         if result.record is None:
@@ -249,6 +258,8 @@ def _drop_duplicates(results: list[PrepareResult]) -> None:
             detail = f"same pixels as {display_path(kept.image)}"
             result.problems.append(Problem("duplicate_image", result.pair.image, detail))
             result.record = None
+            if not result.reused:
+                _remove_item(out, result.pair.id)
 
 
 def _manifest_item(record: dict, split: str) -> dict:
@@ -267,7 +278,8 @@ def _split_items(results: list[PrepareResult], root: Path, val: float, test: flo
               for r in prepared}
     splits = assign_splits(labels, val, test, seed)
     items = [_manifest_item(r.record, splits[r.pair.id]) for r in prepared]
-    return items, any(label is not None for label in labels.values())
+    # "train" alone is not an official split: val and test were then drawn at random
+    return items, any(label in ("val", "test") for label in labels.values())
 
 
 def _skipped(found_problems: list[Problem], results: list[PrepareResult]) -> list[dict]:
@@ -277,6 +289,30 @@ def _skipped(found_problems: list[Problem], results: list[PrepareResult]) -> lis
                  "mask": display_path(r.pair.mask), "problems": [p.to_dict() for p in r.problems]}
                 for r in sorted(results, key=lambda r: r.pair.id) if r.record is None]
     return skipped
+
+
+def _reasons(skipped: list[dict]) -> str:
+    """'empty_mask 1, unreadable 2': how many problems of each kind the skipped entries have."""
+    counts: dict[str, int] = {}
+    for entry in skipped:
+        for problem in entry["problems"]:
+            counts[problem["kind"]] = counts.get(problem["kind"], 0) + 1
+    return ", ".join(f"{kind} {n}" for kind, n in sorted(counts.items()))
+
+
+def _problem_lines(skipped: list[dict], shown: int) -> list[str]:
+    return [f"  {problem['kind']:<24} {problem['path']}  {problem['detail']}"
+            for entry in skipped[:shown] for problem in entry["problems"]]
+
+
+def _no_usable_pair(root: Path, out: Path, created: bool, skipped: list[dict]) -> DermasegError:
+    """The error for a run where every pair was skipped; removes `out` if this run made it."""
+    if created:
+        shutil.rmtree(out, ignore_errors=True)
+    more = f"\n  ... {len(skipped) - 5} more" if len(skipped) > 5 else ""
+    return DermasegError("\n".join([
+        f"{display_path(root)}: no usable pair: {len(skipped)} skipped ({_reasons(skipped)})",
+        *_problem_lines(skipped, 5)]) + more)
 
 
 def prepare_dataset(
@@ -297,7 +333,8 @@ def prepare_dataset(
 
     Raises:
         UsageError: `root` is not a folder, or a size/ratio is out of range.
-        DermasegError: no pair found under `root`, or `out` cannot be written.
+        DermasegError: no pair found under `root`, no usable pair (nothing is written then),
+            or `out` cannot be written.
     """
     start = time.perf_counter()
     _check_arguments(size, val, test)
@@ -306,6 +343,7 @@ def prepare_dataset(
     if not found.pairs:
         raise DermasegError(f"{display_path(root)}: no image/mask pair found "
                             "(expected NAME.jpg + NAME_segmentation.png, ISIC or PH2 layout)")
+    created = not out.exists()
     _clean_temporaries(out)
     results, todo = [], []
     for pair in found.pairs:
@@ -318,13 +356,16 @@ def prepare_dataset(
     with tqdm(total=len(found.pairs), initial=len(results), desc="preparing", unit="pair",
               disable=not progress) as bar:
         results += _run_all(todo, out, size, workers, bar)
-    _drop_duplicates(results)
+    _drop_duplicates(results, out)
+    skipped = _skipped(found.problems, results)
+    if not any(result.record for result in results):
+        raise _no_usable_pair(found.root, out, created, skipped)
     items, official = _split_items(results, found.root, val, test, seed, keep_official_split)
     manifest = {
         "format": FORMAT, "size": size, "source": display_path(found.root),
         "split": {"val": val, "test": test, "seed": seed, "official": official},
         "counts": {name: sum(item["split"] == name for item in items) for name in SPLITS},
-        "items": items, "skipped": _skipped(found.problems, results),
+        "items": items, "skipped": skipped,
         "run": {"decoded": len(todo), "reused": len(found.pairs) - len(todo),
                 "workers": workers, "seconds": round(time.perf_counter() - start, 3)},
     }
@@ -346,15 +387,8 @@ def summary_lines(manifest: dict, out: str | os.PathLike, shown: int = 20) -> li
         "split (" + split_kind + "): " + ", ".join(f"{k} {counts[k]}" for k in SPLITS),
     ]
     if skipped:
-        reasons: dict[str, int] = {}
-        for entry in skipped:
-            for problem in entry["problems"]:
-                reasons[problem["kind"]] = reasons.get(problem["kind"], 0) + 1
-        lines.append(f"skipped {len(skipped)}: "
-                     + ", ".join(f"{kind} {n}" for kind, n in sorted(reasons.items())))
-        for entry in skipped[:shown]:
-            for problem in entry["problems"]:
-                lines.append(f"  {problem['kind']:<24} {problem['path']}  {problem['detail']}")
+        lines.append(f"skipped {len(skipped)}: {_reasons(skipped)}")
+        lines += _problem_lines(skipped, shown)
         if len(skipped) > shown:
             where = display_path(Path(out) / MANIFEST)
             lines.append(f"  ... {len(skipped) - shown} more in {where}")

@@ -21,7 +21,7 @@ from PIL import Image, ImageDraw, ImageFilter
 from tqdm import tqdm
 
 from dermaseg.errors import UsageError
-from dermaseg.fileio import atomic_path, save_png_atomic
+from dermaseg.fileio import atomic_path, make_folder, save_png_atomic
 
 WORK_SIDE = 800  # images larger than this are drawn at this size and upscaled
 SKIN_TONES = np.array([[228, 186, 166], [214, 160, 134], [196, 144, 112], [236, 200, 182]])
@@ -250,6 +250,7 @@ def synth_dataset(
 
     Raises:
         UsageError: n < 1, or a size that is not positive.
+        DermasegError: `out` is a file or cannot be created.
     """
     options = options or SynthOptions()
     if n < 1:
@@ -261,7 +262,7 @@ def synth_dataset(
             f"need 16 <= min side <= max side, got {options.min_side}, {options.max_side}"
         )
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    make_folder(out)
     digits = max(4, len(str(n)))
     written = []
     for index in tqdm(range(1, n + 1), desc="synth", unit="image", disable=not progress):
