@@ -156,3 +156,19 @@ def test_fifo_and_broken_link_do_not_hang(tmp_path):
         ("unreadable", "link to pipe.png"),
         ("unreadable", "pipe.jpg"),
     ]
+
+
+def test_webp_images_pair_and_pass_the_check(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from dermaseg.data.check import check_pair
+
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 255, (40, 60, 3), dtype=np.uint8)).save(tmp_path / "w.webp")
+    lesion = np.zeros((40, 60), np.uint8)
+    lesion[10:30, 20:40] = 255
+    Image.fromarray(lesion).save(tmp_path / "w_segmentation.png")
+    found = discover(tmp_path)
+    assert [(p.id, p.image.name) for p in found.pairs] == [("w", "w.webp")]
+    assert found.problems == [] and check_pair(found.pairs[0]) == []

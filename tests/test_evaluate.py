@@ -181,3 +181,33 @@ def test_raw_folder_evaluation_notes_images_without_masks(tiny_ckpt, synth_dir, 
     summary = json.loads((tmp_path / "e" / "metrics.json").read_text())
     assert summary["images"] == len(split_items(synth_dir, "test"))
     assert any("lonely.jpg" in note for note in summary["notes"])
+
+
+def test_failed_evaluation_writes_nothing(tmp_path):
+    pred_dir, truth_dir, _ = _mask_folders(tmp_path)
+    out = tmp_path / "evh"
+    out.mkdir()
+    (out / "gallery").write_text("a file where the gallery goes")
+    result = run_cli("evaluate", "--pred", str(pred_dir), "--truth", str(truth_dir), "-o",
+                     str(out), "--quiet")
+    assert isinstance(result.exception, DermasegError), result.output
+    assert "gallery: not a folder" in str(result.exception)
+    assert [p.name for p in out.iterdir()] == ["gallery"]
+
+
+def test_rewriting_a_report_replaces_the_old_gallery(tmp_path):
+    pred_dir, truth_dir, _ = _mask_folders(tmp_path)
+    out = tmp_path / "out"
+    write_evaluation(evaluate_folders(pred_dir, truth_dir, progress=False), out, "t", [])
+    stale = out / "gallery" / "worst_09_ISIC_0000099.png"
+    stale.write_bytes(b"from an earlier run")
+    for extra in ("ISIC_0000001", "ISIC_0000002"):  # a smaller run: fewer gallery pictures
+        (pred_dir / f"{extra}_segmentation.png").unlink()
+        (truth_dir / f"{extra}_segmentation.png").unlink()
+    summary = write_evaluation(evaluate_folders(pred_dir, truth_dir, progress=False), out, "t",
+                               [])
+    assert summary["images"] == 5
+    html = (out / "report.html").read_text()
+    shown = {s.removeprefix("gallery/") for s in re.findall(r"<img src='(gallery/[^']+)'", html)}
+    assert {p.name for p in (out / "gallery").iterdir()} == shown
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no staging folder left

@@ -125,6 +125,37 @@ def test_export_fails_and_removes_the_file_over_tolerance(tmp_path, monkeypatch)
     assert not out.exists()
 
 
+@pytest.mark.parametrize("option", [["--repeats", "0"], ["--holdout", "-1"]])
+def test_int8_refuses_bad_counts_before_writing(tmp_path, option):
+    checkpoint = _untrained(tmp_path / "m.ckpt", "deeplabv3")
+    result = CliRunner().invoke(app, ["export", str(checkpoint), "--int8", "--calib-count", "2",
+                                      "-o", str(tmp_path / "r0" / "m.int8.onnx"), *option])
+    assert result.exit_code == 2 and option[0] in result.output, result.output
+    assert not (tmp_path / "r0").exists()
+
+
+def test_int8_failure_after_quantizing_removes_its_files(tmp_path):
+    checkpoint = _untrained(tmp_path / "m.ckpt", "deeplabv3")
+    (tmp_path / "m.report.json").mkdir()  # the report cannot be written
+    result = CliRunner().invoke(app, ["export", str(checkpoint), "--int8", "--calib-count", "2",
+                                      "--repeats", "1", "--exporter", "legacy",
+                                      "-o", str(tmp_path / "m.int8.onnx")])
+    assert isinstance(result.exception, DermasegError), result.output
+    assert "m.report.json" in str(result.exception)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.ckpt", "m.report.json"]
+
+
+def test_int8_unexpected_failure_is_a_clear_error_and_removes_its_files(tmp_path):
+    from dermaseg.commands.export import _int8
+
+    model, meta = load_model(_untrained(tmp_path / "m.ckpt", "deeplabv3"))
+    images = [image for image, _ in synth_images(2, seed=3)]
+    with pytest.raises(DermasegError, match="m.int8.onnx: INT8 export failed.*Statistics"):
+        _int8(model, meta, tmp_path / "m.int8.onnx", images, 18, "legacy", holdout=1,
+              per_tensor=False, repeats=0)  # no timed run: the median fails
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.ckpt"]
+
+
 def _graph(input_name="image", output_name="logits", meta: str | None = "{}"):
     x = helper.make_tensor_value_info(input_name, TensorProto.FLOAT, ["n", 3, "h", "w"])
     y = helper.make_tensor_value_info(output_name, TensorProto.FLOAT, ["n", 3, "h", "w"])

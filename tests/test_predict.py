@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -11,7 +12,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dermaseg.errors import UsageError
+from badinputs import run_cli
+from dermaseg.errors import DermasegError, UsageError
+from dermaseg.fileio import read_rgb
 from dermaseg.infer.batch import (
     PredictOptions,
     list_inputs,
@@ -139,13 +142,85 @@ def test_shards_split_the_list_without_overlap(predictor, synth_dir, tmp_path):
 def test_inputs_from_files_folders_and_globs(synth_dir, tmp_path):
     out = tmp_path / "out"
     shutil.copytree(synth_dir, tmp_path / "data")
-    (out).mkdir()
-    shutil.copy(synth_dir / "synth_0001.jpg", out / "synth_0099.jpg")  # inside OUT: ignored
+    for extra in ("prob", "overlay"):  # predict's own extras in OUT: not inputs
+        (out / extra).mkdir(parents=True)
+        shutil.copy(synth_dir / "synth_0001.jpg", out / extra / f"synth_0001_{extra}.jpg")
+    shutil.copy(synth_dir / "synth_0001.jpg", out / "synth_0099.jpg")  # an image in OUT: input
     files, failed = list_inputs(
         [str(tmp_path / "data" / "synth_0001.jpg"), str(tmp_path / "data" / "synth_001*.jpg"),
          str(tmp_path), str(tmp_path / "nothing_here.png")], exclude=out)
-    assert len(files) == 12 and all(p.parent.name == "data" for p in files)
+    assert len(files) == 13 and all(p.parent.name == "data" for p in files[:12])
+    assert files[12] == out / "synth_0099.jpg"
     assert len(failed) == 1 and "nothing_here.png" in failed[0]
+
+
+def test_output_folder_may_be_the_input_folder(tiny_ckpt, synth_dir, tmp_path):
+    same = tmp_path / "same"
+    same.mkdir()
+    for source in sorted(synth_dir.glob("synth_000[1-3].jpg")):
+        shutil.copy(source, same)
+    code, output = run_cli("predict", tiny_ckpt, same, "-o", same, "--quiet", "--overlay",
+                           "--save-prob")
+    assert code == 0 and "3 written" in output, output
+    code, output = run_cli("predict", tiny_ckpt, same, "-o", same, "--quiet", "--overlay",
+                           "--save-prob")  # its masks, prob/ and overlay/ are not inputs
+    assert code == 0 and "0 written, 3 already there, 0 failed" in output, output
+
+
+def test_webp_images_are_listed_and_predicted(predictor, tmp_path):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    Image.fromarray(_image(50, 70)).save(folder / "photo.webp")
+    files, failed = list_inputs([str(folder)])
+    assert files == [folder / "photo.webp"] and not failed
+    summary = predict_files(predictor, files, tmp_path / "out", PredictOptions(progress=False))
+    assert summary.written == ["photo"]
+    with Image.open(tmp_path / "out" / "photo_segmentation.png") as mask:
+        assert mask.size == (70, 50)
+
+
+def test_rerun_with_new_extras_makes_them(predictor, synth_dir, tmp_path):
+    files = sorted(synth_dir.glob("synth_000[1-3].jpg"))
+    predict_files(predictor, files, tmp_path, PredictOptions(progress=False))
+    options = PredictOptions(overlay=True, measure=True, save_prob=True, progress=False)
+    summary = predict_files(predictor, files, tmp_path, options)
+    assert summary.written == [p.stem for p in files] and not summary.skipped
+    assert len(list((tmp_path / "overlay").glob("*_overlay.jpg"))) == 3
+    assert len(list((tmp_path / "prob").glob("*_prob.png"))) == 3
+    (tmp_path / "measurements" / "synth_0002.json").unlink()
+    summary = predict_files(predictor, files, tmp_path, options)
+    assert summary.written == ["synth_0002"] and summary.skipped == ["synth_0001", "synth_0003"]
+    records = [json.loads(line)
+               for line in (tmp_path / "measurements.jsonl").read_text().splitlines()]
+    assert [r["id"] for r in records] == [p.stem for p in files]
+
+
+@pytest.mark.parametrize("value", ["inf", "nan", "-1", "0"])
+def test_pixel_size_must_be_finite_and_positive(tiny_ckpt, synth_dir, tmp_path, value):
+    code, output = run_cli("predict", tiny_ckpt, synth_dir / "synth_0001.jpg", "-o",
+                           tmp_path / "out", "--measure", "--pixel-size", value, "--quiet")
+    assert code == 2 and f"--pixel-size {value}" in output and "finite" in output, output
+    assert not (tmp_path / "out").exists()
+
+
+def test_image_between_one_and_two_times_the_pixel_limit_is_refused(predictor, tmp_path,
+                                                                    monkeypatch):
+    path = tmp_path / "big.png"
+    Image.fromarray(_image(40, 40)).save(path)  # 1600 pixels, 1.6x the limit below
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # Pillow only warns up to 2x
+    with pytest.raises(DermasegError, match="big.png: image too large"):
+        read_rgb(path)
+    summary = predict_files(predictor, [path], tmp_path / "out", PredictOptions(progress=False))
+    assert not summary.written and "big.png: image too large" in summary.failed[0]
+
+
+def test_identity_tta_does_not_resample_at_a_size_not_a_multiple_of_8(predictor):
+    meta = dataclasses.replace(predictor.meta, image_size=60)
+    plain = Predictor(predictor.backend, meta)
+    identity = Predictor(predictor.backend, meta, tta=TTAConfig(flips=("none",)))
+    image = _image(75, 52, seed=4)
+    np.testing.assert_allclose(identity.predict_proba([image])[0],
+                               plain.predict_proba([image])[0], atol=1e-6)
 
 
 def test_onnx_model_predicts_like_the_checkpoint(tiny_ckpt, predictor, tmp_path):

@@ -111,6 +111,27 @@ def test_batch_reports_each_image(servers):
     assert results[0]["result"]["width"] == 96
 
 
+def test_batch_pixels_are_limited_per_request(servers):
+    """The open server's --max-pixels 4000000 counts all the images of a request together."""
+    black = encode(np.zeros((1000, 1500, 3), np.uint8), "PNG")  # 1.5 Mpx, under the limit alone
+    files = [("files", (f"{name}.png", black)) for name in "abc"]
+    response = httpx.post(f"{servers['open']}/v1/segment/batch", files=files, timeout=60)
+    assert response.status_code == 413, response.text
+    detail = response.json()["detail"]
+    assert "4500000 pixels" in detail and "4000000" in detail
+
+
+@pytest.mark.parametrize("path", ["/v1/segment", "/v1/segment/batch"])
+@pytest.mark.parametrize("value", ["inf", "nan", "-inf", "0"])
+def test_pixel_size_must_be_finite_and_positive(servers, path, value):
+    data = encode(synth_images(1, seed=6)[0][0], "PNG")
+    field = "file" if path == "/v1/segment" else "files"
+    response = httpx.post(f"{servers['open']}{path}", files={field: ("a.png", data)},
+                          params={"pixel_size_mm": value}, timeout=60)
+    assert response.status_code == 422, response.text
+    assert "pixel_size_mm" in response.json()["detail"]
+
+
 def bad_inputs() -> dict:
     image = synth_images(1, seed=9)[0][0]
     jpeg = encode(image, "JPEG")

@@ -59,6 +59,26 @@ def test_crafted_pickles_are_refused_by_every_command(evil, synth_dir, tmp_path)
     assert not marker.exists()
 
 
+@pytest.mark.parametrize("name,data", [
+    ("junk.ckpt", b"garbage"), ("config.ckpt", b"model:\n  arch: deeplabv3\n"),
+    ("empty.ckpt", b""), ("noise.ckpt", np.random.default_rng(1).bytes(2048)),
+])
+def test_files_that_are_not_checkpoints_are_named_as_such(synth_dir, tmp_path, name, data):
+    (tmp_path / name).write_bytes(data)
+    code, output = run_cli("predict", tmp_path / name, synth_dir / "synth_0001.jpg", "-o",
+                           tmp_path / "p", "--quiet")
+    assert code == 1 and f"{name}: not a PyTorch checkpoint file" in output, output
+    assert "refused" not in output and not (tmp_path / "p").exists()
+
+
+def test_a_protocol_0_pickle_with_code_is_still_refused(tmp_path):
+    marker = tmp_path / "pwned"
+    path = tmp_path / "old.ckpt"
+    path.write_bytes(pickle.dumps(Exploit(str(marker)), protocol=0))  # plain text opcodes
+    code, output = run_cli("export", path, "-o", tmp_path / "m.onnx")
+    assert code == 1 and "old.ckpt: refused" in output and not marker.exists(), output
+
+
 def _model(inputs=("image",), meta: str | None = None, output="logits"):
     values = [helper.make_tensor_value_info(n, TensorProto.FLOAT, ["n", 3, "h", "w"])
               for n in inputs]

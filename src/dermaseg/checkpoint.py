@@ -9,7 +9,9 @@ Lightning's own keys (optimizer, loops, callbacks) may sit beside them for resum
 
 from __future__ import annotations
 
+import io
 import pickle
+import pickletools
 import shutil
 import zipfile
 from dataclasses import dataclass
@@ -22,6 +24,8 @@ from dermaseg import __version__
 from dermaseg.config import Config, config_from_dict
 from dermaseg.errors import DermasegError
 from dermaseg.fileio import atomic_path
+
+HEAD_BYTES = 1 << 16  # enough for the first pickle of a protocol 0/1 file
 
 
 @dataclass
@@ -55,6 +59,33 @@ class ModelMeta:
             raise DermasegError(f"{where}: incomplete dermaseg metadata ({exc})") from exc
 
 
+def _looks_like_pickle(head: bytes) -> bool:
+    """A pickle (torch's legacy format is one): protocol 2+ opens with PROTO, 0 and 1 are
+    checked by walking the opcodes (pickletools reads them, it runs nothing)."""
+    if head[:1] == b"\x80":
+        return head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05")
+    try:
+        for _ in pickletools.genops(io.BytesIO(head)):
+            pass
+    except Exception:  # genops raises several types on bytes that are not a pickle
+        return False
+    return True
+
+
+def _check_container(path: Path) -> None:
+    """Raises DermasegError unless the file is a zip archive (torch.save) or a pickle."""
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(HEAD_BYTES)
+    except OSError as exc:
+        raise DermasegError(f"{path}: cannot read ({exc.strerror or exc})") from exc
+    if not head:
+        raise DermasegError(f"{path}: not a PyTorch checkpoint file (the file is empty)")
+    if not head.startswith(b"PK\x03\x04") and not _looks_like_pickle(head):
+        raise DermasegError(f"{path}: not a PyTorch checkpoint file (neither a zip archive nor "
+                            "a pickle; `dermaseg train` writes .ckpt files)")
+
+
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
     """torch.load with weights_only=True: a file that would run code is refused.
 
@@ -64,6 +95,7 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise DermasegError(f"{path}: no such checkpoint file")
+    _check_container(path)
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:

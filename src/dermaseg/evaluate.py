@@ -14,9 +14,13 @@ equals `isic-challenge-scoring` (masks are lesion where > 128).
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
+import os
+import shutil
+import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,7 +38,13 @@ from dermaseg.data.discover import (
     path_from_display,
 )
 from dermaseg.errors import DermasegError, UsageError
-from dermaseg.fileio import read_rgb, write_bytes_atomic, write_json_atomic
+from dermaseg.fileio import (
+    TEMP_PREFIX,
+    make_folder,
+    read_rgb,
+    write_bytes_atomic,
+    write_json_atomic,
+)
 from dermaseg.metrics import (
     METRIC_NAMES,
     Confusion,
@@ -111,7 +121,8 @@ def _masks_by_id(folder: Path, what: str) -> dict[str, Path]:
 
 def _find_image(image_id: str, folders: list[Path]) -> Path | None:
     for folder in folders:
-        for suffix in (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".JPG", ".PNG"):
+        for suffix in (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".JPG",
+                       ".PNG"):
             candidate = folder / f"{image_id}{suffix}"
             if candidate.is_file():
                 return candidate
@@ -280,8 +291,66 @@ def evaluate_model(predictor, items: list[tuple[str, Path, Path]], postprocess=N
     return result
 
 
+OUTPUT_FILES = ("metrics.csv", "metrics.json", "jaccard_hist.png", "report.md", "report.html")
+GALLERY = "gallery"
+
+
+def check_output(out: Path) -> None:
+    """Raises DermasegError when `out` or one of the outputs in it has the wrong type (a file
+    where a folder goes, or the reverse). Creates nothing."""
+    if out.exists() and not out.is_dir():
+        raise DermasegError(f"{display_path(out)}: not a folder (cannot write the evaluation "
+                            "there)")
+    for name in OUTPUT_FILES:
+        if (out / name).is_dir():
+            raise DermasegError(f"{display_path(out / name)}: is a folder (the evaluation "
+                                "writes a file there)")
+    gallery = out / GALLERY
+    if (gallery.exists() or gallery.is_symlink()) and not gallery.is_dir():
+        raise DermasegError(f"{display_path(gallery)}: not a folder (the evaluation writes "
+                            "its gallery there)")
+
+
 def write_evaluation(result: Evaluation, out: Path, title: str, notes: list[str]) -> dict:
-    """metrics.csv, metrics.json, jaccard_hist.png, gallery/*.png, report.md, report.html."""
+    """metrics.csv, metrics.json, jaccard_hist.png, gallery/*.png, report.md, report.html.
+
+    Everything is written into a hidden folder in `out` first and moved into place at the end
+    (a previous gallery/ is replaced), so a failure leaves `out` as it was.
+
+    Raises:
+        DermasegError: `out` or an output in it is in the way, or cannot be written.
+    """
+    check_output(out)
+    created = not out.exists()
+    make_folder(out)
+    try:
+        return _write_staged(result, out, title, notes)
+    except BaseException:
+        if created:
+            with contextlib.suppress(OSError):
+                out.rmdir()
+        raise
+
+
+def _write_staged(result: Evaluation, out: Path, title: str, notes: list[str]) -> dict:
+    stage = Path(tempfile.mkdtemp(prefix=TEMP_PREFIX, dir=out))
+    try:
+        summary = _write_outputs(result, stage, title, notes)
+        (stage / GALLERY).mkdir(exist_ok=True)
+        gallery = out / GALLERY
+        if gallery.exists() or gallery.is_symlink():
+            os.replace(gallery, stage / ".old-gallery")  # removed with the stage
+        for name in (*OUTPUT_FILES, GALLERY):
+            os.replace(stage / name, out / name)
+    except OSError as exc:
+        raise DermasegError(f"{display_path(out)}: cannot write the evaluation "
+                            f"({exc.strerror or exc})") from exc
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+    return summary
+
+
+def _write_outputs(result: Evaluation, out: Path, title: str, notes: list[str]) -> dict:
     overall = result.overall()
     pooled = pooled_metrics(result.counts.values())
     buffer = io.StringIO()
@@ -296,6 +365,6 @@ def write_evaluation(result: Evaluation, out: Path, title: str, notes: list[str]
     write_json_atomic(out / "metrics.json", summary)
     plot_jaccard_histogram([v["jaccard"] for v in result.per_image.values()],
                            out / "jaccard_hist.png")
-    gallery = save_gallery(result.gallery, out / "gallery")
+    gallery = save_gallery(result.gallery, out / GALLERY)
     write_reports(out, title, result.per_image, overall, "jaccard_hist.png", gallery, notes)
     return summary

@@ -7,6 +7,7 @@ import io
 import json
 import os
 import tempfile
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -83,12 +84,38 @@ def save_png_atomic(path: str | os.PathLike, array: np.ndarray) -> None:
     write_bytes_atomic(path, buffer.getvalue())
 
 
+class ImageTooLarge(DermasegError):
+    """An image with more pixels than Image.MAX_IMAGE_PIXELS (a possible decompression bomb)."""
+
+
+def open_header(source, label: str) -> Image.Image:
+    """Image.open (the header only, nothing decoded), refusing more than MAX_IMAGE_PIXELS.
+
+    Pillow only warns between 1x and 2x its limit; here that is refused too.
+
+    Raises:
+        ImageTooLarge: naming `label`. Pillow's own errors (not an image ...) pass through.
+    """
+    limit = Image.MAX_IMAGE_PIXELS
+    too_large = f"{label}: image too large (over the limit of {limit} pixels)"
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(source)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ImageTooLarge(too_large) from exc
+    # catch_warnings is process-wide: another thread may have restored the filters meanwhile
+    if limit and image.width * image.height > limit:
+        raise ImageTooLarge(too_large)
+    return image
+
+
 def open_image(source: str | os.PathLike | bytes, name: str | None = None) -> Image.Image:
     """Open an image file (or bytes), apply EXIF orientation, and fully decode it.
 
     Raises:
         DermasegError: naming the file when it is missing, empty, not an image, truncated,
-            or larger than MAX_PIXELS.
+            or larger than Image.MAX_IMAGE_PIXELS (ImageTooLarge).
     """
     # a non-UTF-8 file name is shown with \xNN escapes, never as lone surrogates
     if name is None:
@@ -104,11 +131,9 @@ def open_image(source: str | os.PathLike | bytes, name: str | None = None) -> Im
             if not handle.read(1):
                 raise DermasegError(f"{label}: empty file (0 bytes)")
             handle.seek(0)
-            image = Image.open(handle)
+            image = open_header(handle, label)
             image.load()
             image = ImageOps.exif_transpose(image)
-        except Image.DecompressionBombError as exc:
-            raise DermasegError(f"{label}: image too large (over {MAX_PIXELS} pixels)") from exc
         except Image.UnidentifiedImageError as exc:
             raise DermasegError(f"{label}: not an image (unknown or damaged format)") from exc
         except (OSError, ValueError, SyntaxError) as exc:

@@ -44,6 +44,7 @@ def evaluate(
     Writes metrics.csv, metrics.json, report.md, report.html, jaccard_hist.png, gallery/.
     """
     from dermaseg.evaluate import (
+        check_output,
         evaluate_folders,
         evaluate_model,
         images_without_masks,
@@ -57,6 +58,7 @@ def evaluate(
         if model is not None or data is not None:
             raise UsageError("give either MODEL --data DIR, or --pred and --truth, not both")
         out = out or pred.parent / f"{pred.name}-eval"
+        check_output(out)
         result = evaluate_folders(pred, truth, images, progress=not quiet)
         notes = [f"predictions: {pred}", f"truth: {truth}"]
     else:
@@ -71,6 +73,7 @@ def evaluate(
                                    batch_size=batch_size)
         prepared = (data / "manifest.json").is_file()
         out = out or model.parent / (f"eval-{split}" if prepared else f"eval-{data.name}")
+        check_output(out)
         result = evaluate_model(predictor, items, post, progress=not quiet)
         notes = [f"model: {model}", f"data: {data}" + (f" (split {split})" if prepared else ""),
                  f"threshold {predictor.threshold}, TTA {'on' if tta else 'off'}, "

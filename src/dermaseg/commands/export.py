@@ -102,25 +102,36 @@ def export_onnx_checked(model, meta, path: Path, images, opset: int, exporter: s
 
 
 def _int8(model, meta, output: Path, images, opset, exporter, holdout, per_tensor, repeats):
+    """fp32 export, INT8 quantization, comparison and report; on any failure the files this
+    run wrote are removed."""
+    from dermaseg.fileio import write_json_atomic
     from dermaseg.quantize import Int8Options, compare_int8, quantize_int8
 
     if output.suffix != ".onnx":
         raise UsageError(f"-o {output}: the INT8 model needs a name ending in .onnx")
     stem = output.name.removesuffix(".onnx").removesuffix(".int8")
     fp32_path = output.with_name(stem + ".fp32.onnx")
-    export_onnx_checked(model, meta, fp32_path, images, opset, exporter)
-    held_out = max(1, min(holdout, len(images) // 2))
-    calib, test = images[:-held_out], images[-held_out:]
-    typer.echo(f"calibrating on {len(calib)} images, comparing on {len(test)} others")
-    quantize_int8(fp32_path, output, calib, meta, Int8Options(per_channel=not per_tensor))
-    comparison = compare_int8(fp32_path, output, test, repeats=repeats)
-    for line in comparison.lines():
-        typer.echo(line)
     report = output.with_name(stem + ".report.json")
-    from dermaseg.fileio import write_json_atomic
-
-    write_json_atomic(report, {"fp32": str(fp32_path), "int8": str(output),
-                               **comparison.to_dict()})
+    export_onnx_checked(model, meta, fp32_path, images, opset, exporter)
+    written = [fp32_path]
+    try:
+        held_out = max(1, min(holdout, len(images) // 2))
+        calib, test = images[:-held_out], images[-held_out:]
+        typer.echo(f"calibrating on {len(calib)} images, comparing on {len(test)} others")
+        quantize_int8(fp32_path, output, calib, meta, Int8Options(per_channel=not per_tensor))
+        written.append(output)
+        comparison = compare_int8(fp32_path, output, test, repeats=repeats)
+        for line in comparison.lines():
+            typer.echo(line)
+        write_json_atomic(report, {"fp32": str(fp32_path), "int8": str(output),
+                                   **comparison.to_dict()})
+    except BaseException as exc:
+        for path in written:
+            _remove(path)
+        if isinstance(exc, DermasegError) or not isinstance(exc, Exception):
+            raise
+        raise DermasegError(f"{output}: INT8 export failed, its files removed "
+                            f"({type(exc).__name__}: {exc})") from exc
     typer.echo(f"wrote {output} (INT8), {fp32_path} (float32), {report}")
 
 
@@ -137,10 +148,12 @@ def export(
     opset: int = typer.Option(18, "--opset", help="ONNX opset (>= 13)."),
     exporter: str = typer.Option("auto", "--exporter", help="auto, dynamo or legacy."),
     calib_count: int = typer.Option(32, "--calib-count", help="Images to read from --calib."),
-    holdout: int = typer.Option(8, "--holdout", help="Images kept out of calibration for the "
-                                                     "fp32/INT8 agreement."),
+    holdout: int = typer.Option(8, "--holdout", min=0,
+                                help="Images kept out of calibration for the fp32/INT8 "
+                                     "agreement."),
     per_tensor: bool = typer.Option(False, "--per-tensor", help="One scale per weight tensor."),
-    repeats: int = typer.Option(10, "--repeats", help="Timed runs for the latency median."),
+    repeats: int = typer.Option(10, "--repeats", min=1,
+                                help="Timed runs for the latency median."),
 ) -> None:
     """Export a checkpoint to ONNX (float32, or static INT8) or TFLite, checked against PyTorch.
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 
@@ -74,14 +75,16 @@ def predict(
 ) -> None:
     """Predict lesion masks: OUT/<id>_segmentation.png, 8-bit 0/255, each image's own size.
 
-    Unreadable inputs are reported and skipped (exit 1 at the end); images whose mask already
-    exists are skipped, so an interrupted run resumes where it stopped.
+    Unreadable inputs are reported and skipped (exit 1 at the end); images whose mask (and
+    every extra asked for) already exists are skipped, so an interrupted run resumes where it
+    stopped.
     """
     from dermaseg.infer.batch import PredictOptions, list_inputs, parse_shard, predict_files
     from dermaseg.infer.predictor import Predictor
 
-    if pixel_size is not None and pixel_size <= 0:
-        raise UsageError(f"--pixel-size {pixel_size}: must be positive (mm per pixel)")
+    if pixel_size is not None and not (math.isfinite(pixel_size) and pixel_size > 0):
+        raise UsageError(f"--pixel-size {pixel_size}: must be a finite number > 0 (mm per "
+                         "pixel)")
     options = PredictOptions(
         overwrite=overwrite, save_prob=save_prob, overlay=overlay, measure=measure,
         pixel_size_mm=pixel_size, postprocess=postprocess_config(keep_largest, fill_holes,

@@ -20,7 +20,8 @@ def serve(
     token: str = typer.Option(None, "--token", help="Require `Authorization: Bearer TOKEN` on "
                               "/v1/* (default: env DERMASEG_TOKEN; none: no auth)."),
     max_upload_mb: float = typer.Option(20.0, "--max-upload-mb", help="Request body limit."),
-    max_pixels: int = typer.Option(40_000_000, "--max-pixels", help="Pixels per image."),
+    max_pixels: int = typer.Option(40_000_000, "--max-pixels",
+                                   help="Pixels per request (all its images together)."),
     max_concurrency: int = typer.Option(8, "--max-concurrency",
                                         help="API requests at once per process; more get 503."),
     timeout_s: float = typer.Option(60.0, "--timeout", help="Inference time limit (504)."),

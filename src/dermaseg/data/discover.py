@@ -7,7 +7,7 @@ Supported, anywhere below the root (searched recursively, symlinks followed once
   `LICENSE.txt`, CSV metadata and ISIC 2017 `*_superpixels.png` are ignored.
 - PH2: `IMD002/IMD002_Dermoscopic_Image/IMD002.bmp` + `IMD002/IMD002_lesion/IMD002_lesion.bmp`;
   the `IMD002_roi/` colour-structure labels are ignored.
-- A flat folder: `NAME.<jpg|jpeg|png|bmp|tif|tiff>` + `NAME_segmentation.png`.
+- A flat folder: `NAME.<jpg|jpeg|png|bmp|tif|tiff|webp>` + `NAME_segmentation.png`.
 
 A mask is paired with the image of the same id, preferring the image in the same folder, then
 the one in the nearest folder. Hidden files (including dermaseg's own `.dermaseg-*.tmp` files) and
@@ -24,7 +24,7 @@ from pathlib import Path
 
 from dermaseg.errors import UsageError
 
-IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff"})
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"})
 # `<id>_segmentation` (ISIC, any case) or `<id>_lesion` (PH2)
 MASK_STEM = re.compile(r"^(?P<id>.+?)_(segmentation|lesion)$", re.IGNORECASE)
 IGNORED_STEM = re.compile(r"_superpixels$", re.IGNORECASE)

@@ -11,7 +11,9 @@ prediction folder whose name holds the image number, and two matches are an erro
 
 Memory stays bounded: files are listed (paths only), decoded a few batches ahead by a thread
 pool, predicted one batch at a time and written at once. A mask is written last for its image,
-so an interrupted run is resumed by skipping images whose mask exists (`overwrite=False`).
+so an interrupted run is resumed by skipping images whose mask and requested extras all exist
+(`overwrite=False`); an image missing one of them is predicted again and all its outputs are
+rewritten.
 Several processes split the list with `shard=(i, n)`: image k goes to process k mod n.
 """
 
@@ -57,8 +59,30 @@ class PredictSummary:
     failed: list[str] = field(default_factory=list)  # messages naming the file
 
 
+OUTPUT_FOLDERS = ("prob", "overlay", "measurements")  # the extras, each in its own folder
+
+
 def mask_path(out: Path, image_id: str) -> Path:
     return out / f"{image_id}{MASK_SUFFIX}"
+
+
+def _prob_path(out: Path, image_id: str) -> Path:
+    return out / "prob" / f"{image_id}_prob.png"
+
+
+def _overlay_path(out: Path, image_id: str) -> Path:
+    return out / "overlay" / f"{image_id}_overlay.jpg"
+
+
+def _measurement_path(out: Path, image_id: str) -> Path:
+    return out / "measurements" / f"{image_id}.json"
+
+
+def is_done(out: Path, image_id: str, options: PredictOptions) -> bool:
+    """True when every output that `options` asks for exists for this image."""
+    wanted = [(True, mask_path), (options.save_prob, _prob_path),
+              (options.overlay, _overlay_path), (options.measure, _measurement_path)]
+    return all(where(out, image_id).exists() for asked, where in wanted if asked)
 
 
 def _is_input_image(path: Path) -> bool:
@@ -69,12 +93,13 @@ def _is_input_image(path: Path) -> bool:
 def list_inputs(inputs: Iterable[str], exclude: Path | None = None):
     """Files, folders (searched recursively) and globs -> (sorted image paths, failures).
 
-    Masks (`*_segmentation.*`), hidden files and anything under `exclude` (the output folder)
-    are left out. A name that matches nothing is a failure, not an exception.
+    Masks (`*_segmentation.*`), hidden files and the extras predict writes in `exclude` (the
+    output folder: its prob/, overlay/ and measurements/) are left out. A name that matches
+    nothing is a failure, not an exception.
     """
     found: set[Path] = set()
     failed: list[str] = []
-    skip = exclude.resolve() if exclude is not None else None
+    skip = [(exclude / name).resolve() for name in OUTPUT_FOLDERS] if exclude is not None else []
     for item in inputs:
         path = Path(item)
         if path.is_dir():
@@ -93,7 +118,8 @@ def list_inputs(inputs: Iterable[str], exclude: Path | None = None):
             failed.append(f"{item}: no such file or folder")
             candidates = []
         for candidate in candidates:
-            if skip is None or skip not in candidate.resolve().parents:
+            parents = candidate.resolve().parents
+            if not any(folder in parents for folder in skip):
                 found.add(candidate)
     return sorted(found, key=str), failed
 
@@ -154,7 +180,7 @@ def iter_decoded(items: list[tuple[str, Path]], ahead: int) -> Iterator:
 
 def _write_outputs(out: Path, image_id: str, path: Path, image, prob, mask, options) -> None:
     if options.save_prob:
-        save_png_atomic(out / "prob" / f"{image_id}_prob.png",
+        save_png_atomic(_prob_path(out, image_id),
                         np.round(prob * 255).clip(0, 255).astype(np.uint8))
     if options.overlay:
         from dermaseg.report import draw_overlay
@@ -162,13 +188,13 @@ def _write_outputs(out: Path, image_id: str, path: Path, image, prob, mask, opti
         buffer = io.BytesIO()
         Image.fromarray(draw_overlay(image, [(mask, (255, 40, 40))])).save(
             buffer, format="JPEG", quality=90)
-        write_bytes_atomic(out / "overlay" / f"{image_id}_overlay.jpg", buffer.getvalue())
+        write_bytes_atomic(_overlay_path(out, image_id), buffer.getvalue())
     if options.measure:
         from dermaseg.measure import measure_lesion
 
         record = {"id": image_id, "image": display_path(path),
                   **measure_lesion(mask, image, options.pixel_size_mm)}
-        write_json_atomic(out / "measurements" / f"{image_id}.json", record)
+        write_json_atomic(_measurement_path(out, image_id), record)
     save_png_atomic(mask_path(out, image_id), mask.astype(np.uint8) * 255)
 
 
@@ -207,7 +233,7 @@ def predict_files(predictor, files: list[Path], out: Path, options: PredictOptio
     items, summary.failed = assign_ids(files)
     items = items[shard[0] :: shard[1]]
     if not options.overwrite:
-        summary.skipped = [i for i, _ in items if mask_path(out, i).exists()]
+        summary.skipped = [i for i, _ in items if is_done(out, i, options)]
         done = set(summary.skipped)
         items = [(i, p) for i, p in items if i not in done]
     batch: list = []

@@ -38,7 +38,10 @@ class TTAConfig:
 
 
 def scaled_side(size: int, scale: float) -> int:
-    """Side of the rescaled input: a multiple of 8 (the smallest DeepLab output stride)."""
+    """Side of the rescaled input: `size` itself at scale 1 (that view is never resampled),
+    else a multiple of 8 (the smallest DeepLab output stride)."""
+    if scale == 1.0:
+        return size
     return max(8, int(round(size * scale / 8)) * 8)
 
 

@@ -46,6 +46,8 @@ log = logging.getLogger("dermaseg.serve")
 STATIC = Path(__file__).resolve().parent / "static"
 ENDPOINTS = {"/", "/healthz", "/readyz", "/metrics", "/v1/segment", "/v1/segment/batch",
              "/docs", "/openapi.json"}
+# finite and > 0, else 422
+PIXEL_SIZE = Query(None, gt=0, allow_inf_nan=False, description="side of one pixel in mm")
 ERRORS = {code: {"model": ErrorResponse} for code in (400, 401, 408, 413, 415, 422, 503,
                                                           504)}
 
@@ -56,7 +58,7 @@ class ServeSettings:
     backend: str = "auto"  # "onnx", "torch", or "auto" (from the file suffix)
     token: str | None = None  # bearer token for /v1/*; None: no auth
     max_upload_mb: float = 20.0  # request body limit
-    max_pixels: int = 40_000_000  # per image, checked from the header before decoding
+    max_pixels: int = 40_000_000  # all images of a request together, from their headers
     max_concurrency: int = 8  # API requests admitted at once; more get 503 at once
     timeout_s: float = 60.0  # per request inference time limit (504)
     body_timeout_s: float = 60.0  # the whole upload must arrive within this (408)
@@ -214,7 +216,7 @@ def _add_segment_routes(app: FastAPI) -> None:
         dependencies=bearer)
     async def segment(request: Request, file: UploadFile = File(..., description="the image"),
                       format: str = Query("json", pattern="^(json|png)$"),
-                      pixel_size_mm: float | None = Query(None, gt=0)):
+                      pixel_size_mm: float | None = PIXEL_SIZE):
         """Segment one image (JPEG, PNG, BMP, TIFF or WebP)."""
         name, data = await _read(file)
         (result,) = await _run(request, [(name, data)], pixel_size_mm, format == "json")
@@ -231,7 +233,7 @@ def _add_segment_routes(app: FastAPI) -> None:
               dependencies=bearer)
     async def segment_batch(request: Request,
                             files: list[UploadFile] = File(..., description="the images"),
-                            pixel_size_mm: float | None = Query(None, gt=0)):
+                            pixel_size_mm: float | None = PIXEL_SIZE):
         """Segment several images; each gets its own status (200 or the 4xx of its problem)."""
         limit = app.state.settings.max_batch
         if len(files) > limit:

@@ -10,7 +10,6 @@ import base64
 import io
 import re
 import time
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,7 +18,7 @@ from fastapi import HTTPException
 from PIL import Image, UnidentifiedImageError
 
 from dermaseg.errors import DermasegError
-from dermaseg.fileio import read_rgb
+from dermaseg.fileio import ImageTooLarge, open_header, read_rgb
 
 # Formats a dermoscope or a phone produces; PIL reads many more (EPS, ICNS, PSD ...), which we
 # refuse rather than expose their parsers to the network.
@@ -47,11 +46,9 @@ def safe_name(name: str | None) -> str:
 def _probe(data: bytes, name: str) -> Image.Image:
     """Identify the format and size from the header without decoding the pixels."""
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            return Image.open(io.BytesIO(data))
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise ApiError(413, f"{name}: image has too many pixels ({exc})") from exc
+        return open_header(io.BytesIO(data), name)
+    except ImageTooLarge as exc:
+        raise ApiError(413, str(exc)) from exc
     except UnidentifiedImageError as exc:
         kind = next((fmt for magic, fmt in SIGNATURES.items() if data.startswith(magic)), None)
         if kind is not None:
@@ -62,12 +59,12 @@ def _probe(data: bytes, name: str) -> Image.Image:
         raise ApiError(422, f"{name}: unreadable image header ({type(exc).__name__})") from exc
 
 
-def decode_upload(data: bytes, name: str, max_pixels: int) -> np.ndarray:
-    """Upload bytes -> HxWx3 uint8 RGB (EXIF orientation applied).
+def check_upload(data: bytes, name: str, max_pixels: int) -> int:
+    """The upload's pixel count, read from its header (nothing decoded).
 
     Raises:
         ApiError: 400 empty; 415 not an image or a refused format; 413 more than `max_pixels`
-            pixels; 422 an image that cannot be decoded (truncated, corrupt).
+            pixels; 422 a damaged header or no pixels.
     """
     if not data:
         raise ApiError(400, f"{name}: empty upload")
@@ -81,6 +78,16 @@ def decode_upload(data: bytes, name: str, max_pixels: int) -> np.ndarray:
                             f"limit of {max_pixels}")
     if width < 1 or height < 1:
         raise ApiError(422, f"{name}: image has no pixels ({width}x{height})")
+    return width * height
+
+
+def decode_upload(data: bytes, name: str) -> np.ndarray:
+    """Upload bytes (already passed by check_upload) -> HxWx3 uint8 RGB (EXIF orientation
+    applied).
+
+    Raises:
+        ApiError: 422 an image that cannot be decoded (truncated, corrupt).
+    """
     try:
         return read_rgb(data, name)
     except DermasegError as exc:
@@ -117,18 +124,46 @@ def describe(mask: np.ndarray, image: np.ndarray, pixel_size_mm: float | None) -
     }
 
 
+def _check_all(uploads: list[tuple[str, bytes]], max_pixels: int) -> list:
+    """check_upload for each upload: its pixel count, or the ApiError it caused.
+
+    Raises:
+        ApiError: 413 when the images together have more than `max_pixels` pixels (one request
+            never decodes more than that).
+    """
+    checked: list = []
+    for name, data in uploads:
+        try:
+            checked.append(check_upload(data, name, max_pixels))
+        except ApiError as exc:
+            checked.append(exc)
+    total = sum(n for n in checked if isinstance(n, int))
+    if total > max_pixels:
+        count = sum(isinstance(n, int) for n in checked)
+        raise ApiError(413, f"{count} images with {total} pixels in all: over the limit of "
+                            f"{max_pixels} pixels per request; send fewer or smaller images")
+    return checked
+
+
 def segment_images(predictor, uploads: list[tuple[str, bytes]], max_pixels: int,
                    pixel_size_mm: float | None, want_json: bool = True) -> list:
     """Decode every upload, predict the good ones as one batch, describe each.
 
     Returns:
         One entry per upload, in order: a Segmented, or the ApiError that upload caused.
+
+    Raises:
+        ApiError: 413 when the images together have more than `max_pixels` pixels.
     """
     results: list = []
     images: list[tuple[int, np.ndarray]] = []
-    for index, (name, data) in enumerate(uploads):
+    checked = _check_all(uploads, max_pixels)
+    for index, ((name, data), pixels) in enumerate(zip(uploads, checked, strict=True)):
+        if isinstance(pixels, ApiError):
+            results.append(pixels)
+            continue
         try:
-            images.append((index, decode_upload(data, name, max_pixels)))
+            images.append((index, decode_upload(data, name)))
             results.append(None)
         except ApiError as exc:
             results.append(exc)
