@@ -1,0 +1,50 @@
+"""`dermaseg demo`: argument checks, and the whole pipeline on a small user folder."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from badinputs import run_cli
+from dermaseg.data.synth import SynthOptions, synth_dataset
+from dermaseg.demo import run_demo
+
+
+@pytest.mark.parametrize(("args", "words"), [
+    (["-n", "5"], "-n must be at least 6"),
+    (["--minutes", "-1"], "--minutes must be > 0"),
+    (["--minutes", "0"], "--minutes must be > 0"),
+])
+def test_bad_arguments_are_usage_errors_and_create_nothing(tmp_path, args, words):
+    out = tmp_path / "demo"
+    code, output = run_cli("demo", "-o", out, *args)
+    assert code == 2 and words in output and "Traceback" not in output
+    assert not out.exists()
+
+
+def test_too_few_user_pairs_are_named(tmp_path):
+    synth_dataset(3, tmp_path / "mine", seed=0, options=SynthOptions(size=(64, 48)),
+                  progress=False)
+    code, output = run_cli("demo", "--data", tmp_path / "mine", "-o", tmp_path / "demo")
+    assert code == 1 and "the demo needs at least 4" in output, output
+
+
+def test_demo_on_a_small_user_folder_makes_every_artefact(tmp_path):
+    """Seven pairs (4 training images: the batch shrinks to fit), a few seconds of training:
+    every stage runs and writes its files; the closing text does not call the data synthetic."""
+    synth_dataset(7, tmp_path / "mine", seed=1, options=SynthOptions(size=(96, 72)),
+                  progress=False)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        result = run_demo(tmp_path / "demo", tmp_path / "mine", minutes=0.05, say=lambda _: None)
+    finally:
+        torch.set_num_threads(threads)
+    out = tmp_path / "demo"
+    for name in ("run/best.ckpt", "run/curves.png", "eval/report.html", "eval/metrics.csv",
+                 "predictions/measurements.jsonl", "model.onnx"):
+        assert (out / name).is_file(), name
+    assert list((out / "predictions").glob("*_segmentation.png"))
+    assert 0.0 <= result.test_dice <= 1.0
+    text = "\n".join(result.lines)
+    assert "Your data" in text and "synthetic task" not in text
