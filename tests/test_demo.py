@@ -1,4 +1,4 @@
-"""`dermaseg demo`: argument checks, and the whole pipeline on a small user folder."""
+"""`dermaseg demo` (argument checks, the pipeline on a small folder) and `dermaseg doctor`."""
 
 from __future__ import annotations
 
@@ -48,3 +48,12 @@ def test_demo_on_a_small_user_folder_makes_every_artefact(tmp_path):
     assert 0.0 <= result.test_dice <= 1.0
     text = "\n".join(result.lines)
     assert "Your data" in text and "synthetic task" not in text
+
+
+def test_doctor_reports_this_machine(tmp_path):
+    code, output = run_cli("doctor", "--path", tmp_path)
+    assert code == 0, output
+    assert "torch" in output and "accelerators:" in output
+    assert "GiB available of" in output and f"disk ({tmp_path}):" in output
+    code, output = run_cli("doctor", "--path", tmp_path / "absent")
+    assert code == 0 and "unknown (No such file or directory)" in output

@@ -37,12 +37,28 @@ def _accelerators() -> list[str]:
 
 
 def _memory_gib() -> str:
+    """Available memory (MemAvailable: free plus reclaimable cache) of the total."""
     try:
-        pages, page_size = os.sysconf("SC_PHYS_PAGES"), os.sysconf("SC_PAGE_SIZE")
-        available = os.sysconf("SC_AVPHYS_PAGES")
-        return f"{available * page_size / 2**30:.1f} GiB free of {pages * page_size / 2**30:.1f}"
-    except (ValueError, OSError, AttributeError):
-        return "unknown"
+        fields = dict(line.split(":", 1) for line in
+                      Path("/proc/meminfo").read_text().splitlines() if ":" in line)
+        available, total = (int(fields[key].split()[0]) * 1024 for key in
+                            ("MemAvailable", "MemTotal"))
+    except (OSError, KeyError, ValueError):
+        try:  # not Linux: the free pages only
+            page = os.sysconf("SC_PAGE_SIZE")
+            available = os.sysconf("SC_AVPHYS_PAGES") * page
+            total = os.sysconf("SC_PHYS_PAGES") * page
+        except (ValueError, OSError, AttributeError):
+            return "unknown"
+    return f"{available / 2**30:.1f} GiB available of {total / 2**30:.1f}"
+
+
+def _disk(path: Path) -> str:
+    try:
+        usage = shutil.disk_usage(path)
+    except OSError as exc:
+        return f"unknown ({exc.strerror or exc})"
+    return f"{usage.free / 2**30:.1f} GiB free"
 
 
 def doctor(
@@ -55,8 +71,7 @@ def doctor(
     typer.echo(f"accelerators:  {'; '.join(_accelerators())}")
     typer.echo(f"CPU cores:     {os.cpu_count()}")
     typer.echo(f"memory:        {_memory_gib()}")
-    usage = shutil.disk_usage(path if path.exists() else Path("."))
-    typer.echo(f"disk ({path}): {usage.free / 2**30:.1f} GiB free")
+    typer.echo(f"disk ({path}): {_disk(path)}")
     for extra, package in EXTRAS.items():
         module = package.replace("-", "_")
         have = importlib.util.find_spec(module) is not None or _version(package) != "not installed"

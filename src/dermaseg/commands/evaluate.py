@@ -6,6 +6,16 @@ from pathlib import Path
 
 import typer
 
+from dermaseg.commands.predict import (
+    BATCH_SIZE,
+    CRF,
+    DEVICE,
+    FILL_HOLES,
+    KEEP_LARGEST,
+    MIN_AREA,
+    QUIET,
+    TTA,
+)
 from dermaseg.errors import UsageError
 
 
@@ -25,15 +35,15 @@ def evaluate(
     pred: Path = typer.Option(None, "--pred", help="Folder of <id>_segmentation.png predictions."),
     truth: Path = typer.Option(None, "--truth", help="Folder of <id>_segmentation.png truths."),
     images: Path = typer.Option(None, "--images", help="Images for the gallery (--pred mode)."),
-    out: Path = typer.Option(None, "-o", "--out", help="Report folder (default: see below)."),
-    tta: bool = typer.Option(False, "--tta", help="Average over the four flips."),
-    keep_largest: bool = typer.Option(False, "--keep-largest"),
-    fill_holes: bool = typer.Option(False, "--fill-holes"),
-    min_area: int = typer.Option(0, "--min-area"),
-    crf: bool = typer.Option(False, "--crf"),
-    batch_size: int = typer.Option(8, "--batch-size", min=1),
-    device: str = typer.Option("auto", "--device"),
-    quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
+    out: Path = typer.Option(None, "-o", "--out", help="Report folder (default: see above)."),
+    tta: bool = TTA,
+    keep_largest: bool = KEEP_LARGEST,
+    fill_holes: bool = FILL_HOLES,
+    min_area: int = MIN_AREA,
+    crf: bool = CRF,
+    batch_size: int = BATCH_SIZE,
+    device: str = DEVICE,
+    quiet: bool = QUIET,
 ) -> None:
     """Dice, IoU, threshold-Jaccard, sensitivity, specificity, accuracy, precision.
 

@@ -158,7 +158,8 @@ def export(
     """Export a checkpoint to ONNX (float32, or static INT8) or TFLite, checked against PyTorch.
 
     With --int8, OUT is the INT8 model; the float32 model is written beside it as
-    OUT.fp32.onnx and the comparison (size, latency, mask Dice) as OUT.report.json.
+    STEM.fp32.onnx and the comparison (size, latency, mask Dice) as STEM.report.json, STEM
+    being OUT's name without .onnx and .int8 (-o model.int8.onnx: model.fp32.onnx).
     """
     from dermaseg.checkpoint import load_model
 

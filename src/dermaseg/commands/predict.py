@@ -48,22 +48,33 @@ def _device(device: str) -> str:
     return device
 
 
+# Options `predict` and `evaluate MODEL` share.
+TTA = typer.Option(False, "--tta", help="Average over the four flips.")
+KEEP_LARGEST = typer.Option(False, "--keep-largest", help="Keep the largest lesion.")
+FILL_HOLES = typer.Option(False, "--fill-holes", help="Fill holes inside the lesion.")
+MIN_AREA = typer.Option(0, "--min-area", help="Remove specks under N pixels.")
+CRF = typer.Option(False, "--crf", help="Dense-CRF refinement (extra: dermaseg\\[crf]).")
+BATCH_SIZE = typer.Option(8, "--batch-size", min=1, help="Images per forward pass.")
+DEVICE = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:1 ...")
+QUIET = typer.Option(False, "--quiet", "-q", help="No progress bar.")
+
+
 def predict(
     model: Path = typer.Argument(..., help="A checkpoint (.ckpt) or an exported .onnx model."),
     inputs: list[str] = typer.Argument(..., help="Image files, folders (recursive) or globs."),
     out: Path = typer.Option(..., "-o", "--out", help="Output folder."),
-    tta: bool = typer.Option(False, "--tta", help="Average over the four flips."),
+    tta: bool = TTA,
     tta_scales: str = typer.Option(None, "--tta-scales", help="Also rescale, e.g. 0.75,1,1.25."),
-    keep_largest: bool = typer.Option(False, "--keep-largest", help="Keep the largest lesion."),
-    fill_holes: bool = typer.Option(False, "--fill-holes", help="Fill holes inside the lesion."),
-    min_area: int = typer.Option(0, "--min-area", help="Remove specks under N pixels."),
-    crf: bool = typer.Option(False, "--crf", help="Dense-CRF refinement (extra: dermaseg[crf])."),
+    keep_largest: bool = KEEP_LARGEST,
+    fill_holes: bool = FILL_HOLES,
+    min_area: int = MIN_AREA,
+    crf: bool = CRF,
     save_prob: bool = typer.Option(False, "--save-prob", help="Write prob/<id>_prob.png."),
     overlay: bool = typer.Option(False, "--overlay", help="Write overlay/<id>_overlay.jpg."),
     measure: bool = typer.Option(False, "--measure", help="Write measurements.jsonl."),
     pixel_size: float = typer.Option(None, "--pixel-size", help="Pixel size in mm."),
-    batch_size: int = typer.Option(8, "--batch-size", min=1),
-    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:1 ..."),
+    batch_size: int = BATCH_SIZE,
+    device: str = DEVICE,
     overwrite: bool = typer.Option(False, "--overwrite", help="Redo images already predicted."),
     shard: str = typer.Option(
         None, "--shard",
@@ -71,7 +82,7 @@ def predict(
              "e.g. CUDA_VISIBLE_DEVICES=k) with the same OUT; under torchrun the default is "
              "RANK/WORLD_SIZE.",
     ),
-    quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
+    quiet: bool = QUIET,
 ) -> None:
     """Predict lesion masks: OUT/<id>_segmentation.png, 8-bit 0/255, each image's own size.
 
