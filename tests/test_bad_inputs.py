@@ -298,3 +298,54 @@ def test_train_names_the_bad_config_or_data(prepared, tmp_path, damage, message)
     assert code in (1, 2) and message in output and "Traceback" not in output, output
     assert not (tmp_path / "run" / "last.ckpt").exists()
     assert not leftovers(tmp_path / "run")
+
+
+BAD_SETTINGS = [
+    ("data.image_size=0", "data.image_size: must be >= 1"),
+    ("data.batch_size=0", "data.batch_size: must be >= 1"),
+    ("data.num_workers=-2", "data.num_workers: must be"),
+    ("data.mean=[0.5,0.5]", "data.mean: must be 3 values"),
+    ("data.std=[0.2,0.2,0]", "data.std: must be 3 values"),
+    ("data.augment.hflip=1.5", "data.augment.hflip: must be a probability in [0, 1]"),
+    ("data.augment.vflip=-0.1", "data.augment.vflip: must be a probability"),
+    ("data.augment.elastic_p=2", "data.augment.elastic_p: must be a probability"),
+    ("data.augment.rotate90=1.01", "data.augment.rotate90: must be a probability"),
+    ("data.augment.brightness=1", "data.augment.brightness: must be in [0, 1)"),
+    ("data.augment.contrast=-0.1", "data.augment.contrast: must be in [0, 1)"),
+    ("data.augment.elastic_alpha=-1", "data.augment.elastic_alpha: must be >= 0"),
+    ("data.augment.elastic_sigma=0", "data.augment.elastic_sigma: must be > 0"),
+    ("model.aspp_channels=0", "model.aspp_channels: must be >= 1"),
+    ("model.aspp_dropout=1", "model.aspp_dropout: must be in [0, 1)"),
+    ("model.freeze_stages=-2", "model.freeze_stages: must be >= 0"),
+    ("model.atrous_rates=[]", "model.atrous_rates: need three positive integers"),
+    ("train.val_every=0", "train.val_every: must be >= 1"),
+    ("train.max_epochs=0", "train.max_epochs: must be >= 1"),
+    ("train.max_minutes=0", "train.max_minutes: must be > 0"),
+    ("train.early_stop_patience=-1", "train.early_stop_patience: must be >= 0"),
+    ("train.checkpoint_every_steps=-1", "train.checkpoint_every_steps: must be >= 0"),
+    ("train.nan_tolerance=-1", "train.nan_tolerance: must be >= 0"),
+    ("train.threshold=1", "train.threshold: must be in (0, 1)"),
+    ("train.threshold=0", "train.threshold: must be in (0, 1)"),
+    ("optim.plateau_patience=-1", "optim.plateau_patience: must be >= 0"),
+    ("optim.warmup_epochs=-1", "optim.warmup_epochs: must be >= 0"),
+    ("loss.dice=-1", "loss.dice: weight must be >= 0"),
+    ("loss.label_smoothing=1", "loss.label_smoothing: must be in [0, 1)"),
+    ("train.freeze_after_lr_drops=2", "optim.scheduler='cosine'"),  # the recipe's schedule
+    ("loss.boundary=0.5", "loss.boundary=0.5 needs model.edge_head=true"),
+]
+
+
+@pytest.mark.parametrize(("setting", "message"), BAD_SETTINGS,
+                         ids=[s.split("=")[0] for s, _ in BAD_SETTINGS])
+def test_train_refuses_out_of_range_settings_before_writing(prepared, tmp_path, setting,
+                                                            message):
+    """Each value is refused naming its field; no run folder (no config.yaml) is left."""
+    recipe = Path(__file__).resolve().parents[1] / "configs" / "cpu_small.yaml"  # cosine
+    small = ["data.image_size=32", "data.batch_size=4", "data.num_workers=0",
+             "model.aspp_channels=8", "model.decoder_channels=8", "train.max_epochs=1",
+             "train.max_minutes=1"]
+    args = [arg for item in [*small, setting] for arg in ("-s", item)]
+    out = tmp_path / "run"
+    code, output = run_cli("train", "-c", recipe, "-d", prepared[0], "-o", out, "-q", *args)
+    assert code == 1 and message in output and "Traceback" not in output, output
+    assert not out.exists()

@@ -13,8 +13,8 @@ import torch
 from PIL import Image
 
 from dermaseg import __version__
-from dermaseg.checkpoint import read_checkpoint
-from dermaseg.config import Config, load_config
+from dermaseg.checkpoint import ModelMeta, load_model, read_checkpoint, save_checkpoint
+from dermaseg.config import Config, ModelConfig, load_config
 from dermaseg.data.geometry import Letterbox, letterbox_image, restore_probability
 from dermaseg.errors import DermasegError
 from dermaseg.fileio import atomic_path, read_rgb
@@ -118,3 +118,21 @@ def test_checkpoint_with_code_is_refused(tmp_path):
     with pytest.raises(DermasegError):
         read_checkpoint(raw)
     assert not os.path.exists("/tmp/dermaseg_pwned")
+
+
+def test_checkpoint_weights_for_another_model_are_summarised(tmp_path):
+    """The weights of a MobileNet DeepLab-v3 under a ResNet-18 DeepLab-v3+ config: counts and
+    a few keys of each kind, not every key (it was a 23 KB message)."""
+    from dermaseg.models.factory import build_model
+
+    small = {"aspp_channels": 8, "decoder_channels": 8}
+    other = build_model(ModelConfig(backbone="mobilenetv3_large_100", **small))
+    config = Config(model=ModelConfig(arch="deeplabv3plus", backbone="resnet18", **small))
+    path = tmp_path / "mixed.ckpt"
+    save_checkpoint(path, other, ModelMeta.from_config(config))
+    with pytest.raises(DermasegError) as info:
+        load_model(path)
+    message = str(info.value)
+    assert "do not fit" in message and "deeplabv3plus, resnet18" in message
+    assert "weights missing from the file" in message and "weights not in the model" in message
+    assert len(message) < 1000, message

@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import socket
 import time
+from pathlib import Path
 
 import pytest
 import timm
 import torch
 from safetensors.torch import save_file
 
-from dermaseg.config import ModelConfig
+from dermaseg.config import ModelConfig, load_config
 from dermaseg.errors import DermasegError
 from dermaseg.models import BACKBONES, build_model
 
@@ -59,6 +60,7 @@ def test_batch_of_one_trains():
         ("output_stride", 32, ["model.output_stride", "8 or 16"]),
         ("attention", "cbam", ["model.attention", "scse"]),
         ("atrous_rates", [6, 12], ["model.atrous_rates", "three"]),
+        ("atrous_rates", [], ["model.atrous_rates", "three"]),  # not the defaults
         ("pretrained", "imagenet21k", ["model.pretrained", "imagenet"]),
     ],
 )
@@ -79,6 +81,16 @@ def test_atrous_rates_and_output_stride(stride, rates, expected):
     features = model.backbone(torch.randn(1, 3, 64, 96))
     assert features[-1].shape[-2:] == (64 // stride, 96 // stride)
     assert model.backbone.reductions[-1] == stride
+
+
+@pytest.mark.parametrize("recipe", ["deeplabv3_resnet50_isic", "deeplabv3plus_resnet50_isic"])
+def test_shipped_recipes_double_the_rates_at_output_stride_8(recipe):
+    path = Path(__file__).resolve().parents[1] / "configs" / f"{recipe}.yaml"
+    small = ["model.backbone=resnet18", "model.pretrained=null", "model.aspp_channels=8",
+             "model.decoder_channels=8"]
+    for stride, rates in ((16, (6, 12, 18)), (8, (12, 24, 36))):
+        config = load_config(path, [*small, f"model.output_stride={stride}"])
+        assert build_model(config.model).head.aspp.rates == rates
 
 
 def test_freeze_at_build_time_and_unfreeze():

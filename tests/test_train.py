@@ -44,13 +44,18 @@ class Interrupt(Exception):
 
 
 class InterruptAt(L.Callback):
-    """Crash after optimizer step `step`, before that step's checkpoint is written."""
+    """Crash after optimizer step `step`, before that step's checkpoint is written; or, with
+    `in_validation`, once the validation after that step has started."""
 
-    def __init__(self, step: int) -> None:
-        self.step = step
+    def __init__(self, step: int, in_validation: bool = False) -> None:
+        self.step, self.in_validation = step, in_validation
 
     def on_train_batch_end(self, trainer, *args) -> None:
-        if trainer.global_step == self.step:
+        if trainer.global_step == self.step and not self.in_validation:
+            raise Interrupt()
+
+    def on_validation_start(self, trainer, *args) -> None:
+        if trainer.global_step == self.step and self.in_validation:
             raise Interrupt()
 
 
@@ -151,20 +156,38 @@ def assert_same_run(full, resumed):
     assert strip[:3] == strip[3:]
 
 
-@pytest.mark.parametrize("crash_after", [7, 5], ids=["mid-epoch", "epoch-boundary"])
-def test_resume_after_crash_matches_uninterrupted_run(run, prepared, tmp_path, crash_after):
-    """Crash after step 7 (last.ckpt holds step 6: epoch 1, 2 of 4 batches) or after step 5
-    (last.ckpt from the end of epoch 0), resume: bit-identical weights, optimiser state and
-    metrics. It holds because the batch order is a function of (seed, epoch), augmentation is
-    seeded per (seed, epoch, image), the sampler skips the batches already trained on, and
-    the RNG state (dropout) travels in the checkpoint."""
+@pytest.fixture(scope="module")
+def cosine_run(prepared, tmp_path_factory):
+    """The uninterrupted run with the per-step cosine schedule (and a warm-up epoch)."""
+    out = tmp_path_factory.mktemp("runs") / "cosine"
+    train(tiny(*COSINE), prepared, out, progress=False)
+    return out
+
+
+COSINE = ["optim.scheduler=cosine", "optim.warmup_epochs=1"]
+
+
+@pytest.mark.parametrize(("scheduler", "crash", "saved"), [
+    ("plateau", InterruptAt(7), 6), ("plateau", InterruptAt(5), 4),
+    ("plateau", InterruptAt(4, in_validation=True), 2), ("cosine", InterruptAt(7), 6)],
+    ids=["mid-epoch", "epoch-boundary", "before-validation", "cosine-mid-epoch"])
+def test_resume_after_crash_matches_uninterrupted_run(request, prepared, tmp_path, scheduler,
+                                                      crash, saved):
+    """Crash after step 7 (last.ckpt holds step 6: epoch 1, 2 of 4 batches), after step 5
+    (last.ckpt from the end of epoch 0) or in epoch 0's validation (not from after its last
+    batch: resumed from there, Lightning would skip that validation), resume: bit-identical
+    weights, optimiser state and metrics. It holds because the batch order is a function of
+    (seed, epoch), augmentation is seeded per (seed, epoch, image), the sampler skips the
+    batches already trained on, and the RNG state (dropout) travels in the checkpoint. The
+    cosine schedule counts its steps without building the loader before the restore."""
+    extra = COSINE if scheduler == "cosine" else []
+    full = request.getfixturevalue("cosine_run") if extra else request.getfixturevalue("run")[0]
     out = tmp_path / "crashed"
     with pytest.raises(Interrupt):
-        train(tiny(), prepared, out, progress=False, callbacks=[InterruptAt(crash_after)])
-    saved = read_checkpoint(out / "last.ckpt")["global_step"]
-    assert saved == (6 if crash_after == 7 else 4)
-    train(tiny(), prepared, out, resume=True, progress=False)
-    assert_same_run(run[0], out)
+        train(tiny(*extra), prepared, out, progress=False, callbacks=[crash])
+    assert read_checkpoint(out / "last.ckpt")["global_step"] == saved
+    train(tiny(*extra), prepared, out, resume=True, progress=False)
+    assert_same_run(full, out)
 
 
 def test_resume_with_augmentation_on_the_device_matches_uninterrupted_run(prepared, tmp_path):
@@ -341,17 +364,59 @@ def test_lr_shapes():
     assert poly(0) == 1.0 and poly(50) == pytest.approx(0.5**0.9) and poly(100) == 0.0
 
 
+RECIPE = Path(__file__).resolve().parents[1] / "configs" / "cpu_small.yaml"
+
+
+def train_ddp(prepared, out, *extra: str) -> subprocess.CompletedProcess:
+    """`dermaseg train --devices 2` in a real process: 2 CPU processes, 2 epochs."""
+    args = ["-m", "dermaseg", "train", "-c", str(RECIPE), "-d", str(prepared),
+            "-o", str(out), "--devices", "2", "-q", "--set", "train.max_epochs=2"]
+    args += [f"--set={item}" for item in [*TINY, *extra] if "max_epochs" not in item]
+    return subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=300)
+
+
 @pytest.mark.slow
 def test_cli_trains_with_ddp_on_two_cpu_processes(prepared, tmp_path):
     out = tmp_path / "ddp"
-    recipe = Path(__file__).resolve().parents[1] / "configs" / "cpu_small.yaml"
-    args = ["-m", "dermaseg", "train", "-c", str(recipe), "-d", str(prepared),
-            "-o", str(out), "--devices", "2", "-q", "--set", "train.max_epochs=2"]
-    args += [f"--set={item}" for item in TINY if "max_epochs" not in item]
-    result = subprocess.run([sys.executable, *args], capture_output=True, text=True,
-                            timeout=300)
+    result = train_ddp(prepared, out)
     assert result.returncode == 0, result.stderr[-2000:]
     summary = json.loads((out / "summary.json").read_text())
     assert summary["world_size"] == 2 and summary["epochs"] == 2
     # 16 images, batch 4 per process: 2 steps per epoch.
     assert read_checkpoint(out / "last.ckpt")["global_step"] == 4
+
+
+@pytest.mark.parametrize("setting", [
+    "train.freeze_backbone_epoch=1",
+    pytest.param("model.edge_head=true", marks=pytest.mark.slow)],
+    ids=["late-freeze", "edge-head-without-boundary-loss"])
+def test_ddp_trains_parameters_that_get_no_gradient(prepared, tmp_path, setting):
+    """DDP refuses a step where some parameters got no gradient (the backbone frozen from
+    epoch 1; an edge head whose output no loss uses) unless it looks for them."""
+    result = train_ddp(prepared, tmp_path / "ddp", setting)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert read_checkpoint(tmp_path / "ddp" / "last.ckpt")["global_step"] == 4
+
+
+def test_ddp_refuses_fewer_images_per_process_than_a_batch(monkeypatch, capsys, prepared,
+                                                           tmp_path):
+    """16 training images on 2 processes: 8 each, fewer than a batch of 10; refused before
+    anything is written (it trained nothing and exited 0)."""
+    code, err = run_cli(monkeypatch, capsys, "-c", str(RECIPE), "-d", str(prepared), "-o",
+                        str(tmp_path / "r"), "--devices", "2", "-q", "-s", "data.image_size=48",
+                        "-s", "data.batch_size=10")
+    assert code == 1 and "16 training images (8 for each of 2 processes)" in err
+    assert "data.batch_size=10" in err and not (tmp_path / "r").exists()
+
+
+def test_backbone_weights_from_a_training_checkpoint(run):
+    """`model.weights=best.ckpt`: Lightning's state dict holds `train_loss_avg.*` beside the
+    `model.*` weights; the backbone part is taken."""
+    from dermaseg.models.factory import build_model
+
+    checkpoint = run[0] / "best.ckpt"
+    config = tiny(f"model.weights={checkpoint}").model
+    model = build_model(config)
+    trained = model_state_dict(read_checkpoint(checkpoint))
+    backbone = model.backbone.state_dict()
+    assert backbone and all(torch.equal(v, trained[f"backbone.{k}"]) for k, v in backbone.items())

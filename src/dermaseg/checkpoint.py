@@ -128,11 +128,25 @@ def load_model(path: str | Path, device: str | torch.device = "cpu"):
     model_config.pretrained = None
     model_config.weights = None
     model = build_model(model_config)
-    try:
-        model.load_state_dict(model_state_dict(checkpoint))
-    except RuntimeError as exc:
-        raise DermasegError(f"{path}: weights do not fit the model in its config ({exc})") from exc
+    state = model_state_dict(checkpoint)
+    misfit = _misfit(model.state_dict(), state)
+    if misfit:
+        raise DermasegError(f"{path}: weights do not fit the model in its config "
+                            f"({model_config.arch}, {model_config.backbone}): {misfit}")
+    model.load_state_dict(state)
     return model.to(device).eval(), meta
+
+
+def _misfit(own: dict[str, torch.Tensor], state: dict[str, torch.Tensor]) -> str:
+    """'' when `state` fits `own` exactly, else counts of the keys that do not, with examples."""
+    shared = own.keys() & state.keys()
+    kinds = {
+        "missing from the file": sorted(own.keys() - state.keys()),
+        "not in the model": sorted(state.keys() - own.keys()),
+        "of another shape": sorted(k for k in shared if own[k].shape != state[k].shape),
+    }
+    return "; ".join(f"{len(keys)} weights {kind} (e.g. {', '.join(keys[:3])})"
+                     for kind, keys in kinds.items() if keys)
 
 
 def torch_save_atomic(payload: dict[str, Any], path: str | Path) -> None:

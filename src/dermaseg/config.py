@@ -18,6 +18,8 @@ from dermaseg.errors import DermasegError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+OPTIMIZERS = ("adam", "adamw", "sgd")
+SCHEDULERS = ("plateau", "cosine", "poly", "none")
 
 
 @dataclass
@@ -180,7 +182,85 @@ def _as_kind(value: Any, kind: type, where: str) -> Any:
 
 
 def config_from_dict(data: dict[str, Any] | None, where: str = "config") -> Config:
-    return _build(Config, data or {}, where)
+    """Build a Config from a nested dict and validate it (`validate_config`).
+
+    Raises:
+        DermasegError: naming `where` and the field when a field is unknown or a value wrong.
+    """
+    config = _build(Config, data or {}, where)
+    try:
+        validate_config(config)
+    except DermasegError as exc:
+        raise DermasegError(f"{where}: {exc}" if where != "config" else str(exc)) from None
+    return config
+
+
+def _probability(v: float) -> bool:
+    return 0 <= v <= 1
+
+
+def _optional(minimum: float) -> Any:
+    return lambda v: v is None or v >= minimum
+
+
+# (field, test, what the value must be). Names, rates and stride are checked where they are
+# used (models, losses, device augmentation), also before anything is written.
+RULES: list[tuple[str, Any, str]] = [
+    ("data.image_size", lambda v: v >= 1, ">= 1"),
+    ("data.batch_size", lambda v: v >= 1, ">= 1"),
+    ("data.num_workers", lambda v: v >= -1, ">= 0, or -1 (one per CPU core)"),
+    ("data.mean", lambda v: len(v) == 3, "3 values (R, G, B)"),
+    ("data.std", lambda v: len(v) == 3 and all(s > 0 for s in v), "3 values (R, G, B), each > 0"),
+    *((f"data.augment.{name}", _probability, "a probability in [0, 1]")
+      for name in ("hflip", "vflip", "elastic_p", "rotate90")),
+    ("data.augment.brightness", lambda v: 0 <= v < 1, "in [0, 1)"),
+    ("data.augment.contrast", lambda v: 0 <= v < 1, "in [0, 1)"),
+    ("data.augment.elastic_alpha", lambda v: v >= 0, ">= 0"),
+    ("data.augment.elastic_sigma", lambda v: v > 0, "> 0"),
+    ("model.aspp_channels", lambda v: v >= 1, ">= 1"),
+    ("model.decoder_channels", lambda v: v >= 1, ">= 1"),
+    ("model.aspp_dropout", lambda v: 0 <= v < 1, "in [0, 1)"),
+    ("model.freeze_stages", lambda v: v >= -1, ">= 0 (stages), or -1 (the whole backbone)"),
+    ("optim.name", lambda v: v in OPTIMIZERS, f"one of {', '.join(OPTIMIZERS)}"),
+    ("optim.scheduler", lambda v: v in SCHEDULERS, f"one of {', '.join(SCHEDULERS)}"),
+    ("optim.lr", lambda v: v > 0, "> 0"),
+    ("optim.weight_decay", lambda v: v >= 0, ">= 0"),
+    ("optim.plateau_factor", lambda v: 0 < v < 1, "in (0, 1)"),
+    ("optim.plateau_patience", lambda v: v >= 0, ">= 0"),
+    ("optim.warmup_epochs", lambda v: v >= 0, ">= 0"),
+    ("train.max_epochs", lambda v: v >= 1, ">= 1"),
+    ("train.max_minutes", lambda v: v is None or v > 0, "> 0 (or null: no time budget)"),
+    ("train.early_stop_patience", lambda v: v >= 0, ">= 0"),
+    ("train.freeze_backbone_epoch", _optional(0), ">= 0 (or null)"),
+    ("train.freeze_after_lr_drops", _optional(0), ">= 0 (or null)"),
+    ("train.val_every", lambda v: v >= 1, ">= 1"),
+    ("train.num_nodes", lambda v: v >= 1, ">= 1"),
+    ("train.threshold", lambda v: 0 < v < 1, "in (0, 1)"),
+    ("train.nan_tolerance", lambda v: v >= 0, ">= 0"),
+    ("train.checkpoint_every_steps", lambda v: v >= 0, ">= 0 (0: only at epoch ends)"),
+]
+
+
+def validate_config(config: Config) -> None:
+    """Refuse values out of range, and settings that contradict each other.
+
+    Raises:
+        DermasegError: "<section.field>: must be ..., got VALUE" for the first bad field.
+    """
+    for name, test, rule in RULES:
+        section, *rest = name.split(".")
+        value = getattr(config, section)
+        for part in rest:
+            value = getattr(value, part)
+        if not test(value):
+            raise DermasegError(f"{name}: must be {rule}, got {value!r}")
+    if config.train.freeze_after_lr_drops is not None and config.optim.scheduler != "plateau":
+        raise DermasegError(
+            "train.freeze_after_lr_drops: counts the LR cuts of optim.scheduler=plateau, got "
+            f"optim.scheduler={config.optim.scheduler!r}; use train.freeze_backbone_epoch")
+    if config.loss.boundary > 0 and not config.model.edge_head:
+        raise DermasegError(f"loss.boundary={config.loss.boundary} needs model.edge_head=true "
+                            "(the edge head's logits), or set loss.boundary=0")
 
 
 def load_config(path: str | Path | None, overrides: list[str] | None = None) -> Config:

@@ -306,8 +306,14 @@ def load_backbone_weights(backbone: Backbone, path: str | os.PathLike) -> None:
 
 
 def _strip_prefixes(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Accept Lightning (`model.`), dermaseg model (`backbone.body.`) and backbone (`body.`)."""
-    for prefix in ("model.", "module.", "_orig_mod."):
+    """Accept Lightning (`model.`), dermaseg model (`backbone.body.`) and backbone (`body.`).
+
+    A Lightning checkpoint also holds other modules' state (`train_loss_avg.`): only the
+    `model.` keys are kept from one.
+    """
+    if any(k.startswith("model.") for k in state):
+        state = {k[len("model."):]: v for k, v in state.items() if k.startswith("model.")}
+    for prefix in ("module.", "_orig_mod."):
         if state and all(k.startswith(prefix) for k in state):
             state = {k[len(prefix):]: v for k, v in state.items()}
     for prefix in ("backbone.body.", "body."):

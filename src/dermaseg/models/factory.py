@@ -75,7 +75,8 @@ def build_model(config: ModelConfig) -> DeepLab:
     """
     if config.arch not in ARCHS:
         raise DermasegError(f"model.arch: must be one of {', '.join(ARCHS)}, got {config.arch!r}")
-    rates = tuple(config.atrous_rates or default_rates(config.output_stride))
+    rates = tuple(config.atrous_rates if config.atrous_rates is not None
+                  else default_rates(config.output_stride))
     backbone = create_backbone(
         config.backbone, output_stride=config.output_stride, pretrained=config.pretrained,
         weights=config.weights,

@@ -53,8 +53,11 @@ class LastCheckpoint(ModelCheckpoint):
             self._save_checkpoint(trainer, self.last_path())
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        # Not after an epoch's last batch: resumed from there, Lightning would skip that
+        # epoch's validation. The save after the validation (or at the epoch end) follows.
         n = self._every_n_train_steps
-        if n >= 1 and trainer.global_step % n == 0:
+        last = batch_idx + 1 >= trainer.num_training_batches
+        if n >= 1 and trainer.global_step % n == 0 and not last:
             self._save_last_now(trainer)
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:

@@ -128,14 +128,19 @@ def seed_worker(worker_id: int) -> None:
 class SegmentationDataModule(L.LightningDataModule):
     """Train/val loaders over a folder written by `dermaseg data prepare`.
 
+    Args:
+        world_size: training processes (DDP), until a Trainer says how many.
+
     Raises:
-        DermasegError: the folder is not a prepared dataset, or a split is empty.
+        DermasegError: the folder is not a prepared dataset, a split is empty, or a process's
+            share of the training split is smaller than one batch.
     """
 
-    def __init__(self, config: Config, data_dir: str | os.PathLike) -> None:
+    def __init__(self, config: Config, data_dir: str | os.PathLike, world_size: int = 1) -> None:
         super().__init__()
         self.config = config
         self.data_dir = data_dir
+        self.world_size = world_size
         self.train_set: KeyedDataset | None = None
         self.val_set: KeyedDataset | None = None
         self.train_sampler: EpochSampler | None = None
@@ -156,11 +161,22 @@ class SegmentationDataModule(L.LightningDataModule):
                 if len(split) == 0:
                     raise DermasegError(f"{self.data_dir}: the {name} split is empty; prepare "
                                         "the data with a non-zero --val fraction")
-            if len(train) < data.batch_size:
-                raise DermasegError(
-                    f"{self.data_dir}: {len(train)} training images, fewer than "
-                    f"data.batch_size={data.batch_size}; lower data.batch_size")
             self.train_set, self.val_set = KeyedDataset(train, seed), KeyedDataset(val, seed)
+        self._check_one_batch()
+
+    def _check_one_batch(self) -> None:
+        world = self.trainer.world_size if self.trainer is not None else self.world_size
+        size, batch = len(self.train_set), self.config.data.batch_size
+        if size // world >= batch:
+            return
+        share = f" ({size // world} for each of {world} processes)" if world > 1 else ""
+        raise DermasegError(f"{self.data_dir}: {size} training images{share}, fewer than "
+                            f"data.batch_size={batch}; lower data.batch_size")
+
+    def batches_per_epoch(self, world: int) -> int:
+        """Training batches per epoch on each of `world` processes (the last part batch is
+        dropped); available after `setup`."""
+        return len(self.train_set) // world // self.config.data.batch_size
 
     def describe(self, indices: list[int]) -> list[str]:
         """Image ids of training-set indices (for messages naming a batch)."""

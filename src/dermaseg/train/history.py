@@ -34,10 +34,13 @@ class History(Callback):
         self._epoch_start = self._train_end = 0.0
         self._images = 0
         self._lr = math.nan
+        self._restored_lr: float | None = None
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # A run resumed mid-epoch gets no on_train_epoch_start for that epoch.
         self.on_train_epoch_start(trainer, pl_module)
+        if self._restored_lr is not None:  # the LR at the start of that epoch, not now
+            self._lr, self._restored_lr = self._restored_lr, None
         if trainer.is_global_zero and self.rows:
             self._write()  # drop rows written after the checkpoint we resumed from
 
@@ -75,10 +78,11 @@ class History(Callback):
             write_bytes_atomic(self.out / "curves.png", plot_curves(self.rows))
 
     def state_dict(self) -> dict[str, Any]:
-        return {"rows": [dict(row) for row in self.rows]}
+        return {"rows": [dict(row) for row in self.rows], "epoch_lr": self._lr}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.rows = [dict(row) for row in state_dict["rows"]]
+        self._restored_lr = state_dict.get("epoch_lr")
 
 
 def columns(rows: list[dict[str, float]]) -> list[str]:

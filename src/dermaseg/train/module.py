@@ -18,18 +18,15 @@ import torch
 from torchmetrics import MeanMetric
 
 from dermaseg.checkpoint import ModelMeta
-from dermaseg.config import Config
+from dermaseg.config import Config, validate_config
 from dermaseg.data.device_augment import DeviceAugment, augment_on_device
 from dermaseg.data.transforms import normalise_images
-from dermaseg.errors import DermasegError
 from dermaseg.losses import SegmentationLoss
 from dermaseg.metrics import SegmentationMetrics
 from dermaseg.models.factory import build_model
 from dermaseg.train.callbacks import NonFiniteGuard
 from dermaseg.train.datamodule import sample_seed
 
-OPTIMIZERS = ("adam", "adamw", "sgd")
-SCHEDULERS = ("plateau", "cosine", "poly", "none")
 LOG_NAMES = {"jaccard": "iou"}  # metric name -> logged name (val_iou)
 
 
@@ -37,12 +34,12 @@ class SegmentationModule(L.LightningModule):
     """Trains `build_model(config.model)` with `SegmentationLoss(config.loss)`.
 
     Raises:
-        DermasegError: unknown optimiser or scheduler name in the config.
+        DermasegError: a config value out of range (`dermaseg.config.validate_config`).
     """
 
     def __init__(self, config: Config) -> None:
         super().__init__()
-        check_optim(config)
+        validate_config(config)
         self.config = config
         self.model = build_model(config.model)
         self.criterion = SegmentationLoss(config.loss)
@@ -171,13 +168,28 @@ class SegmentationModule(L.LightningModule):
             return {"optimizer": optimizer, "lr_scheduler": {
                 "scheduler": scheduler, "monitor": "val_loss", "interval": "epoch",
                 "frequency": self.config.train.val_every}}
-        total = max(1, int(self.trainer.estimated_stepping_batches))
+        total = self._total_steps()
         per_epoch = total / max(1, self.trainer.max_epochs or 1)
         shape = lr_shape(optim.scheduler, total, round(optim.warmup_epochs * per_epoch))
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, shape)
         self._lr_shape = shape
         return {"optimizer": optimizer,
                 "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def _total_steps(self) -> int:
+        """Optimiser steps of the whole run, for the cosine/poly schedule.
+
+        Counted from the dataset, not with `trainer.estimated_stepping_batches`: that builds
+        the training loader before a resumed run's progress is restored, and Lightning keeps
+        that loader, which then would not skip the batches the run already trained on.
+        """
+        trainer = self.trainer
+        datamodule = getattr(trainer, "datamodule", None)
+        if not hasattr(datamodule, "batches_per_epoch"):  # plain loaders given to fit()
+            return max(1, int(trainer.estimated_stepping_batches))
+        batches = datamodule.batches_per_epoch(trainer.world_size)
+        steps = math.ceil(batches / trainer.accumulate_grad_batches) * (trainer.max_epochs or 1)
+        return max(1, steps)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["dermaseg"] = ModelMeta.from_config(self.config).to_dict()
@@ -213,17 +225,3 @@ class LRShape:
 def lr_shape(kind: str, total: int, warmup: int) -> LRShape:
     return LRShape(kind, total, warmup)
 
-
-def check_optim(config: Config) -> None:
-    """Raises DermasegError naming the field when optimiser/scheduler settings are invalid."""
-    optim = config.optim
-    if optim.name not in OPTIMIZERS:
-        raise DermasegError(f"optim.name: must be one of {', '.join(OPTIMIZERS)}, "
-                            f"got {optim.name!r}")
-    if optim.scheduler not in SCHEDULERS:
-        raise DermasegError(f"optim.scheduler: must be one of {', '.join(SCHEDULERS)}, "
-                            f"got {optim.scheduler!r}")
-    if not optim.lr > 0:
-        raise DermasegError(f"optim.lr: must be > 0, got {optim.lr}")
-    if not 0 < optim.plateau_factor < 1:
-        raise DermasegError(f"optim.plateau_factor: must be in (0, 1), got {optim.plateau_factor}")

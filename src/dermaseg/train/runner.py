@@ -29,14 +29,15 @@ import lightning as L
 import torch
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
+from lightning.pytorch.strategies import DDPStrategy
 
-from dermaseg.config import Config, load_config, save_config
+from dermaseg.config import Config, load_config, save_config, validate_config
 from dermaseg.errors import DermasegError, UsageError
 from dermaseg.fileio import write_json_atomic
 from dermaseg.train.callbacks import AtomicCheckpointIO, LastCheckpoint, LateFreeze, TimeBudget
 from dermaseg.train.datamodule import SegmentationDataModule
 from dermaseg.train.history import History, summarize
-from dermaseg.train.module import SegmentationModule, check_optim
+from dermaseg.train.module import SegmentationModule
 
 PRECISIONS = {"32": "32-true", "bf16": "bf16-mixed", "16": "16-mixed"}
 
@@ -121,8 +122,7 @@ def build_callbacks(config: Config, out_dir: Path) -> list[Callback]:
         History(out_dir),
         EarlyStopping(monitor="val_loss", mode="min", patience=t.early_stop_patience,
                       check_on_train_epoch_end=False),
-        LateFreeze(t.freeze_backbone_epoch, t.freeze_after_lr_drops
-                   if config.optim.scheduler == "plateau" else None),
+        LateFreeze(t.freeze_backbone_epoch, t.freeze_after_lr_drops),
         ModelCheckpoint(dirpath=out_dir, filename="best", monitor="val_dice", mode="max",
                         save_top_k=1, save_on_train_epoch_end=False,
                         enable_version_counter=False, auto_insert_metric_name=False),
@@ -141,14 +141,34 @@ def build_trainer(config: Config, out_dir: Path, devices: str | int | None = Non
     Raises:
         UsageError: bad --devices / --num-nodes, or a setup Lightning refuses.
     """
-    devices_arg, count = resolve_devices(devices if devices is not None else config.train.devices)
-    nodes = num_nodes if num_nodes is not None else config.train.num_nodes
-    if nodes < 1:
-        raise UsageError(f"--num-nodes: must be >= 1, got {nodes}")
+    devices_arg, count, nodes = resolve_processes(config, devices, num_nodes)
     try:
         return _trainer(config, out_dir, devices_arg, count, nodes, callbacks, progress)
     except MisconfigurationException as exc:  # e.g. more devices asked than present
         raise UsageError(f"cannot set up training: {exc}") from exc
+
+
+def resolve_processes(config: Config, devices: str | int | None,
+                      num_nodes: int | None) -> tuple[int | str, int, int]:
+    """(devices for the Trainer, processes per machine, machines) from the arguments, which
+    override train.devices / train.num_nodes."""
+    devices_arg, count = resolve_devices(devices if devices is not None else config.train.devices)
+    nodes = num_nodes if num_nodes is not None else config.train.num_nodes
+    if nodes < 1:
+        raise UsageError(f"--num-nodes: must be >= 1, got {nodes}")
+    return devices_arg, count, nodes
+
+
+def _strategy(config: Config, processes: int) -> str | DDPStrategy:
+    """DDP when several processes train. DDP fails on parameters that get no gradient in a
+    step unless told to look for them: a backbone frozen mid-run, or an edge head whose
+    output no loss term uses."""
+    if processes == 1:
+        return "auto"
+    unused = (config.train.freeze_backbone_epoch is not None
+              or config.train.freeze_after_lr_drops is not None
+              or (config.model.edge_head and config.loss.boundary == 0))
+    return DDPStrategy(find_unused_parameters=True) if unused else "ddp"
 
 
 def _trainer(config: Config, out_dir: Path, devices: int | str, count: int, nodes: int,
@@ -158,7 +178,7 @@ def _trainer(config: Config, out_dir: Path, devices: int | str, count: int, node
         torch.set_float32_matmul_precision("high")
     return L.Trainer(
         accelerator="auto", devices=devices, num_nodes=nodes,
-        strategy="ddp" if count * nodes > 1 else "auto",
+        strategy=_strategy(config, count * nodes),
         precision=resolve_precision(config.train.precision, on_gpu),
         max_epochs=config.train.max_epochs, check_val_every_n_epoch=config.train.val_every,
         callbacks=build_callbacks(config, out_dir) + list(callbacks or []),
@@ -193,8 +213,11 @@ def train(config: Config, data_dir: str | os.PathLike, out_dir: str | os.PathLik
         DermasegError: invalid config values, unreadable data, non-finite losses.
     """
     data_dir, out_dir = Path(data_dir), Path(out_dir)
-    check_optim(config)
+    validate_config(config)
     ckpt_path = _check_paths(data_dir, out_dir, resume)
+    _, count, nodes = resolve_processes(config, devices, num_nodes)
+    datamodule = SegmentationDataModule(config, data_dir, world_size=count * nodes)
+    datamodule.setup("fit")  # bad data is refused before the run folder is written
     L.seed_everything(config.train.seed, verbose=False)
     module = SegmentationModule(config)
     if config.train.compile:
@@ -202,7 +225,7 @@ def train(config: Config, data_dir: str | os.PathLike, out_dir: str | os.PathLik
     warnings.filterwarnings("ignore", message=".*Checkpoint directory .* exists and is not empty")
     # Our sampler resumes mid-epoch itself (datamodule._position_for_resume).
     warnings.filterwarnings("ignore", message=".*your dataloader is not resumable")
-    warnings.filterwarnings("ignore", message=".*overridden `on_after_batch_transfer`")
+    warnings.filterwarnings("ignore", message=".*overridden `on_(before|after)_batch_transfer`")
     # Lightning 2.6 calls a torch pytree API deprecated in torch 2.10: nothing a user can act on.
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
     trainer = build_trainer(config, out_dir, devices, num_nodes, callbacks, progress)
@@ -210,7 +233,7 @@ def train(config: Config, data_dir: str | os.PathLike, out_dir: str | os.PathLik
         out_dir.mkdir(parents=True, exist_ok=True)
         save_config(config, out_dir / "config.yaml")
     start = time.perf_counter()
-    trainer.fit(module, datamodule=SegmentationDataModule(config, data_dir), ckpt_path=ckpt_path)
+    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
     return _finish(trainer, config, out_dir, time.perf_counter() - start)
 
 
