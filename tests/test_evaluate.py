@@ -195,12 +195,14 @@ def test_failed_evaluation_writes_nothing(tmp_path):
     assert [p.name for p in out.iterdir()] == ["gallery"]
 
 
-def test_rewriting_a_report_replaces_the_old_gallery(tmp_path):
+def test_rewriting_a_report_replaces_the_old_gallery_pictures_only(tmp_path):
     pred_dir, truth_dir, _ = _mask_folders(tmp_path)
     out = tmp_path / "out"
     write_evaluation(evaluate_folders(pred_dir, truth_dir, progress=False), out, "t", [])
     stale = out / "gallery" / "worst_09_ISIC_0000099.png"
     stale.write_bytes(b"from an earlier run")
+    mine = out / "gallery" / "notes.txt"
+    mine.write_text("the user's own file")
     for extra in ("ISIC_0000001", "ISIC_0000002"):  # a smaller run: fewer gallery pictures
         (pred_dir / f"{extra}_segmentation.png").unlink()
         (truth_dir / f"{extra}_segmentation.png").unlink()
@@ -209,5 +211,6 @@ def test_rewriting_a_report_replaces_the_old_gallery(tmp_path):
     assert summary["images"] == 5
     html = (out / "report.html").read_text()
     shown = {s.removeprefix("gallery/") for s in re.findall(r"<img src='(gallery/[^']+)'", html)}
-    assert {p.name for p in (out / "gallery").iterdir()} == shown
+    assert {p.name for p in (out / "gallery").iterdir()} == shown | {"notes.txt"}
+    assert mine.read_text() == "the user's own file"  # only dermaseg's thumbnails are replaced
     assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no staging folder left

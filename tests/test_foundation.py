@@ -136,3 +136,22 @@ def test_checkpoint_weights_for_another_model_are_summarised(tmp_path):
     assert "do not fit" in message and "deeplabv3plus, resnet18" in message
     assert "weights missing from the file" in message and "weights not in the model" in message
     assert len(message) < 1000, message
+
+
+def test_old_checkpoint_training_settings_do_not_stop_inference(tmp_path):
+    """A checkpoint's config may hold training settings this release refuses (written by an
+    older one): inference loads it; the fields inference reads are still checked."""
+    from fitted import fitted_checkpoint
+
+    path = fitted_checkpoint(tmp_path / "old.ckpt", steps=1)
+    checkpoint = torch.load(path, weights_only=True)
+    saved = checkpoint["dermaseg"]["config"]
+    saved["optim"]["scheduler"], saved["train"]["freeze_after_lr_drops"] = "cosine", 2
+    saved["data"]["augment"]["brightness"] = 3.0
+    torch.save(checkpoint, path)
+    _, meta = load_model(path)
+    assert meta.config.train.freeze_after_lr_drops == 2
+    saved["model"]["aspp_channels"] = 0
+    torch.save(checkpoint, path)
+    with pytest.raises(DermasegError, match="model.aspp_channels: must be >= 1"):
+        load_model(path)

@@ -7,6 +7,7 @@ import json
 import os
 import shutil
 import sys
+import warnings
 
 import numpy as np
 import pytest
@@ -208,8 +209,10 @@ def test_image_between_one_and_two_times_the_pixel_limit_is_refused(predictor, t
     path = tmp_path / "big.png"
     Image.fromarray(_image(40, 40)).save(path)  # 1600 pixels, 1.6x the limit below
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # Pillow only warns up to 2x
+    filters = list(warnings.filters)
     with pytest.raises(DermasegError, match="big.png: image too large"):
         read_rgb(path)
+    assert warnings.filters == filters  # no process-wide change (serve decodes in threads)
     summary = predict_files(predictor, [path], tmp_path / "out", PredictOptions(progress=False))
     assert not summary.written and "big.png: image too large" in summary.failed[0]
 

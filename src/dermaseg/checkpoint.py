@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 from dermaseg import __version__
-from dermaseg.config import Config, config_from_dict
+from dermaseg.config import INFERENCE_FIELDS, Config, config_from_dict
 from dermaseg.errors import DermasegError
 from dermaseg.fileio import atomic_path
 
@@ -51,7 +51,7 @@ class ModelMeta:
     @classmethod
     def from_dict(cls, data: dict[str, Any], where: str) -> ModelMeta:
         try:
-            config = config_from_dict(data["config"], f"{where}: config")
+            config = config_from_dict(data["config"], f"{where}: config", INFERENCE_FIELDS)
             return cls(config, int(data["image_size"]), [float(v) for v in data["mean"]],
                        [float(v) for v in data["std"]], float(data["threshold"]),
                        str(data.get("version", "?")))

@@ -181,18 +181,25 @@ def _as_kind(value: Any, kind: type, where: str) -> Any:
     raise DermasegError(f"{where}: expected {kind.__name__}, got {value!r}")
 
 
-def config_from_dict(data: dict[str, Any] | None, where: str = "config") -> Config:
-    """Build a Config from a nested dict and validate it (`validate_config`).
+def config_from_dict(data: dict[str, Any] | None, where: str = "config",
+                     fields: tuple[str, ...] | None = None) -> Config:
+    """Build a Config from a nested dict and validate it (`validate_config`; `fields`: only
+    those, e.g. INFERENCE_FIELDS for a checkpoint's config).
 
     Raises:
         DermasegError: naming `where` and the field when a field is unknown or a value wrong.
     """
     config = _build(Config, data or {}, where)
     try:
-        validate_config(config)
+        validate_config(config, fields)
     except DermasegError as exc:
         raise DermasegError(f"{where}: {exc}" if where != "config" else str(exc)) from None
     return config
+
+
+# What inference reads from a checkpoint's config: training settings that a later release
+# checks more strictly must not stop an old model from predicting.
+INFERENCE_FIELDS = ("model.", "data.image_size", "data.mean", "data.std", "train.threshold")
 
 
 def _probability(v: float) -> bool:
@@ -213,8 +220,8 @@ RULES: list[tuple[str, Any, str]] = [
     ("data.std", lambda v: len(v) == 3 and all(s > 0 for s in v), "3 values (R, G, B), each > 0"),
     *((f"data.augment.{name}", _probability, "a probability in [0, 1]")
       for name in ("hflip", "vflip", "elastic_p", "rotate90")),
-    ("data.augment.brightness", lambda v: 0 <= v < 1, "in [0, 1)"),
-    ("data.augment.contrast", lambda v: 0 <= v < 1, "in [0, 1)"),
+    ("data.augment.brightness", lambda v: 0 <= v <= 1, "in [0, 1]"),
+    ("data.augment.contrast", lambda v: 0 <= v <= 1, "in [0, 1]"),
     ("data.augment.elastic_alpha", lambda v: v >= 0, ">= 0"),
     ("data.augment.elastic_sigma", lambda v: v > 0, "> 0"),
     ("model.aspp_channels", lambda v: v >= 1, ">= 1"),
@@ -241,19 +248,24 @@ RULES: list[tuple[str, Any, str]] = [
 ]
 
 
-def validate_config(config: Config) -> None:
-    """Refuse values out of range, and settings that contradict each other.
+def validate_config(config: Config, fields: tuple[str, ...] | None = None) -> None:
+    """Refuse values out of range, and settings that contradict each other; with `fields`
+    (names or prefixes) only the rules of those fields.
 
     Raises:
         DermasegError: "<section.field>: must be ..., got VALUE" for the first bad field.
     """
     for name, test, rule in RULES:
+        if fields is not None and not name.startswith(fields):
+            continue
         section, *rest = name.split(".")
         value = getattr(config, section)
         for part in rest:
             value = getattr(value, part)
         if not test(value):
             raise DermasegError(f"{name}: must be {rule}, got {value!r}")
+    if fields is not None:
+        return
     if config.train.freeze_after_lr_drops is not None and config.optim.scheduler != "plateau":
         raise DermasegError(
             "train.freeze_after_lr_drops: counts the LR cuts of optim.scheduler=plateau, got "

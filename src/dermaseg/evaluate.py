@@ -315,7 +315,8 @@ def write_evaluation(result: Evaluation, out: Path, title: str, notes: list[str]
     """metrics.csv, metrics.json, jaccard_hist.png, gallery/*.png, report.md, report.html.
 
     Everything is written into a hidden folder in `out` first and moved into place at the end
-    (a previous gallery/ is replaced), so a failure leaves `out` as it was.
+    (the previous run's gallery thumbnails are replaced; other files stay), so a failure leaves
+    `out` as it was.
 
     Raises:
         DermasegError: `out` or an output in it is in the way, or cannot be written.
@@ -337,10 +338,8 @@ def _write_staged(result: Evaluation, out: Path, title: str, notes: list[str]) -
     try:
         summary = _write_outputs(result, stage, title, notes)
         (stage / GALLERY).mkdir(exist_ok=True)
-        gallery = out / GALLERY
-        if gallery.exists() or gallery.is_symlink():
-            os.replace(gallery, stage / ".old-gallery")  # removed with the stage
-        for name in (*OUTPUT_FILES, GALLERY):
+        _replace_gallery(stage / GALLERY, out / GALLERY)
+        for name in OUTPUT_FILES:
             os.replace(stage / name, out / name)
     except OSError as exc:
         raise DermasegError(f"{display_path(out)}: cannot write the evaluation "
@@ -348,6 +347,18 @@ def _write_staged(result: Evaluation, out: Path, title: str, notes: list[str]) -
     finally:
         shutil.rmtree(stage, ignore_errors=True)
     return summary
+
+
+def _replace_gallery(new: Path, gallery: Path) -> None:
+    """Move the new thumbnails into gallery/, removing the previous run's (best_*, worst_*)
+    and leaving any other file there alone."""
+    if not gallery.exists():
+        os.replace(new, gallery)
+        return
+    for old in [*gallery.glob("best_*.png"), *gallery.glob("worst_*.png")]:
+        old.unlink()
+    for picture in new.iterdir():
+        os.replace(picture, gallery / picture.name)
 
 
 def _write_outputs(result: Evaluation, out: Path, title: str, notes: list[str]) -> dict:

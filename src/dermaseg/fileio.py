@@ -21,6 +21,8 @@ MAX_PIXELS = 100_000_000
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 Image.MAX_IMAGE_PIXELS = MAX_PIXELS
+# Pillow only warns between 1x and 2x its limit; `open_header` refuses those images itself.
+warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
 # Temporary files of atomic writes: hidden, so dataset discovery skips them.
 TEMP_PREFIX = ".dermaseg-"
 
@@ -91,7 +93,8 @@ class ImageTooLarge(DermasegError):
 def open_header(source, label: str) -> Image.Image:
     """Image.open (the header only, nothing decoded), refusing more than MAX_IMAGE_PIXELS.
 
-    Pillow only warns between 1x and 2x its limit; here that is refused too.
+    Pillow only warns between 1x and 2x its limit (that warning is silenced at import); here
+    those images are refused too.
 
     Raises:
         ImageTooLarge: naming `label`. Pillow's own errors (not an image ...) pass through.
@@ -99,12 +102,9 @@ def open_header(source, label: str) -> Image.Image:
     limit = Image.MAX_IMAGE_PIXELS
     too_large = f"{label}: image too large (over the limit of {limit} pixels)"
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(source)
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        image = Image.open(source)
+    except Image.DecompressionBombError as exc:
         raise ImageTooLarge(too_large) from exc
-    # catch_warnings is process-wide: another thread may have restored the filters meanwhile
     if limit and image.width * image.height > limit:
         raise ImageTooLarge(too_large)
     return image
