@@ -125,7 +125,7 @@ def test_export_fails_and_removes_the_file_over_tolerance(tmp_path, monkeypatch)
     assert not out.exists()
 
 
-@pytest.mark.parametrize("option", [["--repeats", "0"], ["--holdout", "-1"]])
+@pytest.mark.parametrize("option", [["--repeats", "0"], ["--holdout", "0"]])
 def test_int8_refuses_bad_counts_before_writing(tmp_path, option):
     checkpoint = _untrained(tmp_path / "m.ckpt", "deeplabv3")
     result = CliRunner().invoke(app, ["export", str(checkpoint), "--int8", "--calib-count", "2",

@@ -123,3 +123,15 @@ def test_contour_polygon():
     assert len(contour_polygon(mask, max_points=1000)) > 64
     with pytest.raises(DermasegError):
         contour_polygon(mask, max_points=2)
+
+
+@pytest.mark.parametrize("pixels", [[(10, 10)], [(10, 10), (11, 11)], [(10, 10), (10, 11),
+                                    (11, 10), (11, 11)], [(9, 10), (10, 9), (10, 10), (10, 11),
+                                                          (11, 10)]])
+def test_tiny_lesions_keep_shape_measures_in_range(pixels):
+    mask = np.zeros((20, 20), bool)
+    for y, x in pixels:
+        mask[y, x] = True
+    res = measure_lesion(mask)
+    assert 0 < res["compactness"] <= 1 and res["border_irregularity"] >= 1
+    assert 0 < res["solidity"] <= 1 and 0 <= res["asymmetry"] <= 1

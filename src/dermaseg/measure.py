@@ -81,6 +81,9 @@ def _length(line: np.ndarray) -> float:
     return float(np.linalg.norm(np.diff(line, axis=0), axis=1).sum())
 
 
+MIN_SMOOTHED = 16  # contour vertices; shorter contours are measured as traced
+
+
 def _smooth(line: np.ndarray, passes: int = 2) -> np.ndarray:
     """A closed line with each vertex replaced by (previous + 2 * itself + next) / 4."""
     points = line[:-1]
@@ -169,9 +172,11 @@ def _check_image(image: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
 def _shape_measures(m: np.ndarray, ys: np.ndarray, xs: np.ndarray) -> dict:
     area = float(len(xs))
     lines = contours(m)
-    perimeter = sum(_length(_smooth(line)) for line in lines)
+    perimeter = sum(_length(_smooth(line) if len(line) >= MIN_SMOOTHED else line)
+                    for line in lines)
     hull_points, hull_area = _hull(_pixel_corners(m))
-    compactness = 4.0 * math.pi * area / perimeter**2
+    # A few-pixel lesion's contour is shorter than a disc's of the same pixel count.
+    compactness = min(1.0, 4.0 * math.pi * area / perimeter**2)
     major, minor = _asymmetry(m, ys, xs)
     return {
         "area": int(area),

@@ -148,7 +148,7 @@ def export(
     opset: int = typer.Option(18, "--opset", help="ONNX opset (>= 13)."),
     exporter: str = typer.Option("auto", "--exporter", help="auto, dynamo or legacy."),
     calib_count: int = typer.Option(32, "--calib-count", help="Images to read from --calib."),
-    holdout: int = typer.Option(8, "--holdout", min=0,
+    holdout: int = typer.Option(8, "--holdout", min=1,
                                 help="Images kept out of calibration for the fp32/INT8 "
                                      "agreement."),
     per_tensor: bool = typer.Option(False, "--per-tensor", help="One scale per weight tensor."),
