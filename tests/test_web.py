@@ -91,3 +91,102 @@ def _contour_pixel_js() -> str:
         const d = c.getContext('2d').getImageData(Math.round(x), Math.round(y), 1, 1).data;
         return [d[0], d[1], d[2]];
     }"""
+
+
+def _open_page(playwright, server):
+    browser = playwright.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+    page = browser.new_page(viewport={"width": 1100, "height": 700}, accept_downloads=True)
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.goto(server)
+    return browser, page, errors
+
+
+def _canvas_size(page) -> list[int]:
+    return page.evaluate("() => [document.getElementById('canvas').width, "
+                         "document.getElementById('canvas').height]")
+
+
+def test_tiff_the_browser_cannot_decode_still_shows_the_result(server, tmp_path):
+    from playwright.sync_api import sync_playwright
+
+    image = synth_images(1, seed=22, width=200, height=150)[0][0]
+    upload = tmp_path / "lesion.tif"
+    Image.fromarray(image).save(upload)
+    with sync_playwright() as playwright:
+        browser, page, errors = _open_page(playwright, server)
+        try:
+            page.set_input_files("#file", str(upload))
+            page.wait_for_selector("#result:not([hidden])", timeout=60_000)
+            status = page.inner_text("#status")
+            assert "done" in status and "Could not" not in status
+            assert page.get_attribute("#status", "class") != "error"
+            assert _canvas_size(page) == [200, 150]
+            assert page.is_visible("#note")
+            assert int(page.get_attribute("#canvas", "data-contour-points")) > 8
+            area = page.locator('#measurements tr[data-key="area"] td').nth(1).inner_text()
+            assert int(area) > 100
+            assert page.get_attribute("#download", "download") == "lesion_segmentation.png"
+            assert page.get_attribute("#download", "href").startswith("blob:")
+            assert errors == []
+        finally:
+            browser.close()
+
+
+def test_only_the_latest_of_two_quick_uploads_is_shown(server, tmp_path):
+    from playwright.sync_api import sync_playwright
+
+    rng = np.random.default_rng(0)
+    big = tmp_path / "big.jpg"  # slow: many pixels to decode, resize and encode
+    Image.fromarray(rng.integers(0, 255, (2000, 3000, 3), dtype=np.uint8)).save(big, quality=90)
+    small = tmp_path / "small.png"
+    Image.fromarray(synth_images(1, seed=23, width=64, height=48)[0][0]).save(small)
+    with sync_playwright() as playwright:
+        browser, page, errors = _open_page(playwright, server)
+        try:
+            finished: list[str] = []
+            page.on("requestfinished",
+                    lambda request: finished.append(request.url) if "/v1/segment" in request.url
+                    else None)
+            page.set_input_files("#file", str(big))
+            page.wait_for_timeout(50)
+            page.set_input_files("#file", str(small))
+            for _ in range(600):  # both answers arrived
+                if len(finished) >= 2:
+                    break
+                page.wait_for_timeout(100)
+            assert len(finished) == 2
+            page.wait_for_selector("#result:not([hidden])", timeout=60_000)
+            page.wait_for_timeout(1500)  # time for the stale answer's handler to (not) draw
+            assert page.inner_text("#status").startswith("small.png: done")
+            assert page.get_attribute("#download", "download") == "small_segmentation.png"
+            assert _canvas_size(page) == [64, 48]
+            assert page.evaluate("() => window.dermasegResult.width") == 64
+            assert errors == []
+        finally:
+            browser.close()
+
+
+def test_webp_with_exif_orientation_matches_the_servers_size(server, tmp_path):
+    from playwright.sync_api import sync_playwright
+
+    image = synth_images(1, seed=24, width=300, height=120)[0][0]
+    upload = tmp_path / "rotated.webp"
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90° clockwise to display: 120 × 300
+    Image.fromarray(image).save(upload, exif=exif)
+    with sync_playwright() as playwright:
+        browser, page, errors = _open_page(playwright, server)
+        try:
+            page.set_input_files("#file", str(upload))
+            page.wait_for_selector("#result:not([hidden])", timeout=60_000)
+            reported = page.evaluate(
+                "() => [window.dermasegResult.width, window.dermasegResult.height]")
+            assert reported == [120, 300]
+            assert _canvas_size(page) == reported
+            assert "done" in page.inner_text("#status")
+            pixel = page.evaluate(_contour_pixel_js())
+            assert pixel[1] > 200 and pixel[0] < 80
+            assert errors == []
+        finally:
+            browser.close()

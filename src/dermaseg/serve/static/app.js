@@ -33,12 +33,23 @@ function setStatus(text, isError = false) {
   $("status").className = isError ? "error" : "";
 }
 
-function drawResult(bitmap, result) {
+// The canvas always has the size the server reports (after its EXIF rotation). The photo goes
+// under the contour only when the browser decoded it to that same size; otherwise (a format it
+// cannot decode, such as TIFF, or an orientation it did not apply, such as WebP's) the mask is
+// drawn faintly on a blank canvas instead. Returns whether the photo was drawn.
+function drawResult(bitmap, mask, result) {
   const canvas = $("canvas");
-  canvas.width = bitmap.width;
-  canvas.height = bitmap.height;
+  canvas.width = result.width;
+  canvas.height = result.height;
   const ctx = canvas.getContext("2d");
-  ctx.drawImage(bitmap, 0, 0);
+  const photo = bitmap !== null && bitmap.width === result.width && bitmap.height === result.height;
+  if (photo) {
+    ctx.drawImage(bitmap, 0, 0);
+  } else if (mask) {
+    ctx.globalAlpha = 0.35;
+    ctx.drawImage(mask, 0, 0, canvas.width, canvas.height);
+    ctx.globalAlpha = 1;
+  }
   const points = result.contour;
   if (points.length > 2) {
     ctx.beginPath();
@@ -52,6 +63,7 @@ function drawResult(bitmap, result) {
     ctx.stroke();
   }
   canvas.dataset.contourPoints = String(points.length);
+  return photo;
 }
 
 function showMeasurements(result) {
@@ -73,15 +85,27 @@ function showMeasurements(result) {
   $("model").textContent = `${m.name} (dermaseg ${m.version}, ${m.backend})`;
 }
 
-function offerMask(result, filename) {
+function maskBlob(result) {
   const bytes = Uint8Array.from(atob(result.mask_png_base64), (c) => c.charCodeAt(0));
+  return new Blob([bytes], { type: "image/png" });
+}
+
+function offerMask(blob, filename) {
   const link = $("download");
   if (link.href.startsWith("blob:")) URL.revokeObjectURL(link.href);
-  link.href = URL.createObjectURL(new Blob([bytes], { type: "image/png" }));
+  link.href = URL.createObjectURL(blob);
   link.download = filename.replace(/\.[^.]*$/, "") + "_segmentation.png";
 }
 
+// null when the browser cannot decode the image (e.g. TIFF in Chromium).
+function decode(blob, options) {
+  return createImageBitmap(blob, options).catch(() => null);
+}
+
+let latest = 0; // number of the latest choice: only its result is ever shown
+
 async function segment(file) {
+  const request = ++latest;
   setStatus(`Segmenting ${file.name} …`);
   $("result").hidden = true;
   const body = new FormData();
@@ -94,20 +118,28 @@ async function segment(file) {
   try {
     const response = await fetch(`/v1/segment${query}`, { method: "POST", body, headers });
     const data = await response.json().catch(() => ({ detail: response.statusText }));
+    if (request !== latest) return;
     if (!response.ok) {
       setStatus(`Error ${response.status}: ${data.detail}`, true);
       return;
     }
-    // The server applied the EXIF orientation; so does createImageBitmap ("from-image").
-    const bitmap = await createImageBitmap(file, { imageOrientation: "from-image" });
+    // The server applied the EXIF orientation; createImageBitmap ("from-image") should too,
+    // but Chromium does not for WebP: drawResult checks the size.
+    const mask = maskBlob(data);
+    const bitmap = await decode(file, { imageOrientation: "from-image" });
+    const maskBitmap = await decode(mask);
+    if (request !== latest) return;
     window.dermasegResult = data; // handy in the browser console
-    drawResult(bitmap, data);
+    const photo = drawResult(bitmap, maskBitmap, data);
+    if (bitmap) bitmap.close();
+    if (maskBitmap) maskBitmap.close();
+    $("note").hidden = photo;
     showMeasurements(data);
-    offerMask(data, file.name);
+    offerMask(mask, file.name);
     $("result").hidden = false;
     setStatus(`${file.name}: done in ${data.inference_ms.toFixed(0)} ms`);
   } catch (error) {
-    setStatus(`Could not show the result: ${error}`, true);
+    if (request === latest) setStatus(`Could not show the result: ${error}`, true);
   }
 }
 
