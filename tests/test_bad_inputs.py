@@ -349,3 +349,18 @@ def test_train_refuses_out_of_range_settings_before_writing(prepared, tmp_path, 
     code, output = run_cli("train", "-c", recipe, "-d", prepared[0], "-o", out, "-q", *args)
     assert code == 1 and message in output and "Traceback" not in output, output
     assert not out.exists()
+
+
+@pytest.mark.parametrize("args", [
+    ["predict", "{tmp}/absent.ckpt", "{tmp}", "-o", "{tmp}/out"],
+    ["evaluate", "{tmp}/absent.onnx", "--data", "{tmp}", "-o", "{tmp}/out"],
+    ["export", "{tmp}/absent.ckpt", "-o", "{tmp}/out/m.onnx"],
+    ["serve", "{tmp}/absent.onnx"],
+    ["train", "--config", "{tmp}/absent.yaml", "--data", "{tmp}", "-o", "{tmp}/out"],
+], ids=["predict", "evaluate", "export", "serve", "train"])
+def test_a_missing_model_or_recipe_is_a_usage_error(tmp_path, args):
+    Image.new("RGB", (16, 12)).save(tmp_path / "a.png")  # inputs exist: only the model is absent
+    Image.new("L", (16, 12)).save(tmp_path / "a_segmentation.png")
+    code, output = run_cli(*(a.format(tmp=tmp_path) for a in args))
+    assert code == 2 and "absent." in output and "no such" in output, output
+    assert "Traceback" not in output and not (tmp_path / "out").exists()

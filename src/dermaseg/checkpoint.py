@@ -22,7 +22,7 @@ import torch
 
 from dermaseg import __version__
 from dermaseg.config import INFERENCE_FIELDS, Config, config_from_dict
-from dermaseg.errors import DermasegError
+from dermaseg.errors import DermasegError, UsageError
 from dermaseg.fileio import atomic_path
 
 HEAD_BYTES = 1 << 16  # enough for the first pickle of a protocol 0/1 file
@@ -93,8 +93,10 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
         DermasegError: the file is missing, not a checkpoint, or contains pickled code.
     """
     path = Path(path)
+    if not path.exists():
+        raise UsageError(f"{path}: no such checkpoint file")
     if not path.is_file():
-        raise DermasegError(f"{path}: no such checkpoint file")
+        raise DermasegError(f"{path}: not a checkpoint file (a folder?)")
     _check_container(path)
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)

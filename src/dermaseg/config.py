@@ -14,7 +14,7 @@ from typing import Any, get_type_hints
 
 import yaml
 
-from dermaseg.errors import DermasegError
+from dermaseg.errors import DermasegError, UsageError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -287,6 +287,8 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
         where = str(path)
         try:
             data = yaml.safe_load(Path(path).read_text()) or {}
+        except FileNotFoundError as exc:
+            raise UsageError(f"{path}: no such recipe file") from exc
         except OSError as exc:
             raise DermasegError(f"{path}: cannot read ({exc.strerror or exc})") from exc
         except yaml.YAMLError as exc:

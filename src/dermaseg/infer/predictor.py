@@ -125,8 +125,10 @@ class Predictor:
             DermasegError: the file is missing or not a dermaseg model.
         """
         path = Path(path)
+        if not path.exists():
+            raise UsageError(f"{path}: no such model file")
         if not path.is_file():
-            raise DermasegError(f"{path}: no such model file")
+            raise DermasegError(f"{path}: not a model file (a folder?)")
         device = resolve_device(device)
         if path.suffix.lower() == ".onnx":
             from dermaseg.export import check_onnx
