@@ -119,10 +119,12 @@ def _masks_by_id(folder: Path, what: str) -> dict[str, Path]:
     return found
 
 
+IMAGE_EXTENSIONS = sorted(IMAGE_SUFFIXES)
+
+
 def _find_image(image_id: str, folders: list[Path]) -> Path | None:
     for folder in folders:
-        for suffix in (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".JPG",
-                       ".PNG"):
+        for suffix in (*IMAGE_EXTENSIONS, *(s.upper() for s in IMAGE_EXTENSIONS)):
             candidate = folder / f"{image_id}{suffix}"
             if candidate.is_file():
                 return candidate
@@ -195,18 +197,24 @@ def _source(value: str, manifest: dict) -> Path:
 
 
 def split_items(data_dir: Path, split: str) -> list[tuple[str, Path, Path]]:
-    """(id, source image, source mask) of a prepared split, or of every pair of a raw folder.
+    """(id, source image, source mask) of a prepared split, or of every pair of a raw folder."""
+    return source_items(data_dir, split)[0]
+
+
+def source_items(data_dir: Path, split: str) -> tuple[list[tuple[str, Path, Path]], list[Path]]:
+    """`split_items`, and the images of a raw folder that have no mask (not scored).
 
     Raises:
         UsageError: no such split, or no pairs.
         DermasegError: a manifest item lacks its source paths.
     """
     if not (data_dir / "manifest.json").is_file():
-        pairs = discover(data_dir).pairs
-        if not pairs:
+        found = discover(data_dir)
+        if not found.pairs:
             raise UsageError(f"{display_path(data_dir)}: neither a prepared dataset "
                              "(manifest.json) nor a folder with image/mask pairs")
-        return [(p.id, p.image, p.mask) for p in pairs]
+        unpaired = [p.path for p in found.problems if p.kind == "missing_mask"]
+        return [(p.id, p.image, p.mask) for p in found.pairs], unpaired
     manifest = _read_manifest(data_dir)
     items = []
     for item in manifest["items"]:
@@ -220,15 +228,7 @@ def split_items(data_dir: Path, split: str) -> list[tuple[str, Path, Path]]:
                                 f"{item.get('id')!r} has no {exc}") from exc
     if not items:
         raise UsageError(f"{display_path(data_dir)}: split {split!r} has no items")
-    return items
-
-
-def images_without_masks(data_dir: Path) -> list[Path]:
-    """Images of a raw pair folder that have no mask (not scored); [] for a prepared one."""
-    if (data_dir / "manifest.json").is_file():
-        return []
-    return [problem.path for problem in discover(data_dir).problems
-            if problem.kind == "missing_mask"]
+    return items, []
 
 
 def _iter_pairs(items: list[tuple[str, Path, Path]]) -> Iterator:

@@ -57,8 +57,7 @@ def evaluate(
         check_output,
         evaluate_folders,
         evaluate_model,
-        images_without_masks,
-        split_items,
+        source_items,
         write_evaluation,
     )
 
@@ -78,7 +77,7 @@ def evaluate(
         from dermaseg.infer.predictor import Predictor
 
         post = postprocess_config(keep_largest, fill_holes, min_area, crf)
-        items = split_items(data, split)
+        items, unpaired = source_items(data, split)
         predictor = Predictor.load(model, device=device, tta=tta_config(tta, None),
                                    batch_size=batch_size)
         prepared = (data / "manifest.json").is_file()
@@ -88,7 +87,6 @@ def evaluate(
         notes = [f"model: {model}", f"data: {data}" + (f" (split {split})" if prepared else ""),
                  f"threshold {predictor.threshold}, TTA {'on' if tta else 'off'}, "
                  f"post-processing: {post or 'none'}"]
-        unpaired = images_without_masks(data)
         if unpaired:
             shown = ", ".join(p.name for p in unpaired[:5]) + (", ..." if len(unpaired) > 5
                                                                else "")
