@@ -190,3 +190,33 @@ def test_webp_with_exif_orientation_matches_the_servers_size(server, tmp_path):
             assert errors == []
         finally:
             browser.close()
+
+
+def test_api_docs_render_without_network(server):
+    """/docs draws every endpoint from scripts served by dermaseg itself: any request to
+    another host is blocked, and the page must still render."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        try:
+            page = browser.new_page()
+            outside: list[str] = []
+
+            def only_this_server(route):
+                if route.request.url.startswith(server):
+                    return route.continue_()
+                outside.append(route.request.url)
+                return route.abort()
+
+            page.route("**/*", only_this_server)
+            page.goto(server.rstrip("/") + "/docs")
+            page.wait_for_selector(".opblock-summary-path", timeout=30_000)
+            paths = page.locator(".opblock-summary-path").all_inner_texts()
+            assert {"/v1/segment", "/v1/segment/batch", "/healthz"} <= set(paths)
+            assert outside == []
+            page.goto(server.rstrip("/") + "/redoc")
+            page.get_by_text("/v1/segment/batch").first.wait_for(timeout=30_000)
+            assert outside == []
+        finally:
+            browser.close()

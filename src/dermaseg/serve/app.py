@@ -2,7 +2,10 @@
 
     POST /v1/segment          multipart `file` -> SegmentResponse JSON, or ?format=png the mask
     POST /v1/segment/batch    multipart `files` (several) -> BatchResponse
-    GET  /healthz /readyz /metrics /docs, and the web page at /
+    GET  /healthz /readyz /metrics, /docs (Swagger UI) and /redoc, the web page at /
+
+The documentation pages load their scripts from this server (fastapi-offline's copies of
+Swagger UI and ReDoc), so they work without network.
 
 The model is loaded once, in the lifespan, in a worker thread; /readyz says when it is there.
 Inference runs in a thread pool with a timeout (504). Limits, auth and overload (503) are
@@ -26,6 +29,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, Response
 from fastapi.security import HTTPBearer
 from fastapi.staticfiles import StaticFiles
+from fastapi_offline import FastAPIOffline
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from dermaseg import __version__
@@ -45,7 +49,7 @@ from dermaseg.serve.work import ApiError, Segmented, safe_name, segment_images
 log = logging.getLogger("dermaseg.serve")
 STATIC = Path(__file__).resolve().parent / "static"
 ENDPOINTS = {"/", "/healthz", "/readyz", "/metrics", "/v1/segment", "/v1/segment/batch",
-             "/docs", "/openapi.json"}
+             "/docs", "/redoc", "/openapi.json"}
 # finite and > 0, else 422
 PIXEL_SIZE = Query(None, gt=0, allow_inf_nan=False, description="side of one pixel in mm")
 ERRORS = {code: {"model": ErrorResponse} for code in (400, 401, 408, 413, 415, 422, 503,
@@ -146,8 +150,9 @@ def create_app(model_path: str | os.PathLike, backend: str = "auto", token: str 
         yield
         app.state.pool.shutdown(wait=False, cancel_futures=True)
 
-    app = FastAPI(title="dermaseg", version=__version__, lifespan=lifespan,
-                  description="Skin-lesion segmentation (DeepLab-v3) over HTTP.")
+    app = FastAPIOffline(title="dermaseg", version=__version__, lifespan=lifespan,
+                         static_url="/static/docs",
+                         description="Skin-lesion segmentation (DeepLab-v3) over HTTP.")
     app.state.settings, app.state.metrics, app.state.slots = settings, metrics, slots
     app.state.predictor = None
     _install_handlers(app)
