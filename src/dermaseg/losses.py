@@ -196,6 +196,8 @@ class SegmentationLoss(nn.Module):
             )
         if config.pos_weight is not None and config.pos_weight <= 0:
             raise DermasegError(f"loss.pos_weight: must be > 0, got {config.pos_weight}")
+        if config.focal_gamma < 0:
+            raise DermasegError(f"loss.focal_gamma: must be >= 0, got {config.focal_gamma}")
         if config.boundary_width < 1:
             raise DermasegError(f"loss.boundary_width: must be >= 1, got {config.boundary_width}")
         self.weights = {name: float(w) for name, w in weights.items() if w > 0}

@@ -14,10 +14,12 @@ Weights:
 
 from __future__ import annotations
 
+import itertools
 import os
 import pickle
 import re
 import socket
+import urllib.request
 import warnings
 import zipfile
 from dataclasses import dataclass
@@ -87,13 +89,24 @@ def _hub_cached(name: str) -> bool:
 
 
 def _check_hub_reachable(name: str) -> None:
-    url = urlparse(_hub_endpoint())
-    port = url.port or (443 if url.scheme == "https" else 80)
+    host, port, via = _first_hop(urlparse(_hub_endpoint()))
     try:
-        socket.create_connection((url.hostname, port), timeout=HUB_TIMEOUT_S).close()
+        socket.create_connection((host, port), timeout=HUB_TIMEOUT_S).close()
     except OSError as exc:
-        why = f"{url.hostname}:{port} unreachable: {exc}"
+        why = f"{via}{host}:{port} unreachable: {exc}"
         raise DermasegError(_offline_message(name, why)) from exc
+
+
+def _first_hop(url) -> tuple[str, int, str]:
+    """(host, port, label) the download connects to first: the HTTP(S) proxy when the
+    environment names one for this host (HTTPS_PROXY, ALL_PROXY, NO_PROXY), else the hub."""
+    default = 443 if url.scheme == "https" else 80
+    proxies = urllib.request.getproxies()
+    proxy = proxies.get(url.scheme) or proxies.get("all")
+    if not proxy or urllib.request.proxy_bypass(url.hostname or ""):
+        return url.hostname, url.port or default, ""
+    hop = urlparse(proxy if "://" in proxy else f"http://{proxy}")
+    return hop.hostname, hop.port or (443 if hop.scheme == "https" else 80), "proxy "
 
 
 def _offline_message(name: str, why: str) -> str:
@@ -177,22 +190,35 @@ class Backbone(nn.Module):
 def _assign_stages(body: nn.Module, feature_modules: list[str]) -> dict[str, int]:
     """Map each submodule name of `body` to its stage 0..4 (stage k ends at feature module k).
 
-    Modules are visited in registration (= forward) order; a module belongs to the first stage
-    whose feature module it precedes or lies inside. timm's FeatureHookNet renames `a.0` to `a_0`,
+    The order is the order modules run, recorded by hooks on a tiny eval forward pass: a module
+    belongs to the first stage whose feature module finishes after the module starts. So a
+    residual shortcut registered before its block but run after the block's feature point (as
+    in timm's Xception) belongs to the next stage. timm's FeatureHookNet renames `a.0` to `a_0`,
     so both spellings are tried.
     """
-    names = [n for n, _ in body.named_modules()]
-    ends = []
-    for feature in feature_modules:
-        target = _resolve_name(feature, set(names))
-        last = max(i for i, n in enumerate(names) if n == target or n.startswith(target + "."))
-        ends.append(last)
-    stage_of, stage = {}, 0
-    for i, name in enumerate(names):
-        while stage < len(ends) - 1 and i > ends[stage]:
-            stage += 1
-        stage_of[name] = stage
-    return stage_of
+    modules = dict(body.named_modules())
+    targets = [_resolve_name(feature, set(modules)) for feature in feature_modules]
+    clock, starts, ends = itertools.count(), {}, {}
+
+    def stamp(times: dict, key) -> None:  # hooks must return None (or they replace the input)
+        times.setdefault(key, next(clock))
+
+    hooks = [module.register_forward_pre_hook(lambda _m, _a, name=name: stamp(starts, name))
+             for name, module in modules.items()]
+    hooks += [modules[target].register_forward_hook(lambda _m, _a, _o, k=k: stamp(ends, k))
+              for k, target in enumerate(targets)]
+    was_training = body.training
+    try:
+        body.eval()
+        with torch.no_grad():
+            body(torch.zeros(1, 3, 64, 64))
+    finally:
+        for hook in hooks:
+            hook.remove()
+        body.train(was_training)
+    last = len(targets) - 1
+    return {name: next((k for k in range(last) if starts.get(name, ends[last]) < ends[k]), last)
+            for name in modules}
 
 
 def _resolve_name(name: str, known: set[str]) -> str:
