@@ -78,3 +78,18 @@ def test_hub_check_names_an_unreachable_proxy(monkeypatch):
     monkeypatch.setenv("HTTPS_PROXY", f"http://127.0.0.1:{port}")
     with pytest.raises(DermasegError, match=f"proxy 127.0.0.1:{port} unreachable"):
         backbones._check_hub_reachable("resnet18")
+
+
+@pytest.mark.parametrize("backbone, expected", [("xception65", 0.5), ("resnet50", 0.485)])
+def test_default_normalisation_is_what_the_backbone_weights_expect(backbone, expected):
+    """timm's Xception-65 weights were trained on images scaled to [-1, 1] (mean = std = 0.5);
+    feeding them ImageNet-normalised inputs shifts every activation."""
+    from dermaseg.config import load_config
+    from dermaseg.models.backbones import create_backbone
+
+    config = load_config(None, [f"model.backbone={backbone}"])
+    assert config.data.mean[0] == expected
+    assert tuple(config.data.mean) == create_backbone(backbone).mean
+    assert tuple(config.data.std) == create_backbone(backbone).std
+    chosen = load_config(None, [f"model.backbone={backbone}", "data.mean=[0.1,0.2,0.3]"])
+    assert chosen.data.mean == [0.1, 0.2, 0.3] and chosen.data.std == config.data.std

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from dermaseg.config import IMAGENET_MEAN, IMAGENET_STD, AugmentConfig, DataConfig
+from dermaseg.config import IMAGENET_MEAN, IMAGENET_STD, AugmentConfig, Config, DataConfig
 from dermaseg.data.transforms import SegmentationTransform, build_transform
 
 OFF = dict(hflip=0.0, vflip=0.0, brightness=0.0, contrast=0.0, elastic_p=0.0, rotate90=0.0)
@@ -150,7 +150,7 @@ def test_uint8_output_normalised_later_equals_float_output():
     from dermaseg.data.transforms import normalise_images
 
     image, mask = _sample()
-    config = DataConfig()
+    config = Config().data  # mean/std filled from the backbone
     as_float = build_transform(config, train=False)(image, mask)
     as_bytes = build_transform(config, train=False, as_uint8=True)(image, mask)
     assert as_bytes[0].dtype == torch.uint8 and as_bytes[1].dtype == torch.uint8

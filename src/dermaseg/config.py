@@ -54,8 +54,10 @@ class AugmentConfig:
 @dataclass
 class DataConfig:
     image_size: int = 512  # side of the square network input (resize keeping aspect + pad)
-    mean: list[float] = field(default_factory=lambda: list(IMAGENET_MEAN))
-    std: list[float] = field(default_factory=lambda: list(IMAGENET_STD))
+    # RGB in 0..1; None: what the backbone's ImageNet weights expect (0.5/0.5 for xception65,
+    # ImageNet's mean/std for the others), filled in by Config
+    mean: list[float] | None = None
+    std: list[float] | None = None
     batch_size: int = 8
     num_workers: int = -1  # -1: one per CPU core, up to 8
     augment: AugmentConfig = field(default_factory=AugmentConfig)
@@ -115,11 +117,28 @@ class Config:
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
 
+    def __post_init__(self) -> None:
+        if self.data.mean is None or self.data.std is None:
+            mean, std = backbone_normalisation(self.model.backbone)
+            self.data.mean = list(mean) if self.data.mean is None else self.data.mean
+            self.data.std = list(std) if self.data.std is None else self.data.std
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+def backbone_normalisation(backbone: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """(mean, std) the backbone's pretrained weights expect; ImageNet's for an unknown name
+    (validation reports the name)."""
+    from dermaseg.models.backbones import pretrained_normalisation
+
+    try:
+        return pretrained_normalisation(backbone)
+    except DermasegError:
+        return IMAGENET_MEAN, IMAGENET_STD
 
 
 def _build(cls, data: dict[str, Any], where: str):

@@ -209,5 +209,5 @@ class SegmentationTransform:
 def build_transform(data: DataConfig, *, train: bool, as_uint8: bool = False
                     ) -> SegmentationTransform:
     """The training (augmenting) or evaluation transform described by a DataConfig."""
-    return SegmentationTransform(data.mean, data.std, data.augment if train else None,
-                                 as_uint8=as_uint8)
+    return SegmentationTransform(data.mean or IMAGENET_MEAN, data.std or IMAGENET_STD,
+                                 data.augment if train else None, as_uint8=as_uint8)

@@ -61,6 +61,15 @@ def _spec(name: str) -> BackboneSpec:
     return BACKBONES[name]
 
 
+def pretrained_normalisation(name: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """(mean, std), RGB in 0..1, of the images backbone `name`'s ImageNet weights were trained
+    on (timm's pretrained config)."""
+    cfg = timm.models.get_pretrained_cfg(_spec(name).timm_name)
+    if cfg is None:
+        return (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+    return tuple(cfg.mean), tuple(cfg.std)
+
+
 def hub_file_url(name: str) -> str:
     """Where timm's ImageNet weights for backbone `name` live (what to fetch by hand)."""
     cfg = timm.models.get_pretrained_cfg(_spec(name).timm_name)
