@@ -38,7 +38,8 @@ TFLITE_INSTALL = 'pip install "dermaseg[tflite]"  (or: pip install litert-torch)
 
 
 class LogitsOnly(torch.nn.Module):
-    """Wraps a model whose forward may return {"out": logits, ...}; returns the logits only."""
+    """Wraps a model whose forward may return {"mask": logits, "edge": ...} (an edge head with
+    `return_edge` set); returns the mask logits only."""
 
     def __init__(self, model: torch.nn.Module) -> None:
         super().__init__()
@@ -46,7 +47,7 @@ class LogitsOnly(torch.nn.Module):
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         out = self.model(image)
-        return out["out"] if isinstance(out, dict) else out
+        return out["mask"] if isinstance(out, dict) else out
 
 
 def _dynamo_export(model: torch.nn.Module, sample: torch.Tensor, opset: int):
@@ -67,14 +68,35 @@ def _legacy_export(model: torch.nn.Module, sample: torch.Tensor, opset: int, pat
         warnings.simplefilter("ignore")
         torch.onnx.export(
             model, (sample,), str(path), input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
-            opset_version=min(opset, 17), dynamo=False,
+            opset_version=opset, dynamo=False,
             dynamic_axes={INPUT_NAME: axes, OUTPUT_NAME: axes},
         )
     return onnx.load(str(path))
 
 
+def _opset(proto) -> int:
+    """The version of the default ("ai.onnx") operator set the graph uses."""
+    return next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 0)
+
+
+def _exported(name: str, export, opset: int, errors: list[str]):
+    """Run one exporter; its model, or None with the reason appended to `errors` (an
+    exception, or a model at another opset than asked: the dynamo exporter writes opset 18
+    when it cannot convert down, and says so only in a log)."""
+    try:
+        proto = export()
+    except Exception as exc:  # the exporters raise many unrelated types
+        errors.append(f"{name}: {str(exc).splitlines()[0] if str(exc) else type(exc)}")
+        return None
+    if _opset(proto) != opset:
+        errors.append(f"{name}: wrote opset {_opset(proto)}, not the requested {opset}")
+        return None
+    return proto
+
+
 def _rename_dims(proto) -> None:
-    """Give the symbolic dims of the graph's input and output readable names everywhere."""
+    """Give the symbolic dims of the graph's input and output readable names everywhere, and
+    the output its fixed single channel (the legacy exporter leaves it symbolic)."""
     dims = proto.graph.input[0].type.tensor_type.shape.dim
     names = {dims[i].dim_param: name for i, name in ((0, "batch"), (2, "height"), (3, "width"))
              if dims[i].dim_param}
@@ -83,6 +105,9 @@ def _rename_dims(proto) -> None:
         for dim in value.type.tensor_type.shape.dim:
             if dim.dim_param in names:
                 dim.dim_param = names[dim.dim_param]
+    for value in proto.graph.output:  # one channel, whatever name the exporter gave it
+        if len(value.type.tensor_type.shape.dim) == 4:
+            value.type.tensor_type.shape.dim[1].dim_value = 1
 
 
 def set_metadata(proto, meta: ModelMeta) -> None:
@@ -134,16 +159,11 @@ def export_onnx(model: torch.nn.Module, meta: ModelMeta, path: str | os.PathLike
     path = Path(path)
     proto, errors = None, []
     if exporter in ("auto", "dynamo"):
-        try:
-            proto = _dynamo_export(wrapped, sample, opset)
-        except Exception as exc:  # the exporters raise many unrelated types
-            errors.append(f"dynamo: {str(exc).splitlines()[0] if str(exc) else type(exc)}")
+        proto = _exported("dynamo", lambda: _dynamo_export(wrapped, sample, opset), opset, errors)
     if proto is None and exporter in ("auto", "legacy"):
-        try:
-            with tempfile.TemporaryDirectory() as folder:
-                proto = _legacy_export(wrapped, sample, opset, Path(folder) / "legacy.onnx")
-        except Exception as exc:
-            errors.append(f"legacy: {str(exc).splitlines()[0] if str(exc) else type(exc)}")
+        with tempfile.TemporaryDirectory() as folder:
+            proto = _exported("legacy", lambda: _legacy_export(
+                wrapped, sample, opset, Path(folder) / "legacy.onnx"), opset, errors)
     if proto is None:
         raise DermasegError(f"{path}: ONNX export failed ({'; '.join(errors)})")
     _rename_dims(proto)

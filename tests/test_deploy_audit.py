@@ -1,0 +1,78 @@
+"""Deployment audit: the export honours --opset and the output contract (N, 1, H, W)."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from dermaseg.checkpoint import ModelMeta
+from dermaseg.config import Config
+from dermaseg.errors import DermasegError
+from dermaseg.export import (
+    PARITY_TOLERANCE,
+    export_onnx,
+    onnx_probabilities,
+    onnx_session,
+    torch_probabilities,
+)
+from dermaseg.models.factory import build_model
+
+
+@pytest.fixture(scope="module")
+def small_model():
+    torch.manual_seed(0)
+    config = Config()
+    config.model.backbone, config.model.aspp_channels = "resnet18", 32
+    config.data.image_size = 64
+    return build_model(config.model).eval(), ModelMeta.from_config(config)
+
+
+def _opset(path) -> int:
+    return next(o.version for o in onnx.load(str(path)).opset_import if o.domain in ("", "ai.onnx"))
+
+
+def _dims(value) -> list:
+    return [d.dim_param or d.dim_value for d in value.type.tensor_type.shape.dim]
+
+
+@pytest.mark.parametrize("opset,exporter", [(13, "auto"), (17, "auto"), (18, "legacy")])
+def test_export_writes_the_requested_opset(tmp_path, small_model, opset, exporter):
+    """--opset 13 used to give opset 18 (dynamo converts down or silently keeps 18), and the
+    legacy exporter capped every request at 17."""
+    model, meta = small_model
+    path = export_onnx(model, meta, tmp_path / "m.onnx", opset=opset, exporter=exporter)
+    assert _opset(path) == opset
+    x = np.random.default_rng(0).standard_normal((2, 3, 49, 75)).astype(np.float32)
+    ours = onnx_probabilities(onnx_session(path), x)
+    assert np.abs(ours - torch_probabilities(model, x)).max() <= PARITY_TOLERANCE
+
+
+def test_dynamo_alone_refuses_an_opset_it_cannot_write(tmp_path, small_model):
+    model, meta = small_model
+    with pytest.raises(DermasegError, match="m.onnx: ONNX export failed.*not the requested 13"):
+        export_onnx(model, meta, tmp_path / "m.onnx", opset=13, exporter="dynamo")
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("exporter", ["dynamo", "legacy"])
+def test_exported_output_is_n_1_h_w(tmp_path, small_model, exporter):
+    model, meta = small_model
+    proto = onnx.load(str(export_onnx(model, meta, tmp_path / "m.onnx", exporter=exporter)))
+    assert _dims(proto.graph.input[0]) == ["batch", 3, "height", "width"]
+    assert _dims(proto.graph.output[0]) == ["batch", 1, "height", "width"]
+
+
+def test_logits_of_a_model_returning_its_edge_map_are_the_mask(tmp_path):
+    """An edge-head model with return_edge set returns {"mask", "edge"}; LogitsOnly looked
+    for an "out" key, so the parity check and the export got a dict."""
+    from dermaseg.config import ModelConfig
+
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(backbone="resnet18", aspp_channels=32,
+                                    edge_head=True)).eval()
+    x = np.random.default_rng(0).standard_normal((1, 3, 64, 64)).astype(np.float32)
+    plain = torch_probabilities(model, x)
+    model.return_edge = True
+    np.testing.assert_array_equal(torch_probabilities(model, x), plain)
