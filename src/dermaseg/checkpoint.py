@@ -86,6 +86,13 @@ def _check_container(path: Path) -> None:
                             "a pickle; `dermaseg train` writes .ckpt files)")
 
 
+def folder_error(path: Path, what: str) -> DermasegError:
+    """`path` is a folder where a file was expected: name the checkpoint a run folder holds."""
+    inside = [path / name for name in ("best.ckpt", "last.ckpt") if (path / name).is_file()]
+    hint = f"give the file, e.g. {inside[0]}" if inside else "give the .ckpt (or .onnx) file"
+    return DermasegError(f"{path}: a folder, not a {what}; {hint}")
+
+
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
     """torch.load with weights_only=True: a file that would run code is refused.
 
@@ -96,7 +103,7 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     if not path.exists():
         raise UsageError(f"{path}: no such checkpoint file")
     if not path.is_file():
-        raise DermasegError(f"{path}: not a checkpoint file (a folder?)")
+        raise folder_error(path, "checkpoint file")
     _check_container(path)
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)

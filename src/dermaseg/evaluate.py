@@ -21,6 +21,7 @@ import json
 import os
 import shutil
 import tempfile
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -227,7 +228,10 @@ def source_items(data_dir: Path, split: str) -> tuple[list[tuple[str, Path, Path
             raise DermasegError(f"{display_path(data_dir / 'manifest.json')}: item "
                                 f"{item.get('id')!r} has no {exc}") from exc
     if not items:
-        raise UsageError(f"{display_path(data_dir)}: split {split!r} has no items")
+        counts = Counter(str(i.get("split")) for i in manifest["items"] if isinstance(i, dict))
+        there = ", ".join(f"{name} ({n})" for name, n in counts.items()) or "none"
+        raise UsageError(f"{display_path(data_dir)}: split {split!r} has no items; "
+                         f"--split takes one of: {there}")
     return items, []
 
 

@@ -28,6 +28,7 @@ def check(
 
     if workers < 0:
         raise UsageError(f"--workers must be 0 or more, got {workers}")
+    refuse_prepared(folder, "check")
     report = check_dataset(folder, workers=workers or None, progress=not as_json)
     if as_json:
         typer.echo(json.dumps(report.to_dict(), indent=2))
@@ -35,6 +36,15 @@ def check(
         typer.echo(report.format_table())
     if not report.ok:
         raise typer.Exit(1)
+
+
+def refuse_prepared(folder: Path, command: str) -> None:
+    """A `data prepare` output (manifest.json + images/) passed where raw pairs are expected."""
+    if (folder / "manifest.json").is_file() and (folder / "images").is_dir():
+        raise UsageError(
+            f"{folder}: a prepared dataset (manifest.json, .npy arrays written by `dermaseg data "
+            f"prepare`), not raw image/mask pairs; `data {command}` reads the original folder "
+            f"(NAME.jpg + NAME_segmentation.png). Pass this one as --data to train/evaluate.")
 
 
 def _parse_size(text: str | None) -> tuple[int, int] | None:
@@ -87,6 +97,7 @@ def prepare(
 
     if workers < 0:
         raise UsageError(f"--workers must be 0 or more, got {workers}")
+    refuse_prepared(folder, "prepare")
     manifest = prepare_dataset(folder, out, size=size, val=val, test=test, seed=seed,
                                workers=workers or None, keep_official_split=official)
     typer.echo("\n".join(summary_lines(manifest, out)))

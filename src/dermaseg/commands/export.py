@@ -41,7 +41,9 @@ def calibration_images(folder: Path | None, count: int, image_size: int,
     from dermaseg.infer.batch import list_inputs
 
     if not folder.is_dir():
-        raise UsageError(f"--calib {folder}: no such folder")
+        what = "a file, not a folder" if folder.exists() else "no such folder"
+        raise UsageError(f"--calib {folder}: {what} (give a folder of images, or a folder "
+                         "written by `dermaseg data prepare`)")
     if (folder / "manifest.json").is_file():
         return _prepared_images(folder, count)
     files, _ = list_inputs([str(folder)])
@@ -173,6 +175,9 @@ def export(
     output = output or _default_output(model, fmt, int8)
     images, source = calibration_images(calib, calib_count, meta.image_size)
     typer.echo(f"checking on {source}")
+    if int8 and calib is None:
+        typer.echo("note: INT8 scales calibrated on synthetic images; pass --calib with your "
+                   "own images (or the prepared dataset) for a model trained on real ones")
     if fmt == "tflite":
         _tflite(net, meta, output, images)
     elif int8:

@@ -48,6 +48,17 @@ def _device(device: str) -> str:
     return device
 
 
+def refuse_prepared_inputs(inputs: list[str]) -> None:
+    """A `data prepare` output holds letterboxed .npy arrays, not images to predict."""
+    for text in inputs:
+        folder = Path(text)
+        if (folder / "manifest.json").is_file() and (folder / "images").is_dir():
+            raise UsageError(
+                f"{text}: a prepared dataset (written by `dermaseg data prepare`), not images; "
+                f"predict the original image files, or score the model on it with `dermaseg "
+                f"evaluate MODEL --data {text}`")
+
+
 # Options `predict` and `evaluate MODEL` share.
 TTA = typer.Option(False, "--tta", help="Average over the four flips.")
 KEEP_LARGEST = typer.Option(False, "--keep-largest", help="Keep the largest lesion.")
@@ -103,6 +114,7 @@ def predict(
         progress=not quiet,
     )
     shard_index = parse_shard(shard)
+    refuse_prepared_inputs(inputs)
     files, missing = list_inputs(inputs, exclude=out)
     if not files and not missing:
         raise UsageError(f"no images found in {', '.join(inputs)}")

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from dermaseg.checkpoint import ModelMeta, load_model
+from dermaseg.checkpoint import ModelMeta, folder_error, load_model
 from dermaseg.data.geometry import Letterbox, letterbox_image, restore_probability
 from dermaseg.errors import DermasegError, UsageError
 from dermaseg.infer.tta import TTAConfig, scaled_side, tta_probability
@@ -128,7 +128,7 @@ class Predictor:
         if not path.exists():
             raise UsageError(f"{path}: no such model file")
         if not path.is_file():
-            raise DermasegError(f"{path}: not a model file (a folder?)")
+            raise folder_error(path, "model file")
         device = resolve_device(device)
         if path.suffix.lower() == ".onnx":
             from dermaseg.export import check_onnx
