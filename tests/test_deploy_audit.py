@@ -76,3 +76,20 @@ def test_logits_of_a_model_returning_its_edge_map_are_the_mask(tmp_path):
     plain = torch_probabilities(model, x)
     model.return_edge = True
     np.testing.assert_array_equal(torch_probabilities(model, x), plain)
+
+
+def test_an_interrupted_parity_check_leaves_no_unchecked_model(tmp_path, small_model,
+                                                              monkeypatch):
+    """Ctrl-C (or an ONNX Runtime error) during the check used to leave the unverified file."""
+    from dermaseg import export as export_module
+    from dermaseg.commands.export import export_onnx_checked
+
+    def interrupted(*_args, **_kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(export_module, "max_probability_difference", interrupted)
+    model, meta = small_model
+    images = [np.zeros((40, 60, 3), np.uint8)]
+    with pytest.raises(KeyboardInterrupt):
+        export_onnx_checked(model, meta, tmp_path / "m.onnx", images, 18, "auto")
+    assert list(tmp_path.iterdir()) == []

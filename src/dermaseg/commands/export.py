@@ -94,7 +94,11 @@ def export_onnx_checked(model, meta, path: Path, images, opset: int, exporter: s
     )
 
     export_onnx(model, meta, path, opset=opset, exporter=exporter)
-    diff = max_probability_difference(model, path, parity_batches(images[:4], meta))
+    try:
+        diff = max_probability_difference(model, path, parity_batches(images[:4], meta))
+    except BaseException:  # an unchecked model is not left behind (error, Ctrl-C)
+        _remove(path)
+        raise
     typer.echo(f"{path}: max |p_onnx - p_torch| = {diff:.2e} (tolerance {PARITY_TOLERANCE:g})")
     if not diff <= PARITY_TOLERANCE:
         _remove(path)
