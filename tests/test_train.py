@@ -420,3 +420,30 @@ def test_backbone_weights_from_a_training_checkpoint(run):
     trained = model_state_dict(read_checkpoint(checkpoint))
     backbone = model.backbone.state_dict()
     assert backbone and all(torch.equal(v, trained[f"backbone.{k}"]) for k, v in backbone.items())
+
+
+def test_progress_in_a_log_file_is_one_line_per_epoch(prepared, tmp_path):
+    """Output to a file (not a terminal): the progress bar would draw nothing until the end;
+    each epoch prints one plain line with its metrics instead."""
+    args = ["-m", "dermaseg", "train", "-c", str(RECIPE), "-d", str(prepared),
+            "-o", str(tmp_path / "run"), *(f"--set={item}" for item in TINY),
+            "--set=train.max_epochs=2"]
+    result = subprocess.run([sys.executable, *args], capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    output = result.stdout + result.stderr
+    lines = [line for line in output.splitlines() if line.startswith("epoch ")]
+    assert [line.split(":")[0] for line in lines] == ["epoch 1/2", "epoch 2/2"]
+    assert all("val_dice 0." in line and "lr " in line for line in lines)
+    assert "\r" not in output and "━" not in output
+
+
+def test_progress_lines_inside_a_long_epoch(prepared, tmp_path, caplog):
+    from dermaseg.train.callbacks import ProgressLines
+
+    with caplog.at_level("INFO"):
+        train(tiny("train.max_epochs=1"), prepared, tmp_path / "run", progress=False,
+              callbacks=[ProgressLines(every_s=0.0)])
+    batches = [r.getMessage() for r in caplog.records if "batch " in r.getMessage()]
+    assert batches == [f"epoch 1/1: batch {i}/{STEPS_PER_EPOCH}, loss " + m.split("loss ")[1]
+                       for i, m in zip(range(1, STEPS_PER_EPOCH + 1), batches, strict=True)]

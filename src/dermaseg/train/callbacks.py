@@ -1,5 +1,6 @@
 """What Lightning lacks: late backbone freezing, a time budget that finishes whole epochs, a
-non-finite-loss guard, `last.ckpt` every N steps and every epoch, atomic checkpoint files.
+non-finite-loss guard, `last.ckpt` every N steps and every epoch, atomic checkpoint files,
+progress as plain lines when the output is a log file.
 
 Every callback keeps its state in the checkpoint (`state_dict`), so a resumed run behaves as
 the uninterrupted one would have.
@@ -212,3 +213,39 @@ class NonFiniteGuard:
                 "train.precision=32, or check these images")
         rank_zero_warn(f"{where}; batch skipped")
         return True
+
+
+class ProgressLines(Callback):
+    """Progress for output that is not a terminal (a log file, a batch job), where the
+    progress bar shows nothing until the run ends: one line per epoch with its metrics, and
+    inside a long epoch a line every `every_s` seconds."""
+
+    def __init__(self, every_s: float = 30.0) -> None:
+        self.every_s = every_s
+        self._epoch_start = self._last_line = 0.0
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        self._epoch_start = self._last_line = time.monotonic()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if time.monotonic() - self._last_line < self.every_s:
+            return
+        self._last_line = time.monotonic()
+        loss = trainer.callback_metrics.get("loss")  # read only here: no per-step sync
+        rank_zero_info(f"{self._epoch(trainer)}: batch {batch_idx + 1}/"
+                       f"{trainer.num_training_batches}"
+                       + (f", loss {float(loss):.4f}" if loss is not None else ""))
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        metrics = trainer.callback_metrics
+        parts = [f"{name} {float(metrics[name]):.4f}"
+                 for name in ("loss", "val_loss", "val_dice", "val_iou") if name in metrics]
+        lr = trainer.optimizers[0].param_groups[0]["lr"] if trainer.optimizers else None
+        if lr is not None:
+            parts.append(f"lr {lr:.2e}")
+        parts.append(f"{time.monotonic() - self._epoch_start:.0f} s")
+        rank_zero_info(f"{self._epoch(trainer)}: {', '.join(parts)}")
+
+    @staticmethod
+    def _epoch(trainer) -> str:
+        return f"epoch {trainer.current_epoch + 1}/{trainer.max_epochs}"

@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import sys
 import time
 import warnings
 from pathlib import Path
@@ -34,7 +35,13 @@ from lightning.pytorch.strategies import DDPStrategy
 from dermaseg.config import Config, load_config, save_config, validate_config
 from dermaseg.errors import DermasegError, UsageError
 from dermaseg.fileio import write_json_atomic
-from dermaseg.train.callbacks import AtomicCheckpointIO, LastCheckpoint, LateFreeze, TimeBudget
+from dermaseg.train.callbacks import (
+    AtomicCheckpointIO,
+    LastCheckpoint,
+    LateFreeze,
+    ProgressLines,
+    TimeBudget,
+)
 from dermaseg.train.datamodule import SegmentationDataModule
 from dermaseg.train.history import History, summarize
 from dermaseg.train.module import SegmentationModule
@@ -176,15 +183,17 @@ def _trainer(config: Config, out_dir: Path, devices: int | str, count: int, node
     on_gpu = torch.cuda.is_available()
     if on_gpu:  # fp32 matmuls may use TF32, as cuDNN convolutions already do by default
         torch.set_float32_matmul_precision("high")
+    bar = progress and sys.stderr.isatty()  # the bar draws nothing in a log file until the end
+    lines = [ProgressLines()] if progress and not bar else []
     return L.Trainer(
         accelerator="auto", devices=devices, num_nodes=nodes,
         strategy=_strategy(config, count * nodes),
         precision=resolve_precision(config.train.precision, on_gpu),
         max_epochs=config.train.max_epochs, check_val_every_n_epoch=config.train.val_every,
-        callbacks=build_callbacks(config, out_dir) + list(callbacks or []),
+        callbacks=build_callbacks(config, out_dir) + list(callbacks or []) + lines,
         plugins=[AtomicCheckpointIO()], logger=False, default_root_dir=out_dir,
         use_distributed_sampler=False, num_sanity_val_steps=0,
-        enable_progress_bar=progress, enable_model_summary=False, log_every_n_steps=1,
+        enable_progress_bar=bar, enable_model_summary=False, log_every_n_steps=1,
         # cuDNN's benchmark mode stays off: on an H200 it made bf16 channels_last steps 1.7x
         # slower and took 20 GiB of workspace (bench/results/gpu_cudnn_benchmark.md).
         benchmark=False,
