@@ -172,3 +172,22 @@ def test_webp_images_pair_and_pass_the_check(tmp_path):
     found = discover(tmp_path)
     assert [(p.id, p.image.name) for p in found.pairs] == [("w", "w.webp")]
     assert found.problems == [] and check_pair(found.pairs[0]) == []
+
+
+def test_masks_named_otherwise_are_reported_with_the_name_to_use(tmp_path):
+    for name in ("a.jpg", "a_mask.png", "b.jpg", "b-GT.png", "c.jpg", "c_segmentation.png",
+                 "gasmask.jpg", "e_label.png"):
+        (tmp_path / name).write_bytes(b"x")
+    found = discover(tmp_path)
+    assert [p.id for p in found.pairs] == ["c"]
+    problems = {p.path.name: (p.kind, p.detail) for p in found.problems}
+    assert problems["a_mask.png"] == (
+        "misnamed_mask", "looks like the mask of a.jpg: name it a_segmentation.png")
+    assert problems["b-GT.png"][0] == "misnamed_mask" and "b_segmentation.png" in \
+        problems["b-GT.png"][1]
+    assert problems["a.jpg"] == ("missing_mask", "no mask named a_segmentation.png found "
+                                 "(a_mask.png looks like it: rename it)")
+    # not beside an image of that id: an ordinary image without mask
+    assert problems["e_label.png"][0] == "missing_mask"
+    assert problems["gasmask.jpg"] == ("missing_mask",
+                                       "no mask named gasmask_segmentation.png found")

@@ -37,6 +37,7 @@ KINDS = {
     "no_pairs": "no image/mask pair found in the folder",
     "missing_mask": "image without a mask",
     "orphan_mask": "mask without an image",
+    "misnamed_mask": "mask not named NAME_segmentation.png (ISIC) or NAME_lesion.bmp (PH2)",
     "unreadable": "empty, truncated, too large or not an image",
     "size_mismatch": "mask size differs from the image size",
     "mask_not_single_channel": "mask has colour or alpha channels",

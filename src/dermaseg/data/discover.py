@@ -27,6 +27,9 @@ from dermaseg.errors import UsageError
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"})
 # `<id>_segmentation` (ISIC, any case) or `<id>_lesion` (PH2)
 MASK_STEM = re.compile(r"^(?P<id>.+?)_(segmentation|lesion)$", re.IGNORECASE)
+# Other common mask names (`<id>_mask`, `-seg`, `_gt`, `_label`): never paired (the ISIC and PH2
+# names are the contract), but reported as masks to rename when `<id>` is an image.
+OTHER_MASK_STEM = re.compile(r"^(?P<id>.+?)[_-](mask|seg|gt|label)s?$", re.IGNORECASE)
 IGNORED_STEM = re.compile(r"_superpixels$", re.IGNORECASE)
 IGNORED_DIR = re.compile(r"(^__MACOSX$)|(_roi$)", re.IGNORECASE)
 
@@ -172,10 +175,27 @@ def _expected_mask(image: Path, key: str) -> str:
     return f"{shown}_segmentation.png"
 
 
+def _lonely_image_problem(image: Path, key: str, images: dict[str, list[Path]],
+                          misnamed: dict[str, Path]) -> Problem:
+    """An image without a mask, or a mask named `<id>_mask` (etc.) beside image `<id>`."""
+    other = OTHER_MASK_STEM.match(key)
+    if other and other["id"] in images:
+        owner = other["id"]
+        return Problem("misnamed_mask", image,
+                       f"looks like the mask of {images[owner][0].name}: name it "
+                       f"{display_path(owner)}_segmentation.png")
+    detail = f"no mask named {_expected_mask(image, key)} found"
+    if key in misnamed:
+        detail += f" ({misnamed[key].name} looks like it: rename it)"
+    return Problem("missing_mask", image, detail)
+
+
 def _match(images: dict[str, list[Path]], masks: dict[str, list[Path]], root: Path) -> Discovery:
     """Pair images and masks with the same id, nearest folder first."""
     found = Discovery(root=root)
     taken: set[str] = set()
+    misnamed = {match["id"]: paths[0] for stem, paths in images.items()
+                if (match := OTHER_MASK_STEM.match(stem)) and match["id"] in images}
     for key in sorted(set(images) | set(masks)):
         pairs, lonely_images, lonely_masks = _nearest_pairs(images.get(key, []),
                                                             masks.get(key, []))
@@ -184,8 +204,7 @@ def _match(images: dict[str, list[Path]], masks: dict[str, list[Path]], root: Pa
             taken.add(pair_id)
             found.pairs.append(Pair(pair_id, image, mask))
         for image in lonely_images:
-            detail = f"no mask named {_expected_mask(image, key)} found"
-            found.problems.append(Problem("missing_mask", image, detail))
+            found.problems.append(_lonely_image_problem(image, key, images, misnamed))
         for mask in lonely_masks:
             detail = f"no image with id {display_path(key)!r} found"
             found.problems.append(Problem("orphan_mask", mask, detail))
@@ -198,7 +217,8 @@ def discover(root: str | os.PathLike) -> Discovery:
 
     Returns:
         Discovery with the pairs sorted by id, plus "missing_mask" (image without mask),
-        "orphan_mask" (mask without image) and "unreadable" (folder that cannot be listed)
+        "misnamed_mask" (`<id>_mask.png` and the like beside image `<id>`), "orphan_mask"
+        (mask without image) and "unreadable" (folder that cannot be listed)
         problems. A folder without any pair gives an empty Discovery, not an error.
 
     Raises:
