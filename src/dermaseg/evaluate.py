@@ -69,6 +69,7 @@ class Evaluation:
     per_image: dict[str, dict[str, float]] = field(default_factory=dict)
     counts: dict[str, Confusion] = field(default_factory=dict)
     gallery: GalleryCollector = field(default_factory=GalleryCollector)
+    warnings: list[str] = field(default_factory=list)  # for the report's notes and stderr
 
     def add(self, image_id: str, pred: np.ndarray, truth: np.ndarray, image=None) -> None:
         """Score one (H, W) prediction against its truth (bool, or uint8 lesion > 128)."""
@@ -108,12 +109,17 @@ def read_mask(path: Path) -> np.ndarray:
 def _masks_by_id(folder: Path, what: str) -> dict[str, Path]:
     if not folder.is_dir():
         raise UsageError(f"{display_path(folder)}: {what} folder does not exist")
-    found = {}
+    found: dict[str, Path] = {}
     for path in sorted(folder.iterdir()):
         match = MASK_STEM.match(path.stem)
         if path.is_file() and match and path.suffix.lower() in IMAGE_SUFFIXES \
                 and not path.name.startswith("."):
-            found[match["id"]] = path
+            key = match["id"]
+            if key in found:  # the official scorer refuses this too
+                raise DermasegError(f"{display_path(folder)}: two {what} masks for id "
+                                    f"{display_path(key)}: {display_path(found[key].name)}, "
+                                    f"{display_path(path.name)} (keep one)")
+            found[key] = path
     if not found:
         raise UsageError(f"{display_path(folder)}: no <id>_segmentation.png masks in the {what} "
                          "folder")
@@ -121,6 +127,11 @@ def _masks_by_id(folder: Path, what: str) -> dict[str, Path]:
 
 
 IMAGE_EXTENSIONS = sorted(IMAGE_SUFFIXES)
+
+
+def _shown(names: list[str]) -> str:
+    """'a, b, ...': at most 20 names, then the count."""
+    return ", ".join(names[:20]) + (f" ... ({len(names)} in all)" if len(names) > 20 else "")
 
 
 def _find_image(image_id: str, folders: list[Path]) -> Path | None:
@@ -145,20 +156,28 @@ def evaluate_folders(pred_dir: Path, truth_dir: Path, images_dir: Path | None = 
     preds = _masks_by_id(pred_dir, "prediction")
     missing = sorted(set(truths) - set(preds))
     if missing:
-        shown = ", ".join(missing[:20]) + (f" ... ({len(missing)} in all)" if len(missing) > 20
-                                           else "")
-        raise DermasegError(f"{display_path(pred_dir)}: no prediction for {shown}")
+        raise DermasegError(f"{display_path(pred_dir)}: no prediction for {_shown(missing)}")
     folders = [f for f in (images_dir, truth_dir) if f is not None]
-    result = Evaluation()
+    result, binary01 = Evaluation(), []
+    extra = sorted(set(preds) - set(truths))
+    if extra:
+        result.warnings.append(f"{len(extra)} prediction(s) without a truth mask not scored: "
+                               f"{_shown(extra)}")
     for image_id, truth_path in tqdm(truths.items(), desc="evaluate", unit="img",
                                      disable=not progress):
         truth, pred = read_mask(truth_path), read_mask(preds[image_id])
+        binary01 += [display_path(p) for p, a in ((truth_path, truth), (preds[image_id], pred))
+                     if a.max(initial=0) == 1]
         if truth.shape != pred.shape:
             raise DermasegError(f"{display_path(preds[image_id])}: size {pred.shape[1]}x"
                                 f"{pred.shape[0]}, truth is {truth.shape[1]}x{truth.shape[0]}")
         image_path = _find_image(image_id, folders)
         image = _image_of_size(image_path, truth.shape) if image_path else None
         result.add(image_id, pred, truth, image)
+    if binary01:
+        result.warnings.append(
+            f"{len(binary01)} mask(s) with values 0 and 1 only, scored as all background like "
+            f"the official scorer (lesion where > 128; save masks as 0/255): {_shown(binary01)}")
     return result
 
 

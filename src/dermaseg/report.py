@@ -12,6 +12,7 @@ import io
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import quote
 
 import numpy as np
 from PIL import Image
@@ -173,19 +174,24 @@ def write_reports(out: Path, title: str, per_image: dict[str, dict[str, float]],
                   notes: Sequence[str] = ()) -> None:
     """report.md and report.html in `out`, linking the histogram and gallery PNGs (relative)."""
     rows = metric_rows(per_image, overall)
-    md = [f"# {title}", "", *[f"- {n}" for n in notes], "",
+    md = [f"# {_md_text(title)}", "", *[f"- {_md_text(n)}" for n in notes], "",
           f"{len(per_image)} images. Mean = the official ISIC macro average over images.", "",
           "| metric | mean | median | min |", "|---|---:|---:|---:|"]
     md += [f"| {label} | {mean:.4f} | {med:.4f} | {low:.4f} |" for label, mean, med, low in rows]
     md += ["", f"![Per-image Jaccard]({histogram})", ""]
     for group in ("best", "worst"):
         md += [f"## {group.capitalize()} cases (green: truth, red: prediction)", ""]
-        md += [f"![{e['id']} J={e['jaccard']:.3f}]({e['file']}) `{e['id']}` J={e['jaccard']:.3f}"
-               for e in gallery[group]]
+        md += [f"![{_md_text(e['id'])} J={e['jaccard']:.3f}]({quote(e['file'])}) "
+               f"{_md_text(e['id'])} J={e['jaccard']:.3f}" for e in gallery[group]]
         md.append("")
     write_bytes_atomic(out / "report.md", "\n".join(md).encode())
     write_bytes_atomic(out / "report.html", _html(title, rows, per_image, histogram, gallery,
                                                   notes).encode())
+
+
+def _md_text(text: str) -> str:
+    """Text for Markdown: HTML special characters, backslash, backtick, * and brackets escaped."""
+    return "".join(f"\\{c}" if c in "\\`*[]" else c for c in html.escape(text))
 
 
 def _html(title, rows, per_image, histogram, gallery, notes) -> str:
@@ -206,7 +212,7 @@ def _html(title, rows, per_image, histogram, gallery, notes) -> str:
     ]
     for group in ("best", "worst"):
         parts.append(f"<h2>{group.capitalize()} cases</h2><p>green: truth, red: prediction</p>")
-        parts += [f"<figure><img src='{esc(e['file'])}' alt='{esc(e['id'])}'><figcaption>"
+        parts += [f"<figure><img src='{esc(quote(e['file']))}' alt='{esc(e['id'])}'><figcaption>"
                   f"{esc(e['id'])} J={e['jaccard']:.3f}</figcaption></figure>"
                   for e in gallery[group]]
     parts.append("</body></html>\n")

@@ -28,6 +28,30 @@ def _print_overall(summary: dict, out: Path) -> None:
     typer.echo(f"report: {out / 'report.html'}")
 
 
+def _model_evaluation(model: Path, data: Path, split: str, out: Path | None, post, tta: bool,
+                      batch_size: int, device: str, quiet: bool):
+    """(Evaluation, notes, report folder) of MODEL on a prepared split or a raw pair folder."""
+    from dermaseg.commands.predict import tta_config
+    from dermaseg.evaluate import check_output, evaluate_model, source_items
+    from dermaseg.infer.predictor import Predictor
+
+    items, unpaired = source_items(data, split)
+    predictor = Predictor.load(model, device=device, tta=tta_config(tta, None),
+                               batch_size=batch_size)
+    prepared = (data / "manifest.json").is_file()
+    out = out or model.parent / (f"eval-{split}" if prepared else f"eval-{data.name}")
+    check_output(out)
+    result = evaluate_model(predictor, items, post, progress=not quiet)
+    notes = [f"model: {model}", f"data: {data}" + (f" (split {split})" if prepared else ""),
+             f"threshold {predictor.threshold}, TTA {'on' if tta else 'off'}, "
+             f"post-processing: {post or 'none'}"]
+    if unpaired:
+        shown = ", ".join(p.name for p in unpaired[:5]) + (", ..." if len(unpaired) > 5 else "")
+        notes.append(f"{len(unpaired)} image(s) without a mask not scored: {shown}")
+        typer.echo(f"note: {notes[-1]} (see `dermaseg data check {data}`)", err=True)
+    return result, notes, out
+
+
 def evaluate(
     model: Path = typer.Argument(None, help="Checkpoint (.ckpt) or .onnx model to evaluate."),
     data: Path = typer.Option(None, "--data", help="Prepared dataset (or a raw pair folder)."),
@@ -53,13 +77,7 @@ def evaluate(
     `evaluate --pred PRED --truth TRUTH` scores existing masks; report in PRED-eval/ unless -o.
     Writes metrics.csv, metrics.json, report.md, report.html, jaccard_hist.png, gallery/.
     """
-    from dermaseg.evaluate import (
-        check_output,
-        evaluate_folders,
-        evaluate_model,
-        source_items,
-        write_evaluation,
-    )
+    from dermaseg.evaluate import check_output, evaluate_folders, write_evaluation
 
     if (pred is None) != (truth is None):
         raise UsageError("--pred and --truth go together")
@@ -73,24 +91,13 @@ def evaluate(
     else:
         if model is None or data is None:
             raise UsageError("give MODEL --data DIR, or --pred PRED --truth TRUTH")
-        from dermaseg.commands.predict import postprocess_config, tta_config
-        from dermaseg.infer.predictor import Predictor
+        from dermaseg.commands.predict import postprocess_config
 
         post = postprocess_config(keep_largest, fill_holes, min_area, crf)
-        items, unpaired = source_items(data, split)
-        predictor = Predictor.load(model, device=device, tta=tta_config(tta, None),
-                                   batch_size=batch_size)
-        prepared = (data / "manifest.json").is_file()
-        out = out or model.parent / (f"eval-{split}" if prepared else f"eval-{data.name}")
-        check_output(out)
-        result = evaluate_model(predictor, items, post, progress=not quiet)
-        notes = [f"model: {model}", f"data: {data}" + (f" (split {split})" if prepared else ""),
-                 f"threshold {predictor.threshold}, TTA {'on' if tta else 'off'}, "
-                 f"post-processing: {post or 'none'}"]
-        if unpaired:
-            shown = ", ".join(p.name for p in unpaired[:5]) + (", ..." if len(unpaired) > 5
-                                                               else "")
-            notes.append(f"{len(unpaired)} image(s) without a mask not scored: {shown}")
-            typer.echo(f"note: {notes[-1]} (see `dermaseg data check {data}`)", err=True)
+        result, notes, out = _model_evaluation(model, data, split, out, post, tta,
+                                               batch_size, device, quiet)
+    for warning in result.warnings:
+        notes.append(warning)
+        typer.echo(f"note: {warning}", err=True)
     summary = write_evaluation(result, out, "dermaseg evaluation", notes)
     _print_overall(summary, out)
