@@ -28,6 +28,7 @@ SCRIPTS = {
     "model": ("bench_model.py", ["--rounds", "5"], []),
     "train": ("bench_train.py", ["--quick"], []),
     "infer": ("bench_infer.py", ["--repeats", "5"], []),
+    "predict_large": ("bench_predict_large.py", ["--repeats", "2"], []),
     "serve": ("bench_serve.py", ["--requests", "200"], []),
     # quick quality runs (1 min a variant) prove the pipeline; they must not replace the
     # 18-minute results the README quotes, so they go to results/quick/

@@ -254,56 +254,65 @@ def source_items(data_dir: Path, split: str) -> tuple[list[tuple[str, Path, Path
     return items, []
 
 
-def _iter_pairs(items: list[tuple[str, Path, Path]]) -> Iterator:
-    """(id, image, truth mask 0/255, None) per usable pair; (id, None, None, problem) else."""
+def _iter_pairs(items: list[tuple[str, Path, Path]], draft_size: int) -> Iterator:
+    """(id, path, (image, original (h, w)), truth mask 0/255, None) per usable pair, the image
+    decoded as `predict` and `data prepare` decode it (reduced for a big JPEG);
+    (id, path, None, None, problem) else."""
     from dermaseg.infer.batch import iter_decoded
 
     masks = {image_id: mask for image_id, _, mask in items}
-    for image_id, _path, image, error in iter_decoded([(i, p) for i, p, _ in items], ahead=16):
-        if error is not None:
-            yield image_id, None, None, error
-            continue
-        try:
-            truth = read_mask(masks[image_id])
-        except DermasegError as exc:
-            yield image_id, None, None, str(exc)
-            continue
-        if truth.shape != image.shape[:2]:
-            yield image_id, None, None, (
-                f"{display_path(masks[image_id])}: mask is {truth.shape[1]}x{truth.shape[0]}, "
-                f"its image is {image.shape[1]}x{image.shape[0]}")
+    pairs = [(i, p) for i, p, _ in items]
+    for image_id, path, decoded, error in iter_decoded(pairs, ahead=16, draft_size=draft_size):
+        problem = error
+        if problem is None:
+            try:
+                truth = read_mask(masks[image_id])
+            except DermasegError as exc:
+                problem = str(exc)
+        if problem is None and truth.shape != tuple(decoded[1]):
+            problem = (f"{display_path(masks[image_id])}: mask is {truth.shape[1]}x"
+                       f"{truth.shape[0]}, its image is {decoded[1][1]}x{decoded[1][0]}")
+        if problem is not None:
+            yield image_id, path, None, None, problem
             continue
         if truth.max(initial=0) <= 1:  # a 0/1 mask, as `data prepare` reads it
             truth = truth * np.uint8(255)
-        yield image_id, image, truth, None
+        yield image_id, path, decoded, truth, None
 
 
 def evaluate_model(predictor, items: list[tuple[str, Path, Path]], postprocess=None,
                    progress: bool = True) -> Evaluation:
     """Predict each source image at its original size and score it against its source mask.
 
+    The masks are those `dermaseg predict` writes (same decoding, letterbox and
+    post-processing); the image at full size is read only for the CRF.
+
     Raises:
         DermasegError: listing every pair whose image or mask is unreadable or whose sizes
             differ (after the first one, the rest are only checked, not predicted).
     """
-    result = Evaluation()
-    batch: list = []
-    problems: list[str] = []
+    from dermaseg.fileio import read_rgb
+
+    result, batch, problems = Evaluation(), [], []
+    crf = bool(getattr(postprocess, "crf", False))
 
     def flush() -> None:
-        for (image_id, image, truth), prob in zip(
-                batch, predictor.predict_proba([b[1] for b in batch]), strict=True):
-            result.add(image_id, predictor.to_mask(prob, image, postprocess), truth, image)
+        probs = predictor.predict_proba([b[2][0] for b in batch], [b[2][1] for b in batch])
+        for (image_id, path, (image, _), truth), prob in zip(batch, probs, strict=True):
+            full = read_rgb(path) if crf else None
+            mask = predictor.to_mask(prob, full, postprocess)
+            result.add(image_id, mask, truth, image if full is None else full)
         batch.clear()
 
     with tqdm(total=len(items), desc="evaluate", unit="img", disable=not progress) as bar:
-        for image_id, image, truth, problem in _iter_pairs(items):
+        for image_id, path, decoded, truth, problem in _iter_pairs(
+                items, predictor.meta.image_size):
             bar.update(1)
             if problem is not None:
                 problems.append(problem)
                 batch.clear()
             elif not problems:
-                batch.append((image_id, image, truth))
+                batch.append((image_id, path, decoded, truth))
                 if len(batch) >= predictor.batch_size:
                     flush()
         if batch and not problems:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import math
 import os
 import tempfile
 import warnings
@@ -79,10 +80,12 @@ def write_json_atomic(path: str | os.PathLike, obj) -> None:
     write_bytes_atomic(path, (json.dumps(obj, indent=2) + "\n").encode())
 
 
-def save_png_atomic(path: str | os.PathLike, array: np.ndarray) -> None:
-    """Write a uint8 array (HxW or HxWx3) as PNG, atomically."""
+def save_png_atomic(path: str | os.PathLike, array: np.ndarray, compress_level: int = 6) -> None:
+    """Write a uint8 array (HxW or HxWx3) as PNG, atomically (zlib level 6: Pillow's default;
+    1 is ~3x faster on smooth 8-bit maps for ~30 % more bytes)."""
     buffer = io.BytesIO()
-    Image.fromarray(np.ascontiguousarray(array)).save(buffer, format="PNG")
+    Image.fromarray(np.ascontiguousarray(array)).save(
+        buffer, format="PNG", compress_level=compress_level)
     write_bytes_atomic(path, buffer.getvalue())
 
 
@@ -110,18 +113,37 @@ def open_header(source, label: str) -> Image.Image:
     return image
 
 
-def open_image(source: str | os.PathLike | bytes, name: str | None = None) -> Image.Image:
-    """Open an image file (or bytes), apply EXIF orientation, and fully decode it.
+def _label(source, name: str | None) -> str:
+    """The file name as shown in errors: a non-UTF-8 name with \\xNN escapes, never as lone
+    surrogates."""
+    if name is not None:
+        return name
+    if isinstance(source, bytes):
+        return "image bytes"
+    return os.fsencode(source).decode("utf-8", "backslashreplace")
+
+
+def _draft(image: Image.Image, size: int | None) -> None:
+    """Ask a JPEG at least twice as large as `size` for a reduced (DCT-scaled) decode, never
+    below the letterboxed size: exactly what `data prepare` does (prepare.decode_image)."""
+    width, height = image.size
+    if size is None or image.format != "JPEG" or max(width, height) < 2 * size:
+        return
+    scale = size / max(width, height)
+    image.draft(image.mode, (math.ceil(width * scale), math.ceil(height * scale)))
+
+
+def decode_image(source, name: str | None = None, draft_size: int | None = None):
+    """Open, decode (reduced for a large JPEG when `draft_size` is given) and EXIF-orient.
+
+    Returns (image, (height, width) of the original as displayed): the image is smaller than
+    that only after a reduced decode.
 
     Raises:
         DermasegError: naming the file when it is missing, empty, not an image, truncated,
             or larger than Image.MAX_IMAGE_PIXELS (ImageTooLarge).
     """
-    # a non-UTF-8 file name is shown with \xNN escapes, never as lone surrogates
-    if name is None:
-        name = "image bytes" if isinstance(source, bytes) else \
-            os.fsencode(source).decode("utf-8", "backslashreplace")
-    label = name
+    label = _label(source, name)
     try:
         handle = io.BytesIO(source) if isinstance(source, bytes) else open(source, "rb")  # noqa: SIM115
     except OSError as exc:
@@ -132,13 +154,28 @@ def open_image(source: str | os.PathLike | bytes, name: str | None = None) -> Im
                 raise DermasegError(f"{label}: empty file (0 bytes)")
             handle.seek(0)
             image = open_header(handle, label)
+            width, height = image.size
+            _draft(image, draft_size)
             image.load()
+            decoded = image.size
             image = ImageOps.exif_transpose(image)
         except Image.UnidentifiedImageError as exc:
             raise DermasegError(f"{label}: not an image (unknown or damaged format)") from exc
         except (OSError, ValueError, SyntaxError) as exc:
             raise DermasegError(f"{label}: not a readable image ({exc})") from exc
-    return image
+    if image.size != decoded:  # EXIF rotated by 90 or 270 degrees
+        width, height = height, width
+    return image, (height, width)
+
+
+def open_image(source: str | os.PathLike | bytes, name: str | None = None) -> Image.Image:
+    """Open an image file (or bytes), apply EXIF orientation, and fully decode it.
+
+    Raises:
+        DermasegError: naming the file when it is missing, empty, not an image, truncated,
+            or larger than Image.MAX_IMAGE_PIXELS (ImageTooLarge).
+    """
+    return decode_image(source, name)[0]
 
 
 def to_rgb_array(image: Image.Image) -> np.ndarray:
@@ -157,3 +194,13 @@ def to_rgb_array(image: Image.Image) -> np.ndarray:
 def read_rgb(source: str | os.PathLike | bytes, name: str | None = None) -> np.ndarray:
     """Read any supported image as HxWx3 uint8 RGB with EXIF orientation applied."""
     return to_rgb_array(open_image(source, name))
+
+
+def read_rgb_reduced(source: str | os.PathLike | bytes, size: int, name: str | None = None):
+    """(HxWx3 uint8 RGB, (height, width) of the original): a JPEG at least twice as large as
+    `size` is decoded at reduced size (Pillow's draft, as `data prepare` does), about 5x faster
+    than a full decode for a 6000x4000 image at 192-512 px; other images are decoded in full.
+    Letterboxing the result with Letterbox.fit(height, width, size) gives the network input of
+    `data prepare` exactly."""
+    image, original = decode_image(source, name, draft_size=size)
+    return to_rgb_array(image), original

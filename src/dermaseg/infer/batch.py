@@ -34,8 +34,15 @@ from PIL import Image
 from tqdm import tqdm
 
 from dermaseg.data.discover import IMAGE_SUFFIXES, MASK_STEM, display_path
+from dermaseg.data.geometry import mask_box, restore_probability
 from dermaseg.errors import DermasegError, UsageError
-from dermaseg.fileio import read_rgb, save_png_atomic, write_bytes_atomic, write_json_atomic
+from dermaseg.fileio import (
+    read_rgb,
+    read_rgb_reduced,
+    save_png_atomic,
+    write_bytes_atomic,
+    write_json_atomic,
+)
 
 MASK_SUFFIX = "_segmentation.png"
 
@@ -154,53 +161,118 @@ def assign_ids(files: list[Path]) -> tuple[list[tuple[str, Path]], list[str]]:
     return items, failed
 
 
-def _decode(path: Path):
+def _decode(path: Path, draft_size: int | None = None):
     try:
-        return read_rgb(path), None
+        if draft_size is None:
+            return read_rgb(path), None
+        return read_rgb_reduced(path, draft_size), None
     except DermasegError as exc:
         return None, str(exc)
 
 
-def iter_decoded(items: list[tuple[str, Path]], ahead: int) -> Iterator:
-    """Yield (id, path, image or None, error or None) in order, decoding `ahead` in advance."""
+def iter_decoded(items: list[tuple[str, Path]], ahead: int,
+                 draft_size: int | None = None) -> Iterator:
+    """Yield (id, path, image or None, error or None) in order, decoding `ahead` in advance.
+
+    With `draft_size`, each image is (reduced decode, original (height, width)) from
+    fileio.read_rgb_reduced: the network input of `data prepare`, and a few MB, not 72."""
     with ThreadPoolExecutor(max_workers=2, thread_name_prefix="decode") as pool:
         pending: deque = deque()
         queue = iter(items)
         for image_id, path in queue:
-            pending.append((image_id, path, pool.submit(_decode, path)))
+            pending.append((image_id, path, pool.submit(_decode, path, draft_size)))
             if len(pending) >= ahead:
                 break
         while pending:
             image_id, path, future = pending.popleft()
             nxt = next(queue, None)
             if nxt is not None:
-                pending.append((nxt[0], nxt[1], pool.submit(_decode, nxt[1])))
+                pending.append((nxt[0], nxt[1], pool.submit(_decode, nxt[1], draft_size)))
             yield (image_id, path, *future.result())
 
 
-def _write_outputs(out: Path, image_id: str, path: Path, image, prob, mask, options) -> None:
-    if options.save_prob:
-        save_png_atomic(_prob_path(out, image_id),
-                        np.round(prob * 255).clip(0, 255).astype(np.uint8))
-    if options.overlay:
-        from dermaseg.report import draw_overlay
+OVERLAY_COLOUR = (255, 40, 40)
 
+
+def draw_contour(image: np.ndarray, mask: np.ndarray, colour=OVERLAY_COLOUR) -> np.ndarray:
+    """report.draw_overlay(image, [(mask, colour)]), with the erosion done inside the mask's
+    bounding box (the contour band lies in the mask; outside the box there is nothing)."""
+    from dermaseg.report import contour
+
+    out = np.array(image, dtype=np.uint8, copy=True)
+    width = max(1, round(max(out.shape[:2]) / 300))
+    box = mask_box(mask, margin=1)
+    if box is not None:
+        out[box][contour(mask[box], width)] = colour
+    return out
+
+
+def measure_in_box(mask: np.ndarray, image: np.ndarray | None = None,
+                   pixel_size_mm: float | None = None) -> dict:
+    """measure.measure_lesion of a (H, W) bool mask, computed inside the lesion's bounding box
+    (1-pixel margin): the contour, hull and asymmetry do not look outside it. Positions (bbox,
+    centroid) are moved back to image coordinates; the other values are the same up to float
+    rounding (~1e-12 relative: the coordinates are smaller)."""
+    from dermaseg.measure import measure_lesion
+
+    box = mask_box(mask, margin=1)
+    if box is None or (image is not None and np.shape(image) != (*mask.shape, 3)):
+        return measure_lesion(mask, image, pixel_size_mm)  # empty, or its error for the image
+    result = measure_lesion(mask[box], None if image is None else image[box], pixel_size_mm)
+    top, left = box[0].start, box[1].start
+    result["height"], result["width"] = mask.shape
+    result["bbox"]["x"] += left
+    result["bbox"]["y"] += top
+    result["centroid"] = [result["centroid"][0] + left, result["centroid"][1] + top]
+    return result
+
+
+def probability_png(prob: np.ndarray) -> np.ndarray:
+    """Probability x 255, rounded half to even, as uint8; in place in one float32 buffer."""
+    scaled = np.multiply(prob, 255, dtype=np.float32)
+    np.rint(scaled, out=scaled)
+    np.clip(scaled, 0, 255, out=scaled)
+    return scaled.astype(np.uint8)
+
+
+def _write_outputs(out: Path, image_id: str, path: Path, image, prob, mask, options) -> None:
+    """Every output asked for, the mask last (a resumed run redoes an image without one)."""
+    if options.save_prob:  # zlib level 1: 3x faster than 6 on a smooth map, ~30 % bigger
+        save_png_atomic(_prob_path(out, image_id), probability_png(prob), compress_level=1)
+    if options.overlay:
         buffer = io.BytesIO()
-        Image.fromarray(draw_overlay(image, [(mask, (255, 40, 40))])).save(
-            buffer, format="JPEG", quality=90)
+        Image.fromarray(draw_contour(image, mask)).save(buffer, format="JPEG", quality=90)
         write_bytes_atomic(_overlay_path(out, image_id), buffer.getvalue())
     if options.measure:
-        from dermaseg.measure import measure_lesion
-
         record = {"id": image_id, "image": display_path(path),
-                  **measure_lesion(mask, image, options.pixel_size_mm)}
+                  **measure_in_box(mask, image, options.pixel_size_mm)}
         write_json_atomic(_measurement_path(out, image_id), record)
     save_png_atomic(mask_path(out, image_id), mask.astype(np.uint8) * 255)
 
 
+def _needs_full_image(options: PredictOptions) -> bool:
+    """The overlay, the colour measurements and the CRF read the image at its own size."""
+    return options.overlay or options.measure or bool(getattr(options.postprocess, "crf", 0))
+
+
+def _full_image(path: Path, decoded: np.ndarray, original: tuple[int, int]) -> np.ndarray:
+    """The image at its original size: `decoded` itself unless that was a reduced decode."""
+    return decoded if decoded.shape[:2] == tuple(original) else read_rgb(path)
+
+
 def _flush(predictor, batch, out, options, summary, bar) -> None:
-    probs = predictor.predict_proba([image for _, _, image in batch])
-    for (image_id, path, image), prob in zip(batch, probs, strict=True):
+    """Predict a batch of (id, path, (reduced image, original size)); each image's maps are
+    restored to full size (96 MB of float32 at 6000x4000) and written one image at a time."""
+    results = predictor.predict_letterboxed([image for _, _, (image, _) in batch],
+                                            [original for _, _, (_, original) in batch])
+    for (image_id, path, (decoded, original)), (small, box) in zip(batch, results, strict=True):
+        try:
+            image = _full_image(path, decoded, original) if _needs_full_image(options) else None
+        except DermasegError as exc:
+            summary.failed.append(str(exc))
+            bar.update(1)
+            continue
+        prob = restore_probability(small, box)
         mask = predictor.to_mask(prob, image, options.postprocess)
         _write_outputs(out, image_id, path, image, prob, mask, options)
         summary.written.append(image_id)
@@ -239,7 +311,7 @@ def predict_files(predictor, files: list[Path], out: Path, options: PredictOptio
     batch: list = []
     ahead = max(1, options.prefetch) * predictor.batch_size
     with tqdm(total=len(items), unit="img", desc="predict", disable=not options.progress) as bar:
-        for image_id, path, image, error in iter_decoded(items, ahead):
+        for image_id, path, image, error in iter_decoded(items, ahead, predictor.meta.image_size):
             if error is not None:
                 summary.failed.append(error)
                 bar.update(1)

@@ -143,15 +143,21 @@ class Predictor:
     def threshold(self) -> float:
         return self.meta.threshold
 
-    def prepare(self, image: np.ndarray) -> tuple[np.ndarray, Letterbox]:
+    def prepare(self, image: np.ndarray, original: tuple[int, int] | None = None
+                ) -> tuple[np.ndarray, Letterbox]:
         """HxWx3 uint8 -> normalised float32 (3, S, S) and its Letterbox.
+
+        `original` is the (height, width) of the original when `image` is a reduced decode of
+        it (fileio.read_rgb_reduced): the geometry is then that of the original, exactly as in
+        `data prepare`, and the probability is restored to the original size.
 
         Raises:
             DermasegError: the array is not HxWx3 uint8.
         """
         if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
             raise DermasegError(f"expected an HxWx3 uint8 image, got {image.dtype} {image.shape}")
-        canvas, box = letterbox_image(Image.fromarray(image), self.meta.image_size)
+        box = Letterbox.fit(*original, self.meta.image_size) if original else None
+        canvas, box = letterbox_image(Image.fromarray(image), self.meta.image_size, box=box)
         chw = canvas.transpose(2, 0, 1).astype(np.float32)
         return (chw - self._mean) / self._std, box
 
@@ -162,16 +168,26 @@ class Predictor:
         logits = torch.from_numpy(self.backend(batch))
         return torch.sigmoid(logits[:, 0]).numpy()
 
-    def predict_proba(self, images: list[np.ndarray]) -> list[np.ndarray]:
-        """HxWx3 uint8 images -> HxW float32 probabilities at each image's original size."""
-        results: list[np.ndarray] = []
+    def predict_letterboxed(self, images: list[np.ndarray],
+                            originals: list | None = None) -> list[tuple[np.ndarray, Letterbox]]:
+        """(S x S probability, Letterbox) per image, not yet restored to the original size:
+        `restore_probability(prob, box)` does that, one image at a time to bound memory (a
+        6000x4000 map is 96 MB). `originals`: see `prepare`."""
+        originals = originals or [None] * len(images)
+        results: list[tuple[np.ndarray, Letterbox]] = []
         for start in range(0, len(images), self.batch_size):
-            prepared = [self.prepare(image) for image in images[start : start + self.batch_size]]
-            batch = np.stack([array for array, _ in prepared])
-            probs = self._run(batch)
-            boxes = [box for _, box in prepared]
-            results += [restore_probability(p, b) for p, b in zip(probs, boxes, strict=True)]
+            chunk = slice(start, start + self.batch_size)
+            prepared = [self.prepare(image, original)
+                        for image, original in zip(images[chunk], originals[chunk], strict=True)]
+            probs = self._run(np.stack([array for array, _ in prepared]))
+            results += [(p, box) for p, (_, box) in zip(probs, prepared, strict=True)]
         return results
+
+    def predict_proba(self, images: list[np.ndarray], originals: list | None = None
+                      ) -> list[np.ndarray]:
+        """HxWx3 uint8 images -> HxW float32 probabilities at each image's original size."""
+        return [restore_probability(p, box)
+                for p, box in self.predict_letterboxed(images, originals)]
 
     def to_mask(self, prob: np.ndarray, image: np.ndarray | None = None, postprocess=None):
         """Threshold a probability map (HxW) to a bool mask, then post-process if asked."""

@@ -17,8 +17,9 @@ import numpy as np
 from fastapi import HTTPException
 from PIL import Image, UnidentifiedImageError
 
+from dermaseg.data.geometry import mask_box, restore_probability
 from dermaseg.errors import DermasegError
-from dermaseg.fileio import ImageTooLarge, open_header, read_rgb
+from dermaseg.fileio import ImageTooLarge, open_header, read_rgb, read_rgb_reduced
 
 # Formats a dermoscope or a phone produces; PIL reads many more (EPS, ICNS, PSD ...), which we
 # refuse rather than expose their parsers to the network.
@@ -81,15 +82,18 @@ def check_upload(data: bytes, name: str, max_pixels: int) -> int:
     return width * height
 
 
-def decode_upload(data: bytes, name: str) -> np.ndarray:
+def decode_upload(data: bytes, name: str, draft_size: int | None = None):
     """Upload bytes (already passed by check_upload) -> HxWx3 uint8 RGB (EXIF orientation
-    applied).
+    applied); with `draft_size`, (reduced decode, original (height, width)) as
+    fileio.read_rgb_reduced gives it: the network input of `data prepare`.
 
     Raises:
         ApiError: 422 an image that cannot be decoded (truncated, corrupt).
     """
     try:
-        return read_rgb(data, name)
+        if draft_size is None:
+            return read_rgb(data, name)
+        return read_rgb_reduced(data, draft_size, name)
     except DermasegError as exc:
         raise ApiError(422, str(exc)) from exc
     except Exception as exc:  # decoders on crafted files: never a 500
@@ -99,7 +103,7 @@ def decode_upload(data: bytes, name: str) -> np.ndarray:
 def mask_png(mask: np.ndarray) -> bytes:
     """Bool HxW -> 8-bit PNG bytes, 0 = skin, 255 = lesion."""
     buffer = io.BytesIO()
-    Image.fromarray(np.where(mask, 255, 0).astype(np.uint8)).save(buffer, format="PNG")
+    Image.fromarray(mask.astype(np.uint8) * 255).save(buffer, format="PNG")
     return buffer.getvalue()
 
 
@@ -111,15 +115,27 @@ class Segmented:
     fields: dict
 
 
+def contour_polygon_in_box(mask: np.ndarray) -> list[list[float]]:
+    """measure.contour_polygon of a bool mask, traced inside the lesion's bounding box: the
+    same points (half-pixel multiples, moved back exactly), without a full-size float copy."""
+    from dermaseg.measure import contour_polygon
+
+    box = mask_box(mask, margin=1)
+    if box is None:
+        return []
+    top, left = box[0].start, box[1].start
+    return [[x + left, y + top] for x, y in contour_polygon(mask[box])]
+
+
 def describe(mask: np.ndarray, image: np.ndarray, pixel_size_mm: float | None) -> dict:
     """Measurements, bbox, contour and area fraction of a bool mask."""
-    from dermaseg.measure import contour_polygon, measure_lesion
+    from dermaseg.infer.batch import measure_in_box
 
-    measurements = measure_lesion(mask, image, pixel_size_mm)
+    measurements = measure_in_box(mask, image, pixel_size_mm)
     return {
         "width": int(mask.shape[1]), "height": int(mask.shape[0]),
         "area_fraction": float(mask.mean()) if mask.size else 0.0,
-        "bbox": measurements.get("bbox"), "contour": contour_polygon(mask),
+        "bbox": measurements.get("bbox"), "contour": contour_polygon_in_box(mask),
         "measurements": measurements,
     }
 
@@ -145,9 +161,34 @@ def _check_all(uploads: list[tuple[str, bytes]], max_pixels: int) -> list:
     return checked
 
 
+def _decode_all(uploads: list[tuple[str, bytes]], checked: list, draft_size: int):
+    """(results with each failure's ApiError or None, [(index, (reduced image, original))])."""
+    results: list = []
+    images: list = []
+    for index, ((name, data), pixels) in enumerate(zip(uploads, checked, strict=True)):
+        if isinstance(pixels, ApiError):
+            results.append(pixels)
+            continue
+        try:
+            images.append((index, decode_upload(data, name, draft_size)))
+            results.append(None)
+        except ApiError as exc:
+            results.append(exc)
+    return results, images
+
+
+def _full_size(upload: tuple[str, bytes], decoded: np.ndarray, original) -> np.ndarray:
+    """The upload at its own size: `decoded` itself unless that was a reduced decode."""
+    name, data = upload
+    return decoded if decoded.shape[:2] == tuple(original) else decode_upload(data, name)
+
+
 def segment_images(predictor, uploads: list[tuple[str, bytes]], max_pixels: int,
                    pixel_size_mm: float | None, want_json: bool = True) -> list:
     """Decode every upload, predict the good ones as one batch, describe each.
+
+    The network input comes from a reduced decode (as in `data prepare`); the full-size image
+    is decoded only for the JSON's colour measurements, one image at a time.
 
     Returns:
         One entry per upload, in order: a Segmented, or the ApiError that upload caused.
@@ -155,28 +196,24 @@ def segment_images(predictor, uploads: list[tuple[str, bytes]], max_pixels: int,
     Raises:
         ApiError: 413 when the images together have more than `max_pixels` pixels.
     """
-    results: list = []
-    images: list[tuple[int, np.ndarray]] = []
     checked = _check_all(uploads, max_pixels)
-    for index, ((name, data), pixels) in enumerate(zip(uploads, checked, strict=True)):
-        if isinstance(pixels, ApiError):
-            results.append(pixels)
-            continue
-        try:
-            images.append((index, decode_upload(data, name)))
-            results.append(None)
-        except ApiError as exc:
-            results.append(exc)
+    results, images = _decode_all(uploads, checked, predictor.meta.image_size)
     if not images:
         return results
     start = time.perf_counter()
-    probs = predictor.predict_proba([image for _, image in images])
+    boxed = predictor.predict_letterboxed([image for _, (image, _) in images],
+                                          [original for _, (_, original) in images])
     elapsed_ms = 1000.0 * (time.perf_counter() - start) / len(images)
-    for (index, image), prob in zip(images, probs, strict=True):
-        mask = predictor.to_mask(prob)
+    for (index, (decoded, original)), (small, box) in zip(images, boxed, strict=True):
+        mask = predictor.to_mask(restore_probability(small, box))
         png = mask_png(mask)
         fields: dict = {"inference_ms": round(elapsed_ms, 2)}
         if want_json:
+            try:
+                image = _full_size(uploads[index], decoded, original)
+            except ApiError as exc:
+                results[index] = exc
+                continue
             fields.update(describe(mask, image, pixel_size_mm))
             fields["mask_png_base64"] = base64.b64encode(png).decode("ascii")
         results[index] = Segmented(png, fields)
