@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 # any torch >= 2.4 works (see pyproject.toml).
 TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
 
-.PHONY: venv test test-slow demo bench lint browser clean
+.PHONY: venv test test-slow test-tflite demo bench lint browser clean
 
 # The web-page test drives Debian's Chromium; install it when we can (root + apt), else that
 # test is skipped with its reason.
@@ -29,9 +29,23 @@ venv: $(STAMP)
 test: venv browser
 	$(BIN)/ruff check src tests bench
 	$(BIN)/python -m pytest -q
+	$(MAKE) test-tflite
 
 test-slow: venv browser
 	$(BIN)/python -m pytest -q -m slow
+
+# TFLite export needs litert-torch, whose pins clash with FastAPI's (pydantic): an environment
+# of its own, used only by this target.
+TFLITE_VENV := .venv-tflite
+$(TFLITE_VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(TFLITE_VENV)
+	$(TFLITE_VENV)/bin/pip install -q --upgrade pip
+	$(TFLITE_VENV)/bin/pip install -q $(TORCH_PINS) || $(TFLITE_VENV)/bin/pip install -q "torch>=2.4" torchvision
+	$(TFLITE_VENV)/bin/pip install -q $(TORCH_PINS) -e ".[tflite]" pytest pytest-timeout hypothesis
+	touch $@
+
+test-tflite: $(TFLITE_VENV)/.installed
+	$(TFLITE_VENV)/bin/python -m pytest -q -p no:cacheprovider tests/test_export.py -k tflite
 
 demo: venv
 	$(BIN)/dermaseg demo -o demo-out
@@ -43,4 +57,4 @@ lint: venv
 	$(BIN)/ruff check src tests bench
 
 clean:
-	rm -rf $(VENV) demo-out .pytest_cache
+	rm -rf $(VENV) $(TFLITE_VENV) demo-out .pytest_cache
