@@ -47,3 +47,18 @@ def tiny_ckpt(tmp_path_factory, synth_dir) -> Path:
     path = tmp_path_factory.mktemp("model") / "tiny.ckpt"
     save_checkpoint(path, model, meta)
     return path
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Training tests: one torch thread (stable timings on 2 cores), warnings silenced."""
+    import warnings
+
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        yield
+    torch.set_num_threads(threads)

@@ -30,6 +30,7 @@ app = typer.Typer(
 )
 app.add_typer(data_commands.app, name="data")
 app.command("train")(train_command.train)
+app.command("cv-summary")(train_command.cv_summary)
 app.command()(doctor)
 app.command()(demo)
 app.command("predict")(predict_command.predict)

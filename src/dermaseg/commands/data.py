@@ -87,11 +87,16 @@ def prepare(
         True, "--official-split/--random-split",
         help="Keep an official split given by folder names (ISIC *Training*/*Test*).",
     ),
+    folds: int | None = typer.Option(
+        None, "--folds", help="Also share train + val into K cross-validation folds "
+        "(seeded by --seed; train one with `dermaseg train --fold F`)."),
 ) -> None:
     """Decode every pair once, letterbox to --size, split train/val/test, write a manifest.
 
     Bad pairs are skipped and listed; a re-run only prepares what changed. Exit code 1 (and
     nothing written) when no pair is usable.
+
+    --folds 5 gives every non-test item a fold 0..4 (balanced sizes, same seed: same folds).
     """
     from dermaseg.data.prepare import prepare_dataset, summary_lines
 
@@ -99,7 +104,8 @@ def prepare(
         raise UsageError(f"--workers must be 0 or more, got {workers}")
     refuse_prepared(folder, "prepare")
     manifest = prepare_dataset(folder, out, size=size, val=val, test=test, seed=seed,
-                               workers=workers or None, keep_official_split=official)
+                               workers=workers or None, keep_official_split=official,
+                               folds=folds)
     typer.echo("\n".join(summary_lines(manifest, out)))
 
 

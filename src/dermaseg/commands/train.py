@@ -46,6 +46,18 @@ def _resolve_config(config: Path | None, out: Path, overrides: list[str], resume
     return load_config(config, overrides)
 
 
+def _with_options(overrides: list[str], minutes: float | None, fold: int | None) -> list[str]:
+    """--set overrides plus those --minutes (train.max_minutes) and --fold (data.fold) mean."""
+    if minutes is not None:
+        overrides = [*overrides, f"train.max_minutes={minutes}"]
+    if fold is not None:
+        if fold < 0:
+            raise UsageError(f"--fold {fold}: must be 0 or more (a fold of `dermaseg data "
+                             "prepare --folds K`: 0..K-1)")
+        overrides = [*overrides, f"data.fold={fold}"]
+    return overrides
+
+
 def train(
     config: Path | None = typer.Option(
         None, "--config", "-c", help="YAML recipe (configs/*.yaml); optional with --resume."),
@@ -62,6 +74,9 @@ def train(
         None, "--num-nodes", help="Machines taking part in DDP (same command on each)."),
     minutes: float | None = typer.Option(
         None, "--minutes", help="Training time budget in minutes (sets train.max_minutes)."),
+    fold: int | None = typer.Option(
+        None, "--fold", help="Cross-validation: validate on fold K of a dataset prepared with "
+        "--folds, train on the other folds (sets data.fold)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
     """Train DeepLab-v3 on a prepared dataset.
@@ -72,21 +87,43 @@ def train(
 
     --minutes 5 stops after the last epoch that fits in 5 minutes (best.ckpt is kept).
 
+    --fold 2 trains on folds 0, 1, 3, 4 of `data prepare --folds 5` and validates on fold 2;
+    `dermaseg cv-summary` then reads the fold runs.
+
     Several GPUs: --devices 4 (DDP); several machines: --num-nodes 2 on each machine.
     """
     from lightning.pytorch.utilities import rank_zero_only
 
     from dermaseg.train.runner import train as run_training
 
-    if minutes is not None:
-        overrides = [*overrides, f"train.max_minutes={minutes}"]
-    resolved = _resolve_config(config, out, overrides, resume)
+    resolved = _resolve_config(config, out, _with_options(overrides, minutes, fold), resume)
     summary = run_training(resolved, data, out, resume=resume, devices=devices,
                            num_nodes=num_nodes, progress=not quiet)
     if rank_zero_only.rank != 0:  # DDP: one report, from rank 0
         return
     best = summary.get("best", {})
-    typer.echo(json.dumps({"run": str(out), "best_epoch": summary.get("best_epoch"),
+    typer.echo(json.dumps({"run": str(out), "fold": summary.get("fold"),
+                           "best_epoch": summary.get("best_epoch"),
                            "val_dice": best.get("val_dice"), "val_iou": best.get("val_iou"),
                            "epochs": summary.get("epochs"),
                            "stopped_by": summary.get("stopped_by")}))
+
+
+def cv_summary(
+    runs: list[Path] = typer.Argument(..., help="Run folders of `dermaseg train --fold K`."),
+    out: Path = typer.Option(None, "--out", "-o", help="Also write the result as JSON here."),
+) -> None:
+    """Cross-validation result: each fold's best val Dice/IoU and epoch, then mean ± std.
+
+    Refuses runs trained on different prepared data or with configs that differ in more than
+    data.fold (the field is named), and a fold given twice.
+    """
+    from dermaseg.fileio import write_json_atomic
+    from dermaseg.train.crossval import cv_lines
+    from dermaseg.train.crossval import cv_summary as summarise_folds
+
+    result = summarise_folds(runs)
+    typer.echo("\n".join(cv_lines(result)))
+    if out is not None:
+        write_json_atomic(out, result)
+        typer.echo(f"wrote {out}")

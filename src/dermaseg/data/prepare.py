@@ -22,8 +22,6 @@ import hashlib
 import json
 import math
 import os
-import random
-import re
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -37,6 +35,7 @@ from tqdm import tqdm
 from dermaseg.data.check import EXIF_ORIENTATION, check_mask, default_workers, mask_array
 from dermaseg.data.discover import Pair, Problem, discover, display_path
 from dermaseg.data.geometry import Letterbox, letterbox_image
+from dermaseg.data.splits import add_folds, assign_splits, check_folds, fold_counts, official_split
 from dermaseg.errors import DermasegError, UsageError
 from dermaseg.fileio import MAX_PIXELS, atomic_path, to_rgb_array, write_json_atomic
 from dermaseg.parallel import parallel_map
@@ -45,9 +44,6 @@ MANIFEST = "manifest.json"
 FORMAT = "dermaseg-prepared/1"
 SPLITS = ("train", "val", "test")
 FIXABLE = frozenset({"mask_values_0_1"})  # problems prepare corrects instead of skipping the pair
-# Folder-name words of an official split (ISIC: ISIC2018_Task1-2_Training_Input, ..._Test_...).
-OFFICIAL_WORDS = {"training": "train", "train": "train", "validation": "val", "val": "val",
-                  "valid": "val", "test": "test", "testing": "test"}
 
 
 @dataclass
@@ -183,40 +179,6 @@ def reusable_record(pair: Pair, out: Path, size: int) -> dict | None:
     return record if same and all(f.is_file() for f in files) else None
 
 
-def official_split(image: Path, root: Path) -> str | None:
-    """"train"/"val"/"test" when a folder between root and the image names an official split
-    (ISIC: `ISIC2018_Task1-2_Training_Input`, `ISBI2016_ISIC_Part1_Test_Data`), else None."""
-    try:
-        folders = image.relative_to(root).parent.parts
-    except ValueError:
-        return None
-    for folder in reversed(folders):
-        for word in re.split(r"[^a-z]+", folder.lower()):
-            if word in OFFICIAL_WORDS:
-                return OFFICIAL_WORDS[word]
-    return None
-
-
-def assign_splits(labels: dict[str, str | None], val: float, test: float, seed: int
-                  ) -> dict[str, str]:
-    """Split ids into train/val/test. Ids labelled "val"/"test" keep their label; the rest are
-    shuffled with `seed` and the val/test fractions missing from the labels are drawn from them
-    (at least one item each when the fraction is > 0 and 3 or more items are left)."""
-    split = {key: label for key, label in labels.items() if label in ("val", "test")}
-    pool = sorted(key for key in labels if key not in split)
-    random.Random(seed).shuffle(pool)
-
-    def count(fraction: float, kind: str) -> int:
-        if kind in split.values() or fraction <= 0:
-            return 0
-        return max(1, round(fraction * len(pool))) if len(pool) >= 3 else 0
-
-    n_test, n_val = count(test, "test"), count(val, "val")
-    for index, key in enumerate(pool):
-        split[key] = "test" if index < n_test else "val" if index < n_test + n_val else "train"
-    return split
-
-
 def _check_arguments(size: int, val: float, test: float) -> None:
     if size < 8:
         raise UsageError(f"--size {size}: must be at least 8 pixels")
@@ -236,6 +198,22 @@ def _run_all(todo: list[Pair], out: Path, size: int, workers: int, bar: tqdm
              ) -> list[PrepareResult]:
     work = partial(_prepare_safely, out=out, size=size)
     return parallel_map(work, todo, workers, bar, "prepare", serial_below=4)
+
+
+def _prepare_all(pairs: list[Pair], out: Path, size: int, workers: int, progress: bool
+                 ) -> tuple[list[PrepareResult], list[Pair]]:
+    """Results of every pair (reused when already prepared, else decoded) and those decoded."""
+    results, todo = [], []
+    for pair in pairs:
+        record = reusable_record(pair, out, size)
+        if record is None:
+            todo.append(pair)
+        else:
+            results.append(PrepareResult(pair, record, reused=True))
+    with tqdm(total=len(pairs), initial=len(results), desc="preparing", unit="pair",
+              disable=not progress) as bar:
+        results += _run_all(todo, out, size, workers, bar)
+    return results, todo
 
 
 def _remove_item(out: Path, item_id: str) -> None:
@@ -325,19 +303,24 @@ def prepare_dataset(
     workers: int | None = None,
     keep_official_split: bool = True,
     progress: bool = True,
+    folds: int | None = None,
 ) -> dict:
     """Prepare every good pair under `root` into `out` and write `out/manifest.json`.
 
     Returns the manifest: {"format", "size", "source", "split", "counts", "items", "skipped",
     "run"}; "run" says how many pairs were decoded, reused from an earlier run, and the time.
+    With `folds`, every non-test item also has a "fold" (see `dermaseg.data.splits`) and the
+    manifest "folds": the number of folds.
 
     Raises:
-        UsageError: `root` is not a folder, or a size/ratio is out of range.
+        UsageError: `root` is not a folder, a size/ratio is out of range, or `folds` is below
+            2 or above the number of non-test items.
         DermasegError: no pair found under `root`, no usable pair (nothing is written then),
             or `out` cannot be written.
     """
     start = time.perf_counter()
     _check_arguments(size, val, test)
+    check_folds(folds)
     root, out = Path(root).absolute(), Path(out)
     found = discover(root)
     if not found.pairs:
@@ -345,26 +328,19 @@ def prepare_dataset(
                             "(expected NAME.jpg + NAME_segmentation.png, ISIC or PH2 layout)")
     created = not out.exists()
     _clean_temporaries(out)
-    results, todo = [], []
-    for pair in found.pairs:
-        record = reusable_record(pair, out, size)
-        if record is None:
-            todo.append(pair)
-        else:
-            results.append(PrepareResult(pair, record, reused=True))
     workers = workers or default_workers()
-    with tqdm(total=len(found.pairs), initial=len(results), desc="preparing", unit="pair",
-              disable=not progress) as bar:
-        results += _run_all(todo, out, size, workers, bar)
+    results, todo = _prepare_all(found.pairs, out, size, workers, progress)
     _drop_duplicates(results, out)
     skipped = _skipped(found.problems, results)
     if not any(result.record for result in results):
         raise _no_usable_pair(found.root, out, created, skipped)
     items, official = _split_items(results, found.root, val, test, seed, keep_official_split)
+    add_folds(items, folds, seed)
     manifest = {
         "format": FORMAT, "size": size, "source": display_path(found.root),
         "split": {"val": val, "test": test, "seed": seed, "official": official},
         "counts": {name: sum(item["split"] == name for item in items) for name in SPLITS},
+        **({"folds": folds} if folds is not None else {}),
         "items": items, "skipped": skipped,
         "run": {"decoded": len(todo), "reused": len(found.pairs) - len(todo),
                 "workers": workers, "seconds": round(time.perf_counter() - start, 3)},
@@ -386,6 +362,9 @@ def summary_lines(manifest: dict, out: str | os.PathLike, shown: int = 20) -> li
         f"({run['decoded']} decoded, {run['reused']} reused) in {run['seconds']:.1f} s ({speed})",
         "split (" + split_kind + "): " + ", ".join(f"{k} {counts[k]}" for k in SPLITS),
     ]
+    if manifest.get("folds"):
+        lines.append(f"folds ({manifest['folds']}, of train + val): "
+                     + ", ".join(f"{k} {n}" for k, n in enumerate(fold_counts(manifest))))
     if skipped:
         lines.append(f"skipped {len(skipped)}: {_reasons(skipped)}")
         lines += _problem_lines(skipped, shown)

@@ -24,6 +24,9 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from dermaseg.config import Config
+from dermaseg.data.dataset import CACHE_LIMIT_BYTES, PreparedDataset, Transform
+from dermaseg.data.prepare import MANIFEST
+from dermaseg.data.splits import fold_members
 from dermaseg.errors import DermasegError
 
 # More workers than 8 starved the training process of CPU on a 16-core GPU machine.
@@ -125,8 +128,26 @@ def seed_worker(worker_id: int) -> None:
     random.seed(seed)
 
 
+class FoldDataset(PreparedDataset):
+    """Cross-validation: the items of the pool (train + val) outside `fold` (role "train") or
+    in it (role "val"), of a folder prepared with `dermaseg data prepare --folds K`.
+
+    Raises:
+        UsageError: the folder has no folds, or `fold` is not one of them.
+    """
+
+    def __init__(self, root: str | os.PathLike, fold: int, role: str,
+                 image_size: int | None = None, transform: Transform | None = None) -> None:
+        super().__init__(root, "all", image_size, transform, cache=False)
+        train, val = fold_members(self.manifest, fold, str(self.root / MANIFEST))
+        self.split, self.items = role, train if role == "train" else val
+        if self.image_size * self.image_size * 4 * len(self.items) <= CACHE_LIMIT_BYTES:
+            self._cache = [self.arrays(i) for i in range(len(self.items))]
+
+
 class SegmentationDataModule(L.LightningDataModule):
-    """Train/val loaders over a folder written by `dermaseg data prepare`.
+    """Train/val loaders over a folder written by `dermaseg data prepare`; with `data.fold`,
+    the other folds train and that fold validates (`FoldDataset`).
 
     Args:
         world_size: training processes (DDP), until a Trainer says how many.
@@ -146,17 +167,22 @@ class SegmentationDataModule(L.LightningDataModule):
         self.train_sampler: EpochSampler | None = None
 
     def setup(self, stage: str | None = None) -> None:
-        from dermaseg.data.dataset import PreparedDataset
         from dermaseg.data.device_augment import augment_on_device
         from dermaseg.data.transforms import build_transform
 
         data, seed = self.config.data, self.config.train.seed
         if self.train_set is None:
             on_device = augment_on_device(data.augment_on, torch.cuda.is_available())
-            train = PreparedDataset(self.data_dir, "train", data.image_size,
-                                    build_transform(data, train=not on_device, as_uint8=True))
-            val = PreparedDataset(self.data_dir, "val", data.image_size,
-                                  build_transform(data, train=False, as_uint8=True))
+            train_transform = build_transform(data, train=not on_device, as_uint8=True)
+            val_transform = build_transform(data, train=False, as_uint8=True)
+            if data.fold is None:
+                train = PreparedDataset(self.data_dir, "train", data.image_size, train_transform)
+                val = PreparedDataset(self.data_dir, "val", data.image_size, val_transform)
+            else:
+                train = FoldDataset(self.data_dir, data.fold, "train", data.image_size,
+                                    train_transform)
+                val = FoldDataset(self.data_dir, data.fold, "val", data.image_size,
+                                  val_transform)
             for name, split in (("train", train), ("val", val)):
                 if len(split) == 0:
                     raise DermasegError(f"{self.data_dir}: the {name} split is empty; prepare "

@@ -33,6 +33,8 @@ from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
 from lightning.pytorch.strategies import DDPStrategy
 
 from dermaseg.config import Config, load_config, save_config, validate_config
+from dermaseg.data.dataset import read_manifest
+from dermaseg.data.splits import split_fingerprint
 from dermaseg.errors import DermasegError, UsageError
 from dermaseg.fileio import write_json_atomic
 from dermaseg.train.callbacks import (
@@ -88,11 +90,19 @@ def resolve_devices(value: str | int | None) -> tuple[int | str, int]:
 
 
 def load_run_config(out_dir: Path, overrides: list[str] | None) -> Config:
-    """The resolved config saved in RUN_DIR, with `section.key=value` overrides applied."""
+    """The resolved config saved in RUN_DIR, with `section.key=value` overrides applied.
+
+    Raises:
+        UsageError: no config.yaml, or the overrides change the run's cross-validation fold.
+    """
     path = out_dir / "config.yaml"
     if not path.is_file():
         raise UsageError(f"{out_dir}: no config.yaml, not a run folder to resume")
-    return load_config(path, overrides)
+    config, saved = load_config(path, overrides), load_config(path)
+    if config.data.fold != saved.data.fold:  # the run's validation set cannot change midway
+        raise UsageError(f"--fold {config.data.fold}: {path} trains data.fold="
+                         f"{saved.data.fold}; resume it without --fold, or use another -o")
+    return config
 
 
 def check_resume_config(given: Config, saved: Config, out_dir: Path) -> None:
@@ -243,7 +253,7 @@ def train(config: Config, data_dir: str | os.PathLike, out_dir: str | os.PathLik
         save_config(config, out_dir / "config.yaml")
     start = time.perf_counter()
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
-    return _finish(trainer, config, out_dir, time.perf_counter() - start)
+    return _finish(trainer, config, out_dir, time.perf_counter() - start, data_dir)
 
 
 def _stop_reason(trainer: L.Trainer) -> str:
@@ -255,13 +265,22 @@ def _stop_reason(trainer: L.Trainer) -> str:
     return "max_epochs"
 
 
-def _finish(trainer: L.Trainer, config: Config, out_dir: Path, seconds: float) -> dict:
+def data_identity(data_dir: Path) -> dict[str, Any]:
+    """summary.json's "data": the prepared folder, its folds and split fingerprint."""
+    manifest = read_manifest(data_dir)
+    return {"path": str(data_dir.absolute()), "folds": manifest.get("folds"),
+            "fingerprint": split_fingerprint(manifest)}
+
+
+def _finish(trainer: L.Trainer, config: Config, out_dir: Path, seconds: float,
+            data_dir: Path) -> dict:
     history = next(cb for cb in trainer.callbacks if isinstance(cb, History))
     summary = summarize(
         history.rows, stopped_by=_stop_reason(trainer), session_seconds=seconds,
         device=str(trainer.strategy.root_device), precision=str(trainer.precision),
         world_size=trainer.world_size, best_ckpt=str(out_dir / "best.ckpt"),
-        last_ckpt=str(out_dir / "last.ckpt"),
+        last_ckpt=str(out_dir / "last.ckpt"), fold=config.data.fold,
+        data=data_identity(data_dir),
     )
     summary = _json_safe(summary)
     if trainer.is_global_zero:
