@@ -123,7 +123,7 @@ def _label(source, name: str | None) -> str:
     return os.fsencode(source).decode("utf-8", "backslashreplace")
 
 
-def _draft(image: Image.Image, size: int | None) -> None:
+def draft_jpeg(image: Image.Image, size: int | None) -> None:
     """Ask a JPEG at least twice as large as `size` for a reduced (DCT-scaled) decode, never
     below the letterboxed size: exactly what `data prepare` does (prepare.decode_image)."""
     width, height = image.size
@@ -155,7 +155,7 @@ def decode_image(source, name: str | None = None, draft_size: int | None = None)
             handle.seek(0)
             image = open_header(handle, label)
             width, height = image.size
-            _draft(image, draft_size)
+            draft_jpeg(image, draft_size)
             image.load()
             decoded = image.size
             image = ImageOps.exif_transpose(image)

@@ -20,7 +20,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import math
 import os
 import shutil
 import time
@@ -37,7 +36,13 @@ from dermaseg.data.discover import Pair, Problem, discover, display_path
 from dermaseg.data.geometry import Letterbox, letterbox_image
 from dermaseg.data.splits import add_folds, assign_splits, check_folds, fold_counts, official_split
 from dermaseg.errors import DermasegError, UsageError
-from dermaseg.fileio import MAX_PIXELS, atomic_path, to_rgb_array, write_json_atomic
+from dermaseg.fileio import (
+    MAX_PIXELS,
+    atomic_path,
+    draft_jpeg,
+    to_rgb_array,
+    write_json_atomic,
+)
 from dermaseg.parallel import parallel_map
 
 MANIFEST = "manifest.json"
@@ -76,9 +81,7 @@ def decode_image(path: Path, size: int) -> tuple[Image.Image, tuple[int, int]]:
         width, height = image.size
         if width * height > MAX_PIXELS:
             raise ValueError(f"too large ({width}x{height} is over {MAX_PIXELS} pixels)")
-        if image.format == "JPEG" and max(width, height) >= 2 * size:
-            scale = size / max(width, height)
-            image.draft(image.mode, (math.ceil(width * scale), math.ceil(height * scale)))
+        draft_jpeg(image, size)
         image.load()
         if image.getexif().get(EXIF_ORIENTATION, 1) == 1:
             return image, (width, height)  # exif_transpose would only copy it
