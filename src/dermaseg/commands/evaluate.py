@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import typer
@@ -28,21 +29,33 @@ def _print_overall(summary: dict, out: Path) -> None:
     typer.echo(f"report: {out / 'report.html'}")
 
 
-def _model_evaluation(model: Path, data: Path, split: str, out: Path | None, post, tta: bool,
+def _default_out(model: str, name: str) -> Path:
+    """MODEL's folder / NAME; for an ensemble, its members' common folder / NAME-ensemble."""
+    from dermaseg.infer.ensemble import split_models
+
+    members = split_models(model)
+    if len(members) == 1:
+        return Path(model).parent / name
+    common = os.path.commonpath([os.path.abspath(Path(m).parent) for m in members])
+    return Path(common) / f"{name}-ensemble"
+
+
+def _model_evaluation(model: str, data: Path, split: str, out: Path | None, post, tta: bool,
                       batch_size: int, device: str, quiet: bool):
     """(Evaluation, notes, report folder) of MODEL on a prepared split or a raw pair folder."""
     from dermaseg.commands.predict import tta_config
     from dermaseg.evaluate import check_output, evaluate_model, source_items
-    from dermaseg.infer.predictor import Predictor
+    from dermaseg.infer.ensemble import describe_model, load_predictor
 
     items, unpaired = source_items(data, split)
-    predictor = Predictor.load(model, device=device, tta=tta_config(tta, None),
+    predictor = load_predictor(model, device=device, tta=tta_config(tta, None),
                                batch_size=batch_size)
     prepared = (data / "manifest.json").is_file()
-    out = out or model.parent / (f"eval-{split}" if prepared else f"eval-{data.name}")
+    out = out or _default_out(model, f"eval-{split}" if prepared else f"eval-{data.name}")
     check_output(out)
     result = evaluate_model(predictor, items, post, progress=not quiet)
-    notes = [f"model: {model}", f"data: {data}" + (f" (split {split})" if prepared else ""),
+    notes = [describe_model(predictor, model),
+             f"data: {data}" + (f" (split {split})" if prepared else ""),
              f"threshold {predictor.threshold}, TTA {'on' if tta else 'off'}, "
              f"post-processing: {post or 'none'}"]
     if unpaired:
@@ -53,7 +66,8 @@ def _model_evaluation(model: Path, data: Path, split: str, out: Path | None, pos
 
 
 def evaluate(
-    model: Path = typer.Argument(None, help="Checkpoint (.ckpt) or .onnx model to evaluate."),
+    model: str = typer.Argument(None, help="Checkpoint (.ckpt) or .onnx model to evaluate; "
+                                "a,b,c: the ensemble of several (mean probability)."),
     data: Path = typer.Option(None, "--data", help="Prepared dataset (or a raw pair folder)."),
     split: str = typer.Option("test", "--split", help="Split of the prepared dataset."),
     pred: Path = typer.Option(None, "--pred", help="Folder of <id>_segmentation.png predictions."),
@@ -73,6 +87,8 @@ def evaluate(
 
     `evaluate MODEL --data DIR [--split test]` predicts each image at its original size and
     compares it with the original mask; report in MODEL's folder, eval-<split>/, unless -o.
+    MODEL may be a comma list (a.ckpt,b.ckpt,...): their ensemble is evaluated; report in the
+    members' common folder, eval-<split>-ensemble/, unless -o.
     DIR may also be a raw folder of image/mask pairs: then every pair is scored.
     `evaluate --pred PRED --truth TRUTH` scores existing masks; report in PRED-eval/ unless -o.
     Writes metrics.csv, metrics.json, report.md, report.html, jaccard_hist.png, gallery/.

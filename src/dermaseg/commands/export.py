@@ -168,7 +168,9 @@ def export(
     being OUT's name without .onnx and .int8 (-o model.int8.onnx: model.fp32.onnx).
     """
     from dermaseg.checkpoint import load_model
+    from dermaseg.infer.ensemble import refuse_model_list
 
+    refuse_model_list(model, "export")
     if fmt not in ("onnx", "tflite"):
         raise UsageError(f"--format {fmt}: use onnx or tflite")
     if int8 and fmt != "onnx":

@@ -60,6 +60,8 @@ def refuse_prepared_inputs(inputs: list[str]) -> None:
 
 
 # Options `predict` and `evaluate MODEL` share.
+MODEL_HELP = ("A checkpoint (.ckpt) or an exported .onnx model; several separated by "
+              "commas (a,b,c) predict with their ensemble (mean probability).")
 TTA = typer.Option(False, "--tta", help="Average over the four flips.")
 KEEP_LARGEST = typer.Option(False, "--keep-largest", help="Keep the largest lesion.")
 FILL_HOLES = typer.Option(False, "--fill-holes", help="Fill holes inside the lesion.")
@@ -71,7 +73,7 @@ QUIET = typer.Option(False, "--quiet", "-q", help="No progress bar.")
 
 
 def predict(
-    model: Path = typer.Argument(..., help="A checkpoint (.ckpt) or an exported .onnx model."),
+    model: str = typer.Argument(..., help=MODEL_HELP),
     inputs: list[str] = typer.Argument(..., help="Image files, folders (recursive) or globs."),
     out: Path = typer.Option(..., "-o", "--out", help="Output folder."),
     tta: bool = TTA,
@@ -99,10 +101,11 @@ def predict(
 
     Unreadable inputs are reported and skipped (exit 1 at the end); images whose mask (and
     every extra asked for) already exists are skipped, so an interrupted run resumes where it
-    stopped.
+    stopped. MODEL may be a comma list (a.ckpt,b.ckpt,...): the members' probabilities are
+    averaged, then thresholded once; they must share input size, mean/std and threshold.
     """
     from dermaseg.infer.batch import PredictOptions, list_inputs, parse_shard, predict_files
-    from dermaseg.infer.predictor import Predictor
+    from dermaseg.infer.ensemble import Ensemble, load_predictor
 
     if pixel_size is not None and not (math.isfinite(pixel_size) and pixel_size > 0):
         raise UsageError(f"--pixel-size {pixel_size}: must be a finite number > 0 (mm per "
@@ -118,10 +121,12 @@ def predict(
     files, missing = list_inputs(inputs, exclude=out)
     if not files and not missing:
         raise UsageError(f"no images found in {', '.join(inputs)}")
-    predictor = Predictor.load(model, device=_device(device), tta=tta_config(tta, tta_scales),
+    predictor = load_predictor(model, device=_device(device), tta=tta_config(tta, tta_scales),
                                batch_size=batch_size)
     summary = predict_files(predictor, files, out, options, shard_index)
     summary.failed = missing + summary.failed
+    if isinstance(predictor, Ensemble):
+        typer.echo(predictor.describe())
     typer.echo(f"{len(summary.written)} written, {len(summary.skipped)} already there, "
                f"{len(summary.failed)} failed -> {out}")
     if summary.failed:

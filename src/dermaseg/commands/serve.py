@@ -33,8 +33,10 @@ def serve(
     """Serve MODEL over HTTP: POST /v1/segment, a web page at /, /docs, /metrics."""
     import uvicorn
 
+    from dermaseg.infer.ensemble import refuse_model_list
     from dermaseg.serve.app import ServeSettings, load_predictor, settings_json
 
+    refuse_model_list(model, "serve")
     if workers < 1:
         raise UsageError(f"--workers must be at least 1, got {workers}")
     if not 0 < port < 65536:
