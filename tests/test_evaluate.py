@@ -15,7 +15,8 @@ import pytest
 from PIL import Image
 
 from dermaseg.errors import DermasegError
-from dermaseg.evaluate import evaluate_folders, evaluate_model, split_items, write_evaluation
+from dermaseg.evaluate import evaluate_folders, evaluate_model, split_items
+from dermaseg.evaluation_files import write_evaluation
 from dermaseg.infer.batch import PredictOptions, list_inputs, predict_files
 from dermaseg.infer.predictor import Predictor
 from dermaseg.metrics import METRIC_NAMES, image_metrics, summarize

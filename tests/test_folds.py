@@ -190,3 +190,16 @@ def test_cv_summary_refuses_runs_that_do_not_belong_together(fold_runs, tmp_path
     for run, words in cases:
         code, output = run_cli("cv-summary", fold_runs[0], run)
         assert code == 2 and words in output, output
+
+
+def test_evaluate_scores_a_fold_model_on_its_own_fold(prepared, fold_runs, tmp_path):
+    """`--split fold0`: the fold model's validation images, at their original size."""
+    out, manifest = prepared
+    code, output = run_cli("evaluate", fold_runs[0] / "best.ckpt", "--data", out,
+                           "--split", "fold0", "-o", tmp_path / "e", "-q")
+    assert code == 0, output
+    scored = set(json.loads((tmp_path / "e" / "metrics.json").read_text())["per_image"])
+    assert scored == fold_ids(manifest, 0)
+    code, output = run_cli("evaluate", fold_runs[0] / "best.ckpt", "--data", out,
+                           "--split", "fold9", "-o", tmp_path / "e9")
+    assert code == 2 and "fold0 (" in output and "fold4 (" in output, output

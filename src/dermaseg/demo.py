@@ -135,7 +135,8 @@ def _train(config: Config, prepared: Path, run_dir: Path) -> dict:
 
 
 def _evaluate(checkpoint: Path, prepared: Path, out: Path) -> dict:
-    from dermaseg.evaluate import evaluate_model, split_items, write_evaluation
+    from dermaseg.evaluate import evaluate_model, split_items
+    from dermaseg.evaluation_files import write_evaluation
     from dermaseg.infer.predictor import Predictor
 
     predictor = Predictor.load(checkpoint)

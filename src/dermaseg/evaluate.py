@@ -6,21 +6,16 @@ Two entry points:
   mask at the original size: what the ISIC challenge scores.
 - `evaluate_folders`: masks made elsewhere (`<id>_segmentation.png`), paired with the truth by id.
 
-Both write to OUT: metrics.csv (one row per image), metrics.json (overall + per image),
-report.md, report.html, jaccard_hist.png and gallery/ (best and worst cases, truth in green,
-prediction in red). Per-image values and their macro average come from dermaseg.metrics, which
+Both are written to OUT by `dermaseg.evaluation_files.write_evaluation`: metrics.csv (one
+row per image), metrics.json (overall + per image), report.md, report.html, jaccard_hist.png
+and gallery/ (best and worst cases, truth in green, prediction in red). Per-image values and
+their macro average come from dermaseg.metrics, which
 equals `isic-challenge-scoring` (masks are lesion where > 128).
 """
 
 from __future__ import annotations
 
-import contextlib
-import csv
-import io
 import json
-import os
-import shutil
-import tempfile
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -40,27 +35,18 @@ from dermaseg.data.discover import (
 )
 from dermaseg.errors import DermasegError, UsageError
 from dermaseg.fileio import (
-    TEMP_PREFIX,
-    make_folder,
     read_rgb,
-    write_bytes_atomic,
-    write_json_atomic,
 )
 from dermaseg.metrics import (
-    METRIC_NAMES,
     Confusion,
     binarize,
     confusion,
     metrics_from_confusion,
-    pooled_metrics,
     summarize,
 )
 from dermaseg.report import (
     GalleryCollector,
-    plot_jaccard_histogram,
-    save_gallery,
     thumbnail,
-    write_reports,
 )
 
 
@@ -221,6 +207,13 @@ def split_items(data_dir: Path, split: str) -> list[tuple[str, Path, Path]]:
     return source_items(data_dir, split)[0]
 
 
+def _in_split(item: dict, split: str) -> bool:
+    """`split` is train/val/test, or foldK: fold K of `data prepare --folds`."""
+    if split.startswith("fold") and split[4:].isdigit():
+        return item.get("fold") == int(split[4:])
+    return item.get("split") == split
+
+
 def source_items(data_dir: Path, split: str) -> tuple[list[tuple[str, Path, Path]], list[Path]]:
     """`split_items`, and the images of a raw folder that have no mask (not scored).
 
@@ -238,7 +231,7 @@ def source_items(data_dir: Path, split: str) -> tuple[list[tuple[str, Path, Path
     manifest = _read_manifest(data_dir)
     items = []
     for item in manifest["items"]:
-        if not isinstance(item, dict) or item.get("split") != split:
+        if not isinstance(item, dict) or not _in_split(item, split):
             continue
         try:
             items.append((str(item["id"]), _source(item["source_image"], manifest),
@@ -248,6 +241,8 @@ def source_items(data_dir: Path, split: str) -> tuple[list[tuple[str, Path, Path
                                 f"{item.get('id')!r} has no {exc}") from exc
     if not items:
         counts = Counter(str(i.get("split")) for i in manifest["items"] if isinstance(i, dict))
+        counts.update(f"fold{i['fold']}" for i in manifest["items"]
+                      if isinstance(i, dict) and i.get("fold") is not None)
         there = ", ".join(f"{name} ({n})" for name, n in counts.items()) or "none"
         raise UsageError(f"{display_path(data_dir)}: split {split!r} has no items; "
                          f"--split takes one of: {there}")
@@ -321,93 +316,3 @@ def evaluate_model(predictor, items: list[tuple[str, Path, Path]], postprocess=N
         raise DermasegError(f"{len(problems)} of {len(items)} pairs cannot be scored (fix or "
                             "remove them; nothing was written):\n  " + "\n  ".join(problems))
     return result
-
-
-OUTPUT_FILES = ("metrics.csv", "metrics.json", "jaccard_hist.png", "report.md", "report.html")
-GALLERY = "gallery"
-
-
-def check_output(out: Path) -> None:
-    """Raises DermasegError when `out` or one of the outputs in it has the wrong type (a file
-    where a folder goes, or the reverse). Creates nothing."""
-    if out.exists() and not out.is_dir():
-        raise DermasegError(f"{display_path(out)}: not a folder (cannot write the evaluation "
-                            "there)")
-    for name in OUTPUT_FILES:
-        if (out / name).is_dir():
-            raise DermasegError(f"{display_path(out / name)}: is a folder (the evaluation "
-                                "writes a file there)")
-    gallery = out / GALLERY
-    if (gallery.exists() or gallery.is_symlink()) and not gallery.is_dir():
-        raise DermasegError(f"{display_path(gallery)}: not a folder (the evaluation writes "
-                            "its gallery there)")
-
-
-def write_evaluation(result: Evaluation, out: Path, title: str, notes: list[str]) -> dict:
-    """metrics.csv, metrics.json, jaccard_hist.png, gallery/*.png, report.md, report.html.
-
-    Everything is written into a hidden folder in `out` first and moved into place at the end
-    (the previous run's gallery thumbnails are replaced; other files stay), so a failure leaves
-    `out` as it was.
-
-    Raises:
-        DermasegError: `out` or an output in it is in the way, or cannot be written.
-    """
-    check_output(out)
-    created = not out.exists()
-    make_folder(out)
-    try:
-        return _write_staged(result, out, title, notes)
-    except BaseException:
-        if created:
-            with contextlib.suppress(OSError):
-                out.rmdir()
-        raise
-
-
-def _write_staged(result: Evaluation, out: Path, title: str, notes: list[str]) -> dict:
-    stage = Path(tempfile.mkdtemp(prefix=TEMP_PREFIX, dir=out))
-    try:
-        summary = _write_outputs(result, stage, title, notes)
-        (stage / GALLERY).mkdir(exist_ok=True)
-        _replace_gallery(stage / GALLERY, out / GALLERY)
-        for name in OUTPUT_FILES:
-            os.replace(stage / name, out / name)
-    except OSError as exc:
-        raise DermasegError(f"{display_path(out)}: cannot write the evaluation "
-                            f"({exc.strerror or exc})") from exc
-    finally:
-        shutil.rmtree(stage, ignore_errors=True)
-    return summary
-
-
-def _replace_gallery(new: Path, gallery: Path) -> None:
-    """Move the new thumbnails into gallery/, removing the previous run's (best_*, worst_*)
-    and leaving any other file there alone."""
-    if not gallery.exists():
-        os.replace(new, gallery)
-        return
-    for old in [*gallery.glob("best_*.png"), *gallery.glob("worst_*.png")]:
-        old.unlink()
-    for picture in new.iterdir():
-        os.replace(picture, gallery / picture.name)
-
-
-def _write_outputs(result: Evaluation, out: Path, title: str, notes: list[str]) -> dict:
-    overall = result.overall()
-    pooled = pooled_metrics(result.counts.values())
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["id", *METRIC_NAMES, "tp", "fp", "fn", "tn"])
-    for image_id, values in result.per_image.items():
-        writer.writerow([image_id, *(repr(values[n]) for n in METRIC_NAMES),
-                         *result.counts[image_id]])
-    write_bytes_atomic(out / "metrics.csv", buffer.getvalue().encode())
-    summary = {"images": len(result.per_image), "overall": overall, "pooled": pooled,
-               "notes": notes, "per_image": result.per_image}
-    write_json_atomic(out / "metrics.json", summary)
-    plot_jaccard_histogram([v["jaccard"] for v in result.per_image.values()],
-                           out / "jaccard_hist.png")
-    gallery = save_gallery(result.gallery, out / GALLERY)
-    write_reports(out, title, result.per_image, overall, "jaccard_hist.png", gallery, notes)
-    return summary

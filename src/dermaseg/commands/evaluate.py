@@ -44,7 +44,8 @@ def _model_evaluation(model: str, data: Path, split: str, out: Path | None, post
                       batch_size: int, device: str, quiet: bool):
     """(Evaluation, notes, report folder) of MODEL on a prepared split or a raw pair folder."""
     from dermaseg.commands.predict import tta_config
-    from dermaseg.evaluate import check_output, evaluate_model, source_items
+    from dermaseg.evaluate import evaluate_model, source_items
+    from dermaseg.evaluation_files import check_output
     from dermaseg.infer.ensemble import describe_model, load_predictor
 
     items, unpaired = source_items(data, split)
@@ -69,7 +70,9 @@ def evaluate(
     model: str = typer.Argument(None, help="Checkpoint (.ckpt) or .onnx model to evaluate; "
                                 "a,b,c: the ensemble of several (mean probability)."),
     data: Path = typer.Option(None, "--data", help="Prepared dataset (or a raw pair folder)."),
-    split: str = typer.Option("test", "--split", help="Split of the prepared dataset."),
+    split: str = typer.Option(
+        "test", "--split", help="Split of the prepared dataset: train, val, test, or foldK "
+        "(fold K of `data prepare --folds`: a cross-validation model's own validation images)."),
     pred: Path = typer.Option(None, "--pred", help="Folder of <id>_segmentation.png predictions."),
     truth: Path = typer.Option(None, "--truth", help="Folder of <id>_segmentation.png truths."),
     images: Path = typer.Option(None, "--images", help="Images for the gallery (--pred mode)."),
@@ -93,7 +96,8 @@ def evaluate(
     `evaluate --pred PRED --truth TRUTH` scores existing masks; report in PRED-eval/ unless -o.
     Writes metrics.csv, metrics.json, report.md, report.html, jaccard_hist.png, gallery/.
     """
-    from dermaseg.evaluate import check_output, evaluate_folders, write_evaluation
+    from dermaseg.evaluate import evaluate_folders
+    from dermaseg.evaluation_files import check_output, write_evaluation
 
     if (pred is None) != (truth is None):
         raise UsageError("--pred and --truth go together")

@@ -1,0 +1,108 @@
+"""An evaluation's files: metrics.csv, metrics.json, jaccard_hist.png, report.md, report.html
+and gallery/, written through a hidden folder so that a failure leaves OUT as it was."""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from dermaseg.data.discover import display_path
+from dermaseg.errors import DermasegError
+from dermaseg.evaluate import Evaluation
+from dermaseg.fileio import TEMP_PREFIX, make_folder, write_bytes_atomic, write_json_atomic
+from dermaseg.metrics import METRIC_NAMES, pooled_metrics
+from dermaseg.report import plot_jaccard_histogram, save_gallery, write_reports
+
+OUTPUT_FILES = ("metrics.csv", "metrics.json", "jaccard_hist.png", "report.md", "report.html")
+GALLERY = "gallery"
+
+
+def check_output(out: Path) -> None:
+    """Raises DermasegError when `out` or one of the outputs in it has the wrong type (a file
+    where a folder goes, or the reverse). Creates nothing."""
+    if out.exists() and not out.is_dir():
+        raise DermasegError(f"{display_path(out)}: not a folder (cannot write the evaluation "
+                            "there)")
+    for name in OUTPUT_FILES:
+        if (out / name).is_dir():
+            raise DermasegError(f"{display_path(out / name)}: is a folder (the evaluation "
+                                "writes a file there)")
+    gallery = out / GALLERY
+    if (gallery.exists() or gallery.is_symlink()) and not gallery.is_dir():
+        raise DermasegError(f"{display_path(gallery)}: not a folder (the evaluation writes "
+                            "its gallery there)")
+
+
+def write_evaluation(result: Evaluation, out: Path, title: str, notes: list[str]) -> dict:
+    """metrics.csv, metrics.json, jaccard_hist.png, gallery/*.png, report.md, report.html.
+
+    Everything is written into a hidden folder in `out` first and moved into place at the end
+    (the previous run's gallery thumbnails are replaced; other files stay), so a failure leaves
+    `out` as it was.
+
+    Raises:
+        DermasegError: `out` or an output in it is in the way, or cannot be written.
+    """
+    check_output(out)
+    created = not out.exists()
+    make_folder(out)
+    try:
+        return _write_staged(result, out, title, notes)
+    except BaseException:
+        if created:
+            with contextlib.suppress(OSError):
+                out.rmdir()
+        raise
+
+
+def _write_staged(result: Evaluation, out: Path, title: str, notes: list[str]) -> dict:
+    stage = Path(tempfile.mkdtemp(prefix=TEMP_PREFIX, dir=out))
+    try:
+        summary = _write_outputs(result, stage, title, notes)
+        (stage / GALLERY).mkdir(exist_ok=True)
+        _replace_gallery(stage / GALLERY, out / GALLERY)
+        for name in OUTPUT_FILES:
+            os.replace(stage / name, out / name)
+    except OSError as exc:
+        raise DermasegError(f"{display_path(out)}: cannot write the evaluation "
+                            f"({exc.strerror or exc})") from exc
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+    return summary
+
+
+def _replace_gallery(new: Path, gallery: Path) -> None:
+    """Move the new thumbnails into gallery/, removing the previous run's (best_*, worst_*)
+    and leaving any other file there alone."""
+    if not gallery.exists():
+        os.replace(new, gallery)
+        return
+    for old in [*gallery.glob("best_*.png"), *gallery.glob("worst_*.png")]:
+        old.unlink()
+    for picture in new.iterdir():
+        os.replace(picture, gallery / picture.name)
+
+
+def _write_outputs(result: Evaluation, out: Path, title: str, notes: list[str]) -> dict:
+    overall = result.overall()
+    pooled = pooled_metrics(result.counts.values())
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["id", *METRIC_NAMES, "tp", "fp", "fn", "tn"])
+    for image_id, values in result.per_image.items():
+        writer.writerow([image_id, *(repr(values[n]) for n in METRIC_NAMES),
+                         *result.counts[image_id]])
+    write_bytes_atomic(out / "metrics.csv", buffer.getvalue().encode())
+    summary = {"images": len(result.per_image), "overall": overall, "pooled": pooled,
+               "notes": notes, "per_image": result.per_image}
+    write_json_atomic(out / "metrics.json", summary)
+    plot_jaccard_histogram([v["jaccard"] for v in result.per_image.values()],
+                           out / "jaccard_hist.png")
+    gallery = save_gallery(result.gallery, out / GALLERY)
+    write_reports(out, title, result.per_image, overall, "jaccard_hist.png", gallery, notes)
+    return summary
