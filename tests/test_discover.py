@@ -191,3 +191,17 @@ def test_masks_named_otherwise_are_reported_with_the_name_to_use(tmp_path):
     assert problems["e_label.png"][0] == "missing_mask"
     assert problems["gasmask.jpg"] == ("missing_mask",
                                        "no mask named gasmask_segmentation.png found")
+
+
+def test_an_extra_mask_beside_a_paired_image_is_not_to_be_renamed_over_its_mask(tmp_path):
+    """`a_mask.png` beside `a.jpg` + `a_segmentation.png`: renaming it as advised for an
+    unpaired image would replace the mask in use."""
+    for name in ("a.jpg", "a_segmentation.png", "a_mask.png"):
+        (tmp_path / name).write_bytes(b"x")
+    found = discover(tmp_path)
+    assert [p.id for p in found.pairs] == ["a"]
+    [problem] = found.problems
+    assert (problem.kind, problem.path.name) == ("misnamed_mask", "a_mask.png")
+    assert "name it" not in problem.detail
+    assert problem.detail == ("looks like a second mask of a.jpg, which has a_segmentation.png; "
+                              "not used (keep one mask per image)")

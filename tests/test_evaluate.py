@@ -135,6 +135,19 @@ def test_official_scorer_reads_predictions_and_agrees(tiny_ckpt, synth_dir, tmp_
         assert ours[name] == pytest.approx(official[name], abs=1e-9), name
 
 
+def test_a_split_of_a_raw_folder_is_refused_not_ignored(tiny_ckpt, synth_dir, tmp_path):
+    """A raw folder has no splits or folds: `--split fold0` (or val) scored every pair, the
+    fold model's training images included, under the split's name."""
+    from badinputs import run_cli
+
+    for split in ("fold0", "val"):
+        code, output = run_cli("evaluate", tiny_ckpt, "--data", synth_dir, "--split", split,
+                               "-o", tmp_path / split, "-q")
+        assert code == 2 and f"--split {split}: " in output and "raw folder" in output, output
+        assert not (tmp_path / split).exists()
+    assert len(split_items(synth_dir, "test")) == 12  # the default: every pair, as before
+
+
 def test_model_evaluation_equals_predict_then_score(tiny_ckpt, synth_dir, tmp_path):
     predictor = Predictor.load(tiny_ckpt, batch_size=4)
     items = split_items(synth_dir, "test")  # a raw pair folder: every pair

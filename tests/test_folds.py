@@ -90,6 +90,13 @@ def test_prepare_rerun_keeps_the_folds_and_no_folds_changes_nothing(raw, prepare
     assert [i.get("fold") for i in other_seed["items"]] != [i.get("fold") for i in plain["items"]]
 
 
+def test_prepare_with_too_many_folds_leaves_no_folder_without_manifest(raw, tmp_path):
+    """The fold count is checked after decoding: a folder this run made is removed."""
+    with pytest.raises(UsageError, match="--folds 17: only 16 non-test items"):
+        prepare_dataset(raw, tmp_path / "new", folds=17, **SETTINGS)
+    assert not (tmp_path / "new").exists()
+
+
 def test_datamodule_validates_on_the_fold_and_trains_on_the_rest(prepared):
     out, manifest = prepared
     for fold in range(5):

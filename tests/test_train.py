@@ -431,6 +431,21 @@ def test_progress_in_a_log_file_is_one_line_per_epoch(prepared, tmp_path):
     assert "\r" not in output and "━" not in output
 
 
+def test_progress_lines_show_val_metrics_only_for_validated_epochs(prepared, tmp_path, caplog):
+    """train.val_every=2: epochs 1 and 3 are not validated; their lines must not repeat the
+    last validation's numbers as if they were theirs."""
+    from dermaseg.train.callbacks import ProgressLines
+
+    with caplog.at_level("INFO"):
+        train(tiny("train.max_epochs=3", "train.val_every=2"), prepared, tmp_path / "run",
+              progress=False, callbacks=[ProgressLines(every_s=1e9)])
+    lines = {m.split(":")[0]: m for r in caplog.records
+             if (m := r.getMessage()).startswith("epoch ") and ": batch " not in m}
+    assert list(lines) == ["epoch 1/3", "epoch 2/3", "epoch 3/3"]
+    assert "val_dice" in lines["epoch 2/3"]
+    assert "val_" not in lines["epoch 1/3"] + lines["epoch 3/3"]
+
+
 def test_progress_lines_inside_a_long_epoch(prepared, tmp_path, caplog):
     from dermaseg.train.callbacks import ProgressLines
 

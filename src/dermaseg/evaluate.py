@@ -218,10 +218,15 @@ def source_items(data_dir: Path, split: str) -> tuple[list[tuple[str, Path, Path
     """`split_items`, and the images of a raw folder that have no mask (not scored).
 
     Raises:
-        UsageError: no such split, or no pairs.
+        UsageError: no such split (a raw folder has only the default, "test": all its pairs),
+            or no pairs.
         DermasegError: a manifest item lacks its source paths.
     """
     if not (data_dir / "manifest.json").is_file():
+        if split != "test":  # the default; any other split would silently score every pair
+            raise UsageError(f"--split {split}: {display_path(data_dir)} is a raw folder (every "
+                             "pair is scored); splits and folds are those of a prepared dataset: "
+                             "give the `dermaseg data prepare` output as --data")
         found = discover(data_dir)
         if not found.pairs:
             raise UsageError(f"{display_path(data_dir)}: neither a prepared dataset "

@@ -176,11 +176,15 @@ def _expected_mask(image: Path, key: str) -> str:
 
 
 def _lonely_image_problem(image: Path, key: str, images: dict[str, list[Path]],
-                          misnamed: dict[str, Path]) -> Problem:
+                          masks: dict[str, list[Path]], misnamed: dict[str, Path]) -> Problem:
     """An image without a mask, or a mask named `<id>_mask` (etc.) beside image `<id>`."""
     other = OTHER_MASK_STEM.match(key)
     if other and other["id"] in images:
         owner = other["id"]
+        if owner in masks:  # renaming it would replace the mask that is used
+            return Problem("misnamed_mask", image,
+                           f"looks like a second mask of {images[owner][0].name}, which has "
+                           f"{masks[owner][0].name}; not used (keep one mask per image)")
         return Problem("misnamed_mask", image,
                        f"looks like the mask of {images[owner][0].name}: name it "
                        f"{display_path(owner)}_segmentation.png")
@@ -195,7 +199,8 @@ def _match(images: dict[str, list[Path]], masks: dict[str, list[Path]], root: Pa
     found = Discovery(root=root)
     taken: set[str] = set()
     misnamed = {match["id"]: paths[0] for stem, paths in images.items()
-                if (match := OTHER_MASK_STEM.match(stem)) and match["id"] in images}
+                if (match := OTHER_MASK_STEM.match(stem)) and match["id"] in images
+                and match["id"] not in masks}
     for key in sorted(set(images) | set(masks)):
         pairs, lonely_images, lonely_masks = _nearest_pairs(images.get(key, []),
                                                             masks.get(key, []))
@@ -204,7 +209,7 @@ def _match(images: dict[str, list[Path]], masks: dict[str, list[Path]], root: Pa
             taken.add(pair_id)
             found.pairs.append(Pair(pair_id, image, mask))
         for image in lonely_images:
-            found.problems.append(_lonely_image_problem(image, key, images, misnamed))
+            found.problems.append(_lonely_image_problem(image, key, images, masks, misnamed))
         for mask in lonely_masks:
             detail = f"no image with id {display_path(key)!r} found"
             found.problems.append(Problem("orphan_mask", mask, detail))

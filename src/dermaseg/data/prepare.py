@@ -296,6 +296,18 @@ def _no_usable_pair(root: Path, out: Path, created: bool, skipped: list[dict]) -
         *_problem_lines(skipped, 5)]) + more)
 
 
+def _add_folds(items: list[dict], folds: int | None, seed: int, out: Path, created: bool
+               ) -> None:
+    """splits.add_folds; when it refuses (fewer items than folds), `out` is removed if this
+    run made it, as when no pair is usable: no folder of arrays without a manifest is left."""
+    try:
+        add_folds(items, folds, seed)
+    except UsageError:
+        if created:
+            shutil.rmtree(out, ignore_errors=True)
+        raise
+
+
 def prepare_dataset(
     root: str | os.PathLike,
     out: str | os.PathLike,
@@ -338,7 +350,7 @@ def prepare_dataset(
     if not any(result.record for result in results):
         raise _no_usable_pair(found.root, out, created, skipped)
     items, official = _split_items(results, found.root, val, test, seed, keep_official_split)
-    add_folds(items, folds, seed)
+    _add_folds(items, folds, seed, out, created)
     manifest = {
         "format": FORMAT, "size": size, "source": display_path(found.root),
         "split": {"val": val, "test": test, "seed": seed, "official": official},

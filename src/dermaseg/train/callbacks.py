@@ -223,9 +223,14 @@ class ProgressLines(Callback):
     def __init__(self, every_s: float = 30.0) -> None:
         self.every_s = every_s
         self._epoch_start = self._last_line = 0.0
+        self._validated = False  # with train.val_every > 1, most epochs are not validated
 
     def on_train_epoch_start(self, trainer, pl_module) -> None:
         self._epoch_start = self._last_line = time.monotonic()
+        self._validated = False
+
+    def on_validation_epoch_end(self, trainer, pl_module) -> None:
+        self._validated = not trainer.sanity_checking
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if time.monotonic() - self._last_line < self.every_s:
@@ -238,8 +243,8 @@ class ProgressLines(Callback):
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
         metrics = trainer.callback_metrics
-        parts = [f"{name} {float(metrics[name]):.4f}"
-                 for name in ("loss", "val_loss", "val_dice", "val_iou") if name in metrics]
+        names = ("loss", "val_loss", "val_dice", "val_iou") if self._validated else ("loss",)
+        parts = [f"{name} {float(metrics[name]):.4f}" for name in names if name in metrics]
         lr = trainer.optimizers[0].param_groups[0]["lr"] if trainer.optimizers else None
         if lr is not None:
             parts.append(f"lr {lr:.2e}")
