@@ -35,7 +35,7 @@ from dermaseg.data.geometry import letterbox_image, restore_probability  # noqa:
 from dermaseg.fileio import read_rgb, read_rgb_reduced  # noqa: E402
 from dermaseg.infer import batch as infer_batch  # noqa: E402
 from dermaseg.infer import postprocess as pp  # noqa: E402
-from dermaseg.measure import contour_polygon, measure_lesion  # noqa: E402
+from dermaseg.measure import contour_polygon, measure_in_box, measure_lesion  # noqa: E402
 from dermaseg.report import draw_overlay  # noqa: E402
 from dermaseg.serve import work  # noqa: E402
 
@@ -159,7 +159,7 @@ def stage_pairs(path: Path, truth: np.ndarray, size: int) -> list:
          lambda: infer_batch.draw_contour(image, mask)),
         ("overlay: JPEG q90", lambda: _jpeg(image), None),
         ("measure (colours too)", lambda: measure_lesion(mask, image),
-         lambda: infer_batch.measure_in_box(mask, image)),
+         lambda: measure_in_box(mask, image)),
         ("mask PNG (level 6)", lambda: _png(mask.astype(np.uint8) * 255), None),
         ("--save-prob: to uint8 + PNG (6 -> 1)",
          lambda: _png_pixels(np.round(prob * 255).clip(0, 255).astype(np.uint8)),

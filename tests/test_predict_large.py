@@ -18,8 +18,8 @@ from dermaseg.data.geometry import mask_box
 from dermaseg.data.prepare import prepare_dataset
 from dermaseg.fileio import read_rgb, read_rgb_reduced
 from dermaseg.infer import postprocess as pp
-from dermaseg.infer.batch import draw_contour, measure_in_box, probability_png
-from dermaseg.measure import contour_polygon, measure_lesion
+from dermaseg.infer.batch import draw_contour, probability_png
+from dermaseg.measure import contour_polygon, measure_in_box, measure_lesion
 from dermaseg.report import draw_overlay
 from dermaseg.serve.work import contour_polygon_in_box, mask_png
 

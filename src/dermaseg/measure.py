@@ -41,9 +41,10 @@ import numpy as np
 from scipy import ndimage
 from scipy.spatial import ConvexHull, QhullError
 
+from dermaseg.data.geometry import mask_box
 from dermaseg.errors import DermasegError
 
-__all__ = ["ISIC_COLORS", "contour_polygon", "contours", "measure_lesion"]
+__all__ = ["ISIC_COLORS", "contour_polygon", "contours", "measure_in_box", "measure_lesion"]
 
 # Approximate reference colours (RGB in [0, 1]) as used in automated ABCD colour scoring.
 ISIC_COLORS = {
@@ -263,3 +264,21 @@ def contour_polygon(mask: np.ndarray, max_points: int = 200) -> list[list[float]
     if len(line) > max_points:
         line = line[np.linspace(0, len(line) - 1, max_points).round().astype(int)]
     return [[round(float(x), 2), round(float(y), 2)] for x, y in line]
+
+
+def measure_in_box(mask: np.ndarray, image: np.ndarray | None = None,
+                   pixel_size_mm: float | None = None) -> dict:
+    """measure.measure_lesion of a (H, W) bool mask, computed inside the lesion's bounding box
+    (1-pixel margin): the contour, hull and asymmetry do not look outside it. Positions (bbox,
+    centroid) are moved back to image coordinates; the other values are the same up to float
+    rounding (~1e-12 relative: the coordinates are smaller)."""
+    box = mask_box(mask, margin=1)
+    if box is None or (image is not None and np.shape(image) != (*mask.shape, 3)):
+        return measure_lesion(mask, image, pixel_size_mm)  # empty, or its error for the image
+    result = measure_lesion(mask[box], None if image is None else image[box], pixel_size_mm)
+    top, left = box[0].start, box[1].start
+    result["height"], result["width"] = mask.shape
+    result["bbox"]["x"] += left
+    result["bbox"]["y"] += top
+    result["centroid"] = [result["centroid"][0] + left, result["centroid"][1] + top]
+    return result

@@ -207,26 +207,6 @@ def draw_contour(image: np.ndarray, mask: np.ndarray, colour=OVERLAY_COLOUR) -> 
     return out
 
 
-def measure_in_box(mask: np.ndarray, image: np.ndarray | None = None,
-                   pixel_size_mm: float | None = None) -> dict:
-    """measure.measure_lesion of a (H, W) bool mask, computed inside the lesion's bounding box
-    (1-pixel margin): the contour, hull and asymmetry do not look outside it. Positions (bbox,
-    centroid) are moved back to image coordinates; the other values are the same up to float
-    rounding (~1e-12 relative: the coordinates are smaller)."""
-    from dermaseg.measure import measure_lesion
-
-    box = mask_box(mask, margin=1)
-    if box is None or (image is not None and np.shape(image) != (*mask.shape, 3)):
-        return measure_lesion(mask, image, pixel_size_mm)  # empty, or its error for the image
-    result = measure_lesion(mask[box], None if image is None else image[box], pixel_size_mm)
-    top, left = box[0].start, box[1].start
-    result["height"], result["width"] = mask.shape
-    result["bbox"]["x"] += left
-    result["bbox"]["y"] += top
-    result["centroid"] = [result["centroid"][0] + left, result["centroid"][1] + top]
-    return result
-
-
 def probability_png(prob: np.ndarray) -> np.ndarray:
     """Probability x 255, rounded half to even, as uint8; in place in one float32 buffer."""
     scaled = np.multiply(prob, 255, dtype=np.float32)
@@ -244,6 +224,8 @@ def _write_outputs(out: Path, image_id: str, path: Path, image, prob, mask, opti
         Image.fromarray(draw_contour(image, mask)).save(buffer, format="JPEG", quality=90)
         write_bytes_atomic(_overlay_path(out, image_id), buffer.getvalue())
     if options.measure:
+        from dermaseg.measure import measure_in_box
+
         record = {"id": image_id, "image": display_path(path),
                   **measure_in_box(mask, image, options.pixel_size_mm)}
         write_json_atomic(_measurement_path(out, image_id), record)

@@ -129,7 +129,7 @@ def contour_polygon_in_box(mask: np.ndarray) -> list[list[float]]:
 
 def describe(mask: np.ndarray, image: np.ndarray, pixel_size_mm: float | None) -> dict:
     """Measurements, bbox, contour and area fraction of a bool mask."""
-    from dermaseg.infer.batch import measure_in_box
+    from dermaseg.measure import measure_in_box
 
     measurements = measure_in_box(mask, image, pixel_size_mm)
     return {
