@@ -113,7 +113,7 @@ def open_header(source, label: str) -> Image.Image:
     return image
 
 
-def _label(source, name: str | None) -> str:
+def file_label(source, name: str | None = None) -> str:
     """The file name as shown in errors: a non-UTF-8 name with \\xNN escapes, never as lone
     surrogates."""
     if name is not None:
@@ -123,9 +123,13 @@ def _label(source, name: str | None) -> str:
     return os.fsencode(source).decode("utf-8", "backslashreplace")
 
 
+EXIF_ORIENTATION = 0x0112
+
+
 def draft_jpeg(image: Image.Image, size: int | None) -> None:
     """Ask a JPEG at least twice as large as `size` for a reduced (DCT-scaled) decode, never
-    below the letterboxed size: exactly what `data prepare` does (prepare.decode_image)."""
+    below the letterboxed size. `data prepare` and `predict` both decode this way
+    (`decode_image`), so the network sees the same input in training and in use."""
     width, height = image.size
     if size is None or image.format != "JPEG" or max(width, height) < 2 * size:
         return
@@ -143,7 +147,7 @@ def decode_image(source, name: str | None = None, draft_size: int | None = None)
         DermasegError: naming the file when it is missing, empty, not an image, truncated,
             or larger than Image.MAX_IMAGE_PIXELS (ImageTooLarge).
     """
-    label = _label(source, name)
+    label = file_label(source, name)
     try:
         handle = io.BytesIO(source) if isinstance(source, bytes) else open(source, "rb")  # noqa: SIM115
     except OSError as exc:
@@ -157,6 +161,8 @@ def decode_image(source, name: str | None = None, draft_size: int | None = None)
             width, height = image.size
             draft_jpeg(image, draft_size)
             image.load()
+            if image.getexif().get(EXIF_ORIENTATION, 1) == 1:
+                return image, (height, width)  # exif_transpose would only copy it
             decoded = image.size
             image = ImageOps.exif_transpose(image)
         except Image.UnidentifiedImageError as exc:

@@ -40,7 +40,9 @@ def check(
 
 def refuse_prepared(folder: Path, command: str) -> None:
     """A `data prepare` output (manifest.json + images/) passed where raw pairs are expected."""
-    if (folder / "manifest.json").is_file() and (folder / "images").is_dir():
+    from dermaseg.data.prepare import is_prepared_folder
+
+    if is_prepared_folder(folder):
         raise UsageError(
             f"{folder}: a prepared dataset (manifest.json, .npy arrays written by `dermaseg data "
             f"prepare`), not raw image/mask pairs; `data {command}` reads the original folder "

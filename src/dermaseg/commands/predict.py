@@ -50,9 +50,11 @@ def _device(device: str) -> str:
 
 def refuse_prepared_inputs(inputs: list[str]) -> None:
     """A `data prepare` output holds letterboxed .npy arrays, not images to predict."""
+    from dermaseg.data.prepare import is_prepared_folder
+
     for text in inputs:
         folder = Path(text)
-        if (folder / "manifest.json").is_file() and (folder / "images").is_dir():
+        if is_prepared_folder(folder):
             raise UsageError(
                 f"{text}: a prepared dataset (written by `dermaseg data prepare`), not images; "
                 f"predict the original image files, or score the model on it with `dermaseg "

@@ -28,21 +28,21 @@ from functools import partial
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image
 from tqdm import tqdm
 
-from dermaseg.data.check import EXIF_ORIENTATION, check_mask, default_workers, mask_array
+from dermaseg.data.check import check_mask, default_workers, mask_array
 from dermaseg.data.discover import Pair, Problem, discover, display_path
 from dermaseg.data.geometry import Letterbox, letterbox_image
 from dermaseg.data.splits import add_folds, assign_splits, check_folds, fold_counts, official_split
 from dermaseg.errors import DermasegError, UsageError
 from dermaseg.fileio import (
-    MAX_PIXELS,
     atomic_path,
-    draft_jpeg,
+    file_label,
     to_rgb_array,
     write_json_atomic,
 )
+from dermaseg.fileio import decode_image as fileio_decode_image
 from dermaseg.parallel import parallel_map
 
 MANIFEST = "manifest.json"
@@ -61,35 +61,25 @@ class PrepareResult:
     reused: bool = False
 
 
+def is_prepared_folder(folder: Path) -> bool:
+    """A folder written by `dermaseg data prepare` (manifest.json + images/)."""
+    return (folder / MANIFEST).is_file() and (folder / "images").is_dir()
+
+
 def _stamp(path: Path) -> dict[str, int]:
     info = path.stat()
     return {"bytes": info.st_size, "mtime_ns": info.st_mtime_ns}
 
 
 def decode_image(path: Path, size: int) -> tuple[Image.Image, tuple[int, int]]:
-    """Decode an image with EXIF orientation applied; returns (image, original (width, height)).
-
-    A JPEG at least twice as large as `size` is decoded at reduced size (DCT scaling, never
-    below the letterboxed size), so the image may be smaller than the original size returned.
+    """`fileio.decode_image` (EXIF-oriented, a big JPEG reduced by DCT scaling, never below the
+    letterboxed size) with the original size as (width, height).
 
     Raises:
-        ValueError, OSError, SyntaxError: unreadable, empty, truncated or too large.
+        DermasegError: unreadable, empty, truncated or too large (naming the file).
     """
-    if path.stat().st_size == 0:
-        raise ValueError("empty file (0 bytes)")
-    with Image.open(path) as image:
-        width, height = image.size
-        if width * height > MAX_PIXELS:
-            raise ValueError(f"too large ({width}x{height} is over {MAX_PIXELS} pixels)")
-        draft_jpeg(image, size)
-        image.load()
-        if image.getexif().get(EXIF_ORIENTATION, 1) == 1:
-            return image, (width, height)  # exif_transpose would only copy it
-        decoded = image.size
-        oriented = ImageOps.exif_transpose(image)
-    if oriented.size != decoded:  # EXIF rotated by 90 or 270 degrees
-        width, height = height, width
-    return oriented, (width, height)
+    image, (height, width) = fileio_decode_image(path, draft_size=size)
+    return image, (width, height)
 
 
 def _read(path: Path, size: int | None):
@@ -102,6 +92,8 @@ def _read(path: Path, size: int | None):
                 mask.load()
                 return (mask, mask.size), None
         return decode_image(path, size), None
+    except DermasegError as exc:  # "<file>: why"; the Problem names the file itself
+        return None, Problem("unreadable", path, str(exc).removeprefix(f"{file_label(path)}: "))
     except Image.DecompressionBombError as exc:
         return None, Problem("unreadable", path, f"too large ({exc})")
     except (OSError, ValueError, SyntaxError) as exc:
