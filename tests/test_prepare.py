@@ -16,7 +16,8 @@ import pytest
 from PIL import Image
 
 from dermaseg.data.geometry import Letterbox
-from dermaseg.data.prepare import assign_splits, decode_image, prepare_dataset, summary_lines
+from dermaseg.data.prepare import decode_image, prepare_dataset, summary_lines
+from dermaseg.data.splits import assign_splits
 from dermaseg.errors import UsageError
 
 SIZE = 64

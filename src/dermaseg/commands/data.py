@@ -92,6 +92,12 @@ def prepare(
     folds: int | None = typer.Option(
         None, "--folds", help="Also share train + val into K cross-validation folds "
         "(seeded by --seed; train one with `dermaseg train --fold F`)."),
+    split_from: Path | None = typer.Option(
+        None, "--split-from", help="Keep the split (and folds) of another prepared folder or "
+        "its manifest.json, e.g. the same data at another --size; new items are drawn."),
+    redraw_split: bool = typer.Option(
+        False, "--redraw-split", help="Draw the split anew instead of keeping the one of the "
+        "manifest already in the output folder."),
 ) -> None:
     """Decode every pair once, letterbox to --size, split train/val/test, write a manifest.
 
@@ -99,6 +105,9 @@ def prepare(
     nothing written) when no pair is usable.
 
     --folds 5 gives every non-test item a fold 0..4 (balanced sizes, same seed: same folds).
+
+    Re-run into a prepared folder, items keep their split when --val, --test and --seed are
+    the same, and their fold when --folds is too; only new items are drawn.
     """
     from dermaseg.data.prepare import prepare_dataset, summary_lines
 
@@ -107,7 +116,7 @@ def prepare(
     refuse_prepared(folder, "prepare")
     manifest = prepare_dataset(folder, out, size=size, val=val, test=test, seed=seed,
                                workers=workers or None, keep_official_split=official,
-                               folds=folds)
+                               folds=folds, split_from=split_from, redraw_split=redraw_split)
     typer.echo("\n".join(summary_lines(manifest, out)))
 
 

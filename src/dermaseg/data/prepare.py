@@ -12,7 +12,8 @@ Large JPEGs are decoded at reduced size with Pillow's `draft` (DCT scaling): a 6
 image prepared at 512 px is decoded at 750x500, about 3x faster than a full decode (the entropy
 decoding of the whole file remains), and the full-size copy is never held in memory.
 A re-run reuses every item whose meta record matches the size and the source files' size and
-mtime, so an interrupted run (even SIGKILL) resumes where it stopped.
+mtime, so an interrupted run (even SIGKILL) resumes where it stopped; items already in the
+manifest keep their split and fold (`dermaseg.data.stable_splits`).
 """
 
 from __future__ import annotations
@@ -31,10 +32,11 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+from dermaseg.data import stable_splits
 from dermaseg.data.check import check_mask, default_workers, mask_array
 from dermaseg.data.discover import Pair, Problem, discover, display_path
 from dermaseg.data.geometry import Letterbox, letterbox_image
-from dermaseg.data.splits import add_folds, assign_splits, check_folds, fold_counts, official_split
+from dermaseg.data.splits import MANIFEST, SPLITS, check_folds, fold_counts, official_split
 from dermaseg.errors import DermasegError, UsageError
 from dermaseg.fileio import (
     atomic_path,
@@ -45,9 +47,7 @@ from dermaseg.fileio import (
 from dermaseg.fileio import decode_image as fileio_decode_image
 from dermaseg.parallel import parallel_map
 
-MANIFEST = "manifest.json"
 FORMAT = "dermaseg-prepared/1"
-SPLITS = ("train", "val", "test")
 FIXABLE = frozenset({"mask_values_0_1"})  # problems prepare corrects instead of skipping the pair
 
 
@@ -244,15 +244,16 @@ def _manifest_item(record: dict, split: str) -> dict:
 
 
 def _split_items(results: list[PrepareResult], root: Path, val: float, test: float, seed: int,
-                 keep_official: bool) -> tuple[list[dict], bool]:
-    """Manifest items of the prepared pairs (by id) with their split; True if official."""
+                 keep_official: bool, earlier: stable_splits.EarlierSplit | None
+                 ) -> tuple[list[dict], dict, stable_splits.EarlierSplit | None]:
+    """Manifest items of the prepared pairs (by id) with their split, the manifest's "split"
+    record and the earlier split kept (stable_splits.draw_splits)."""
     prepared = sorted((r for r in results if r.record), key=lambda r: r.pair.id)
+    # "train" alone is not an official split: val and test are then drawn at random
     labels = {r.pair.id: official_split(r.pair.image, root) if keep_official else None
               for r in prepared}
-    splits = assign_splits(labels, val, test, seed)
-    items = [_manifest_item(r.record, splits[r.pair.id]) for r in prepared]
-    # "train" alone is not an official split: val and test were then drawn at random
-    return items, any(label in ("val", "test") for label in labels.values())
+    splits, record, kept = stable_splits.draw_splits(labels, val, test, seed, earlier)
+    return [_manifest_item(r.record, splits[r.pair.id]) for r in prepared], record, kept
 
 
 def _skipped(found_problems: list[Problem], results: list[PrepareResult]) -> list[dict]:
@@ -288,12 +289,13 @@ def _no_usable_pair(root: Path, out: Path, created: bool, skipped: list[dict]) -
         *_problem_lines(skipped, 5)]) + more)
 
 
-def _add_folds(items: list[dict], folds: int | None, seed: int, out: Path, created: bool
-               ) -> None:
-    """splits.add_folds; when it refuses (fewer items than folds), `out` is removed if this
-    run made it, as when no pair is usable: no folder of arrays without a manifest is left."""
+def _add_folds(items: list[dict], folds: int | None, seed: int,
+               earlier: stable_splits.EarlierSplit | None, out: Path, created: bool) -> dict:
+    """stable_splits.place_folds; when it refuses (fewer items than folds), `out` is removed if
+    this run made it, as when no pair is usable: no folder of arrays without a manifest is left.
+    """
     try:
-        add_folds(items, folds, seed)
+        return stable_splits.place_folds(items, folds, seed, earlier)
     except UsageError:
         if created:
             shutil.rmtree(out, ignore_errors=True)
@@ -311,6 +313,8 @@ def prepare_dataset(
     keep_official_split: bool = True,
     progress: bool = True,
     folds: int | None = None,
+    split_from: str | os.PathLike | None = None,
+    redraw_split: bool = False,
 ) -> dict:
     """Prepare every good pair under `root` into `out` and write `out/manifest.json`.
 
@@ -318,10 +322,13 @@ def prepare_dataset(
     "run"}; "run" says how many pairs were decoded, reused from an earlier run, and the time.
     With `folds`, every non-test item also has a "fold" (see `dermaseg.data.splits`) and the
     manifest "folds": the number of folds.
+    Items of a manifest already in `out` (or in `split_from`, a prepared folder or manifest)
+    keep their split and fold; `redraw_split` draws anew (see `dermaseg.data.stable_splits`).
 
     Raises:
-        UsageError: `root` is not a folder, a size/ratio is out of range, or `folds` is below
-            2 or above the number of non-test items.
+        UsageError: `root` is not a folder, a size/ratio is out of range, `folds` is below
+            2 or above the number of non-test items, or `split_from` is not a prepared
+            folder or manifest (nothing is written then).
         DermasegError: no pair found under `root`, no usable pair (nothing is written then),
             or `out` cannot be written.
     """
@@ -329,6 +336,8 @@ def prepare_dataset(
     _check_arguments(size, val, test)
     check_folds(folds)
     root, out = Path(root).absolute(), Path(out)
+    earlier, redrawn = stable_splits.earlier_split(out, split_from, redraw_split)
+    folds = stable_splits.wanted_folds(folds, earlier)
     found = discover(root)
     if not found.pairs:
         raise DermasegError(f"{display_path(root)}: no image/mask pair found "
@@ -341,11 +350,12 @@ def prepare_dataset(
     skipped = _skipped(found.problems, results)
     if not any(result.record for result in results):
         raise _no_usable_pair(found.root, out, created, skipped)
-    items, official = _split_items(results, found.root, val, test, seed, keep_official_split)
-    _add_folds(items, folds, seed, out, created)
+    items, split, earlier = _split_items(results, found.root, val, test, seed,
+                                         keep_official_split, earlier)
+    split |= _add_folds(items, folds, seed, earlier, out, created)
     manifest = {
         "format": FORMAT, "size": size, "source": display_path(found.root),
-        "split": {"val": val, "test": test, "seed": seed, "official": official},
+        "split": split | ({"redrawn": redrawn} if redrawn else {}),
         "counts": {name: sum(item["split"] == name for item in items) for name in SPLITS},
         **({"folds": folds} if folds is not None else {}),
         "items": items, "skipped": skipped,
@@ -368,6 +378,7 @@ def summary_lines(manifest: dict, out: str | os.PathLike, shown: int = 20) -> li
         f"prepared {len(items)} pairs at {manifest['size']} px into {display_path(out)} "
         f"({run['decoded']} decoded, {run['reused']} reused) in {run['seconds']:.1f} s ({speed})",
         "split (" + split_kind + "): " + ", ".join(f"{k} {counts[k]}" for k in SPLITS),
+        *stable_splits.origin_lines(split),
     ]
     if manifest.get("folds"):
         lines.append(f"folds ({manifest['folds']}, of train + val): "

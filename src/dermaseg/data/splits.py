@@ -4,8 +4,9 @@ Splits: ISIC's official folders are kept when present, the rest is drawn with a 
 Folds (`dermaseg data prepare --folds K`): every non-test item (train + val, the CV pool) gets
 `item["fold"]` in 0..K-1, the manifest `"folds": K`. The assignment is a function of the seed and
 the pool's ids only, so a re-run with the same data and settings gives the same folds; fold
-sizes differ by at most one. `dermaseg train --fold F` trains on the pool outside fold F and
-validates on fold F (`fold_members`).
+sizes differ by at most one. A re-run into a prepared folder keeps the earlier items' split and
+fold and draws only the new ones (`dermaseg.data.stable_splits`). `dermaseg train --fold F`
+trains on the pool outside fold F and validates on fold F (`fold_members`).
 """
 
 from __future__ import annotations
@@ -17,6 +18,9 @@ import re
 from pathlib import Path
 
 from dermaseg.errors import UsageError
+
+MANIFEST = "manifest.json"  # written by `dermaseg data prepare` into the prepared folder
+SPLITS = ("train", "val", "test")
 
 # Folder-name words of an official split (ISIC: ISIC2018_Task1-2_Training_Input, ..._Test_...).
 OFFICIAL_WORDS = {"training": "train", "train": "train", "validation": "val", "val": "val",
@@ -37,21 +41,25 @@ def official_split(image: Path, root: Path) -> str | None:
     return None
 
 
+def drawn_count(fraction: float, kind: str, labels: dict[str, str | None], pool: int) -> int:
+    """How many of the `pool` ids without an official val/test label are drawn into `kind`:
+    none when an official label gives that split, else round(fraction * pool), at least one
+    when the fraction is > 0 and the pool has 3 or more ids."""
+    if kind in labels.values() or fraction <= 0:
+        return 0
+    return max(1, round(fraction * pool)) if pool >= 3 else 0
+
+
 def assign_splits(labels: dict[str, str | None], val: float, test: float, seed: int
                   ) -> dict[str, str]:
     """Split ids into train/val/test. Ids labelled "val"/"test" keep their label; the rest are
     shuffled with `seed` and the val/test fractions missing from the labels are drawn from them
-    (at least one item each when the fraction is > 0 and 3 or more items are left)."""
+    (drawn_count)."""
     split = {key: label for key, label in labels.items() if label in ("val", "test")}
     pool = sorted(key for key in labels if key not in split)
     random.Random(seed).shuffle(pool)
-
-    def count(fraction: float, kind: str) -> int:
-        if kind in split.values() or fraction <= 0:
-            return 0
-        return max(1, round(fraction * len(pool))) if len(pool) >= 3 else 0
-
-    n_test, n_val = count(test, "test"), count(val, "val")
+    n_test = drawn_count(test, "test", labels, len(pool))
+    n_val = drawn_count(val, "val", labels, len(pool))
     for index, key in enumerate(pool):
         split[key] = "test" if index < n_test else "val" if index < n_test + n_val else "train"
     return split
@@ -63,6 +71,14 @@ def check_folds(folds: int | None) -> None:
         raise UsageError(f"--folds {folds}: cross-validation needs at least 2 folds")
 
 
+def check_fold_pool(pool: int, folds: int) -> None:
+    """Raises UsageError unless `folds` >= 2 and the CV pool has at least `folds` items."""
+    check_folds(folds)
+    if pool < folds:
+        raise UsageError(f"--folds {folds}: only {pool} non-test items to share among "
+                         f"{folds} folds; use fewer folds")
+
+
 def assign_folds(ids: list[str], folds: int, seed: int) -> dict[str, int]:
     """Fold 0..folds-1 of each id: the sorted ids shuffled with `seed`, then dealt out in turn,
     so fold sizes differ by at most one and the order of `ids` does not matter.
@@ -70,10 +86,7 @@ def assign_folds(ids: list[str], folds: int, seed: int) -> dict[str, int]:
     Raises:
         UsageError: fewer than 2 folds, or fewer ids than folds.
     """
-    check_folds(folds)
-    if len(ids) < folds:
-        raise UsageError(f"--folds {folds}: only {len(ids)} non-test items to share among "
-                         f"{folds} folds; use fewer folds")
+    check_fold_pool(len(ids), folds)
     pool = sorted(ids)
     random.Random(f"folds:{seed}").shuffle(pool)  # not the split's stream
     return {key: index % folds for index, key in enumerate(pool)}
