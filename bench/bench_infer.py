@@ -29,10 +29,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import report  # noqa: E402
-from dermaseg.checkpoint import ModelMeta, load_model  # noqa: E402
+from dermaseg.checkpoint import load_model  # noqa: E402
 from dermaseg.config import Config  # noqa: E402
-from dermaseg.export import INPUT_NAME, export_onnx, max_probability_difference  # noqa: E402
+from dermaseg.export import export_onnx, max_probability_difference  # noqa: E402
+from dermaseg.model_meta import ModelMeta  # noqa: E402
 from dermaseg.models.factory import build_model  # noqa: E402
+from dermaseg.onnx_model import INPUT_NAME  # noqa: E402
 from dermaseg.quantize import Int8Options, mask_dice, quantize_int8  # noqa: E402
 
 FIT_SIZE = 256
@@ -113,7 +115,7 @@ def interleaved_medians(fns: dict, repeats: int) -> dict[str, float]:
 
 
 def runner(path: Path, side: int):
-    from dermaseg.export import onnx_session
+    from dermaseg.onnx_model import onnx_session
 
     session = onnx_session(path, spin=False)
     x = np.random.default_rng(0).standard_normal((1, 3, side, side)).astype(np.float32)

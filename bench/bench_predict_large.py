@@ -203,8 +203,9 @@ def total_row(label: str, rows: list[dict], skip: tuple[str, ...]) -> dict:
 def network_row(label: str, checkpoint: str | None, size: int, repeats: int) -> dict:
     import torch
 
-    from dermaseg.checkpoint import ModelMeta, load_model
+    from dermaseg.checkpoint import load_model
     from dermaseg.config import load_config
+    from dermaseg.model_meta import ModelMeta
     from dermaseg.models.factory import build_model
 
     if checkpoint:

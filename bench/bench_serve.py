@@ -37,9 +37,9 @@ REAL = Path(os.environ.get("DERMASEG_REAL", HERE.parents[1] / "shared" / "data" 
 def default_model(folder: Path) -> Path:
     import torch
 
-    from dermaseg.checkpoint import ModelMeta
     from dermaseg.config import Config
     from dermaseg.export import export_onnx
+    from dermaseg.model_meta import ModelMeta
     from dermaseg.models.factory import build_model
 
     torch.manual_seed(0)

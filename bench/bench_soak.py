@@ -36,9 +36,9 @@ from serving import Server  # noqa: E402
 def tiny_model(folder: Path) -> Path:
     import torch
 
-    from dermaseg.checkpoint import ModelMeta
     from dermaseg.config import Config
     from dermaseg.export import export_onnx
+    from dermaseg.model_meta import ModelMeta
     from dermaseg.models.factory import build_model
 
     torch.manual_seed(0)

@@ -3,7 +3,7 @@
 * `run_smp`: segmentation_models_pytorch's DeepLabV3 (ResNet-50, random weights, output
   stride 16, ASPP 6/12/18) trained with the tutorial's recipe (256x256, Adam 1e-4, batch 8,
   Dice + BCE, flips) in a plain loop, for the same wall-clock budget; val metrics each epoch,
-  per image and macro-averaged (`dermaseg.metrics.batch_metrics`), at the prepared resolution,
+  per image and macro-averaged (`dermaseg.torch_metrics.batch_metrics`), at the prepared resolution,
   as dermaseg's own validation computes them;
 * `run_otsu`: a classical baseline, Otsu's threshold on the blue (and the grey) channel inside
   the letterbox content, then the largest component and hole filling.
@@ -26,7 +26,8 @@ from dermaseg.data.dataset import PreparedDataset
 from dermaseg.data.transforms import build_transform
 from dermaseg.fileio import write_bytes_atomic
 from dermaseg.infer.postprocess import PostprocessConfig, postprocess
-from dermaseg.metrics import METRIC_NAMES, batch_metrics
+from dermaseg.metrics import METRIC_NAMES
+from dermaseg.torch_metrics import batch_metrics
 from dermaseg.train.history import plot_curves
 
 TARGETS = (0.87, 0.90)

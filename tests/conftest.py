@@ -29,9 +29,11 @@ def tiny_ckpt(tmp_path_factory, synth_dir) -> Path:
     import torch
     from PIL import Image
 
-    from dermaseg.checkpoint import ModelMeta, save_checkpoint
+    from dermaseg.checkpoint import save_checkpoint
     from dermaseg.config import Config
-    from dermaseg.infer.predictor import Predictor, TorchBackend
+    from dermaseg.infer.predictor import Predictor
+    from dermaseg.infer.torch_backend import TorchBackend
+    from dermaseg.model_meta import ModelMeta
     from dermaseg.models.factory import build_model
 
     config = Config()

@@ -12,9 +12,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from dermaseg.checkpoint import ModelMeta, save_checkpoint
+from dermaseg.checkpoint import save_checkpoint
 from dermaseg.config import Config
 from dermaseg.data.synth import SynthOptions, synth_pair
+from dermaseg.model_meta import ModelMeta
 from dermaseg.models.factory import build_model
 
 

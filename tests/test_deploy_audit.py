@@ -7,17 +7,12 @@ import onnx
 import pytest
 import torch
 
-from dermaseg.checkpoint import ModelMeta
 from dermaseg.config import Config
 from dermaseg.errors import DermasegError
-from dermaseg.export import (
-    PARITY_TOLERANCE,
-    export_onnx,
-    onnx_probabilities,
-    onnx_session,
-    torch_probabilities,
-)
+from dermaseg.export import PARITY_TOLERANCE, export_onnx, torch_probabilities
+from dermaseg.model_meta import ModelMeta
 from dermaseg.models.factory import build_model
+from dermaseg.onnx_model import onnx_probabilities, onnx_session
 
 
 @pytest.fixture(scope="module")

@@ -13,13 +13,15 @@ import torch
 from PIL import Image
 
 from badinputs import run_cli
-from dermaseg.checkpoint import ModelMeta, save_checkpoint
+from dermaseg.checkpoint import save_checkpoint
 from dermaseg.config import Config
 from dermaseg.errors import UsageError
 from dermaseg.fileio import read_rgb, read_rgb_reduced
 from dermaseg.infer.ensemble import Ensemble, load_predictor, split_models
-from dermaseg.infer.predictor import Predictor, TorchBackend
+from dermaseg.infer.predictor import Predictor
+from dermaseg.infer.torch_backend import TorchBackend
 from dermaseg.infer.tta import TTAConfig
+from dermaseg.model_meta import ModelMeta
 from dermaseg.models.factory import build_model
 
 SIZES = [(101, 67), (37, 123), (1, 9), (64, 64)]

@@ -11,23 +11,21 @@ import torch
 from onnx import TensorProto, helper
 from typer.testing import CliRunner
 
-from dermaseg.checkpoint import ModelMeta, load_model, save_checkpoint
+from dermaseg.checkpoint import load_model, save_checkpoint
 from dermaseg.cli import app
 from dermaseg.config import Config
 from dermaseg.errors import DermasegError
 from dermaseg.export import (
-    META_KEY,
     PARITY_TOLERANCE,
-    check_onnx,
     export_onnx,
     export_tflite,
-    onnx_probabilities,
-    onnx_session,
     parity_batches,
     torch_probabilities,
 )
 from dermaseg.infer.predictor import Predictor
+from dermaseg.model_meta import ModelMeta
 from dermaseg.models.factory import build_model
+from dermaseg.onnx_model import META_KEY, check_onnx, onnx_probabilities, onnx_session
 from fitted import shared_fitted, synth_images
 
 SIZES = [(2, 64, 64), (1, 80, 48), (1, 33, 57)]  # (batch, height, width): square, portrait, odd

@@ -21,11 +21,12 @@ import torch
 from PIL import Image
 
 from badinputs import leftovers, run_cli
-from dermaseg.checkpoint import ModelMeta, read_checkpoint, save_checkpoint
+from dermaseg.checkpoint import read_checkpoint, save_checkpoint
 from dermaseg.config import Config
 from dermaseg.data.synth import SynthOptions, synth_dataset
 from dermaseg.errors import DermasegError
 from dermaseg.fileio import save_png_atomic
+from dermaseg.model_meta import ModelMeta
 from dermaseg.train.callbacks import AtomicCheckpointIO
 
 

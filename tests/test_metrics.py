@@ -17,12 +17,12 @@ from dermaseg.errors import DermasegError
 from dermaseg.metrics import (
     METRIC_NAMES,
     Confusion,
-    SegmentationMetrics,
     confusion,
     image_metrics,
     pooled_metrics,
     summarize,
 )
+from dermaseg.torch_metrics import SegmentationMetrics
 
 isic_segmentation = pytest.importorskip("isic_challenge_scoring.segmentation")
 isic_load = pytest.importorskip("isic_challenge_scoring.load_image")

@@ -149,9 +149,9 @@ def _jpeg(path, width, height, orientation=1):
 @pytest.mark.parametrize("orientation", [1, 6])
 def test_reduced_decode_gives_the_network_input_of_prepare(tmp_path, orientation):
     """predict and serve letterbox the same pixels as `data prepare` (training data)."""
-    from dermaseg.checkpoint import ModelMeta
     from dermaseg.config import Config
     from dermaseg.infer.predictor import Predictor
+    from dermaseg.model_meta import ModelMeta
 
     source = tmp_path / "src"
     source.mkdir()

@@ -16,9 +16,9 @@ import torch
 from onnx import TensorProto, helper
 
 from badinputs import run_cli
-from dermaseg.checkpoint import ModelMeta
 from dermaseg.config import Config
-from dermaseg.export import META_KEY
+from dermaseg.model_meta import ModelMeta
+from dermaseg.onnx_model import META_KEY
 
 
 class Exploit:

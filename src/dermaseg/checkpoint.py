@@ -14,49 +14,16 @@ import pickle
 import pickletools
 import shutil
 import zipfile
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from dermaseg import __version__
-from dermaseg.config import INFERENCE_FIELDS, Config, config_from_dict
 from dermaseg.errors import DermasegError, UsageError
 from dermaseg.fileio import atomic_path
+from dermaseg.model_meta import ModelMeta, folder_error
 
 HEAD_BYTES = 1 << 16  # enough for the first pickle of a protocol 0/1 file
-
-
-@dataclass
-class ModelMeta:
-    config: Config
-    image_size: int
-    mean: list[float]
-    std: list[float]
-    threshold: float
-    version: str
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "config": self.config.to_dict(), "image_size": self.image_size, "mean": self.mean,
-            "std": self.std, "threshold": self.threshold, "version": self.version,
-        }
-
-    @classmethod
-    def from_config(cls, config: Config) -> ModelMeta:
-        return cls(config, config.data.image_size, list(config.data.mean),
-                   list(config.data.std), config.train.threshold, __version__)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any], where: str) -> ModelMeta:
-        try:
-            config = config_from_dict(data["config"], f"{where}: config", INFERENCE_FIELDS)
-            return cls(config, int(data["image_size"]), [float(v) for v in data["mean"]],
-                       [float(v) for v in data["std"]], float(data["threshold"]),
-                       str(data.get("version", "?")))
-        except (KeyError, TypeError, ValueError) as exc:
-            raise DermasegError(f"{where}: incomplete dermaseg metadata ({exc})") from exc
 
 
 def _looks_like_pickle(head: bytes) -> bool:
@@ -84,13 +51,6 @@ def _check_container(path: Path) -> None:
     if not head.startswith(b"PK\x03\x04") and not _looks_like_pickle(head):
         raise DermasegError(f"{path}: not a PyTorch checkpoint file (neither a zip archive nor "
                             "a pickle; `dermaseg train` writes .ckpt files)")
-
-
-def folder_error(path: Path, what: str) -> DermasegError:
-    """`path` is a folder where a file was expected: name the checkpoint a run folder holds."""
-    inside = [path / name for name in ("best.ckpt", "last.ckpt") if (path / name).is_file()]
-    hint = f"give the file, e.g. {inside[0]}" if inside else "give the .ckpt (or .onnx) file"
-    return DermasegError(f"{path}: a folder, not a {what}; {hint}")
 
 
 def read_checkpoint(path: str | Path) -> dict[str, Any]:

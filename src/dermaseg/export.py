@@ -1,14 +1,9 @@
 """Export a trained model to ONNX (float32 and static INT8) or TFLite, each checked against PyTorch.
 
-The ONNX contract, read by `dermaseg.infer.predictor.OnnxBackend` and the server:
-
-- input  "image":  float32 (N, 3, H, W), letterboxed and normalised like `Predictor.prepare`
-  (N, H and W are dynamic; the model was trained at `image_size`, its natural input);
-- output "logits": float32 (N, 1, H, W), before the sigmoid;
-- metadata_props["dermaseg"]: json.dumps(ModelMeta.to_dict()): architecture config, input size,
-  mean/std and threshold, so that the `.onnx` file alone is enough to predict.
-
-`check_onnx(path)` validates a file someone hands in (onnx.checker, names, metadata) before use.
+The ONNX contract is `dermaseg.onnx_model`'s (which reads and runs the files without PyTorch):
+input "image" (N, H and W dynamic; the model was trained at `image_size`, its natural input),
+output "logits", and metadata_props["dermaseg"] (architecture config, input size, mean/std and
+threshold), so that the `.onnx` file alone is enough to predict.
 The INT8 path (static QDQ calibration) lives in `dermaseg.quantize`.
 """
 
@@ -25,13 +20,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from dermaseg.checkpoint import ModelMeta
 from dermaseg.errors import DermasegError, UsageError
 from dermaseg.fileio import atomic_path
+from dermaseg.model_meta import ModelMeta
+from dermaseg.onnx_model import INPUT_NAME, META_KEY, OUTPUT_NAME, onnx_probabilities, onnx_session
 
-INPUT_NAME = "image"
-OUTPUT_NAME = "logits"
-META_KEY = "dermaseg"
 PARITY_TOLERANCE = 1e-4  # largest allowed |p_onnx - p_torch| after the sigmoid
 DEFAULT_OPSET = 18
 TFLITE_INSTALL = 'pip install "dermaseg[tflite]"  (or: pip install litert-torch)'
@@ -171,79 +164,10 @@ def export_onnx(model: torch.nn.Module, meta: ModelMeta, path: str | os.PathLike
     return save_onnx(proto, path)
 
 
-def check_onnx(path: str | os.PathLike) -> ModelMeta:
-    """Validate an ONNX file before use: checker, input/output names and dermaseg metadata.
-
-    Returns:
-        The ModelMeta stored in the file.
-
-    Raises:
-        DermasegError: naming the file: missing, not ONNX, invalid graph, wrong input/output
-            names or ranks, missing or malformed metadata.
-    """
-    import onnx
-
-    path = Path(path)
-    if not path.is_file():
-        raise DermasegError(f"{path}: no such ONNX file")
-    try:
-        proto = onnx.load(str(path), load_external_data=False)
-        onnx.checker.check_model(proto)
-    except (onnx.checker.ValidationError, OSError, ValueError, RuntimeError) as exc:
-        raise DermasegError(f"{path}: not a valid ONNX model ({str(exc).splitlines()[0]})") from exc
-    except Exception as exc:  # protobuf DecodeError and friends
-        raise DermasegError(f"{path}: not an ONNX file ({type(exc).__name__})") from exc
-    _check_io(path, proto)
-    props = {p.key: p.value for p in proto.metadata_props}
-    if META_KEY not in props:
-        raise DermasegError(f"{path}: no '{META_KEY}' metadata; export it with `dermaseg export`")
-    try:
-        data = json.loads(props[META_KEY])
-    except json.JSONDecodeError as exc:
-        raise DermasegError(f"{path}: '{META_KEY}' metadata is not JSON ({exc})") from exc
-    return ModelMeta.from_dict(data, str(path))
-
-
-def _check_io(path: Path, proto) -> None:
-    initializers = {init.name for init in proto.graph.initializer}
-    inputs = {v.name: v for v in proto.graph.input if v.name not in initializers}
-    outputs = {v.name: v for v in proto.graph.output}
-    for name, found, rank in ((INPUT_NAME, inputs, 4), (OUTPUT_NAME, outputs, 4)):
-        if name not in found:
-            raise DermasegError(f"{path}: expected a graph input/output named '{name}', "
-                                f"found {', '.join(found) or 'none'}")
-        tensor = found[name].type.tensor_type
-        if tensor.elem_type != 1:  # TensorProto.FLOAT
-            raise DermasegError(f"{path}: '{name}' must be float32")
-        if len(tensor.shape.dim) != rank:
-            raise DermasegError(f"{path}: '{name}' must have rank {rank}")
-    if len(inputs) != 1:
-        raise DermasegError(f"{path}: expected one input ('image'), found {', '.join(inputs)}")
-
-
 def torch_probabilities(model: torch.nn.Module, batch: np.ndarray) -> np.ndarray:
     """Normalised (N, 3, H, W) float32 -> sigmoid probabilities (N, 1, H, W) from PyTorch."""
     with torch.inference_mode():
         return torch.sigmoid(LogitsOnly(model).eval()(torch.from_numpy(batch))).numpy()
-
-
-def onnx_session(path: str | os.PathLike, threads: int | None = None, spin: bool = True):
-    """An onnxruntime CPU session with full graph optimisation. spin=False stops its threads
-    from busy-waiting after a run (fair timing beside other work)."""
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    if threads:
-        options.intra_op_num_threads = threads
-    if not spin:
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-
-
-def onnx_probabilities(session, batch: np.ndarray) -> np.ndarray:
-    logits = session.run([OUTPUT_NAME], {INPUT_NAME: np.ascontiguousarray(batch)})[0]
-    return 1.0 / (1.0 + np.exp(-logits.astype(np.float64)))
 
 
 def parity_batches(images: list[np.ndarray], meta: ModelMeta) -> list[np.ndarray]:

@@ -23,9 +23,10 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from dermaseg.checkpoint import ModelMeta
 from dermaseg.errors import DermasegError, UsageError
-from dermaseg.export import INPUT_NAME, onnx_session, save_onnx, set_metadata
+from dermaseg.export import save_onnx, set_metadata
+from dermaseg.model_meta import ModelMeta
+from dermaseg.onnx_model import INPUT_NAME, onnx_session
 
 
 @dataclass

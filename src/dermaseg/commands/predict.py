@@ -41,9 +41,11 @@ def tta_config(tta: bool, scales: str | None):
 
 def _device(device: str) -> str:
     """Under torchrun (LOCAL_RANK set), "auto" picks this process's own GPU."""
+    if device != "auto" or "LOCAL_RANK" not in os.environ:
+        return device  # not importing torch here keeps ONNX prediction free of it
     import torch
 
-    if device == "auto" and "LOCAL_RANK" in os.environ and torch.cuda.is_available():
+    if torch.cuda.is_available():
         return f"cuda:{int(os.environ['LOCAL_RANK']) % torch.cuda.device_count()}"
     return device
 

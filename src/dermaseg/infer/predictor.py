@@ -11,92 +11,16 @@ thresholded, so a mask always has exactly the image's height and width.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
-import torch
 from PIL import Image
 
-from dermaseg.checkpoint import ModelMeta, folder_error, load_model
 from dermaseg.data.geometry import Letterbox, letterbox_image, restore_probability
 from dermaseg.errors import DermasegError, UsageError
-from dermaseg.infer.tta import TTAConfig, scaled_side, tta_probability
-
-
-def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """"auto" -> the first CUDA GPU when there is one, else the CPU.
-
-    Raises:
-        UsageError: a CUDA device was asked for on a machine without one.
-    """
-    if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        resolved = torch.device(device)
-    except RuntimeError as exc:
-        raise UsageError(f"--device {device}: not a device name (cpu, cuda, cuda:1 ...)") from exc
-    if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise UsageError(f"--device {device}: no CUDA GPU is available on this machine")
-    return resolved
-
-
-class TorchBackend:
-    """A PyTorch model: float32 (N, 3, H, W) numpy -> logits (N, 1, H, W) numpy."""
-
-    fixed_side: int | None = None
-    max_batch: int | None = None
-
-    def __init__(self, model: torch.nn.Module, device: torch.device) -> None:
-        self.model = model.to(device).eval()
-        self.device = device
-
-    @torch.inference_mode()
-    def __call__(self, batch: np.ndarray) -> np.ndarray:
-        inputs = torch.from_numpy(batch).to(self.device, non_blocking=True)
-        logits = self.model(inputs)
-        if isinstance(logits, dict):  # with an edge head: {"mask": ..., "edge": ...}
-            logits = logits["mask"]
-        return logits.float().cpu().numpy()
-
-
-class OnnxBackend:
-    """An exported model: input "image" float32 (N, 3, S, S), output "logits" (N, 1, S, S).
-
-    The export writes ModelMeta.to_dict() as JSON under the metadata key "dermaseg".
-    """
-
-    def __init__(self, path: str | Path, device: torch.device) -> None:
-        import onnxruntime as ort
-
-        providers = ["CPUExecutionProvider"]
-        if device.type == "cuda" and "CUDAExecutionProvider" in ort.get_available_providers():
-            providers.insert(0, ("CUDAExecutionProvider", {"device_id": device.index or 0}))
-        try:
-            self.session = ort.InferenceSession(str(path), providers=providers)
-        except Exception as exc:  # onnxruntime raises its own untyped errors
-            raise DermasegError(f"{path}: not a readable ONNX model ({exc})") from exc
-        props = self.session.get_modelmeta().custom_metadata_map
-        if "dermaseg" not in props:
-            raise DermasegError(f"{path}: no 'dermaseg' metadata; export it with dermaseg export")
-        try:
-            self.meta = ModelMeta.from_dict(json.loads(props["dermaseg"]), str(path))
-        except json.JSONDecodeError as exc:
-            raise DermasegError(f"{path}: 'dermaseg' metadata is not JSON ({exc})") from exc
-        names = {i.name: i for i in self.session.get_inputs()}
-        if "image" not in names:
-            raise DermasegError(f"{path}: model has no input named 'image' ({', '.join(names)})")
-        shape = names["image"].shape
-        self.max_batch = shape[0] if isinstance(shape[0], int) else None
-        self.fixed_side = shape[-1] if isinstance(shape[-1], int) else None
-
-    def __call__(self, batch: np.ndarray) -> np.ndarray:
-        step = self.max_batch or len(batch)
-        parts = [
-            self.session.run(["logits"], {"image": np.ascontiguousarray(batch[i : i + step])})[0]
-            for i in range(0, len(batch), step)
-        ]
-        return np.concatenate(parts).astype(np.float32, copy=False)
+from dermaseg.infer.tta import TTAConfig, scaled_side, sigmoid, tta_probability
+from dermaseg.model_meta import ModelMeta, folder_error
+from dermaseg.onnx_model import OnnxBackend, check_onnx
 
 
 class Predictor:
@@ -118,8 +42,8 @@ class Predictor:
                                  f"{backend.fixed_side}; use flips only")
 
     @classmethod
-    def load(cls, path: str | Path, device: str | torch.device = "cpu", **kwargs) -> Predictor:
-        """A `.ckpt`/`.pt` checkpoint or an `.onnx` export.
+    def load(cls, path: str | Path, device: str = "cpu", **kwargs) -> Predictor:
+        """A `.ckpt`/`.pt` checkpoint or an `.onnx` export (run without importing PyTorch).
 
         Raises:
             DermasegError: the file is missing or not a dermaseg model.
@@ -129,13 +53,13 @@ class Predictor:
             raise UsageError(f"{path}: no such model file")
         if not path.is_file():
             raise folder_error(path, "model file")
-        device = resolve_device(device)
         if path.suffix.lower() == ".onnx":
-            from dermaseg.export import check_onnx
+            meta = check_onnx(path)  # graph, names, ranks and metadata, before onnxruntime
+            return cls(OnnxBackend(path, device), meta, **kwargs)
+        from dermaseg.checkpoint import load_model
+        from dermaseg.infer.torch_backend import TorchBackend, resolve_device
 
-            check_onnx(path)  # graph, names, ranks and metadata, before onnxruntime sees it
-            backend = OnnxBackend(path, device)
-            return cls(backend, backend.meta, **kwargs)
+        device = resolve_device(device)
         model, meta = load_model(path, device)
         return cls(TorchBackend(model, device), meta, **kwargs)
 
@@ -165,8 +89,7 @@ class Predictor:
         """Normalised (N, 3, S, S) -> probabilities (N, S, S)."""
         if self.tta is not None:
             return tta_probability(self.backend, batch, self.tta)
-        logits = torch.from_numpy(self.backend(batch))
-        return torch.sigmoid(logits[:, 0]).numpy()
+        return sigmoid(self.backend(batch)[:, 0])
 
     def predict_letterboxed(self, images: list[np.ndarray],
                             originals: list | None = None) -> list[tuple[np.ndarray, Letterbox]]:

@@ -12,12 +12,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
-import torch
-import torch.nn.functional as F
+from scipy.special import expit
 
 from dermaseg.errors import UsageError
 
-FLIPS = {"none": (), "h": (3,), "v": (2,), "hv": (2, 3)}
+FLIPS = {"none": (), "h": (-1,), "v": (-2,), "hv": (-2, -1)}  # axes of an (N, C, H, W) batch
 
 
 @dataclass(frozen=True)
@@ -37,12 +36,37 @@ class TTAConfig:
         return len(self.flips) * len(self.scales)
 
 
+def sigmoid(logits: np.ndarray) -> np.ndarray:
+    """float32 probabilities, computed in float64: each is the correctly rounded value, so
+    logits that differ in the last bits (another batch size) rarely cross the threshold."""
+    return expit(logits.astype(np.float64)).astype(np.float32)
+
+
 def scaled_side(size: int, scale: float) -> int:
     """Side of the rescaled input: `size` itself at scale 1 (that view is never resampled),
     else a multiple of 8 (the smallest DeepLab output stride)."""
     if scale == 1.0:
         return size
     return max(8, int(round(size * scale / 8)) * 8)
+
+
+def _resize_weights(size: int, side: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Source indices (low, high) and high's weight for each of `side` output positions: the
+    sampling of torch's bilinear interpolate with align_corners=False (no antialiasing)."""
+    source = (np.arange(side, dtype=np.float64) + 0.5) * (size / side) - 0.5
+    source = np.maximum(source, 0.0)
+    low = np.minimum(np.floor(source).astype(np.int64), size - 1)
+    high = np.minimum(low + 1, size - 1)
+    return low, high, (source - low).astype(np.float32)
+
+
+def resize_bilinear(batch: np.ndarray, side: int) -> np.ndarray:
+    """(N, C, H, W) float32 -> (N, C, side, side), separably along H then W."""
+    rows_low, rows_high, row_weight = _resize_weights(batch.shape[-2], side)
+    cols_low, cols_high, col_weight = _resize_weights(batch.shape[-1], side)
+    row_weight = row_weight[:, None]
+    rows = batch[..., rows_low, :] * (1 - row_weight) + batch[..., rows_high, :] * row_weight
+    return rows[..., cols_low] * (1 - col_weight) + rows[..., cols_high] * col_weight
 
 
 def tta_probability(
@@ -57,20 +81,17 @@ def tta_probability(
         float32 (N, S, S) probabilities.
     """
     size = batch.shape[-1]
-    source = torch.from_numpy(batch)
-    total = torch.zeros((batch.shape[0], 1, size, size), dtype=torch.float32)
+    total = np.zeros((batch.shape[0], 1, size, size), dtype=np.float32)
     for scale in config.scales:
         side = scaled_side(size, scale)
-        scaled = source if side == size else F.interpolate(
-            source, size=(side, side), mode="bilinear", align_corners=False
-        )
+        scaled = batch if side == size else resize_bilinear(batch, side)
         for flip in config.flips:
-            dims = FLIPS[flip]
-            view = torch.flip(scaled, dims) if dims else scaled
-            prob = torch.sigmoid(torch.from_numpy(run(view.contiguous().numpy())).float())
-            if dims:
-                prob = torch.flip(prob, dims)
+            axes = FLIPS[flip]
+            view = np.flip(scaled, axes) if axes else scaled
+            prob = sigmoid(run(np.ascontiguousarray(view)))
+            if axes:
+                prob = np.flip(prob, axes)
             if side != size:
-                prob = F.interpolate(prob, size=(size, size), mode="bilinear", align_corners=False)
+                prob = resize_bilinear(prob, size)
             total += prob
-    return (total[:, 0] / config.views).numpy()
+    return total[:, 0] / np.float32(config.views)

@@ -2,7 +2,7 @@
 
 Batches are (images (N, 3, H, W), masks (N, 1, H, W) in {0, 1}, indices (N,)). Logged per
 epoch: `train_loss` (the module's running mean, see `pop_train_loss`), `val_loss` and
-`val_<metric>` for every metric of `dermaseg.metrics.SegmentationMetrics` (`val_iou` is the
+`val_<metric>` for every metric of `dermaseg.torch_metrics.SegmentationMetrics` (`val_iou` is the
 Jaccard index). Checkpoints carry {"dermaseg": ModelMeta dict} for `dermaseg.checkpoint` and
 the global RNG state for an exact resume; no pickled objects, no hyper-parameters.
 """
@@ -17,13 +17,13 @@ import lightning as L
 import torch
 from torchmetrics import MeanMetric
 
-from dermaseg.checkpoint import ModelMeta
 from dermaseg.config import Config, validate_config
 from dermaseg.data.device_augment import DeviceAugment, augment_on_device
 from dermaseg.data.transforms import normalise_images
 from dermaseg.losses import SegmentationLoss
-from dermaseg.metrics import SegmentationMetrics
+from dermaseg.model_meta import ModelMeta
 from dermaseg.models.factory import build_model
+from dermaseg.torch_metrics import SegmentationMetrics
 from dermaseg.train.callbacks import NonFiniteGuard
 from dermaseg.train.datamodule import sample_seed
 

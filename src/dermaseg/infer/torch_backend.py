@@ -1,0 +1,47 @@
+"""A PyTorch checkpoint in use: the device it runs on and the call the Predictor makes.
+
+Imported only for `.ckpt` models, so that ONNX inference never loads PyTorch.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from dermaseg.errors import UsageError
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """"auto" -> the first CUDA GPU when there is one, else the CPU.
+
+    Raises:
+        UsageError: a CUDA device was asked for on a machine without one.
+    """
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except RuntimeError as exc:
+        raise UsageError(f"--device {device}: not a device name (cpu, cuda, cuda:1 ...)") from exc
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise UsageError(f"--device {device}: no CUDA GPU is available on this machine")
+    return resolved
+
+
+class TorchBackend:
+    """A PyTorch model: float32 (N, 3, H, W) numpy -> logits (N, 1, H, W) numpy."""
+
+    fixed_side: int | None = None
+    max_batch: int | None = None
+
+    def __init__(self, model: torch.nn.Module, device: str | torch.device = "cpu") -> None:
+        self.device = resolve_device(device)
+        self.model = model.to(self.device).eval()
+
+    @torch.inference_mode()
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        inputs = torch.from_numpy(batch).to(self.device, non_blocking=True)
+        logits = self.model(inputs)
+        if isinstance(logits, dict):  # with an edge head: {"mask": ..., "edge": ...}
+            logits = logits["mask"]
+        return logits.float().cpu().numpy()

@@ -1,0 +1,53 @@
+"""What a model needs besides its weights: config, input size, normalisation, threshold.
+
+Stored in a checkpoint under "dermaseg" and in an ONNX export's metadata; torch-free, so an
+exported model is used without importing PyTorch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from dermaseg import __version__
+from dermaseg.config import INFERENCE_FIELDS, Config, config_from_dict
+from dermaseg.errors import DermasegError
+
+
+@dataclass
+class ModelMeta:
+    config: Config
+    image_size: int
+    mean: list[float]
+    std: list[float]
+    threshold: float
+    version: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "config": self.config.to_dict(), "image_size": self.image_size, "mean": self.mean,
+            "std": self.std, "threshold": self.threshold, "version": self.version,
+        }
+
+    @classmethod
+    def from_config(cls, config: Config) -> ModelMeta:
+        return cls(config, config.data.image_size, list(config.data.mean),
+                   list(config.data.std), config.train.threshold, __version__)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], where: str) -> ModelMeta:
+        try:
+            config = config_from_dict(data["config"], f"{where}: config", INFERENCE_FIELDS)
+            return cls(config, int(data["image_size"]), [float(v) for v in data["mean"]],
+                       [float(v) for v in data["std"]], float(data["threshold"]),
+                       str(data.get("version", "?")))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise DermasegError(f"{where}: incomplete dermaseg metadata ({exc})") from exc
+
+
+def folder_error(path: Path, what: str) -> DermasegError:
+    """`path` is a folder where a file was expected: name the checkpoint a run folder holds."""
+    inside = [path / name for name in ("best.ckpt", "last.ckpt") if (path / name).is_file()]
+    hint = f"give the file, e.g. {inside[0]}" if inside else "give the .ckpt (or .onnx) file"
+    return DermasegError(f"{path}: a folder, not a {what}; {hint}")
