@@ -30,6 +30,7 @@ SCRIPTS = {
     "infer": ("bench_infer.py", ["--repeats", "5"], []),
     "predict_large": ("bench_predict_large.py", ["--repeats", "2"], []),
     "serve": ("bench_serve.py", ["--requests", "200"], []),
+    "footprint": ("bench_footprint.py", ["--repeats", "2"], []),
     # quick quality runs (1 min a variant) prove the pipeline; they must not replace the
     # 18-minute results the README quotes, so they go to results/quick/
     "quality": ("bench_quality.py", ["--quick", "--results", str(RESULTS / "quick")], []),
