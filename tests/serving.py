@@ -22,11 +22,12 @@ def free_port() -> int:
 class Server:
     """`python -m dermaseg serve MODEL --port P ARGS...`; `url` once /readyz says ready."""
 
-    def __init__(self, model: Path, log: Path, *args: str, env: dict | None = None) -> None:
+    def __init__(self, model: Path, log: Path, *args: str, env: dict | None = None,
+                 python: str = sys.executable) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = log
-        command = [sys.executable, "-m", "dermaseg", "serve", str(model), "--port",
+        command = [python, "-m", "dermaseg", "serve", str(model), "--port",
                    str(self.port), "--log-level", "warning", *args]
         with open(log, "wb") as out:
             self.process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT,

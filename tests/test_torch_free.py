@@ -1,11 +1,16 @@
 """An exported model is used without PyTorch: `predict`, `evaluate` and `serve` of an `.onnx`
-file run in processes where `import torch` fails, and give what the usual process gives."""
+file run in processes that cannot import torch, and give what the usual process gives.
+
+Two such environments: this Python with `import torch` blocked (a sitecustomize), and, under
+`make test-onnx-only`, the environment of requirements-onnx.txt alone ($DERMASEG_ONNX_PYTHON),
+which also proves that list complete."""
 
 from __future__ import annotations
 
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import httpx
 import numpy as np
@@ -14,12 +19,15 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from dermaseg.cli import TORCH_STACK
 from dermaseg.infer.batch import PredictOptions, list_inputs, predict_files
 from dermaseg.infer.predictor import Predictor
 from dermaseg.infer.tta import TTAConfig, resize_bilinear
 from serving import Server
 
+ROOT = Path(__file__).resolve().parents[1]
 BLOCK_TORCH = "import sys\nsys.modules['torch'] = None  # `import torch` raises ImportError\n"
+ONNX_PYTHON = os.environ.get("DERMASEG_ONNX_PYTHON")
 
 
 @pytest.fixture(scope="module")
@@ -32,29 +40,35 @@ def onnx_model(tiny_ckpt, tmp_path_factory):
                        exporter="legacy")
 
 
-@pytest.fixture(scope="module")
-def torchless_env(tmp_path_factory) -> dict:
-    """Environment whose Python cannot import torch (a sitecustomize blocks it)."""
+@pytest.fixture(scope="module", params=["torch_blocked", "onnx_only_env"])
+def torchless(request, tmp_path_factory) -> tuple[str, dict]:
+    """(python, environment) of a process that cannot import torch."""
+    if request.param == "onnx_only_env":
+        if not ONNX_PYTHON:
+            pytest.skip("no DERMASEG_ONNX_PYTHON: `make test-onnx-only` builds that environment")
+        return ONNX_PYTHON, {key: value for key, value in os.environ.items()
+                             if key not in ("PYTHONPATH", "VIRTUAL_ENV")}
     folder = tmp_path_factory.mktemp("torchless")
     (folder / "sitecustomize.py").write_text(BLOCK_TORCH)
-    return {**os.environ, "PYTHONPATH": os.pathsep.join([str(folder), *sys.path])}
+    return sys.executable, {**os.environ, "PYTHONPATH": os.pathsep.join([str(folder), *sys.path])}
 
 
-def run_dermaseg(env: dict, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "dermaseg", *args], env=env,
+def run_dermaseg(torchless, *args: str) -> subprocess.CompletedProcess:
+    python, env = torchless
+    return subprocess.run([python, "-m", "dermaseg", *map(str, args)], env=env,
                           capture_output=True, text=True, timeout=300)
 
 
-def test_the_blocking_really_blocks_torch(torchless_env):
-    result = subprocess.run([sys.executable, "-c", "import torch"], env=torchless_env,
-                            capture_output=True, text=True)
+def test_torch_cannot_be_imported_there(torchless):
+    python, env = torchless
+    result = subprocess.run([python, "-c", "import torch"], env=env, capture_output=True,
+                            text=True)
     assert result.returncode != 0 and "torch" in result.stderr
 
 
-def test_predict_and_evaluate_of_an_onnx_model_run_without_torch(
-        onnx_model, synth_dir, torchless_env, tmp_path):
-    args = [str(onnx_model), str(synth_dir), "--tta", "--tta-scales", "0.75,1,1.25", "-q"]
-    result = run_dermaseg(torchless_env, "predict", *args, "-o", str(tmp_path / "pred"))
+def test_predict_and_evaluate_of_an_onnx_model(onnx_model, synth_dir, torchless, tmp_path):
+    args = [onnx_model, synth_dir, "--tta", "--tta-scales", "0.75,1,1.25", "-q"]
+    result = run_dermaseg(torchless, "predict", *args, "-o", tmp_path / "pred")
     assert result.returncode == 0, result.stderr
     predictor = Predictor.load(onnx_model, tta=TTAConfig(scales=(0.75, 1.0, 1.25)))
     files, _ = list_inputs([str(synth_dir)])
@@ -67,16 +81,15 @@ def test_predict_and_evaluate_of_an_onnx_model_run_without_torch(
         np.testing.assert_array_equal(written, np.asarray(Image.open(tmp_path / "usual" / name)))
         lesion_fractions.append((written > 0).mean())
     assert any(0 < fraction < 1 for fraction in lesion_fractions)  # not all blank or full
-    out = tmp_path / "pred"
-    scored = run_dermaseg(torchless_env, "evaluate", "--pred", str(out), "--truth",
-                           str(synth_dir), "-o", str(tmp_path / "eval"))
+    scored = run_dermaseg(torchless, "evaluate", onnx_model, "--data", synth_dir, "-o",
+                          tmp_path / "eval")
     assert scored.returncode == 0, scored.stderr
     assert (tmp_path / "eval" / "report.html").is_file()
 
 
-def test_serve_of_an_onnx_model_runs_without_torch(onnx_model, synth_dir, torchless_env,
-                                                   tmp_path):
-    server = Server(onnx_model, tmp_path / "server.log", env=torchless_env).wait_ready()
+def test_serve_of_an_onnx_model(onnx_model, synth_dir, torchless, tmp_path):
+    python, env = torchless
+    server = Server(onnx_model, tmp_path / "server.log", env=env, python=python).wait_ready()
     try:
         with open(synth_dir / "synth_0003.jpg", "rb") as handle:
             reply = httpx.post(f"{server.url}/v1/segment", files={"file": handle}, timeout=60)
@@ -84,7 +97,32 @@ def test_serve_of_an_onnx_model_runs_without_torch(onnx_model, synth_dir, torchl
         server.stop()
     assert reply.status_code == 200, reply.text
     image = np.asarray(Image.open(synth_dir / "synth_0003.jpg").convert("RGB"))
-    assert reply.json()["width"] == image.shape[1]
+    assert (reply.json()["height"], reply.json()["width"]) == image.shape[:2]
+
+
+def test_what_needs_pytorch_says_so(tiny_ckpt, synth_dir, torchless, tmp_path):
+    for args in (["predict", tiny_ckpt, synth_dir, "-o", tmp_path / "out"],
+                 ["export", tiny_ckpt, "-o", tmp_path / "model.onnx"]):
+        result = run_dermaseg(torchless, *args)
+        assert result.returncode == 1
+        assert "needs PyTorch" in result.stderr and "pip install" in result.stderr
+        assert "Traceback" not in result.stderr
+    doctor = run_dermaseg(torchless, "doctor")
+    assert doctor.returncode == 0 and "PyTorch is not installed" in doctor.stdout
+
+
+def test_requirements_onnx_is_pyproject_without_the_pytorch_stack():
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+    declared = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    listed = [line.split("#")[0].strip() for line in
+              (ROOT / "requirements-onnx.txt").read_text().splitlines()]
+    only_for_torch = TORCH_STACK | {"onnxscript", "safetensors"}  # export, backbone weights
+
+    def name(requirement: str) -> str:
+        return requirement.split(">")[0].split("=")[0].split("[")[0].strip().replace("-", "_")
+
+    expected = {dep.split("#")[0].strip() for dep in declared if name(dep) not in only_for_torch}
+    assert set(filter(None, listed)) == expected
 
 
 @pytest.mark.parametrize("height,width,side", [(64, 64, 48), (64, 64, 80), (17, 23, 40),

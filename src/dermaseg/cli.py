@@ -54,6 +54,11 @@ def _root(
     """Skin-lesion segmentation in dermoscopy images with DeepLab-v3."""
 
 
+# Needed by training, export and .ckpt models; an environment for ONNX models can go without
+TORCH_STACK = {"torch", "torchvision", "timm", "lightning", "lightning_fabric", "torchmetrics"}
+TORCH_INSTALL = "pip install 'torch>=2.4' torchvision timm lightning torchmetrics"
+
+
 def main() -> None:
     """Console entry point: run the app, turning DermasegError into a message + exit code."""
     try:
@@ -61,6 +66,13 @@ def main() -> None:
     except DermasegError as exc:
         typer.secho(f"error: {exc}", err=True, fg=typer.colors.RED)
         sys.exit(exc.exit_code)
+    except ModuleNotFoundError as exc:
+        if (exc.name or "").split(".")[0] not in TORCH_STACK:
+            raise
+        typer.secho(f"error: this needs PyTorch ({exc.name} is not installed here): "
+                    f"{TORCH_INSTALL}. Without PyTorch, dermaseg runs .onnx models (predict, "
+                    "evaluate, serve) and the data commands.", err=True, fg=typer.colors.RED)
+        sys.exit(1)
     except KeyboardInterrupt:
         typer.echo("interrupted", err=True)
         sys.exit(130)

@@ -27,13 +27,24 @@ def _version(package: str) -> str:
 
 
 def _accelerators() -> list[str]:
-    import torch
-
+    try:
+        import torch
+    except ImportError:
+        return ["unknown: PyTorch is not installed (this environment runs .onnx models only)"]
     found = [f"CUDA {i}: {torch.cuda.get_device_name(i)}" for i in range(torch.cuda.device_count())]
     mps = getattr(torch.backends, "mps", None)
     if mps is not None and mps.is_available():
         found.append("Apple MPS")
     return found or ["none (training and inference run on the CPU)"]
+
+
+def _onnx_providers() -> list[str]:
+    try:
+        import onnxruntime
+    except ImportError:
+        return ["none: onnxruntime is not installed"]
+    providers = onnxruntime.get_available_providers()
+    return [name.removesuffix("ExecutionProvider") for name in providers]
 
 
 def _memory_gib() -> str:
@@ -69,6 +80,7 @@ def doctor(
     for package in PACKAGES:
         typer.echo(f"  {package:<14} {_version(package)}")
     typer.echo(f"accelerators:  {'; '.join(_accelerators())}")
+    typer.echo(f"onnxruntime:   {', '.join(_onnx_providers())}")
     typer.echo(f"CPU cores:     {os.cpu_count()}")
     typer.echo(f"memory:        {_memory_gib()}")
     typer.echo(f"disk ({path}): {_disk(path)}")
