@@ -260,3 +260,59 @@ def test_cli_skips_unreadable_inputs_and_exits_1(tiny_ckpt, synth_dir, tmp_path,
     assert "broken.jpg" in stderr and "truncated.jpg" in stderr and "Traceback" not in stderr
     written = sorted(p.name for p in out.glob("*_segmentation.png"))
     assert written == ["synth_0001_segmentation.png", "synth_0002_segmentation.png"]
+
+
+def test_onnx_model_under_torchrun_on_a_gpu_with_cpu_onnxruntime(tiny_ckpt, synth_dir, tmp_path,
+                                                                 monkeypatch):
+    """Under torchrun, "auto" became "cuda:N" whenever PyTorch sees a GPU; an onnxruntime
+    without CUDA (the default install) then refused every rank's ONNX model, where "auto" alone
+    runs it on the CPU."""
+    import onnxruntime
+    import torch
+
+    from dermaseg.checkpoint import load_model
+    from dermaseg.export import export_onnx
+
+    if "CUDAExecutionProvider" in onnxruntime.get_available_providers():
+        pytest.skip("this onnxruntime has CUDA: cuda:N is right for it")
+    model, meta = load_model(tiny_ckpt)
+    onnx_path = export_onnx(model, meta, tmp_path / "tiny.onnx", exporter="legacy")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    shutil.copy(synth_dir / "synth_0001.jpg", inputs)
+    code, output = run_cli("predict", onnx_path, inputs, "-o", tmp_path / "out", "-q")
+    assert code == 0, output
+    assert (tmp_path / "out" / "synth_0001_segmentation.png").is_file()
+
+
+def test_onnx_device_names(monkeypatch):
+    import dermaseg.onnx_model as onnx_model
+    from dermaseg.errors import UsageError
+
+    monkeypatch.setattr(onnx_model, "onnxruntime_has_cuda", lambda: False)
+    assert onnx_model.onnx_providers("auto") == ["CPUExecutionProvider"]
+    assert onnx_model.onnx_providers("cpu") == ["CPUExecutionProvider"]
+    with pytest.raises(UsageError, match="onnxruntime-gpu"):
+        onnx_model.onnx_providers("cuda:1")
+    with pytest.raises(UsageError, match="--device mps"):
+        onnx_model.onnx_providers("mps")
+    monkeypatch.setattr(onnx_model, "onnxruntime_has_cuda", lambda: True)
+    monkeypatch.setenv("LOCAL_RANK", "3")
+    assert onnx_model.onnx_providers("auto")[0] == ("CUDAExecutionProvider", {"device_id": 3})
+    assert onnx_model.onnx_providers("cuda")[0] == ("CUDAExecutionProvider", {"device_id": 0})
+
+
+def test_auto_device_of_a_checkpoint_under_torchrun_is_its_own_gpu(monkeypatch):
+    import torch
+
+    from dermaseg.infer.torch_backend import resolve_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setenv("LOCAL_RANK", "3")
+    assert resolve_device("auto") == torch.device("cuda", 1)
+    monkeypatch.delenv("LOCAL_RANK")
+    assert resolve_device("auto") == torch.device("cuda", 0)

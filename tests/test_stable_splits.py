@@ -221,3 +221,20 @@ def test_folds_of_removed_items_are_refilled_or_redrawn():
     record = place_folds(items, 3, seed=0, earlier=gone)
     assert record == {"folds_redrawn": "fold 2 of the previous manifest has no item left"}
     assert sorted(item["fold"] for item in items) == [0, 0, 1, 2]  # assign_folds, balanced
+
+
+def test_new_copy_of_an_earlier_test_image_does_not_take_its_place(pool, first):
+    """Duplicates keep the first by id; a new copy named to sort first would drop the earlier
+    test item and be drawn afresh (into train or val): the earlier item wins instead."""
+    raw, out, before = first
+    tested = next(item["id"] for item in before["items"] if item["split"] == "test")
+    shutil.copy2(raw / f"{tested}.jpg", raw / "aaa_copy.jpg")
+    shutil.copy2(raw / f"{tested}_segmentation.png", raw / "aaa_copy_segmentation.png")
+    raw_with(pool, raw, [FIRST + 1, FIRST + 2])
+    after = prepare_dataset(raw, out, folds=4, **SETTINGS)
+    old, new = assignment(before), assignment(after)
+    assert {key: new.get(key) for key in old} == old
+    assert "aaa_copy" not in new and after["split"]["gone"] == 0
+    dropped = next(entry for entry in after["skipped"] if entry["id"] == "aaa_copy")
+    assert dropped["problems"][0]["kind"] == "duplicate_image"
+    assert not (out / "images" / "aaa_copy.npy").exists()

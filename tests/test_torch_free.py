@@ -132,3 +132,34 @@ def test_resize_bilinear_equals_torch_interpolate(height, width, side):
     reference = F.interpolate(torch.from_numpy(batch), size=(side, side), mode="bilinear",
                               align_corners=False).numpy()
     np.testing.assert_allclose(resize_bilinear(batch, side), reference, atol=5e-5)
+
+
+def test_predict_of_an_onnx_model_under_a_launcher(onnx_model, synth_dir, torchless, tmp_path):
+    """LOCAL_RANK (set by torchrun, and by other launchers) made `--device auto` import torch
+    to pick this process's GPU: an ONNX-only environment then said "needs PyTorch"."""
+    python, env = torchless
+    result = subprocess.run([python, "-m", "dermaseg", "predict", str(onnx_model), str(synth_dir),
+                             "-o", str(tmp_path / "pred"), "-q"], env={**env, "LOCAL_RANK": "0"},
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert len(list((tmp_path / "pred").glob("*_segmentation.png"))) == 12
+
+
+def test_a_submodule_missing_from_installed_pytorch_is_not_called_pytorch_missing(
+        monkeypatch, capsys):
+    """torchvision too old for transforms.v2 (or timm too new for some torch module): installing
+    PyTorch cures nothing there, so the error goes out as it is, naming the module."""
+    import dermaseg.cli as cli
+
+    def missing(name: str):
+        def app():
+            raise ModuleNotFoundError(f"No module named '{name}'", name=name)
+        return app
+
+    monkeypatch.setattr(cli, "app", missing("torchvision.transforms.v2"))
+    with pytest.raises(ModuleNotFoundError, match="torchvision.transforms.v2"):
+        cli.main()
+    monkeypatch.setattr(cli, "app", missing("torchvision"))
+    with pytest.raises(SystemExit) as stopped:
+        cli.main()
+    assert stopped.value.code == 1 and "needs PyTorch" in capsys.readouterr().err

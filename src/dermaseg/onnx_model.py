@@ -96,21 +96,35 @@ def onnx_probabilities(session, batch: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-logits.astype(np.float64)))
 
 
+def onnxruntime_has_cuda() -> bool:
+    """Whether this onnxruntime has the CUDA execution provider (onnxruntime-gpu)."""
+    import onnxruntime as ort
+
+    return "CUDAExecutionProvider" in ort.get_available_providers()
+
+
+def local_rank() -> int:
+    """This process's GPU under torchrun (and other launchers that set LOCAL_RANK), else 0."""
+    try:
+        return max(0, int(os.environ.get("LOCAL_RANK", "0")))
+    except ValueError:
+        return 0
+
+
 def onnx_providers(device: str) -> list:
     """ONNX Runtime execution providers for a device name: "auto" (CUDA when this
-    onnxruntime has it, else the CPU), "cpu", "cuda" or "cuda:N".
+    onnxruntime has it, under torchrun LOCAL_RANK's GPU, else the CPU), "cpu", "cuda" or
+    "cuda:N".
 
     Raises:
         UsageError: not such a name, or CUDA asked of an onnxruntime without it.
     """
-    import onnxruntime as ort
-
-    has_cuda = "CUDAExecutionProvider" in ort.get_available_providers()
+    has_cuda = onnxruntime_has_cuda()
     name = str(device)
     if name == "cpu" or (name == "auto" and not has_cuda):
         return ["CPUExecutionProvider"]
     if name == "auto":
-        name = "cuda"
+        name = f"cuda:{local_rank()}"
     match = re.fullmatch(r"cuda(?::(\d+))?", name)
     if not match:
         raise UsageError(f"--device {device}: an ONNX model runs on auto, cpu, cuda or cuda:N")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import os
 from pathlib import Path
 
 import typer
@@ -37,17 +36,6 @@ def tta_config(tta: bool, scales: str | None):
     except ValueError as exc:
         raise UsageError(f"--tta-scales {scales}: expected numbers like 0.75,1,1.25") from exc
     return TTAConfig(flips=flips, scales=values)
-
-
-def _device(device: str) -> str:
-    """Under torchrun (LOCAL_RANK set), "auto" picks this process's own GPU."""
-    if device != "auto" or "LOCAL_RANK" not in os.environ:
-        return device  # not importing torch here keeps ONNX prediction free of it
-    import torch
-
-    if torch.cuda.is_available():
-        return f"cuda:{int(os.environ['LOCAL_RANK']) % torch.cuda.device_count()}"
-    return device
 
 
 def refuse_prepared_inputs(inputs: list[str]) -> None:
@@ -125,8 +113,8 @@ def predict(
     files, missing = list_inputs(inputs, exclude=out)
     if not files and not missing:
         raise UsageError(f"no images found in {', '.join(inputs)}")
-    predictor = load_predictor(model, device=_device(device), tta=tta_config(tta, tta_scales),
-                               batch_size=batch_size)
+    predictor = load_predictor(model, device=device,
+                               tta=tta_config(tta, tta_scales), batch_size=batch_size)
     summary = predict_files(predictor, files, out, options, shard_index)
     summary.failed = missing + summary.failed
     if isinstance(predictor, Ensemble):

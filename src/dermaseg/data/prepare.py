@@ -24,6 +24,7 @@ import json
 import os
 import shutil
 import time
+from collections.abc import Container
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -218,12 +219,15 @@ def _remove_item(out: Path, item_id: str) -> None:
             path.unlink()
 
 
-def _drop_duplicates(results: list[PrepareResult], out: Path) -> None:
-    """Keep the first (by id) of prepared images with identical pixels; the others get a
-    duplicate_image problem and no record, so the same image never lands in two splits.
+def _drop_duplicates(results: list[PrepareResult], out: Path,
+                     earlier_ids: Container[str] = frozenset()) -> None:
+    """Keep the first (by id) of prepared images with identical pixels, an item of the earlier
+    split (`earlier_ids`) before a new one, so that a new copy of an earlier test image does not
+    take its place and get drawn into train; the others get a duplicate_image problem and no
+    record, so the same image never lands in two splits.
     The files this run wrote for a dropped item are removed."""
     first: dict[str, Pair] = {}
-    for result in sorted(results, key=lambda r: r.pair.id):
+    for result in sorted(results, key=lambda r: (r.pair.id not in earlier_ids, r.pair.id)):
         if result.record is None:
             continue
         kept = first.setdefault(result.record["hash"], result.pair)
@@ -346,7 +350,7 @@ def prepare_dataset(
     _clean_temporaries(out)
     workers = workers or default_workers()
     results, todo = _prepare_all(found.pairs, out, size, workers, progress)
-    _drop_duplicates(results, out)
+    _drop_duplicates(results, out, earlier.splits if earlier else frozenset())
     skipped = _skipped(found.problems, results)
     if not any(result.record for result in results):
         raise _no_usable_pair(found.root, out, created, skipped)

@@ -9,16 +9,19 @@ import numpy as np
 import torch
 
 from dermaseg.errors import UsageError
+from dermaseg.onnx_model import local_rank
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """"auto" -> the first CUDA GPU when there is one, else the CPU.
+    """"auto" -> a CUDA GPU when there is one (under torchrun, LOCAL_RANK's), else the CPU.
 
     Raises:
         UsageError: a CUDA device was asked for on a machine without one.
     """
     if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if not torch.cuda.is_available():
+            return torch.device("cpu")
+        return torch.device("cuda", local_rank() % torch.cuda.device_count())
     try:
         resolved = torch.device(device)
     except RuntimeError as exc:
