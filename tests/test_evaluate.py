@@ -228,3 +228,42 @@ def test_rewriting_a_report_replaces_the_old_gallery_pictures_only(tmp_path):
     assert {p.name for p in (out / "gallery").iterdir()} == shown | {"notes.txt"}
     assert mine.read_text() == "the user's own file"  # only dermaseg's thumbnails are replaced
     assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no staging folder left
+
+
+def test_means_have_bootstrap_intervals_in_json_reports_and_output(tmp_path):
+    from dermaseg.stats import bootstrap_mean_ci
+
+    pred_dir, truth_dir, cases = _mask_folders(tmp_path)
+    result = run_cli("evaluate", "--pred", str(pred_dir), "--truth", str(truth_dir), "-o",
+                     str(tmp_path / "e"), "--quiet")
+    assert result.exit_code == 0, result.output
+    stored = json.loads((tmp_path / "e" / "metrics.json").read_text())
+    assert stored["overall"] == summarize({i: image_metrics(p, t) for i, (p, t) in cases.items()})
+    bootstrap = stored["bootstrap"]
+    values = [[row[n] for n in METRIC_NAMES] for row in stored["per_image"].values()]
+    bounds = bootstrap_mean_ci(values, bootstrap["resamples"], bootstrap["seed"])
+    for k, name in enumerate(METRIC_NAMES):
+        low, high = stored["ci95"][name]
+        assert [low, high] == [bounds[0, k], bounds[1, k]]
+        assert low <= stored["overall"][name] <= high
+    dice = stored["overall"]["dice"]
+    low, high = stored["ci95"]["dice"]
+    assert f"dice               {dice:.4f}  (95% CI {low:.4f}-{high:.4f})" in result.output
+    row = f"| Dice | {dice:.4f} | {low:.4f}-{high:.4f} |"
+    assert row in (tmp_path / "e" / "report.md").read_text()
+    assert f"<td>{low:.4f}-{high:.4f}</td>" in (tmp_path / "e" / "report.html").read_text()
+
+
+def test_one_image_has_no_interval(tmp_path):
+    pred_dir, truth_dir, _ = _mask_folders(tmp_path)
+    for path in [*pred_dir.iterdir(), *truth_dir.iterdir()]:
+        if not path.name.startswith("ISIC_0000003"):
+            path.unlink()
+    result = run_cli("evaluate", "--pred", str(pred_dir), "--truth", str(truth_dir), "-o",
+                     str(tmp_path / "e"), "--quiet")
+    assert result.exit_code == 0, result.output
+    stored = json.loads((tmp_path / "e" / "metrics.json").read_text())
+    assert stored["images"] == 1 and stored["ci95"] is None
+    assert "no interval" in stored["bootstrap"]["note"]
+    assert "(no CI: 1 image)" in result.output
+    assert "no confidence interval" in (tmp_path / "e" / "report.md").read_text()

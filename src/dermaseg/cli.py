@@ -11,6 +11,7 @@ import sys
 import typer
 
 from dermaseg import __version__
+from dermaseg.commands import compare as compare_command
 from dermaseg.commands import data as data_commands
 from dermaseg.commands import evaluate as evaluate_command
 from dermaseg.commands import export as export_command
@@ -35,6 +36,7 @@ app.command()(doctor)
 app.command()(demo)
 app.command("predict")(predict_command.predict)
 app.command("evaluate")(evaluate_command.evaluate)
+app.command("compare")(compare_command.compare)
 app.command("export")(export_command.export)
 app.command("serve")(serve_command.serve)
 
@@ -67,7 +69,9 @@ def main() -> None:
         typer.secho(f"error: {exc}", err=True, fg=typer.colors.RED)
         sys.exit(exc.exit_code)
     except ModuleNotFoundError as exc:
-        if (exc.name or "").split(".")[0] not in TORCH_STACK:
+        # the package itself missing; a submodule missing from an installed one (a version
+        # too old or too new) is not cured by installing PyTorch: the traceback names it
+        if exc.name not in TORCH_STACK:
             raise
         typer.secho(f"error: this needs PyTorch ({exc.name} is not installed here): "
                     f"{TORCH_INSTALL}. Without PyTorch, dermaseg runs .onnx models (predict, "

@@ -8,7 +8,8 @@ Two entry points:
 
 Both are written to OUT by `dermaseg.evaluation_files.write_evaluation`: metrics.csv (one
 row per image), metrics.json (overall + per image), report.md, report.html, jaccard_hist.png
-and gallery/ (best and worst cases, truth in green, prediction in red). Per-image values and
+and gallery/ (best and worst cases, truth in green, prediction in red); each mean has a 95 %
+percentile bootstrap interval over images (dermaseg.stats). Per-image values and
 their macro average come from dermaseg.metrics, which
 equals `isic-challenge-scoring` (masks are lesion where > 128).
 """

@@ -17,6 +17,7 @@ from dermaseg.evaluate import Evaluation
 from dermaseg.fileio import TEMP_PREFIX, make_folder, write_bytes_atomic, write_json_atomic
 from dermaseg.metrics import METRIC_NAMES, pooled_metrics
 from dermaseg.report import plot_jaccard_histogram, save_gallery, write_reports
+from dermaseg.stats import CONFIDENCE, RESAMPLES, SEED, bootstrap_mean_ci
 
 OUTPUT_FILES = ("metrics.csv", "metrics.json", "jaccard_hist.png", "report.md", "report.html")
 GALLERY = "gallery"
@@ -98,11 +99,31 @@ def _write_outputs(result: Evaluation, out: Path, title: str, notes: list[str]) 
         writer.writerow([image_id, *(repr(values[n]) for n in METRIC_NAMES),
                          *result.counts[image_id]])
     write_bytes_atomic(out / "metrics.csv", buffer.getvalue().encode())
+    ci95, bootstrap = mean_intervals(result.per_image)
     summary = {"images": len(result.per_image), "overall": overall, "pooled": pooled,
-               "notes": notes, "per_image": result.per_image}
+               "ci95": ci95, "bootstrap": bootstrap, "notes": notes,
+               "per_image": result.per_image}
     write_json_atomic(out / "metrics.json", summary)
     plot_jaccard_histogram([v["jaccard"] for v in result.per_image.values()],
                            out / "jaccard_hist.png")
     gallery = save_gallery(result.gallery, out / GALLERY)
-    write_reports(out, title, result.per_image, overall, "jaccard_hist.png", gallery, notes)
+    write_reports(out, title, result.per_image, overall, "jaccard_hist.png", gallery, notes,
+                  ci95)
     return summary
+
+
+def mean_intervals(per_image: dict[str, dict[str, float]]) -> tuple[dict | None, dict]:
+    """({metric: [low, high]} 95 % percentile bootstrap intervals of the means over images,
+    or None for a single image; how they were drawn, for metrics.json's "bootstrap").
+
+    Every metric's interval comes from the same resampled image indices.
+    """
+    values = [[row[name] for name in METRIC_NAMES] for row in per_image.values()]
+    bounds = bootstrap_mean_ci(values, RESAMPLES, SEED, CONFIDENCE)
+    how = {"method": "percentile bootstrap over images", "confidence": CONFIDENCE,
+           "resamples": RESAMPLES, "seed": SEED}
+    if bounds is None:
+        how["note"] = f"{len(values)} image: no interval (it needs at least 2 images)"
+        return None, how
+    return {name: [float(bounds[0, k]), float(bounds[1, k])]
+            for k, name in enumerate(METRIC_NAMES)}, how

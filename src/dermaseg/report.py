@@ -160,24 +160,37 @@ LABELS = {
 }
 
 
-def metric_rows(per_image: dict[str, dict[str, float]], overall: dict[str, float]):
-    """[(label, mean, median, min)] for each metric, mean = the official macro average."""
+def ci_text(ci95: dict[str, list[float]] | None, name: str) -> str:
+    """'0.8901-0.9113', the 95 % interval of metric `name`'s mean; '-' without one."""
+    return "-" if ci95 is None else f"{ci95[name][0]:.4f}-{ci95[name][1]:.4f}"
+
+
+def metric_rows(per_image: dict[str, dict[str, float]], overall: dict[str, float],
+                ci95: dict[str, list[float]] | None = None):
+    """[(label, mean, 95 % CI text, median, min)] for each metric, mean = the official macro
+    average, CI = its bootstrap interval over images ('-' when `ci95` is None)."""
     rows = []
     for name, label in LABELS.items():
         values = np.asarray([m[name] for m in per_image.values()], dtype=float)
-        rows.append((label, overall[name], float(np.median(values)), float(values.min())))
+        rows.append((label, overall[name], ci_text(ci95, name), float(np.median(values)),
+                     float(values.min())))
     return rows
 
 
 def write_reports(out: Path, title: str, per_image: dict[str, dict[str, float]],
                   overall: dict[str, float], histogram: str, gallery: dict[str, list[dict]],
-                  notes: Sequence[str] = ()) -> None:
-    """report.md and report.html in `out`, linking the histogram and gallery PNGs (relative)."""
-    rows = metric_rows(per_image, overall)
+                  notes: Sequence[str] = (), ci95: dict[str, list[float]] | None = None,
+                  ) -> None:
+    """report.md and report.html in `out`, linking the histogram and gallery PNGs (relative).
+
+    `ci95`: metric -> [low, high] bootstrap interval of the mean (None: none, e.g. 1 image).
+    """
+    rows = metric_rows(per_image, overall, ci95)
     md = [f"# {_md_text(title)}", "", *[f"- {_md_text(n)}" for n in notes], "",
-          f"{len(per_image)} images. Mean = the official ISIC macro average over images.", "",
-          "| metric | mean | median | min |", "|---|---:|---:|---:|"]
-    md += [f"| {label} | {mean:.4f} | {med:.4f} | {low:.4f} |" for label, mean, med, low in rows]
+          f"{len(per_image)} images. {_about_means(ci95)}", "",
+          "| metric | mean | 95% CI | median | min |", "|---|---:|---:|---:|---:|"]
+    md += [f"| {label} | {mean:.4f} | {ci} | {med:.4f} | {low:.4f} |"
+           for label, mean, ci, med, low in rows]
     md += ["", f"![Per-image Jaccard]({histogram})", ""]
     for group in ("best", "worst"):
         md += [f"## {group.capitalize()} cases (green: truth, red: prediction)", ""]
@@ -186,7 +199,14 @@ def write_reports(out: Path, title: str, per_image: dict[str, dict[str, float]],
         md.append("")
     write_bytes_atomic(out / "report.md", "\n".join(md).encode())
     write_bytes_atomic(out / "report.html", _html(title, rows, per_image, histogram, gallery,
-                                                  notes).encode())
+                                                  notes, ci95).encode())
+
+
+def _about_means(ci95) -> str:
+    text = "Mean = the official ISIC macro average over images"
+    if ci95 is None:
+        return text + "; no confidence interval (it needs at least 2 images)."
+    return text + "; 95% CI = percentile bootstrap over images."
 
 
 def _md_text(text: str) -> str:
@@ -194,10 +214,11 @@ def _md_text(text: str) -> str:
     return "".join(f"\\{c}" if c in "\\`*[]" else c for c in html.escape(text))
 
 
-def _html(title, rows, per_image, histogram, gallery, notes) -> str:
+def _html(title, rows, per_image, histogram, gallery, notes, ci95=None) -> str:
     esc = html.escape
-    table = "".join(f"<tr><td>{esc(label)}</td><td>{mean:.4f}</td><td>{med:.4f}</td>"
-                    f"<td>{low:.4f}</td></tr>" for label, mean, med, low in rows)
+    table = "".join(f"<tr><td>{esc(label)}</td><td>{mean:.4f}</td><td>{ci}</td>"
+                    f"<td>{med:.4f}</td><td>{low:.4f}</td></tr>"
+                    for label, mean, ci, med, low in rows)
     parts = [
         "<!doctype html><html><head><meta charset='utf-8'>",
         f"<title>{esc(title)}</title><style>body{{font-family:sans-serif;max-width:1100px;"
@@ -205,8 +226,9 @@ def _html(title, rows, per_image, histogram, gallery, notes) -> str:
         "padding:4px 10px;text-align:right}td:first-child{text-align:left}"
         "figure{display:inline-block;margin:6px;text-align:center}</style></head><body>",
         f"<h1>{esc(title)}</h1>", *[f"<p>{esc(n)}</p>" for n in notes],
-        f"<p>{len(per_image)} images. Mean = the official ISIC macro average over images.</p>",
-        "<table><tr><th>metric</th><th>mean</th><th>median</th><th>min</th></tr>",
+        f"<p>{len(per_image)} images. {esc(_about_means(ci95))}</p>",
+        "<table><tr><th>metric</th><th>mean</th><th>95% CI</th><th>median</th><th>min</th>"
+        "</tr>",
         table, "</table>",
         f"<h2>Per-image Jaccard</h2><img src='{esc(histogram)}' alt='Jaccard histogram'>",
     ]

@@ -21,11 +21,14 @@ from dermaseg.errors import UsageError
 
 
 def _print_overall(summary: dict, out: Path) -> None:
-    overall = summary["overall"]
-    typer.echo(f"{summary['images']} images (mean over images, ISIC conventions):")
+    overall, ci95 = summary["overall"], summary.get("ci95")
+    typer.echo(f"{summary['images']} images (mean over images, ISIC conventions; 95% CI: "
+               "bootstrap over images):")
     for name in ("threshold_jaccard", "jaccard", "dice", "sensitivity", "specificity",
                  "accuracy", "precision"):
-        typer.echo(f"  {name:<18} {overall[name]:.4f}")
+        interval = ("no CI: 1 image" if ci95 is None
+                    else f"95% CI {ci95[name][0]:.4f}-{ci95[name][1]:.4f}")
+        typer.echo(f"  {name:<18} {overall[name]:.4f}  ({interval})")
     typer.echo(f"report: {out / 'report.html'}")
 
 
@@ -94,7 +97,8 @@ def evaluate(
     members' common folder, eval-<split>-ensemble/, unless -o.
     DIR may also be a raw folder of image/mask pairs: then every pair is scored.
     `evaluate --pred PRED --truth TRUTH` scores existing masks; report in PRED-eval/ unless -o.
-    Writes metrics.csv, metrics.json, report.md, report.html, jaccard_hist.png, gallery/.
+    Writes metrics.csv, metrics.json, report.md, report.html, jaccard_hist.png, gallery/;
+    every mean comes with its 95% bootstrap interval over images (2000 resamples, seed 0).
     """
     from dermaseg.evaluate import evaluate_folders
     from dermaseg.evaluation_files import check_output, write_evaluation
