@@ -9,14 +9,11 @@ OUT as it was.
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import dataclasses
 import io
 import math
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,7 +21,7 @@ import numpy as np
 
 from dermaseg.data.discover import display_path
 from dermaseg.errors import DermasegError, UsageError
-from dermaseg.fileio import TEMP_PREFIX, make_folder, write_bytes_atomic, write_json_atomic
+from dermaseg.fileio import staged_outputs, write_bytes_atomic, write_json_atomic
 from dermaseg.metrics import METRIC_NAMES
 from dermaseg.report import LABELS, _md_text
 from dermaseg.stats import CONFIDENCE, PairedResult, paired_comparison
@@ -285,17 +282,6 @@ def plot_comparison(a: np.ndarray, b: np.ndarray, result: PairedResult, metric: 
     write_bytes_atomic(path, buffer.getvalue())
 
 
-def check_output(out: Path) -> None:
-    """Raises DermasegError when `out` is not a folder or an output in it is a folder."""
-    if out.exists() and not out.is_dir():
-        raise DermasegError(f"{display_path(out)}: not a folder (cannot write the comparison "
-                            "there)")
-    for name in OUTPUT_FILES:
-        if (out / name).is_dir():
-            raise DermasegError(f"{display_path(out / name)}: is a folder (the comparison "
-                                "writes a file there)")
-
-
 def write_comparison(out: Path, summary: dict, results: dict[str, PairedResult],
                      picture: tuple[np.ndarray, np.ndarray]) -> None:
     """compare.json, compare.md, compare.png in `out`, written in a hidden folder there and
@@ -307,30 +293,8 @@ def write_comparison(out: Path, summary: dict, results: dict[str, PairedResult],
     Raises:
         DermasegError: `out` or an output in it is in the way, or cannot be written.
     """
-    check_output(out)
-    created = not out.exists()
-    make_folder(out)
-    try:
-        stage = Path(tempfile.mkdtemp(prefix=TEMP_PREFIX, dir=out))
-        try:
-            write_json_atomic(stage / "compare.json", summary)
-            write_bytes_atomic(stage / "compare.md", markdown(summary, results).encode())
-            metric = summary["metric"]
-            plot_comparison(*picture, results[metric], metric, stage / "compare.png")
-            for name in OUTPUT_FILES:
-                os.replace(stage / name, out / name)
-        finally:
-            shutil.rmtree(stage, ignore_errors=True)
-    except OSError as exc:
-        _remove_if(created, out)
-        raise DermasegError(f"{display_path(out)}: cannot write the comparison "
-                            f"({exc.strerror or exc})") from exc
-    except BaseException:
-        _remove_if(created, out)
-        raise
-
-
-def _remove_if(created: bool, out: Path) -> None:
-    if created:
-        with contextlib.suppress(OSError):
-            out.rmdir()
+    with staged_outputs(out, OUTPUT_FILES, "comparison") as stage:
+        write_json_atomic(stage / "compare.json", summary)
+        write_bytes_atomic(stage / "compare.md", markdown(summary, results).encode())
+        metric = summary["metric"]
+        plot_comparison(*picture, results[metric], metric, stage / "compare.png")

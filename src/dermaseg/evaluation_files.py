@@ -3,18 +3,20 @@ and gallery/, written through a hidden folder so that a failure leaves OUT as it
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import io
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 from dermaseg.data.discover import display_path
 from dermaseg.errors import DermasegError
 from dermaseg.evaluate import Evaluation
-from dermaseg.fileio import TEMP_PREFIX, make_folder, write_bytes_atomic, write_json_atomic
+from dermaseg.fileio import (
+    check_output_files,
+    staged_outputs,
+    write_bytes_atomic,
+    write_json_atomic,
+)
 from dermaseg.metrics import METRIC_NAMES, pooled_metrics
 from dermaseg.report import plot_jaccard_histogram, save_gallery, write_reports
 from dermaseg.stats import CONFIDENCE, RESAMPLES, SEED, bootstrap_mean_ci
@@ -26,13 +28,7 @@ GALLERY = "gallery"
 def check_output(out: Path) -> None:
     """Raises DermasegError when `out` or one of the outputs in it has the wrong type (a file
     where a folder goes, or the reverse). Creates nothing."""
-    if out.exists() and not out.is_dir():
-        raise DermasegError(f"{display_path(out)}: not a folder (cannot write the evaluation "
-                            "there)")
-    for name in OUTPUT_FILES:
-        if (out / name).is_dir():
-            raise DermasegError(f"{display_path(out / name)}: is a folder (the evaluation "
-                                "writes a file there)")
+    check_output_files(out, OUTPUT_FILES, "evaluation")
     gallery = out / GALLERY
     if (gallery.exists() or gallery.is_symlink()) and not gallery.is_dir():
         raise DermasegError(f"{display_path(gallery)}: not a folder (the evaluation writes "
@@ -50,30 +46,10 @@ def write_evaluation(result: Evaluation, out: Path, title: str, notes: list[str]
         DermasegError: `out` or an output in it is in the way, or cannot be written.
     """
     check_output(out)
-    created = not out.exists()
-    make_folder(out)
-    try:
-        return _write_staged(result, out, title, notes)
-    except BaseException:
-        if created:
-            with contextlib.suppress(OSError):
-                out.rmdir()
-        raise
-
-
-def _write_staged(result: Evaluation, out: Path, title: str, notes: list[str]) -> dict:
-    stage = Path(tempfile.mkdtemp(prefix=TEMP_PREFIX, dir=out))
-    try:
+    with staged_outputs(out, OUTPUT_FILES, "evaluation") as stage:
         summary = _write_outputs(result, stage, title, notes)
         (stage / GALLERY).mkdir(exist_ok=True)
         _replace_gallery(stage / GALLERY, out / GALLERY)
-        for name in OUTPUT_FILES:
-            os.replace(stage / name, out / name)
-    except OSError as exc:
-        raise DermasegError(f"{display_path(out)}: cannot write the evaluation "
-                            f"({exc.strerror or exc})") from exc
-    finally:
-        shutil.rmtree(stage, ignore_errors=True)
     return summary
 
 

@@ -7,6 +7,7 @@ import io
 import json
 import math
 import os
+import shutil
 import tempfile
 import warnings
 from collections.abc import Iterator
@@ -78,6 +79,52 @@ def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
 
 def write_json_atomic(path: str | os.PathLike, obj) -> None:
     write_bytes_atomic(path, (json.dumps(obj, indent=2) + "\n").encode())
+
+
+def _shown(path: Path) -> str:
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
+def check_output_files(out: Path, files: tuple[str, ...], what: str) -> None:
+    """Raises DermasegError when `out` is not a folder or one of `files` in it is a folder.
+    Creates nothing."""
+    if out.exists() and not out.is_dir():
+        raise DermasegError(f"{_shown(out)}: not a folder (cannot write the {what} there)")
+    for name in files:
+        if (out / name).is_dir():
+            raise DermasegError(f"{_shown(out / name)}: is a folder (the {what} writes a file "
+                                "there)")
+
+
+@contextlib.contextmanager
+def staged_outputs(out: Path, files: tuple[str, ...], what: str) -> Iterator[Path]:
+    """A hidden folder inside `out` to write `files` into; when the block ends they are moved
+    into `out` (each whole). On any failure `out` is left as it was (and removed again when
+    this made it).
+
+    Raises:
+        DermasegError: `out` or a file in it is in the way (check_output_files), or a write
+            fails (naming `out` and the `what` being written).
+    """
+    check_output_files(out, files, what)
+    created = not out.exists()
+    make_folder(out)
+    try:
+        stage = Path(tempfile.mkdtemp(prefix=TEMP_PREFIX, dir=out))
+        try:
+            yield stage
+            for name in files:
+                os.replace(stage / name, out / name)
+        finally:
+            shutil.rmtree(stage, ignore_errors=True)
+    except BaseException as exc:
+        if created:
+            with contextlib.suppress(OSError):
+                out.rmdir()
+        if isinstance(exc, OSError):
+            raise DermasegError(f"{_shown(out)}: cannot write the {what} "
+                                f"({exc.strerror or exc})") from exc
+        raise
 
 
 def save_png_atomic(path: str | os.PathLike, array: np.ndarray, compress_level: int = 6) -> None:
