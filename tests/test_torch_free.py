@@ -1,5 +1,5 @@
-"""An exported model is used without PyTorch: `predict`, `evaluate` and `serve` of an `.onnx`
-file run in processes that cannot import torch, and give what the usual process gives.
+"""An exported model is used without PyTorch: `predict`, `evaluate` (and `compare`) and `serve`
+of an `.onnx` file run in processes that cannot import torch, and give what the usual process gives.
 
 Two such environments: this Python with `import torch` blocked (a sitecustomize), and, under
 `make test-onnx-only`, the environment of requirements-onnx.txt alone ($DERMASEG_ONNX_PYTHON),
@@ -26,7 +26,15 @@ from dermaseg.infer.tta import TTAConfig, resize_bilinear
 from serving import Server
 
 ROOT = Path(__file__).resolve().parents[1]
-BLOCK_TORCH = "import sys\nsys.modules['torch'] = None  # `import torch` raises ImportError\n"
+BLOCK_TORCH = """import sys
+
+class NoTorch:  # `import torch` fails as if it were not installed
+    def find_spec(self, name, path=None, target=None):
+        if name == "torch" or name.startswith("torch."):
+            raise ModuleNotFoundError(f"No module named '{name}'", name=name)
+
+sys.meta_path.insert(0, NoTorch())
+"""
 ONNX_PYTHON = os.environ.get("DERMASEG_ONNX_PYTHON")
 
 
@@ -85,6 +93,10 @@ def test_predict_and_evaluate_of_an_onnx_model(onnx_model, synth_dir, torchless,
                           tmp_path / "eval")
     assert scored.returncode == 0, scored.stderr
     assert (tmp_path / "eval" / "report.html").is_file()
+    compared = run_dermaseg(torchless, "compare", tmp_path / "eval", tmp_path / "eval", "-o",
+                            tmp_path / "compare")
+    assert compared.returncode == 0, compared.stderr
+    assert (tmp_path / "compare" / "compare.png").is_file()
 
 
 def test_serve_of_an_onnx_model(onnx_model, synth_dir, torchless, tmp_path):
