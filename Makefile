@@ -42,11 +42,12 @@ $(TFLITE_VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(TFLITE_VENV)
 	$(TFLITE_VENV)/bin/pip install -q --upgrade pip
 	$(TFLITE_VENV)/bin/pip install -q $(TORCH_PINS) || $(TFLITE_VENV)/bin/pip install -q "torch>=2.4" torchvision
-	$(TFLITE_VENV)/bin/pip install -q $(TORCH_PINS) -e ".[tflite]" pytest pytest-timeout hypothesis
+	$(TFLITE_VENV)/bin/pip install -q $(TORCH_PINS) -e ".[tflite]" pytest pytest-timeout hypothesis httpx
 	touch $@
 
 test-tflite: $(TFLITE_VENV)/.installed
-	$(TFLITE_VENV)/bin/python -m pytest -q -p no:cacheprovider tests/test_export.py -k tflite
+	$(TFLITE_VENV)/bin/python -m pytest -q -p no:cacheprovider tests/test_export.py \
+	  tests/test_tflite_model.py -k tflite
 
 # Exported models run without PyTorch: an environment of requirements-onnx.txt alone (~0.5 GB,
 # ~30 s to build) runs predict, evaluate and serve on an .onnx file (tests/test_torch_free.py).

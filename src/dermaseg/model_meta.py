@@ -51,3 +51,8 @@ def folder_error(path: Path, what: str) -> DermasegError:
     inside = [path / name for name in ("best.ckpt", "last.ckpt") if (path / name).is_file()]
     hint = f"give the file, e.g. {inside[0]}" if inside else "give the .ckpt (or .onnx) file"
     return DermasegError(f"{path}: a folder, not a {what}; {hint}")
+
+
+def model_kind(path: str | Path) -> str:
+    """"onnx", "tflite" or "torch" (a checkpoint), from the model file's suffix."""
+    return {".onnx": "onnx", ".tflite": "tflite"}.get(Path(path).suffix.lower(), "torch")

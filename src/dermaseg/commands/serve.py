@@ -15,7 +15,7 @@ def serve(
     host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on."),
     port: int = typer.Option(8000, "--port", help="TCP port."),
     backend: str = typer.Option("auto", "--backend",
-                                help="onnx or torch (auto: from the file suffix)."),
+                                help="onnx, torch or tflite (auto: from the file suffix)."),
     workers: int = typer.Option(1, "--workers", help="Server processes (each loads the model)."),
     token: str = typer.Option(None, "--token", help="Require `Authorization: Bearer TOKEN` on "
                               "/v1/* (default: env DERMASEG_TOKEN; none: no auth)."),

@@ -19,7 +19,7 @@ from PIL import Image
 from dermaseg.data.geometry import Letterbox, letterbox_image, restore_probability
 from dermaseg.errors import DermasegError, UsageError
 from dermaseg.infer.tta import TTAConfig, scaled_side, sigmoid, tta_probability
-from dermaseg.model_meta import ModelMeta, folder_error
+from dermaseg.model_meta import ModelMeta, folder_error, model_kind
 from dermaseg.onnx_model import OnnxBackend, check_onnx
 
 
@@ -35,15 +35,20 @@ class Predictor:
         mean = np.asarray(meta.mean, dtype=np.float32).reshape(3, 1, 1)
         std = np.asarray(meta.std, dtype=np.float32).reshape(3, 1, 1)
         self._mean, self._std = mean * 255.0, std * 255.0
-        if tta is not None and backend.fixed_side is not None:
-            bad = [s for s in tta.scales if scaled_side(meta.image_size, s) != backend.fixed_side]
+        fixed = getattr(backend, "fixed_side", None)
+        if fixed is not None and fixed != meta.image_size:
+            raise DermasegError(f"the model's input is {fixed} px but its metadata says "
+                                f"{meta.image_size} px (a metadata file of another model?)")
+        if tta is not None and fixed is not None:
+            bad = [s for s in tta.scales if scaled_side(meta.image_size, s) != fixed]
             if bad:
-                raise UsageError(f"tta scales {bad}: this ONNX model has a fixed input size "
-                                 f"{backend.fixed_side}; use flips only")
+                raise UsageError(f"tta scales {bad}: this model has a fixed input size "
+                                 f"{fixed}; use flips only")
 
     @classmethod
     def load(cls, path: str | Path, device: str = "cpu", **kwargs) -> Predictor:
-        """A `.ckpt`/`.pt` checkpoint or an `.onnx` export (run without importing PyTorch).
+        """A `.ckpt`/`.pt` checkpoint, an `.onnx` export or a `.tflite` export with its
+        `.tflite.json` (the exports run without importing PyTorch).
 
         Raises:
             DermasegError: the file is missing or not a dermaseg model.
@@ -53,9 +58,14 @@ class Predictor:
             raise UsageError(f"{path}: no such model file")
         if not path.is_file():
             raise folder_error(path, "model file")
-        if path.suffix.lower() == ".onnx":
+        if model_kind(path) == "onnx":
             meta = check_onnx(path)  # graph, names, ranks and metadata, before onnxruntime
             return cls(OnnxBackend(path, device), meta, **kwargs)
+        if model_kind(path) == "tflite":
+            from dermaseg.tflite_model import TfliteBackend, read_tflite_meta
+
+            meta = read_tflite_meta(path)
+            return cls(TfliteBackend(path, device), meta, **kwargs)
         from dermaseg.checkpoint import load_model
         from dermaseg.infer.torch_backend import TorchBackend, resolve_device
 

@@ -34,6 +34,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from dermaseg import __version__
 from dermaseg.errors import UsageError
+from dermaseg.model_meta import model_kind
 from dermaseg.serve.guard import Guard, Metrics, Slots
 from dermaseg.serve.schemas import (
     BatchItem,
@@ -59,7 +60,7 @@ ERRORS = {code: {"model": ErrorResponse} for code in (400, 401, 408, 413, 415, 4
 @dataclass
 class ServeSettings:
     model_path: str
-    backend: str = "auto"  # "onnx", "torch", or "auto" (from the file suffix)
+    backend: str = "auto"  # "onnx", "torch", "tflite" or "auto" (from the file suffix)
     token: str | None = None  # bearer token for /v1/*; None: no auth
     max_upload_mb: float = 20.0  # request body limit
     max_pixels: int = 40_000_000  # all images of a request together, from their headers
@@ -71,14 +72,15 @@ class ServeSettings:
 
     def check(self) -> None:
         """Raises: UsageError for a value out of range or a backend that does not fit."""
-        suffix = Path(self.model_path).suffix.lower()
-        if self.backend not in ("auto", "onnx", "torch"):
-            raise UsageError(f"--backend {self.backend}: use onnx or torch")
-        if self.backend == "onnx" and suffix != ".onnx":
+        kind = model_kind(self.model_path)
+        if self.backend not in ("auto", "onnx", "torch", "tflite"):
+            raise UsageError(f"--backend {self.backend}: use onnx, torch or tflite")
+        if self.backend == "onnx" and kind != "onnx":
             raise UsageError(f"{self.model_path}: --backend onnx needs an .onnx model; make one "
                              f"with `dermaseg export {self.model_path} -o model.onnx`")
-        if self.backend == "torch" and suffix == ".onnx":
-            raise UsageError(f"{self.model_path}: --backend torch needs a checkpoint (.ckpt)")
+        if self.backend not in ("auto", kind):
+            raise UsageError(f"{self.model_path}: --backend {self.backend} does not fit a "
+                             f"{kind} model (the file suffix decides; leave --backend out)")
         for name in ("max_upload_mb", "max_pixels", "max_concurrency", "timeout_s", "max_batch",
                      "body_timeout_s"):
             if not getattr(self, name) > 0:
@@ -94,10 +96,9 @@ def load_predictor(settings: ServeSettings):
 
 def model_info(predictor, settings: ServeSettings) -> ModelInfo:
     meta = predictor.meta
-    onnx = Path(settings.model_path).suffix.lower() == ".onnx"
     return ModelInfo(
         name=f"{meta.config.model.arch}-{meta.config.model.backbone}", version=meta.version,
-        file=Path(settings.model_path).name, backend="onnx" if onnx else "torch",
+        file=Path(settings.model_path).name, backend=model_kind(settings.model_path),
         image_size=meta.image_size, threshold=meta.threshold,
     )
 

@@ -18,7 +18,7 @@ class ModelInfo(BaseModel):
     name: str = Field(description="architecture and backbone, e.g. deeplabv3plus-resnet50")
     version: str = Field(description="dermaseg version that wrote the model")
     file: str = Field(description="model file name")
-    backend: str = Field(description="onnx or torch")
+    backend: str = Field(description="onnx, torch or tflite")
     image_size: int = Field(description="side of the square network input")
     threshold: float
 
