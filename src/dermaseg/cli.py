@@ -15,6 +15,7 @@ from dermaseg.commands import compare as compare_command
 from dermaseg.commands import data as data_commands
 from dermaseg.commands import evaluate as evaluate_command
 from dermaseg.commands import export as export_command
+from dermaseg.commands import plan as plan_command
 from dermaseg.commands import predict as predict_command
 from dermaseg.commands import serve as serve_command
 from dermaseg.commands import train as train_command
@@ -32,6 +33,7 @@ app = typer.Typer(
 app.add_typer(data_commands.app, name="data")
 app.command("train")(train_command.train)
 app.command("cv-summary")(train_command.cv_summary)
+app.command("plan")(plan_command.plan)
 app.command()(doctor)
 app.command()(demo)
 app.command("predict")(predict_command.predict)

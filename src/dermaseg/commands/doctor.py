@@ -47,8 +47,9 @@ def _onnx_providers() -> list[str]:
     return [name.removesuffix("ExecutionProvider") for name in providers]
 
 
-def _memory_gib() -> str:
-    """Available memory (MemAvailable: free plus reclaimable cache) of the total."""
+def memory_bytes() -> tuple[int, int] | None:
+    """(available, total) memory in bytes, available being MemAvailable (free plus reclaimable
+    cache) on Linux and the free pages elsewhere; None when neither can be read."""
     try:
         fields = dict(line.split(":", 1) for line in
                       Path("/proc/meminfo").read_text().splitlines() if ":" in line)
@@ -60,7 +61,16 @@ def _memory_gib() -> str:
             available = os.sysconf("SC_AVPHYS_PAGES") * page
             total = os.sysconf("SC_PHYS_PAGES") * page
         except (ValueError, OSError, AttributeError):
-            return "unknown"
+            return None
+    return available, total
+
+
+def _memory_gib() -> str:
+    """Available memory (MemAvailable: free plus reclaimable cache) of the total."""
+    memory = memory_bytes()
+    if memory is None:
+        return "unknown"
+    available, total = memory
     return f"{available / 2**30:.1f} GiB available of {total / 2**30:.1f}"
 
 

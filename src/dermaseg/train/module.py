@@ -17,7 +17,7 @@ import lightning as L
 import torch
 from torchmetrics import MeanMetric
 
-from dermaseg.config import Config, validate_config
+from dermaseg.config import Config, OptimConfig, validate_config
 from dermaseg.data.device_augment import DeviceAugment, augment_on_device
 from dermaseg.data.transforms import normalise_images
 from dermaseg.losses import SegmentationLoss
@@ -152,15 +152,7 @@ class SegmentationModule(L.LightningModule):
 
     def configure_optimizers(self):
         optim = self.config.optim
-        params = self.model.param_groups() if hasattr(self.model, "param_groups") else \
-            self.model.parameters()
-        if optim.name == "adam":
-            optimizer = torch.optim.Adam(params, lr=optim.lr, weight_decay=optim.weight_decay)
-        elif optim.name == "adamw":
-            optimizer = torch.optim.AdamW(params, lr=optim.lr, weight_decay=optim.weight_decay)
-        else:
-            optimizer = torch.optim.SGD(params, lr=optim.lr, momentum=0.9, nesterov=True,
-                                        weight_decay=optim.weight_decay)
+        optimizer = build_optimizer(optim, self.model)
         if optim.scheduler == "plateau":
             scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
                 optimizer, mode="min", factor=optim.plateau_factor,
@@ -201,6 +193,18 @@ class SegmentationModule(L.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self._rng_to_restore = checkpoint.get("rng")
+
+
+def build_optimizer(optim: OptimConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
+    """The optimiser `optim` names (adam | adamw | sgd with Nesterov momentum 0.9) over the
+    model's parameter groups (`param_groups()` when it has them)."""
+    params = model.param_groups() if hasattr(model, "param_groups") else model.parameters()
+    if optim.name == "adam":
+        return torch.optim.Adam(params, lr=optim.lr, weight_decay=optim.weight_decay)
+    if optim.name == "adamw":
+        return torch.optim.AdamW(params, lr=optim.lr, weight_decay=optim.weight_decay)
+    return torch.optim.SGD(params, lr=optim.lr, momentum=0.9, nesterov=True,
+                           weight_decay=optim.weight_decay)
 
 
 class LRShape:

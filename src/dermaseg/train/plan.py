@@ -1,0 +1,347 @@
+"""`dermaseg plan`: fingerprint a prepared dataset and this machine, and choose the training
+settings from them (recipe, image size, batch size, workers, loss weighting, time budget).
+
+`make_plan` returns a Plan: the resolved Config (loadable by `dermaseg train --config`), the two
+fingerprints, the batch-size probe (`dermaseg.train.probe`) and one Decision per setting, each
+with a one-line reason. `plan_yaml` renders it as the config YAML preceded by `#` lines.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from dermaseg.config import Config, load_config, validate_config
+from dermaseg.data.splits import MANIFEST, SPLITS, fold_counts, fold_members
+from dermaseg.errors import DermasegError, UsageError
+
+GPU_RECIPE = "deeplabv3plus_resnet50_isic.yaml"
+CPU_RECIPE = "cpu_small.yaml"
+DEVICES = ("auto", "cpu", "cuda", "mps")
+VALIDATION_SHARE = 0.15  # of the time budget kept for validation, loading, checkpoints
+FEW_EPOCHS = 10
+BUSY_LOAD = 0.5  # CPU probe: warn above this load average per core (other work running)
+SMALL_LESION = 0.1  # median lesion fraction below which lesion pixels get a BCE pos_weight
+PREPARE_HINT = "make one with `dermaseg data prepare IMAGES/ -o PREPARED/`"
+
+
+@dataclass
+class Decision:
+    """One planned setting: what it is (`name`, e.g. "batch size"), the value, and why."""
+
+    name: str
+    value: Any
+    reason: str
+
+
+@dataclass
+class Plan:
+    config: Config
+    dataset: dict[str, Any]
+    machine: dict[str, Any]
+    base: str
+    probes: list[dict[str, Any]] = field(default_factory=list)
+    decisions: list[Decision] = field(default_factory=list)
+    images_per_s: float | None = None  # measured at the chosen batch (None: not probed)
+    warnings: list[str] = field(default_factory=list)
+    estimate: dict[str, float] = field(default_factory=dict)  # minutes_per_epoch, epochs
+
+    def to_dict(self) -> dict[str, Any]:
+        """plan.json: fingerprints, probe measurements, decisions and the config."""
+        return {"dataset": self.dataset, "machine": self.machine, "base": self.base,
+                "probes": self.probes, "images_per_s": self.images_per_s,
+                "estimate": self.estimate,
+                "decisions": [asdict(d) for d in self.decisions], "warnings": self.warnings,
+                "config": self.config.to_dict()}
+
+
+def _spread(values: list[float], percentiles: dict[str, float], digits: int) -> dict | None:
+    """{"median": .., "p10": ..} of `values` (None when empty)."""
+    if not values:
+        return None
+    return {name: round(float(np.percentile(values, q)), digits) for name, q in percentiles.items()}
+
+
+def read_prepared(prep: Path) -> dict:
+    """The manifest of a prepared folder.
+
+    Raises:
+        UsageError: `prep` is not a folder, has no manifest.json, or the manifest is unreadable
+            (naming the path, with how to make a prepared folder).
+    """
+    from dermaseg.data.dataset import read_manifest
+
+    if not prep.is_dir():
+        raise UsageError(f"{prep}: no such folder, not a prepared dataset ({PREPARE_HINT})")
+    if not (prep / MANIFEST).is_file():
+        raise UsageError(f"{prep}: no {MANIFEST}, not a prepared dataset ({PREPARE_HINT})")
+    try:
+        return read_manifest(prep)
+    except DermasegError as exc:
+        raise UsageError(f"{exc}; prepare the folder again ({PREPARE_HINT})") from exc
+
+
+def dataset_fingerprint(prep: Path) -> dict[str, Any]:
+    """Counts per split (and fold), prepared size, original height/width (median, p10, p90) and
+    lesion fraction (median, p5; None when the manifest predates it).
+
+    Raises:
+        UsageError: `prep` is not a prepared folder (see `read_prepared`).
+    """
+    manifest = read_prepared(prep)
+    items = manifest["items"]
+    fractions = [float(item["lesion_fraction"]) for item in items
+                 if isinstance(item.get("lesion_fraction"), int | float)]
+    sides = {"median": 50, "p10": 10, "p90": 90}
+    return {
+        "path": str(prep), "prepared_size": manifest["size"], "items": len(items),
+        "counts": {split: sum(item["split"] == split for item in items) for split in SPLITS},
+        "folds": manifest.get("folds"), "fold_counts": fold_counts(manifest),
+        "orig_height": _spread([item["orig_height"] for item in items], sides, 1),
+        "orig_width": _spread([item["orig_width"] for item in items], sides, 1),
+        "lesion_fraction": _spread(fractions, {"median": 50, "p5": 5}, 4),
+    }
+
+
+def training_items(prep: Path, config: Config) -> int:
+    """Items one training epoch sees: the train split, or the CV pool outside data.fold.
+
+    Raises:
+        UsageError: data.fold is set and the manifest has no such fold.
+    """
+    manifest = read_prepared(prep)
+    if config.data.fold is None:
+        return sum(item["split"] == "train" for item in manifest["items"])
+    return len(fold_members(manifest, config.data.fold, str(prep / MANIFEST))[0])
+
+
+def cpu_cores() -> int:
+    """CPU cores this process may use (its affinity where the OS has one)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def resolve_device(device: str) -> str:
+    """"cuda", "mps" or "cpu": what `device` ("auto": what training would use) means here.
+
+    Raises:
+        UsageError: an unknown name, or a device this machine does not have.
+    """
+    import torch
+
+    if device not in DEVICES:
+        raise UsageError(f"--device {device}: must be one of {', '.join(DEVICES)}")
+    mps = getattr(torch.backends, "mps", None)
+    have = {"cpu": True, "cuda": torch.cuda.is_available(),
+            "mps": mps is not None and mps.is_available()}
+    if device == "auto":
+        return next(name for name in ("cuda", "mps", "cpu") if have[name])
+    if not have[device]:
+        raise UsageError(f"--device {device}: not available on this machine "
+                         "(`dermaseg doctor` lists what is)")
+    return device
+
+
+def machine_fingerprint(device: str) -> dict[str, Any]:
+    """The training device ("cuda": name and memory; "mps"; "cpu"), CPU cores and RAM."""
+    import torch
+
+    from dermaseg.commands.doctor import memory_bytes
+
+    info: dict[str, Any] = {"device": device, "cpu_cores": cpu_cores()}
+    if device == "cuda":
+        props = torch.cuda.get_device_properties(0)
+        info |= {"name": props.name, "gpu_memory_gib": round(props.total_memory / 2**30, 1),
+                 "gpus": torch.cuda.device_count()}
+    else:
+        info["name"] = "Apple MPS" if device == "mps" else "CPU"
+    try:  # processes waiting for a core, averaged over the last minute (not on Windows)
+        info["load_average"] = round(os.getloadavg()[0], 2)
+    except (AttributeError, OSError):
+        info["load_average"] = None
+    memory = memory_bytes()
+    info["ram_available_gib"] = None if memory is None else round(memory[0] / 2**30, 1)
+    info["ram_total_gib"] = None if memory is None else round(memory[1] / 2**30, 1)
+    return info
+
+
+def configs_folder() -> Path | None:
+    """The repository's configs/ folder: ./configs when it holds the recipes, else the one
+    beside the source tree (src/dermaseg/../../configs); None when neither exists."""
+    here = Path("configs")
+    source = Path(__file__).resolve().parents[3] / "configs"
+    for folder in (here, source):
+        if (folder / CPU_RECIPE).is_file() or (folder / GPU_RECIPE).is_file():
+            return folder
+    return None
+
+
+def base_recipe(base: Path | None, device: str) -> tuple[Path, str]:
+    """(recipe path, reason): --base, else the GPU recipe on CUDA, the small one elsewhere.
+
+    Raises:
+        UsageError: --base missing, or the configs/ folder not found (then --base is needed).
+    """
+    if base is not None:
+        from dermaseg.commands.train import check_recipe
+
+        check_recipe(base)
+        return base, "given with --base"
+    name = GPU_RECIPE if device == "cuda" else CPU_RECIPE
+    folder = configs_folder()
+    if folder is None or not (folder / name).is_file():
+        raise UsageError(f"configs/{name}: recipe not found (run from the repository, or give "
+                         "a recipe with --base RECIPE.yaml)")
+    if device == "cuda":
+        return folder / name, "CUDA GPU: DeepLab-v3+ ResNet-50 with decoder, scSE and edge head"
+    where = "Apple MPS (a laptop GPU)" if device == "mps" else "CPU"
+    return folder / name, f"{where}: the small ResNet-18 recipe made for a CPU time budget"
+
+
+def plan_image_size(config: Config, prepared: int) -> Decision:
+    """The recipe's image size, capped at the prepared size (upsampling adds nothing)."""
+    size = config.data.image_size
+    if prepared < size:
+        return Decision("image size", prepared, f"prepared at {prepared} px, below the recipe's "
+                        f"{size}: prepare at {size} px for this recipe")
+    if prepared > size:
+        return Decision("image size", size, f"the recipe's; the data, prepared at {prepared} px, "
+                        f"is resized on every load: prepare at {size} px to save that")
+    return Decision("image size", size, "the recipe's, the prepared size")
+
+
+def plan_workers(config: Config, device: str, cores: int) -> Decision:
+    """GPU: min(8, cores - 1) loader workers (at least 1); elsewhere the recipe's."""
+    if device == "cuda":
+        workers = max(1, min(8, cores - 1))
+        return Decision("num_workers", workers, f"GPU: min(8, {cores} cores - 1) loader "
+                        "processes keep it fed; one core left for the training process")
+    return Decision("num_workers", config.data.num_workers,
+                    "the recipe's: on CPU the loader competes with training for the cores")
+
+
+def plan_pos_weight(config: Config, lesion: dict | None) -> Decision:
+    """BCE pos_weight = round(min(10, (1 - f) / f), 1) when the median lesion fraction f < 0.1."""
+    current = config.loss.pos_weight
+    if lesion is None:
+        return Decision("loss.pos_weight", current, "the recipe's: the manifest has no lesion "
+                        "fractions (prepared by an older dermaseg)")
+    f = lesion["median"]
+    if f >= SMALL_LESION:
+        return Decision("loss.pos_weight", current, f"the recipe's: median lesion fraction "
+                        f"{f:.3f} >= {SMALL_LESION}, no strong class imbalance")
+    weight = 10.0 if f <= 0 else round(min(10.0, (1 - f) / f), 1)
+    return Decision("loss.pos_weight", weight, f"median lesion fraction {f:.3f} < {SMALL_LESION}:"
+                    f" lesion pixels weigh (1 - f) / f in BCE (at most 10)")
+
+
+def plan_batch(config: Config, device: str, items: int, probe: bool,
+               report) -> tuple[Decision, list, float | None]:
+    """(batch-size decision, probe measurements as dicts, images/s at the chosen batch).
+
+    Raises:
+        DermasegError: the smallest batch does not fit in memory.
+    """
+    import torch
+
+    from dermaseg.train.probe import choose_batch, probe_batches
+
+    if not probe:
+        return Decision("batch size", config.data.batch_size,
+                        "the recipe's, not measured (--no-probe)"), [], None
+    report(f"probing training steps on {device} at {config.data.image_size} px "
+           f"({config.model.arch}, {config.model.backbone}):")
+    probes = probe_batches(config, torch.device(device), items, report)
+    batch, reason = choose_batch(probes, gpu=device != "cpu")
+    speed = next(p.images_per_s for p in probes if p.batch == batch)
+    return Decision("batch size", batch, reason), [p._asdict() for p in probes], speed
+
+
+def epoch_minutes(items: int, images_per_s: float) -> float:
+    """Minutes one epoch takes: training at `images_per_s`, plus the validation share."""
+    return items / images_per_s / 60 / (1 - VALIDATION_SHARE)
+
+
+def plan_time(config: Config, minutes: float | None, items: int,
+              images_per_s: float | None) -> tuple[Decision, dict, list[str]]:
+    """(train.max_minutes decision, {"minutes_per_epoch", "epochs"}, warnings).
+
+    With `minutes`: max_minutes = minutes, epochs = minutes * 60 * 0.85 * images/s / items.
+    """
+    budget = minutes if minutes is not None else config.train.max_minutes
+    source = "--minutes" if minutes is not None else "the recipe's"
+    if images_per_s is None:
+        return Decision("train.max_minutes", budget, f"{source}; no time estimate without "
+                        "the probe (--no-probe)"), {}, []
+    per_epoch = epoch_minutes(items, images_per_s)
+    estimate = {"minutes_per_epoch": round(per_epoch, 3)}
+    if budget is None:
+        total = per_epoch * config.train.max_epochs
+        return Decision("train.max_minutes", None, f"no budget: ~{per_epoch:.2f} min per epoch, "
+                        f"~{total:.0f} min for train.max_epochs={config.train.max_epochs} (or "
+                        "less with early stopping)"), estimate, []
+    epochs = budget / per_epoch
+    estimate["epochs"] = round(epochs, 1)
+    reason = f"{source}: ~{epochs:.0f} epochs of {items} images at ~{per_epoch:.2f} min each"
+    if epochs > config.train.max_epochs:
+        reason += (f"; train.max_epochs={config.train.max_epochs} ends it first "
+                   f"(~{per_epoch * config.train.max_epochs:.0f} min)")
+    warnings = []
+    if epochs < FEW_EPOCHS:
+        warnings.append(f"only ~{epochs:.1f} epochs fit in {budget:g} min (fewer than "
+                        f"{FEW_EPOCHS}): give more minutes, a smaller image size or model")
+    return Decision("train.max_minutes", budget, reason), estimate, warnings
+
+
+def busy_warning(machine: dict, probed: bool) -> list[str]:
+    """A warning when the CPU probe ran while other work kept over half the cores busy."""
+    load, cores = machine.get("load_average"), machine["cpu_cores"]
+    if not probed or machine["device"] != "cpu" or load is None or load <= BUSY_LOAD * cores:
+        return []
+    return [f"the CPU was busy while probing (load {load:g} on {cores} cores): the speeds "
+            "and the time estimate are what this load leaves; plan again on a quiet machine"]
+
+
+def make_plan(prep: Path, *, device: str = "auto", base: Path | None = None,
+              minutes: float | None = None, probe: bool = True,
+              report=lambda line: None) -> Plan:
+    """Fingerprint `prep` and this machine, then decide each setting (see the module doc).
+
+    Raises:
+        UsageError: not a prepared folder, an unknown/absent device, a missing recipe,
+            minutes <= 0.
+        DermasegError: a bad recipe, or no batch size that fits in memory.
+    """
+    if minutes is not None and not (math.isfinite(minutes) and minutes > 0):
+        raise UsageError(f"--minutes {minutes}: must be > 0")
+    dataset = dataset_fingerprint(prep)
+    device = resolve_device(device)
+    machine = machine_fingerprint(device)
+    recipe, why = base_recipe(base, device)
+    config = load_config(recipe)
+    plan = Plan(config, dataset, machine, str(recipe), decisions=[Decision("recipe", str(recipe),
+                                                                           why)])
+    size = plan_image_size(config, dataset["prepared_size"])
+    config.data.image_size = size.value
+    items = training_items(prep, config)
+    if items < 1:
+        raise UsageError(f"{prep / MANIFEST}: no training items; prepare more data")
+    batch, plan.probes, plan.images_per_s = plan_batch(config, device, items, probe, report)
+    config.data.batch_size = batch.value
+    workers = plan_workers(config, device, machine["cpu_cores"])
+    config.data.num_workers = workers.value
+    weight = plan_pos_weight(config, dataset["lesion_fraction"])
+    config.loss.pos_weight = weight.value
+    budget, plan.estimate, plan.warnings = plan_time(config, minutes, items, plan.images_per_s)
+    plan.warnings += busy_warning(machine, probe)
+    config.train.max_minutes = budget.value
+    plan.decisions += [size, batch, workers, weight, budget]
+    validate_config(config)
+    return plan

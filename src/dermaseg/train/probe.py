@@ -1,0 +1,246 @@
+"""Batch-size probe for `dermaseg plan`: real training steps on random inputs, and the rule
+that picks a batch size from what they measured.
+
+A probe step is what one optimiser step of `dermaseg train` costs on the device: the model of
+the config (random weights: the throughput does not depend on them, and nothing is
+downloaded), forward, the config's loss, backward and the config's optimiser, with the
+precision and channels_last the runner would use. Not measured: data loading, augmentation and
+validation (the plan keeps ~15 % of the time for those), `torch.compile`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable
+from typing import NamedTuple
+
+import torch
+
+from dermaseg.config import Config
+from dermaseg.errors import DermasegError
+
+GPU_BATCHES = (2, 4, 8, 16, 32, 64)
+CPU_BATCHES = (2, 4, 8, 16)
+MEMORY_LIMIT = 0.85  # largest share of GPU memory a chosen batch may use (peak allocated)
+TOLERANCE = 0.05  # batches within 5 % of the best images/s count as equally fast
+AUTOCAST = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}
+
+
+class Probe(NamedTuple):
+    """One probed batch size: images/s of the timed steps, peak allocated GPU memory as a
+    fraction of the device's (None off CUDA), and ok=False when it ran out of memory."""
+
+    batch: int
+    images_per_s: float
+    peak_fraction: float | None
+    ok: bool
+
+
+def choose_batch(probes: list[Probe] | list[tuple], gpu: bool) -> tuple[int, str]:
+    """The batch size to train with, and why.
+
+    GPU: the largest batch whose peak memory is <= 85 % of the device's among those within 5 %
+    of the best images/s (bigger batches: fewer, fuller steps); when all of those use more,
+    the fastest batch that stays within 85 %. CPU: the smallest batch within 5 % of the best
+    images/s (more optimiser updates per epoch for the same time).
+
+    Args:
+        probes: (batch, images/s, peak_fraction or None, ok) per probed batch size.
+        gpu: apply the GPU rule (else the CPU rule).
+
+    Raises:
+        DermasegError: no batch size ran (the smallest was out of memory).
+    """
+    probes = [Probe(*p) for p in probes]
+    ok = [p for p in probes if p.ok]
+    if not ok:
+        smallest = min((p.batch for p in probes), default=GPU_BATCHES[0])
+        raise DermasegError(f"batch {smallest} does not fit in memory at this image size; "
+                            "lower data.image_size or choose a smaller model (--base)")
+    best = max(p.images_per_s for p in ok)
+    near = [p for p in ok if p.images_per_s >= (1 - TOLERANCE) * best]
+    if not gpu:
+        pick = min(near, key=lambda p: p.batch)
+        return pick.batch, (f"{pick.images_per_s:.1f} images/s, the smallest batch within 5 % "
+                            f"of the best ({best:.1f}): more updates per epoch")
+    fits = [p for p in ok if p.peak_fraction is None or p.peak_fraction <= MEMORY_LIMIT]
+    near_fits = [p for p in near if p in fits]
+    if near_fits:
+        pick = max(near_fits, key=lambda p: p.batch)
+        return pick.batch, (f"{pick.images_per_s:.1f} images/s, {_percent(pick.peak_fraction)}:"
+                            " the largest batch within 5 % of the best "
+                            f"({best:.1f}) using <= 85 % of GPU memory")
+    if fits:
+        pick = max(fits, key=lambda p: (p.images_per_s, p.batch))
+        return pick.batch, (f"the faster batches need > 85 % of GPU memory; batch {pick.batch} "
+                            f"({pick.images_per_s:.1f} images/s, "
+                            f"{_percent(pick.peak_fraction)}) is the fastest that fits")
+    pick = min(ok, key=lambda p: p.batch)
+    return pick.batch, (f"every batch needs > 85 % of GPU memory; the smallest, {pick.batch}, "
+                        "may run out of memory: lower data.image_size")
+
+
+def _percent(fraction: float | None) -> str:
+    return "memory not measured" if fraction is None else f"peak {fraction:.0%}"
+
+
+def keep_probing(probes: list[Probe], gpu: bool) -> bool:
+    """Whether to try the next larger batch: not after an out-of-memory error, nor (GPU) after
+    a batch above 85 % of the memory, nor when the last one gained <= 5 % images/s."""
+    last = probes[-1]
+    if not last.ok or (gpu and last.peak_fraction is not None
+                       and last.peak_fraction > MEMORY_LIMIT):
+        return False
+    earlier = [p.images_per_s for p in probes[:-1] if p.ok]
+    return not earlier or last.images_per_s > (1 + TOLERANCE) * max(earlier)
+
+
+class StepRunner:
+    """Training steps of `config`'s model, loss and optimiser on `device` at
+    `config.data.image_size`, on random inputs (N, 3, S, S) and 0/1 masks (N, 1, S, S).
+
+    Raises:
+        DermasegError: the config names an unknown model part or an unusable precision.
+    """
+
+    def __init__(self, config: Config, device: torch.device) -> None:
+        from dermaseg.losses import SegmentationLoss
+        from dermaseg.models.factory import build_model
+        from dermaseg.train.module import build_optimizer
+        from dermaseg.train.runner import resolve_precision
+
+        self.device, self.size = device, config.data.image_size
+        self.cuda = device.type == "cuda"
+        if self.cuda:  # as the runner: fp32 matmuls may use TF32
+            torch.set_float32_matmul_precision("high")
+        model_config = dataclasses.replace(config.model, pretrained=None, weights=None)
+        self.model = build_model(model_config).to(device).train()
+        self.channels_last = self.cuda and config.train.channels_last
+        if self.channels_last:
+            self.model.to(memory_format=torch.channels_last)
+        self.criterion = SegmentationLoss(config.loss)
+        self.optimizer = build_optimizer(config.optim, self.model)
+        precision = resolve_precision(config.train.precision, self.cuda)
+        self.dtype = AUTOCAST.get(precision)
+        self.scaler = torch.amp.GradScaler("cuda") if precision == "16-mixed" else None
+
+    def step(self, images: torch.Tensor, masks: torch.Tensor) -> None:
+        """One optimiser step on images (N, 3, S, S) and masks (N, 1, S, S)."""
+        with torch.autocast(self.device.type, dtype=self.dtype or torch.float32,
+                            enabled=self.dtype is not None):
+            total, _ = self.criterion(self.model(images), masks)
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.scaler is not None:
+            self.scaler.scale(total).backward()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            total.backward()
+            self.optimizer.step()
+
+    def inputs(self, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Random normalised images (batch, 3, S, S) and 0/1 masks (batch, 1, S, S)."""
+        images = torch.randn(batch, 3, self.size, self.size, device=self.device)
+        if self.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        masks = (torch.rand(batch, 1, self.size, self.size, device=self.device) > 0.5).float()
+        return images, masks
+
+    def sync(self) -> None:
+        if self.cuda:
+            torch.cuda.synchronize(self.device)
+        elif self.device.type == "mps":
+            torch.mps.synchronize()
+
+    def measure(self, batch: int, warmup: int, timed: int) -> Probe:
+        """`warmup` untimed then `timed` timed steps at `batch`; an out-of-memory error gives
+        Probe(ok=False) (the memory is freed first)."""
+        if self.cuda:
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats(self.device)
+        seconds = None
+        try:
+            images, masks = self.inputs(batch)
+            for _ in range(warmup):
+                self.step(images, masks)
+            self.sync()
+            seconds = self._timed(images, masks, timed)
+        except RuntimeError as exc:  # torch.cuda.OutOfMemoryError is one
+            if not _out_of_memory(exc):
+                raise
+        if seconds is None:  # the exception (and the frames holding tensors) is gone here
+            images = masks = None
+            self.optimizer.zero_grad(set_to_none=True)
+            if self.cuda:
+                torch.cuda.empty_cache()
+            return Probe(batch, 0.0, None, False)
+        return Probe(batch, batch / seconds, self._peak(), True)
+
+    def _timed(self, images: torch.Tensor, masks: torch.Tensor, steps: int) -> float:
+        """Seconds per step: the mean of `steps` on CUDA (timed together, one sync); elsewhere
+        the fastest single step, which a burst of other work on the CPU does not slow."""
+        if self.cuda:
+            start = time.perf_counter()
+            for _ in range(steps):
+                self.step(images, masks)
+            self.sync()
+            return (time.perf_counter() - start) / steps
+        times = []
+        for _ in range(steps):
+            start = time.perf_counter()
+            self.step(images, masks)
+            self.sync()
+            times.append(time.perf_counter() - start)
+        return min(times)
+
+    def _peak(self) -> float | None:
+        if not self.cuda:
+            return None
+        total = torch.cuda.get_device_properties(self.device).total_memory
+        return torch.cuda.max_memory_allocated(self.device) / total
+
+
+def _out_of_memory(exc: BaseException) -> bool:
+    if isinstance(exc, torch.cuda.OutOfMemoryError):
+        return True
+    text = str(exc).lower()
+    return "out of memory" in text or "can't allocate memory" in text
+
+
+def probe_batches(config: Config, device: torch.device, max_batch: int,
+                  report: Callable[[str], None] = lambda line: None) -> list[Probe]:
+    """Measure training steps at growing batch sizes until one runs out of memory, uses more
+    than 85 % of the GPU memory, or gains <= 5 % images/s over the best so far.
+
+    GPU: batches 2..64, 3 warm-up + 5 timed steps each; CPU/MPS: 2..16, 1 warm-up + 2 timed
+    (the first batch size: one more warm-up step).
+    Batches above `max_batch` (the training items) are not tried, except 2.
+
+    Returns:
+        One Probe per batch size tried, in order; `report` gets one line per batch.
+
+    Raises:
+        DermasegError: the config cannot build a model.
+    """
+    cuda = device.type == "cuda"
+    runner = StepRunner(config, device)
+    candidates = [b for b in (GPU_BATCHES if cuda else CPU_BATCHES) if b <= max(2, max_batch)]
+    warmup, timed = (3, 5) if cuda else (1, 2)
+    probes: list[Probe] = []
+    for index, batch in enumerate(candidates):
+        # one more warm-up first: the first steps of a process also pay one-off costs
+        probes.append(runner.measure(batch, warmup + (index == 0), timed))
+        report(describe_probe(probes[-1]))
+        if not keep_probing(probes, cuda):
+            break
+    return probes
+
+
+def describe_probe(probe: Probe) -> str:
+    """'batch 8: 41.2 images/s, peak 37 % of GPU memory' (or 'out of memory')."""
+    if not probe.ok:
+        return f"batch {probe.batch:>3}: out of memory"
+    memory = "" if probe.peak_fraction is None else \
+        f", peak {probe.peak_fraction:.0%} of GPU memory"
+    return f"batch {probe.batch:>3}: {probe.images_per_s:.1f} images/s{memory}"
