@@ -238,3 +238,28 @@ def test_new_copy_of_an_earlier_test_image_does_not_take_its_place(pool, first):
     dropped = next(entry for entry in after["skipped"] if entry["id"] == "aaa_copy")
     assert dropped["problems"][0]["kind"] == "duplicate_image"
     assert not (out / "images" / "aaa_copy.npy").exists()
+
+
+def test_an_image_keeps_its_split_when_a_same_named_one_takes_its_id(pool, tmp_path):
+    """discover gives a name found in two folders to the first by path: an image added as
+    a/NAME.jpg takes the plain id from b/NAME.jpg, which becomes b__NAME. Items follow their
+    source file, so b/NAME.jpg keeps its split and the new image is drawn as new."""
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    raw_with(pool, raw / "b", range(1, FIRST + 1))
+    out = tmp_path / "prep"
+    before = prepare_dataset(raw, out, **SETTINGS)
+    tested = next(item["id"] for item in before["items"] if item["split"] == "test")
+    other = pool / f"synth_{FIRST + 1:04d}"  # different pixels under the tested one's name
+    (raw / "a").mkdir()
+    shutil.copy2(f"{other}.jpg", raw / "a" / f"{tested}.jpg")
+    shutil.copy2(f"{other}_segmentation.png", raw / "a" / f"{tested}_segmentation.png")
+    after = prepare_dataset(raw, out, **SETTINGS)
+    new = assignment(after)
+    assert new[f"b__{tested}"][0] == "test"
+    for item in before["items"]:
+        if item["id"] != tested:
+            assert new[item["id"]][0] == item["split"]
+    sources = {item["id"]: item["source_image"] for item in after["items"]}
+    assert sources[tested].endswith(f"a/{tested}.jpg")
+    assert sum(after["split"]["new"].values()) == 1 and after["split"]["gone"] == 0

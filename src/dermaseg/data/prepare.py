@@ -350,6 +350,7 @@ def prepare_dataset(
     _clean_temporaries(out)
     workers = workers or default_workers()
     results, todo = _prepare_all(found.pairs, out, size, workers, progress)
+    earlier = stable_splits.follow_sources(earlier, [r.pair for r in results])
     _drop_duplicates(results, out, earlier.splits if earlier else frozenset())
     skipped = _skipped(found.problems, results)
     if not any(result.record for result in results):

@@ -19,9 +19,10 @@ none of these keys.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from dermaseg.data.discover import display_path
@@ -48,6 +49,8 @@ class EarlierSplit:
     splits: dict[str, str]
     folds: dict[str, int]
     fold_count: int | None
+    sources: dict[str, str] = field(default_factory=dict)  # id -> its source image
+    unmatched: int | None = None  # earlier items not found in the data (follow_sources)
 
     @property
     def name(self) -> str:
@@ -62,19 +65,47 @@ def parse_split(manifest: object, origin: str) -> EarlierSplit:
     """
     if not isinstance(manifest, dict) or not isinstance(manifest.get("items"), list):
         raise ValueError("no 'items' list")
-    splits, folds = {}, {}
+    splits, folds, sources = {}, {}, {}
     for index, item in enumerate(manifest["items"]):
         if not (isinstance(item, dict) and isinstance(item.get("id"), str)
                 and item.get("split") in SPLITS):
             raise ValueError(f"item {index} has no id or no train/val/test split")
         splits[item["id"]] = item["split"]
+        if isinstance(item.get("source_image"), str):
+            sources[item["id"]] = item["source_image"]
         if type(item.get("fold")) is int:
             folds[item["id"]] = item["fold"]
     count = manifest.get("folds")
     fold_count = count if type(count) is int and count >= 2 else None
     folds = {key: fold for key, fold in folds.items() if fold_count and 0 <= fold < fold_count}
     settings = manifest.get("split") if isinstance(manifest.get("split"), dict) else {}
-    return EarlierSplit(origin, settings, splits, folds, fold_count)
+    return EarlierSplit(origin, settings, splits, folds, fold_count, sources)
+
+
+def follow_sources(earlier: EarlierSplit | None, pairs: list) -> EarlierSplit | None:
+    """`earlier` keyed by the ids of this run's `pairs` (discover.Pair): an item is the earlier
+    one with the same source file, else the one with the same id whose file is gone (moved or
+    renamed folders). Ids can change between runs: discover gives a name found in two folders
+    to the first by path, so an image added in a folder that sorts first takes the plain id;
+    matching by file keeps each image's own split. None stays None."""
+    if earlier is None:
+        return None
+    current = {pair.id: display_path(pair.image) for pair in pairs}
+    by_source = {source: old for old, source in earlier.sources.items()}
+    present = set(current.values())
+    renamed = {}
+    for item_id, source in current.items():
+        old = by_source.get(source)
+        file_gone = earlier.sources.get(item_id) not in present  # that id's earlier file
+        if old is None and item_id in earlier.splits and file_gone:
+            old = item_id
+        if old is not None:
+            renamed[item_id] = old
+    return dataclasses.replace(
+        earlier, splits={new: earlier.splits[old] for new, old in renamed.items()},
+        folds={new: earlier.folds[old] for new, old in renamed.items() if old in earlier.folds},
+        sources={new: earlier.sources.get(old, "") for new, old in renamed.items()},
+        unmatched=len(earlier.splits) - len(set(renamed.values())))
 
 
 def read_split_from(path: str | Path) -> EarlierSplit:
@@ -167,7 +198,8 @@ def _origin_record(splits: dict[str, str], earlier: EarlierSplit) -> dict:
         "moved": sum(key in old and old[key] != split for key, split in splits.items()),
         "new": {kind: sum(key not in old and split == kind for key, split in splits.items())
                 for kind in SPLITS},
-        "gone": sum(key not in splits for key in old),
+        "gone": (earlier.unmatched if earlier.unmatched is not None
+                 else sum(key not in splits for key in old)),
     }
 
 
