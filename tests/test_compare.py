@@ -134,6 +134,21 @@ def test_different_images_are_refused_unless_common(evaluations, tmp_path):
         np.mean([rows_a[i]["dice"] for i in kept]), abs=1e-12)
 
 
+def test_metrics_csv_saved_by_a_spreadsheet_is_read(evaluations, tmp_path):
+    """metrics.csv opened and saved again by a spreadsheet (UTF-8 with a BOM, CRLF lines):
+    the same values as the original."""
+    eval_a, _ = evaluations
+    resaved = tmp_path / "resaved"
+    resaved.mkdir()
+    text = (eval_a / "metrics.csv").read_text(encoding="utf-8")
+    (resaved / "metrics.csv").write_bytes("\ufeff".encode() + text.replace("\n", "\r\n")
+                                          .encode())
+    code, output = run_cli("compare", eval_a, resaved, "-o", tmp_path / "out")
+    assert code == 0, output
+    summary = json.loads((tmp_path / "out" / "compare.json").read_text())
+    assert summary["images"] == 12 and all(r["identical"] for r in summary["metrics"].values())
+
+
 def _edited(folder: Path, target: Path, edit) -> Path:
     target.mkdir()
     (target / "metrics.csv").write_text(edit((folder / "metrics.csv").read_text()))

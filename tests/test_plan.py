@@ -184,6 +184,32 @@ def test_refuses_to_overwrite_without_force(prepared, tmp_path):
     assert load_config(out).data.image_size == 48
 
 
+def test_bad_base_recipes_are_named_as_base(prepared, tmp_path):
+    """A missing --base is called --base (not train's --config); a recipe that is not UTF-8
+    text is a one-line error, not a traceback."""
+    out = tmp_path / "plan.yaml"
+    code, output = run_cli("plan", prepared, "-o", out, "--no-probe", "--device", "cpu",
+                           "--base", tmp_path / "nope.yaml")
+    assert code == 2 and "--base" in output and "--config" not in output, output
+    binary = tmp_path / "binary.yaml"
+    binary.write_bytes(b"\xff\xfe\x00model: {}\n")
+    code, output = run_cli("plan", prepared, "-o", out, "--no-probe", "--device", "cpu",
+                           "--base", binary)
+    assert code == 1 and "not a YAML text file" in output and "Traceback" not in output, output
+    assert not out.exists() and not out.with_suffix(".json").exists()
+
+
+def test_sidecar_folder_is_refused_before_anything_is_written(prepared, tmp_path):
+    """plan.json beside -o is a folder: refused up front, even with --force, so no plan.yaml
+    is left without its plan.json."""
+    out = tmp_path / "plan.yaml"
+    (tmp_path / "plan.json").mkdir()
+    code, output = run_cli("plan", prepared, "-o", out, "--no-probe", "--device", "cpu",
+                           "--force")
+    assert code == 2 and "plan.json" in output and "folder" in output, output
+    assert not out.exists()
+
+
 @pytest.mark.parametrize("minutes", ["0", "-3"])
 def test_refuses_minutes_not_above_zero(prepared, tmp_path, minutes):
     out = tmp_path / "plan.yaml"

@@ -263,3 +263,57 @@ def test_an_image_keeps_its_split_when_a_same_named_one_takes_its_id(pool, tmp_p
     sources = {item["id"]: item["source_image"] for item in after["items"]}
     assert sources[tested].endswith(f"a/{tested}.jpg")
     assert sum(after["split"]["new"].values()) == 1 and after["split"]["gone"] == 0
+
+
+def _split_by_pixels(manifest: dict, out: Path) -> dict[bytes, str]:
+    """Each prepared image's split, keyed by its array's bytes (ids change between runs)."""
+    return {np.load(out / item["image"]).tobytes(): item["split"] for item in manifest["items"]}
+
+
+def test_moved_raw_folder_and_a_same_named_newcomer(pool, tmp_path):
+    """The raw folder is moved (every source path changes) and an image added as a/NAME.jpg
+    takes b/NAME.jpg's plain id: b/NAME.jpg is found by its pixels and keeps its split; the
+    newcomer does not inherit it through the id."""
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    raw_with(pool, raw / "b", range(1, FIRST + 1))
+    out = tmp_path / "prep"
+    before = prepare_dataset(raw, out, **SETTINGS)
+    kept = _split_by_pixels(before, out)
+    tested = next(item["id"] for item in before["items"] if item["split"] == "test")
+    moved = tmp_path / "elsewhere" / "raw"
+    moved.parent.mkdir()
+    raw.rename(moved)
+    other = pool / f"synth_{FIRST + 1:04d}"
+    (moved / "a").mkdir()
+    shutil.copy2(f"{other}.jpg", moved / "a" / f"{tested}.jpg")
+    shutil.copy2(f"{other}_segmentation.png", moved / "a" / f"{tested}_segmentation.png")
+    after = prepare_dataset(moved, out, **SETTINGS)
+    assert assignment(after)[f"b__{tested}"][0] == "test"
+    now = _split_by_pixels(after, out)
+    assert all(now[pixels] == split for pixels, split in kept.items())
+    assert sum(after["split"]["new"].values()) == 1 and after["split"]["gone"] == 0
+
+
+def test_renamed_folder_of_same_named_images_keeps_their_splits(pool, tmp_path):
+    """Images named like others in a folder that sorts first get path-based ids (b__NAME);
+    renaming b/ to c/ renames their ids (c__NAME) and their files: they are found by their
+    pixels, every image keeps its split and nothing is drawn anew."""
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    raw_with(pool, raw / "a", range(1, FIRST + 1))
+    (raw / "b").mkdir()
+    for number in range(1, 9):  # other pixels under a's names
+        source = pool / f"synth_{(number + 13) % 22 + 1:04d}"
+        shutil.copy2(f"{source}.jpg", raw / "b" / f"synth_{number:04d}.jpg")
+        shutil.copy2(f"{source}_segmentation.png",
+                     raw / "b" / f"synth_{number:04d}_segmentation.png")
+    out = tmp_path / "prep"
+    before = prepare_dataset(raw, out, **SETTINGS)
+    assert any(item["id"].startswith("b__") for item in before["items"])
+    kept = _split_by_pixels(before, out)
+    (raw / "b").rename(raw / "c")
+    after = prepare_dataset(raw, out, **SETTINGS)
+    assert any(item["id"].startswith("c__") for item in after["items"])
+    assert _split_by_pixels(after, out) == kept
+    assert sum(after["split"]["new"].values()) == 0 and after["split"]["gone"] == 0

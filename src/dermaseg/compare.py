@@ -60,7 +60,7 @@ def read_scores(folder: Path) -> Scores:
         raise UsageError(f"{display_path(folder)}: not an evaluation folder (no metrics.csv; "
                          "make one with `dermaseg evaluate ... -o FOLDER`)")
     try:
-        with open(path, newline="", encoding="utf-8") as handle:
+        with open(path, newline="", encoding="utf-8-sig") as handle:  # a BOM: saved by Excel
             rows = list(csv.reader(handle))
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
         raise DermasegError(f"{display_path(path)}: not a readable CSV file ({exc})") from exc

@@ -308,11 +308,14 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
     if path is not None:
         where = str(path)
         try:
-            data = yaml.safe_load(Path(path).read_text()) or {}
+            data = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
         except FileNotFoundError as exc:
             raise UsageError(f"{path}: no such recipe file") from exc
         except OSError as exc:
             raise DermasegError(f"{path}: cannot read ({exc.strerror or exc})") from exc
+        except UnicodeDecodeError as exc:
+            raise DermasegError(f"{path}: not a YAML text file (not UTF-8: {exc.reason} at "
+                                f"byte {exc.start})") from exc
         except yaml.YAMLError as exc:
             raise DermasegError(f"{path}: not valid YAML ({exc})") from exc
     for item in overrides or []:

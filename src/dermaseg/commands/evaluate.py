@@ -70,8 +70,8 @@ def _model_evaluation(model: str, data: Path, split: str, out: Path | None, post
 
 
 def evaluate(
-    model: str = typer.Argument(None, help="Checkpoint (.ckpt) or .onnx model to evaluate; "
-                                "a,b,c: the ensemble of several (mean probability)."),
+    model: str = typer.Argument(None, help="Checkpoint (.ckpt), .onnx or .tflite model to "
+                                "evaluate; a,b,c: the ensemble of several (mean probability)."),
     data: Path = typer.Option(None, "--data", help="Prepared dataset (or a raw pair folder)."),
     split: str = typer.Option(
         "test", "--split", help="Split of the prepared dataset: train, val, test, or foldK "

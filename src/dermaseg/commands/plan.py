@@ -16,13 +16,16 @@ def _check_outputs(out: Path, force: bool) -> Path:
     """plan.json's path beside `out`.
 
     Raises:
-        UsageError: `out` is a folder, or `out`/plan.json exists and `force` is off.
+        UsageError: `out` or plan.json is a folder, or one of them exists and `force` is off.
     """
     if out.is_dir():
         raise UsageError(f"-o {out}: is a folder; give the plan's file name, e.g. {out}/plan.yaml")
     sidecar = out.with_suffix(".json")
     if sidecar == out:
         raise UsageError(f"-o {out}: give a .yaml file name (plan.json is written beside it)")
+    if sidecar.is_dir():
+        raise UsageError(f"{sidecar}: is a folder, where the plan writes its measurements; "
+                         "choose another -o")
     existing = [str(p) for p in (out, sidecar) if p.exists()]
     if existing and not force:
         verb = "exists" if len(existing) == 1 else "exist"

@@ -52,7 +52,7 @@ def refuse_prepared_inputs(inputs: list[str]) -> None:
 
 
 # Options `predict` and `evaluate MODEL` share.
-MODEL_HELP = ("A checkpoint (.ckpt) or an exported .onnx model; several separated by "
+MODEL_HELP = ("A checkpoint (.ckpt) or an exported .onnx or .tflite model; several separated by "
               "commas (a,b,c) predict with their ensemble (mean probability).")
 TTA = typer.Option(False, "--tta", help="Average over the four flips.")
 KEEP_LARGEST = typer.Option(False, "--keep-largest", help="Keep the largest lesion.")

@@ -11,7 +11,8 @@ from dermaseg.errors import UsageError
 
 
 def serve(
-    model: Path = typer.Argument(..., help="An exported .onnx model or a checkpoint (.ckpt)."),
+    model: Path = typer.Argument(..., help="An exported .onnx or .tflite model, or a "
+                              "checkpoint (.ckpt)."),
     host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on."),
     port: int = typer.Option(8000, "--port", help="TCP port."),
     backend: str = typer.Option("auto", "--backend",

@@ -10,15 +10,16 @@ import typer
 from dermaseg.errors import UsageError
 
 
-def check_recipe(config: Path) -> None:
-    """A missing recipe file: list the recipes beside it and suggest the closest name."""
+def check_recipe(config: Path, option: str = "--config") -> None:
+    """A missing recipe file: list the recipes beside it and suggest the closest name
+    (the message names the recipe as `option`, e.g. --base for `dermaseg plan`)."""
     import difflib
 
     if config.is_file():
         return
     folder = config.parent if config.parent.is_dir() else None
     names = sorted(p.name for p in folder.glob("*.y*ml")) if folder else []
-    message = f"--config {config}: no such recipe file"
+    message = f"{option} {config}: no such recipe file"
     close = difflib.get_close_matches(config.name, names, n=1, cutoff=0.5)
     if close:
         message += f"; did you mean {folder / close[0]}?"

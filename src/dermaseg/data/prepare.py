@@ -244,7 +244,8 @@ def _manifest_item(record: dict, split: str) -> dict:
             "lesion_fraction")
     item = {"id": record["id"], "split": split, "image": f"images/{record['id']}.npy",
             "mask": f"masks/{record['id']}.npy"}
-    return item | {key: record[key] for key in keys}
+    # the decoded pixels' hash: a later run finds the image again after a folder rename
+    return item | {key: record[key] for key in keys} | {"hash": record.get("hash")}
 
 
 def _split_items(results: list[PrepareResult], root: Path, val: float, test: float, seed: int,
@@ -350,7 +351,9 @@ def prepare_dataset(
     _clean_temporaries(out)
     workers = workers or default_workers()
     results, todo = _prepare_all(found.pairs, out, size, workers, progress)
-    earlier = stable_splits.follow_sources(earlier, [r.pair for r in results])
+    earlier = stable_splits.follow_sources(
+        earlier, [r.pair for r in results],
+        {r.pair.id: r.record.get("hash") for r in results if r.record})
     _drop_duplicates(results, out, earlier.splits if earlier else frozenset())
     skipped = _skipped(found.problems, results)
     if not any(result.record for result in results):

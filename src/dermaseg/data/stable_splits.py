@@ -50,6 +50,7 @@ class EarlierSplit:
     folds: dict[str, int]
     fold_count: int | None
     sources: dict[str, str] = field(default_factory=dict)  # id -> its source image
+    hashes: dict[str, str] = field(default_factory=dict)  # id -> hash of its decoded pixels
     unmatched: int | None = None  # earlier items not found in the data (follow_sources)
 
     @property
@@ -65,7 +66,7 @@ def parse_split(manifest: object, origin: str) -> EarlierSplit:
     """
     if not isinstance(manifest, dict) or not isinstance(manifest.get("items"), list):
         raise ValueError("no 'items' list")
-    splits, folds, sources = {}, {}, {}
+    splits, folds, sources, hashes = {}, {}, {}, {}
     for index, item in enumerate(manifest["items"]):
         if not (isinstance(item, dict) and isinstance(item.get("id"), str)
                 and item.get("split") in SPLITS):
@@ -73,38 +74,51 @@ def parse_split(manifest: object, origin: str) -> EarlierSplit:
         splits[item["id"]] = item["split"]
         if isinstance(item.get("source_image"), str):
             sources[item["id"]] = item["source_image"]
+        if isinstance(item.get("hash"), str):
+            hashes[item["id"]] = item["hash"]
         if type(item.get("fold")) is int:
             folds[item["id"]] = item["fold"]
     count = manifest.get("folds")
     fold_count = count if type(count) is int and count >= 2 else None
     folds = {key: fold for key, fold in folds.items() if fold_count and 0 <= fold < fold_count}
     settings = manifest.get("split") if isinstance(manifest.get("split"), dict) else {}
-    return EarlierSplit(origin, settings, splits, folds, fold_count, sources)
+    return EarlierSplit(origin, settings, splits, folds, fold_count, sources, hashes)
 
 
-def follow_sources(earlier: EarlierSplit | None, pairs: list) -> EarlierSplit | None:
-    """`earlier` keyed by the ids of this run's `pairs` (discover.Pair): an item is the earlier
-    one with the same source file, else the one with the same id whose file is gone (moved or
-    renamed folders). Ids can change between runs: discover gives a name found in two folders
-    to the first by path, so an image added in a folder that sorts first takes the plain id;
-    matching by file keeps each image's own split. None stays None."""
+def follow_sources(earlier: EarlierSplit | None, pairs: list,
+                   hashes: dict[str, str | None] | None = None) -> EarlierSplit | None:
+    """`earlier` keyed by the ids of this run's `pairs` (discover.Pair). An item is the earlier
+    one with the same source file; else the one with the same decoded pixels (`hashes`: id ->
+    hash of this run's items; the earlier manifest's "hash"), for a folder moved or renamed;
+    else the one with the same id, when that earlier item is not found otherwise (its file
+    gone; manifests without hashes). Each earlier item is matched once.
+
+    Ids can change between runs: discover gives a name found in two folders to the first by
+    path, the others a path-based id, so an image added in a folder that sorts first takes the
+    plain id, and renaming a folder renames the ids below it; matching by file, then by pixels,
+    keeps each image's own split. None stays None."""
     if earlier is None:
         return None
     current = {pair.id: display_path(pair.image) for pair in pairs}
+    hashes = hashes or {}
     by_source = {source: old for old, source in earlier.sources.items()}
-    present = set(current.values())
-    renamed = {}
-    for item_id, source in current.items():
-        old = by_source.get(source)
-        file_gone = earlier.sources.get(item_id) not in present  # that id's earlier file
-        if old is None and item_id in earlier.splits and file_gone:
-            old = item_id
-        if old is not None:
-            renamed[item_id] = old
+    by_hash = {digest: old for old, digest in earlier.hashes.items()}
+    renamed: dict[str, str] = {}
+    for match in (lambda item_id: by_source.get(current[item_id]),
+                  lambda item_id: by_hash.get(hashes.get(item_id)),
+                  lambda item_id: item_id if item_id in earlier.splits else None):
+        used = set(renamed.values())
+        for item_id in current:
+            old = None if item_id in renamed else match(item_id)
+            if old is not None and old not in used:
+                renamed[item_id] = old
+                used.add(old)
     return dataclasses.replace(
         earlier, splits={new: earlier.splits[old] for new, old in renamed.items()},
         folds={new: earlier.folds[old] for new, old in renamed.items() if old in earlier.folds},
         sources={new: earlier.sources.get(old, "") for new, old in renamed.items()},
+        hashes={new: earlier.hashes[old] for new, old in renamed.items()
+                if old in earlier.hashes},
         unmatched=len(earlier.splits) - len(set(renamed.values())))
 
 

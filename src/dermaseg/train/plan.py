@@ -192,7 +192,7 @@ def base_recipe(base: Path | None, device: str) -> tuple[Path, str]:
     if base is not None:
         from dermaseg.commands.train import check_recipe
 
-        check_recipe(base)
+        check_recipe(base, "--base")
         return base, "given with --base"
     name = GPU_RECIPE if device == "cuda" else CPU_RECIPE
     folder = configs_folder()
