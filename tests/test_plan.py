@@ -260,3 +260,19 @@ def test_busy_cpu_is_warned_about():
     assert busy_warning(busy, probed=False) == []
     assert busy_warning({**busy, "load_average": 0.4}, probed=True) == []
     assert busy_warning({**busy, "device": "cuda"}, probed=True) == []
+
+
+def test_cross_validation_data_gets_the_fold_option(prepared, tmp_path):
+    folded = tmp_path / "prep"
+    shutil.copytree(prepared, folded)
+    manifest = json.loads((folded / "manifest.json").read_text())
+    pool = [item for item in manifest["items"] if item["split"] != "test"]
+    for index, item in enumerate(pool):
+        item["fold"] = index % 3
+    manifest["folds"] = 3
+    (folded / "manifest.json").write_text(json.dumps(manifest))
+    code, output = run_cli("plan", folded, "-o", tmp_path / "plan.yaml", "--no-probe",
+                           "--device", "cpu")
+    assert code == 0, output
+    assert "--fold K" in output and "K = 0..2" in output
+    assert "--fold K" in (tmp_path / "plan.yaml").read_text()

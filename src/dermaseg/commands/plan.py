@@ -81,6 +81,9 @@ def train_command(plan, out: Path, prep: Path) -> str:
                f"--data {shlex.quote(str(prep))} -o {shlex.quote(str(run))}")
     if plan.machine["device"] == "cpu" and torch.cuda.is_available():
         command = "CUDA_VISIBLE_DEVICES= " + command
+    folds = plan.dataset.get("folds")
+    if folds:  # cross-validation data: one run per fold
+        command += f" --fold K   # K = 0..{folds - 1}, one run each (-o runs/..-foldK)"
     return command
 
 
