@@ -98,3 +98,13 @@ def test_tflite_refusals_name_the_file(synth_dir, tmp_path):
         Predictor.load(model, device="cuda")
     code, output = run_cli("predict", model, synth_dir, "-o", tmp_path / "out")
     assert code == 1 and "m.tflite" in output and "Traceback" not in output
+
+
+def test_tflite_metadata_of_another_file_is_refused(tflite_pair, tmp_path):
+    _, path = tflite_pair
+    other = tmp_path / "other.tflite"
+    other.write_bytes(path.read_bytes() + b"\0")  # another file, same metadata copied beside
+    other.with_name("other.tflite.json").write_text(
+        path.with_name(path.name + ".json").read_text())
+    with pytest.raises(DermasegError, match="written for another .tflite file"):
+        Predictor.load(other)

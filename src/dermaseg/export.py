@@ -24,6 +24,7 @@ from dermaseg.errors import DermasegError, UsageError
 from dermaseg.fileio import atomic_path
 from dermaseg.model_meta import ModelMeta
 from dermaseg.onnx_model import INPUT_NAME, META_KEY, OUTPUT_NAME, onnx_probabilities, onnx_session
+from dermaseg.tflite_model import file_sha256
 
 PARITY_TOLERANCE = 1e-4  # largest allowed |p_onnx - p_torch| after the sigmoid
 DEFAULT_OPSET = 18
@@ -245,6 +246,7 @@ def export_tflite(model: torch.nn.Module, meta: ModelMeta, path: str | os.PathLi
     with atomic_path(path) as tmp:
         edge.export(str(tmp))
     meta_path = path.with_name(path.name + ".json")
+    side = meta.to_dict() | {"tflite_sha256": file_sha256(path)}
     with atomic_path(meta_path) as tmp:
-        tmp.write_text(json.dumps(meta.to_dict(), indent=2) + "\n")
+        tmp.write_text(json.dumps(side, indent=2) + "\n")
     return worst

@@ -9,6 +9,7 @@ letterboxed and normalised like `Predictor.prepare`, and gives (1, 1, S, S) logi
 
 from __future__ import annotations
 
+import hashlib
 import json
 import threading
 from pathlib import Path
@@ -22,10 +23,12 @@ LITERT_INSTALL = "pip install ai-edge-litert"
 
 
 def read_tflite_meta(path: str | Path) -> ModelMeta:
-    """The ModelMeta of `path` from its side file `path`.json.
+    """The ModelMeta of `path` from its side file `path`.json (which also holds the SHA-256
+    of the .tflite it was written for, since dermaseg 0.1: a side file of another model is
+    refused).
 
     Raises:
-        DermasegError: the side file is missing, not JSON or incomplete.
+        DermasegError: the side file is missing, not JSON, incomplete or of another file.
     """
     side = Path(f"{path}.json")
     try:
@@ -38,7 +41,27 @@ def read_tflite_meta(path: str | Path) -> ModelMeta:
         raise DermasegError(f"{side}: not a readable JSON file ({exc})") from exc
     if not isinstance(data, dict):
         raise DermasegError(f"{side}: expected a JSON object of model metadata")
+    expected = data.get("tflite_sha256")
+    if expected is not None and expected != file_sha256(path):
+        raise DermasegError(f"{side}: written for another .tflite file (its SHA-256 differs "
+                            f"from {Path(path).name}'s); export the model again")
     return ModelMeta.from_dict(data, str(side))
+
+
+def file_sha256(path: str | Path) -> str:
+    """Hex SHA-256 of a file, read in 1 MiB blocks.
+
+    Raises:
+        DermasegError: the file cannot be read.
+    """
+    digest = hashlib.sha256()
+    try:
+        with open(path, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+    except OSError as exc:
+        raise DermasegError(f"{path}: cannot read ({exc.strerror or exc})") from exc
+    return digest.hexdigest()
 
 
 class TfliteBackend:
