@@ -197,6 +197,10 @@ def test_bad_base_recipes_are_named_as_base(prepared, tmp_path):
                            "--base", binary)
     assert code == 1 and "not a YAML text file" in output and "Traceback" not in output, output
     assert not out.exists() and not out.with_suffix(".json").exists()
+    unknown = tmp_path / "unknown.yaml"
+    unknown.write_text(yaml.safe_dump({**TINY_RECIPE, "model": {"arch": "unet"}}))
+    code, output = run_cli("plan", prepared, "-o", out, "--device", "cpu", "--base", unknown)
+    assert code == 1 and "model.arch" in output and "probing" not in output, output
 
 
 def test_sidecar_folder_is_refused_before_anything_is_written(prepared, tmp_path):

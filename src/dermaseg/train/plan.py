@@ -256,9 +256,9 @@ def plan_batch(config: Config, device: str, items: int, probe: bool,
     if not probe:
         return Decision("batch size", config.data.batch_size,
                         "the recipe's, not measured (--no-probe)"), [], None
-    report(f"probing training steps on {device} at {config.data.image_size} px "
-           f"({config.model.arch}, {config.model.backbone}):")
-    probes = probe_batches(config, torch.device(device), items, report)
+    title = (f"probing training steps on {device} at {config.data.image_size} px "
+             f"({config.model.arch}, {config.model.backbone}):")
+    probes = probe_batches(config, torch.device(device), items, report, title)
     batch, reason = choose_batch(probes, gpu=device != "cpu")
     speed = next(p.images_per_s for p in probes if p.batch == batch)
     return Decision("batch size", batch, reason), [p._asdict() for p in probes], speed
@@ -330,6 +330,7 @@ def make_plan(prep: Path, *, device: str = "auto", base: Path | None = None,
                                                                            why)])
     size = plan_image_size(config, dataset["prepared_size"])
     config.data.image_size = size.value
+    validate_config(config)  # a bad recipe is named before minutes of probing
     items = training_items(prep, config)
     if items < 1:
         raise UsageError(f"{prep / MANIFEST}: no training items; prepare more data")

@@ -209,7 +209,8 @@ def _out_of_memory(exc: BaseException) -> bool:
 
 
 def probe_batches(config: Config, device: torch.device, max_batch: int,
-                  report: Callable[[str], None] = lambda line: None) -> list[Probe]:
+                  report: Callable[[str], None] = lambda line: None,
+                  title: str = "") -> list[Probe]:
     """Measure training steps at growing batch sizes until one runs out of memory, uses more
     than 85 % of the GPU memory, or gains <= 5 % images/s over the best so far.
 
@@ -218,13 +219,16 @@ def probe_batches(config: Config, device: torch.device, max_batch: int,
     Batches above `max_batch` (the training items) are not tried, except 2.
 
     Returns:
-        One Probe per batch size tried, in order; `report` gets one line per batch.
+        One Probe per batch size tried, in order; `report` gets `title` once the model is
+        built (a bad config fails before it), then one line per batch.
 
     Raises:
         DermasegError: the config cannot build a model.
     """
     cuda = device.type == "cuda"
     runner = StepRunner(config, device)
+    if title:
+        report(title)
     candidates = [b for b in (GPU_BATCHES if cuda else CPU_BATCHES) if b <= max(2, max_batch)]
     warmup, timed = (3, 5) if cuda else (1, 2)
     probes: list[Probe] = []
