@@ -28,12 +28,14 @@ import os
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
 import torch
 
 from common import RESULTS, machine, markdown_table
+from dermaseg.data.upload import count_syncs
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPE = ROOT / "configs" / "deeplabv3_resnet50_isic.yaml"
@@ -123,7 +125,8 @@ def stage_throughput(config, device: torch.device, mode: str, steps: int, warmup
     seconds = _timed(step, batches, steps, device)
     peak = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else None
     return {"mode": mode, "images_per_s": config.data.batch_size / seconds,
-            "step_ms": seconds * 1000, "peak_mem_gib": peak, "first_step_s": first_s}
+            "step_ms": seconds * 1000, "peak_mem_gib": peak, "first_step_s": first_s,
+            "syncs_per_step": _syncs_per_step(step, batches, device)}
 
 
 def _loader_batches(loader, device: torch.device, config):
@@ -148,6 +151,18 @@ def _loader_batches(loader, device: torch.device, config):
         epoch += 1
 
 
+def _syncs_per_step(step, batches, device: torch.device, steps: int = 3) -> float | None:
+    """Host-device synchronisations per step (batch hooks, augmentation and training step):
+    each one makes the CPU wait for the GPU's queue to drain, leaving the GPU idle while the
+    CPU then prepares the next work."""
+    if device.type != "cuda":
+        return None
+    with count_syncs() as syncs:
+        for _ in range(steps):
+            step(*next(batches))
+    return len(syncs) / steps
+
+
 def _fed_row(config, data: Path, device: torch.device, step, compute: float, steps: int,
              warmup: int) -> dict:
     """Steps fed by the recipe's DataLoader (`config.data.num_workers`), then the loader alone."""
@@ -159,6 +174,7 @@ def _fed_row(config, data: Path, device: torch.device, step, compute: float, ste
     fed = _loader_batches(loader, device, config)
     _timed(step, fed, warmup, device)
     fed_s = _timed(step, fed, steps, device)
+    syncs = _syncs_per_step(step, fed, device)
     # The loader alone: first empty the batches prefetched while the GPU worked, then time.
     buffered = loader.num_workers * (loader.prefetch_factor or 0)
     _timed(lambda *batch: None, fed, buffered + warmup, device)
@@ -167,7 +183,7 @@ def _fed_row(config, data: Path, device: torch.device, step, compute: float, ste
             "compute_step_ms": compute * 1000, "fed_step_ms": fed_s * 1000,
             "images_per_s": config.data.batch_size / fed_s,
             "loader_alone_images_per_s": config.data.batch_size / alone_s,
-            "gpu_busy_fraction": min(1.0, compute / fed_s)}
+            "gpu_busy_fraction": min(1.0, compute / fed_s), "syncs_per_step": syncs}
 
 
 def stage_loader(config, device: torch.device, data: Path, steps: int, warmup: int,
@@ -201,6 +217,7 @@ def stage_loader(config, device: torch.device, data: Path, steps: int, warmup: i
 
 def stage_train(config, data: Path, minutes: float, smoke: bool) -> dict:
     from dermaseg.config import load_config
+    from dermaseg.train.callbacks import SyncCounter
     from dermaseg.train.runner import train
 
     overrides = recipe_overrides(smoke) + [f"train.max_minutes={minutes}",
@@ -214,14 +231,49 @@ def stage_train(config, data: Path, minutes: float, smoke: bool) -> dict:
         import dermaseg.train.history as history
 
         history.plot_curves = lambda rows: b""
-    with tempfile.TemporaryDirectory() as out:
-        summary = train(config, data, Path(out) / "run", progress=False)
+    syncs = SyncCounter()
+    with tempfile.TemporaryDirectory() as out, UtilizationSampler(device_for(smoke)) as busy:
+        summary = train(config, data, Path(out) / "run", progress=False, callbacks=[syncs])
     best = summary.get("best", {})
+    if syncs.sites:
+        print("host-device synchronisations per training iteration at:",
+              ", ".join(sorted(set(syncs.sites))))
     return {"mode": f"train {config.data.image_size}px, {minutes:.1f} min budget",
             "val_dice": best.get("val_dice"), "val_iou": best.get("val_iou"),
             "best_epoch": summary.get("best_epoch"), "epochs": summary.get("epochs"),
             "images_per_s": summary.get("images_per_s"), "precision": summary.get("precision"),
-            "minutes": summary.get("train_minutes")}
+            "minutes": summary.get("train_minutes"), "nvml_busy_pct": busy.mean_percent(),
+            "syncs_per_step": syncs.per_step}
+
+
+class UtilizationSampler:
+    """NVML's GPU utilisation (the share of time a kernel was running) sampled every 0.2 s in a
+    thread while the block runs: the whole training, its validation and checkpoints included."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device, self.samples = device, []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def _sample(self) -> None:
+        while not self._stop.wait(0.2):
+            try:
+                self.samples.append(torch.cuda.utilization(self.device))
+            except Exception:  # no NVML (pynvml missing or refused): no figure, not a failure
+                return
+
+    def __enter__(self) -> UtilizationSampler:
+        if self.device.type == "cuda":
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join()
+
+    def mean_percent(self) -> float | None:
+        return sum(self.samples) / len(self.samples) if self.samples else None
 
 
 def run_stage(args: argparse.Namespace) -> None:

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from dermaseg.config import LossConfig
+from dermaseg.data.upload import constant
 from dermaseg.errors import DermasegError
 
 __all__ = [
@@ -90,7 +91,7 @@ def bce_loss(
     with _no_autocast(logits):
         x, t = _prepare(logits, target)
         t = smooth_targets(t, label_smoothing)
-        weight = None if pos_weight is None else torch.tensor(pos_weight, device=x.device)
+        weight = None if pos_weight is None else constant((pos_weight,), x.device)
         return F.binary_cross_entropy_with_logits(x, t, pos_weight=weight)
 
 

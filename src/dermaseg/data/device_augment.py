@@ -6,7 +6,8 @@ each here, 3x that on a GPU machine's cores), and a bf16 ResNet-50 step consumes
 25 ms on an H100/H200: the loader was measured as the bottleneck. With `data.augment_on`
 "device" (the default on a GPU) the workers only gather uint8 arrays, and this module draws
 each sample's parameters on the CPU and applies them on the device in a handful of batched
-kernels, without a host-device synchronisation.
+kernels, without a host-device synchronisation (the parameters travel through pinned memory,
+`dermaseg.data.upload`).
 
 Same settings (`AugmentConfig`), same order (flips, rotation by 90 degrees, brightness then
 contrast, elastic deformation) and same parameter distributions as the loader path. Each
@@ -21,6 +22,7 @@ import torch.nn.functional as F
 
 from dermaseg.config import AugmentConfig
 from dermaseg.data.transforms import control_grid_shape, displacement_field
+from dermaseg.data.upload import constant, upload
 from dermaseg.errors import DermasegError
 
 PLACES = ("auto", "loader", "device")
@@ -81,6 +83,7 @@ class DeviceAugment:
     def apply(self, images: torch.Tensor, masks: torch.Tensor, params: dict[str, torch.Tensor]
               ) -> tuple[torch.Tensor, torch.Tensor]:
         """Augmented (float32 images in [0, 255], uint8 masks in {0, 1})."""
+        params = {name: upload(value, images.device) for name, value in params.items()}
         images, masks = images.float(), masks.to(torch.uint8)
         for name, dim in (("hflip", -1), ("vflip", -2)):
             images = _where(params[name], images.flip(dim), images)
@@ -128,7 +131,7 @@ def brightness_contrast(images: torch.Tensor, brightness: torch.Tensor,
     brightness = brightness.to(images.device, images.dtype).view(-1, 1, 1, 1)
     contrast = contrast.to(images.device, images.dtype).view(-1, 1, 1, 1)
     images = (images * brightness).clamp_(0, 255)
-    weights = torch.tensor(GREY_WEIGHTS, device=images.device, dtype=images.dtype)
+    weights = constant(GREY_WEIGHTS, images.device, dtype=images.dtype)
     grey = torch.einsum("nchw,c->n", images, weights) / (images.shape[-2] * images.shape[-1])
     grey = grey.view(-1, 1, 1, 1)
     return ((images - grey) * contrast + grey).clamp_(0, 255)

@@ -21,6 +21,7 @@ from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
 from dermaseg.config import IMAGENET_MEAN, IMAGENET_STD, AugmentConfig, DataConfig
+from dermaseg.data.upload import constant, upload
 
 
 class RandomRotate90(v2.Transform):
@@ -111,11 +112,10 @@ def displacement_field(shifts: torch.Tensor, height: int, width: int) -> torch.T
     """Control-point shifts N x 2 (x, y) x gh x gw in pixels -> the bicubically interpolated
     field N x H x W x 2 in grid units ([-1, 1] spans the image), as `grid_sample` and
     torchvision's `elastic` take it."""
-    rows = bicubic_weights(shifts.shape[-2], height).to(shifts.device)
-    cols = bicubic_weights(shifts.shape[-1], width).to(shifts.device)
+    rows = upload(bicubic_weights(shifts.shape[-2], height), shifts.device)
+    cols = upload(bicubic_weights(shifts.shape[-1], width), shifts.device)
     field = torch.einsum("hk,nckl,wl->nhwc", rows, shifts, cols)
-    scale = torch.tensor([2.0 / width, 2.0 / height], device=shifts.device)
-    return field * scale
+    return field * constant((2.0 / width, 2.0 / height), shifts.device)
 
 
 class ElasticDeform(v2.Transform):
@@ -167,8 +167,8 @@ def normalise_images(images: torch.Tensor, mean: Sequence[float], std: Sequence[
                      ) -> torch.Tensor:
     """uint8 (N x) 3 x H x W -> float32 (x / 255 - mean) / std, on the images' device and in
     their memory format."""
-    mean_t = torch.tensor(mean, dtype=torch.float32, device=images.device).view(3, 1, 1)
-    std_t = torch.tensor(std, dtype=torch.float32, device=images.device).view(3, 1, 1)
+    mean_t = constant(mean, images.device, (3, 1, 1))
+    std_t = constant(std, images.device, (3, 1, 1))
     return (images.float() - mean_t * 255.0) * (1.0 / (255.0 * std_t))
 
 

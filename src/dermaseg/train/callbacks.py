@@ -8,6 +8,7 @@ the uninterrupted one would have.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from typing import Any
@@ -18,6 +19,7 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
+from dermaseg.data.upload import count_syncs
 from dermaseg.errors import DermasegError
 
 
@@ -213,6 +215,40 @@ class NonFiniteGuard:
                 "train.precision=32, or check these images")
         rank_zero_warn(f"{where}; batch skipped")
         return True
+
+
+class SyncCounter(Callback):
+    """Counts host-device synchronisations over `steps` whole training iterations (fetch,
+    batch hooks, step, logging) after `skip` warm-up ones: `per_step` afterwards, and `sites`
+    the code lines that synchronised. A diagnostic for GPU runs (the GPU benchmark, the CUDA
+    tests); nothing on CPU."""
+
+    def __init__(self, skip: int = 2, steps: int = 3) -> None:
+        self.skip, self.steps = skip, steps
+        self.per_step: float | None = None
+        self._counting: contextlib.ExitStack | None = None
+        self.sites: list[str] = []
+        self._seen = 0
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self._seen += 1
+        if self._seen == self.skip and torch.cuda.is_available():
+            self._counting = contextlib.ExitStack()
+            self.sites = self._counting.enter_context(count_syncs())
+        elif self._seen == self.skip + self.steps and self._counting is not None:
+            self._stop()
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        self._stop()  # a run shorter than skip + steps iterations: no figure
+
+    def _stop(self) -> None:
+        if self._counting is None:
+            return
+        self._counting.close()
+        counted = self._seen - self.skip
+        if counted >= self.steps:
+            self.per_step = len(self.sites) / counted
+        self._counting = None
 
 
 class ProgressLines(Callback):

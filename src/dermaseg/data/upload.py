@@ -1,0 +1,58 @@
+"""Host-to-device copies that do not make the CPU wait for the GPU.
+
+A plain `tensor.to("cuda")` or `torch.tensor(values, device="cuda")` copies from pageable
+memory and then synchronises the stream: the CPU waits until every kernel queued before it
+has run, so it can no longer prepare the next step while the GPU works. In a training step
+that costs the GPU idle time of each such copy; the batch hooks and the device augmentation
+use these two functions instead.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import warnings
+from collections.abc import Iterator, Sequence
+
+import torch
+
+
+def upload(tensor: torch.Tensor, device: torch.device | str) -> torch.Tensor:
+    """`tensor` on `device`; to a GPU through pinned memory, without waiting for it."""
+    device = torch.device(device)
+    if device.type != "cuda" or tensor.device.type != "cpu":
+        return tensor.to(device)
+    return tensor.pin_memory().to(device, non_blocking=True)
+
+
+@functools.lru_cache(maxsize=64)
+def _cached_constant(values: tuple[float, ...], shape: tuple[int, ...], device: torch.device,
+                     dtype: torch.dtype) -> torch.Tensor:
+    return upload(torch.tensor(values, dtype=dtype).view(shape), device)
+
+
+def constant(values: Sequence[float], device: torch.device | str, shape: Sequence[int] = (-1,),
+             dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """A small constant tensor on `device`, copied there once and then reused (read-only)."""
+    return _cached_constant(tuple(float(v) for v in values), tuple(shape), torch.device(device),
+                            dtype)
+
+
+@contextlib.contextmanager
+def count_syncs() -> Iterator[list[str]]:
+    """Records every host-device synchronisation PyTorch makes inside the block (CUDA's sync
+    debug mode); yields the list their Python sites ("file:line") are appended to, one entry
+    per synchronisation (empty without CUDA)."""
+    caught: list[str] = []
+    if not torch.cuda.is_available():
+        yield caught
+        return
+    with warnings.catch_warnings(record=True) as records:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            yield caught
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+            caught += [f"{w.filename}:{w.lineno}" for w in records
+                       if "synchroniz" in str(w.message)]
