@@ -35,14 +35,17 @@ from pathlib import Path
 import torch
 
 from common import RESULTS, machine, markdown_table
-from dermaseg.data.upload import count_syncs
+from dermaseg.data.upload import count_syncs, sync_sites
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPE = ROOT / "configs" / "deeplabv3_resnet50_isic.yaml"
-# fp32: PyTorch's defaults (cuDNN may run convolutions in TF32); fp32_strict: TF32 off.
-MODES = ("fp32", "fp32_strict", "bf16_cl", "bf16_cl_compile")
+# fp32: PyTorch's defaults (cuDNN may run convolutions in TF32); fp32_strict: TF32 off;
+# bf16_cl_graphs: torch.compile(mode="reduce-overhead"), the model replayed as CUDA graphs.
+MODES = ("fp32", "fp32_strict", "bf16_cl", "bf16_cl_compile", "bf16_cl_graphs")
+COMPILE_MODES = {"bf16_cl_compile": "default", "bf16_cl_graphs": "reduce-overhead"}
+STAGES = ("prepare", *MODES, "loader", "train")
 STAGE_LIMIT_S = {"prepare": 90, "fp32": 60, "fp32_strict": 60, "bf16_cl": 50,
-                 "bf16_cl_compile": 150, "loader": 110}
+                 "bf16_cl_compile": 150, "bf16_cl_graphs": 150, "loader": 200}
 TRAIN_OVERHEAD_S = 50  # process start, data setup and the final validation of the train stage
 
 
@@ -65,9 +68,11 @@ def _synchronize(device: torch.device) -> None:
 
 
 def _step_fn(config, device: torch.device, mode: str):
-    """A training step (forward, Dice+BCE, backward, Adam) of the recipe's model in `mode`."""
+    """A training step (forward, Dice+BCE, backward, Adam as training builds it: fused on a
+    GPU) of the recipe's model in `mode`."""
     from dermaseg.losses import SegmentationLoss
     from dermaseg.models.factory import build_model
+    from dermaseg.train.module import build_optimizer
 
     if mode == "fp32_strict":
         torch.backends.cudnn.allow_tf32 = False
@@ -76,9 +81,9 @@ def _step_fn(config, device: torch.device, mode: str):
     channels_last = mode.startswith("bf16")
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
-    forward = torch.compile(model) if mode == "bf16_cl_compile" else model
+    forward = torch.compile(model, mode=COMPILE_MODES[mode]) if mode in COMPILE_MODES else model
     criterion = SegmentationLoss(config.loss)
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.optim.lr)
+    optimizer = build_optimizer(config.optim, model)
 
     def step(images: torch.Tensor, masks: torch.Tensor) -> None:
         if channels_last:
@@ -187,10 +192,10 @@ def _fed_row(config, data: Path, device: torch.device, step, compute: float, ste
 
 
 def stage_loader(config, device: torch.device, data: Path, steps: int, warmup: int,
-                 other_workers: list[int]) -> dict:
+                 other_workers: list[int], loader_mode: str) -> dict:
     """The recipe's loader (the goal's figure; augmentation on the device on a GPU), the same
     with the augmentation on the other side, then with `other_workers` workers."""
-    mode = "bf16_cl" if device.type == "cuda" else "fp32"  # CPU bf16 is slow, off the point
+    mode = loader_mode if device.type == "cuda" else "fp32"  # CPU bf16 is slow, off the point
     step = _step_fn(config, device, mode)
     fixed = _fixed_batches(config, device)
     _timed(step, fixed, warmup, device)
@@ -215,7 +220,8 @@ def stage_loader(config, device: torch.device, data: Path, steps: int, warmup: i
     return row
 
 
-def stage_train(config, data: Path, minutes: float, smoke: bool) -> dict:
+def stage_train(config, data: Path, minutes: float, smoke: bool, compile_mode: str | None
+                ) -> dict:
     from dermaseg.config import load_config
     from dermaseg.train.callbacks import SyncCounter
     from dermaseg.train.runner import train
@@ -224,6 +230,8 @@ def stage_train(config, data: Path, minutes: float, smoke: bool) -> dict:
                                            "train.max_epochs=1" if smoke else
                                            "train.max_epochs=1000",
                                            "train.precision=auto"]
+    if compile_mode:
+        overrides += ["train.compile=true", f"train.compile_mode={compile_mode}"]
     config = load_config(RECIPE, overrides)
     try:
         import matplotlib  # noqa: F401
@@ -235,10 +243,11 @@ def stage_train(config, data: Path, minutes: float, smoke: bool) -> dict:
     with tempfile.TemporaryDirectory() as out, UtilizationSampler(device_for(smoke)) as busy:
         summary = train(config, data, Path(out) / "run", progress=False, callbacks=[syncs])
     best = summary.get("best", {})
-    if syncs.sites:
-        print("host-device synchronisations per training iteration at:",
-              ", ".join(sorted(set(syncs.sites))))
-    return {"mode": f"train {config.data.image_size}px, {minutes:.1f} min budget",
+    if syncs.stacks:
+        print(f"host-device synchronisations in {syncs.steps} training iterations:\n"
+              + "\n\n".join(sync_sites(syncs.stacks)), flush=True)
+    compiled = f", compile {compile_mode}" if compile_mode else ""
+    return {"mode": f"train {config.data.image_size}px, {minutes:.1f} min budget{compiled}",
             "val_dice": best.get("val_dice"), "val_iou": best.get("val_iou"),
             "best_epoch": summary.get("best_epoch"), "epochs": summary.get("epochs"),
             "images_per_s": summary.get("images_per_s"), "precision": summary.get("precision"),
@@ -287,9 +296,10 @@ def run_stage(args: argparse.Namespace) -> None:
         result = stage_throughput(config, device, args.stage, args.steps, args.warmup)
     elif args.stage == "loader":
         result = stage_loader(config, device, args.data, args.steps, args.warmup,
-                              args.other_workers)
+                              args.other_workers, args.loader_mode)
     else:
-        result = stage_train(config, args.data, args.train_minutes, args.smoke)
+        result = stage_train(config, args.data, args.train_minutes, args.smoke,
+                             args.train_compile)
     Path(args.json).write_text(json.dumps(result))
 
 
@@ -326,6 +336,8 @@ def _child(name: str, args: argparse.Namespace, limit: float, extra: list[str]) 
     command = [sys.executable, str(Path(__file__).resolve()), "--stage", name, "--json",
                str(out), "--data", str(args.data), "--steps", str(args.steps), "--warmup",
                str(args.warmup), "--loader-workers", ",".join(map(str, args.other_workers)),
+               "--loader-mode", args.loader_mode, "--stages", ",".join(sorted(args.stages)),
+               *(["--train-compile", args.train_compile] if args.train_compile else []),
                *(["--smoke"] if args.smoke else []), *extra]
     print(f"\n--- {name} (limit {limit:.0f} s)", flush=True)
     start = time.monotonic()
@@ -349,7 +361,9 @@ def run_all_stages(args: argparse.Namespace) -> tuple[dict, dict]:
 
     results, status = {}, {}
     for name in ("prepare", *MODES, "loader"):
-        if name == "bf16_cl_compile" and args.no_compile:
+        if name not in args.stages:
+            continue
+        if name in COMPILE_MODES and args.no_compile:
             status[name] = "skipped: --smoke or --no-compile"
             continue
         if name == "loader" and results.get("prepare") is None:
@@ -357,7 +371,9 @@ def run_all_stages(args: argparse.Namespace) -> tuple[dict, dict]:
             continue
         results[name], status[name] = _child(name, args, min(STAGE_LIMIT_S[name], left()), [])
     minutes = min(args.train_minutes, (left() - TRAIN_OVERHEAD_S) / 60)
-    if results.get("prepare") is None or minutes < (0.05 if args.smoke else 0.5):
+    if "train" not in args.stages:
+        pass
+    elif results.get("prepare") is None or minutes < (0.05 if args.smoke else 0.5):
         status["train"] = "skipped: no prepared data or out of time"
     else:
         results["train"], status["train"] = _child(
@@ -409,6 +425,12 @@ def parse(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--budget-s", type=float, default=440, help="whole run, seconds")
     parser.add_argument("--train-minutes", type=float, help="default 3 (smoke 0.1)")
     parser.add_argument("--no-compile", action="store_true")
+    parser.add_argument("--stages", default=",".join(STAGES),
+                        help=f"comma-separated, of {', '.join(STAGES)} (default all)")
+    parser.add_argument("--loader-mode", choices=MODES, default="bf16_cl",
+                        help="the training step the loader feeds (default bf16_cl)")
+    parser.add_argument("--train-compile", choices=("default", "reduce-overhead"),
+                        help="train stage with train.compile=true in this mode")
     parser.add_argument("--loader-workers", help="other DataLoader worker counts to measure "
                         "beside the recipe's, comma-separated (default 4,12; smoke 1)")
     parser.add_argument("--results", type=Path, default=RESULTS)
@@ -421,6 +443,10 @@ def parse(argv: list[str]) -> argparse.Namespace:
     args.warmup = args.warmup or (1 if args.smoke else 5)
     args.train_minutes = args.train_minutes or (0.1 if args.smoke else 3.0)
     args.no_compile = args.no_compile or args.smoke
+    args.stages = {name.strip() for name in args.stages.split(",") if name.strip()}
+    if not args.stages <= set(STAGES):
+        parser.error(f"--stages: unknown {', '.join(sorted(args.stages - set(STAGES)))}")
+    args.stages.add("prepare")
     text = args.loader_workers if args.loader_workers is not None else \
         ("1" if args.smoke else "4,12")
     try:

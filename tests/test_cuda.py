@@ -12,7 +12,7 @@ import torch
 from dermaseg.config import AugmentConfig, Config, load_config
 from dermaseg.data.device_augment import DeviceAugment
 from dermaseg.data.transforms import normalise_images
-from dermaseg.data.upload import count_syncs, upload
+from dermaseg.data.upload import count_syncs, sync_sites, upload
 from dermaseg.losses import SegmentationLoss
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -60,7 +60,7 @@ def test_training_batch_path_never_waits_for_the_gpu():
     one_batch(0)
     with count_syncs() as syncs:
         loss = one_batch(1)
-    assert syncs == []
+    assert syncs == [], "\n\n".join(sync_sites(syncs))
     assert torch.isfinite(loss).item()
 
 
@@ -87,7 +87,8 @@ def test_bf16_training_on_the_gpu_waits_once_per_step(prepared, tmp_path):
     syncs = SyncCounter(skip=1, steps=2)
     summary = train(config, prepared, tmp_path / "run", progress=False, callbacks=[syncs])
     assert summary["precision"] == "bf16-mixed"
-    assert syncs.per_step is not None and syncs.per_step <= 1, sorted(set(syncs.sites))
+    assert syncs.per_step is not None and syncs.per_step <= 1, \
+        "\n\n".join(sync_sites(syncs.stacks))
     image = np.random.default_rng(0).integers(0, 256, (90, 120, 3), dtype=np.uint8)
     best = tmp_path / "run" / "best.ckpt"
     on_gpu = Predictor.load(best, device="cuda").predict_proba([image])[0]

@@ -134,6 +134,19 @@ def test_gpu_rule_flat_throughput_takes_the_largest_near_the_best():
     assert keep_probing(probes[:2], gpu=True)
 
 
+def test_gpu_rule_caps_the_batch_at_5_percent_of_the_training_items():
+    """The H100 probe of the real set (136 training items): 64 was fastest, but would give
+    ~2 updates per epoch; nnU-Net's cap (5 % of the items: 6) keeps 2 and 4."""
+    probes = gpu((2, 53.5, 0.02, True), (4, 91.2, 0.03, True), (8, 168.9, 0.04, True),
+                 (16, 345.9, 0.08, True), (32, 370.1, 0.14, True), (64, 390.7, 0.28, True))
+    assert choose_batch(probes, gpu=True)[0] == 64
+    batch, reason = choose_batch(probes, gpu=True, items=136)
+    assert batch == 4 and "5 % of the 136 training items" in reason
+    assert choose_batch(probes, gpu=True, items=2594)[0] == 64  # ISIC 2018: no cap
+    assert choose_batch(probes, gpu=True, items=20)[0] == 2  # never below the smallest
+    assert choose_batch(probes, gpu=False, items=136)[0] == 64  # the CPU rule has no cap
+
+
 def test_cpu_rule_takes_the_smallest_near_the_best():
     probes = gpu((2, 9.3, None, True), (4, 11.1, None, True), (8, 11.8, None, True),
                  (16, 11.6, None, True))

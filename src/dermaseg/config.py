@@ -99,7 +99,8 @@ class TrainConfig:
     early_stop_patience: int = 10  # epochs without val-loss improvement
     precision: str = "auto"  # auto (bf16 on GPU, 32 on CPU) | 32 | bf16 | 16
     channels_last: bool = True  # on GPU only
-    compile: bool = False
+    compile: bool = False  # torch.compile the model (GPU), in compile_mode
+    compile_mode: str = "default"  # or reduce-overhead (CUDA graphs), max-autotune...
     seed: int = 42
     freeze_backbone_epoch: int | None = None  # from this epoch, train only ASPP + decoder
     freeze_after_lr_drops: int | None = None  # or after the plateau scheduler cut the LR k times
@@ -231,6 +232,9 @@ def _optional(minimum: float) -> Any:
     return lambda v: v is None or v >= minimum
 
 
+# torch.compile's modes; reduce-overhead replays the model's kernels as CUDA graphs.
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+
 # (field, test, what the value must be). Names, rates and stride are checked where they are
 # used (models, losses, device augmentation), also before anything is written.
 RULES: list[tuple[str, Any, str]] = [
@@ -266,6 +270,7 @@ RULES: list[tuple[str, Any, str]] = [
     ("train.num_nodes", lambda v: v >= 1, ">= 1"),
     ("train.threshold", lambda v: 0 < v < 1, "in (0, 1)"),
     ("train.nan_tolerance", lambda v: v >= 0, ">= 0"),
+    ("train.compile_mode", lambda v: v in COMPILE_MODES, f"one of {', '.join(COMPILE_MODES)}"),
     ("train.checkpoint_every_steps", lambda v: v >= 0, ">= 0 (0: only at epoch ends)"),
 ]
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import traceback
 import warnings
 from collections.abc import Iterator, Sequence
 
@@ -41,18 +42,37 @@ def constant(values: Sequence[float], device: torch.device | str, shape: Sequenc
 @contextlib.contextmanager
 def count_syncs() -> Iterator[list[str]]:
     """Records every host-device synchronisation PyTorch makes inside the block (CUDA's sync
-    debug mode); yields the list their Python sites ("file:line") are appended to, one entry
-    per synchronisation (empty without CUDA)."""
+    debug mode); yields the list that gets one entry per synchronisation: its Python call
+    stack, innermost frame last, as "file:line in function" lines (empty without CUDA)."""
     caught: list[str] = []
     if not torch.cuda.is_available():
         yield caught
         return
-    with warnings.catch_warnings(record=True) as records:
+
+    show = warnings.showwarning
+
+    def record(message, category, filename, lineno, file=None, line=None) -> None:
+        if "synchroniz" not in str(message):
+            show(message, category, filename, lineno, file, line)
+        else:
+            frames = [f for f in traceback.extract_stack()[:-1]  # without this function
+                      if not f.filename.endswith("warnings.py")]
+            caught.append("\n".join(f"{f.filename}:{f.lineno} in {f.name}"
+                                     for f in frames[-12:]))
+
+    with warnings.catch_warnings():
         warnings.simplefilter("always")
+        warnings.showwarning = record
         torch.cuda.set_sync_debug_mode("warn")
         try:
             yield caught
         finally:
             torch.cuda.set_sync_debug_mode("default")
-            caught += [f"{w.filename}:{w.lineno}" for w in records
-                       if "synchroniz" in str(w.message)]
+
+
+def sync_sites(stacks: list[str]) -> list[str]:
+    """Each distinct synchronising stack of `count_syncs` once, with its count, most first."""
+    counts: dict[str, int] = {}
+    for stack in stacks:
+        counts[stack] = counts.get(stack, 0) + 1
+    return [f"{n} x\n{stack}" for stack, n in sorted(counts.items(), key=lambda kv: -kv[1])]

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 import time
+from collections.abc import Callable
 from typing import Any
 
 import lightning as L
@@ -192,8 +193,9 @@ class NonFiniteGuard:
         self.skipped = 0
 
     def should_skip(self, loss: torch.Tensor, parts: dict[str, torch.Tensor],
-                    trainer: L.Trainer, batch_idx: int, items: list[str]) -> bool:
-        """True when this batch must be skipped.
+                    trainer: L.Trainer, batch_idx: int, items: Callable[[], list[str]]) -> bool:
+        """True when this batch must be skipped (`items()`: the batch's image names). Reads
+        the loss on the host: the training step's one host-device synchronisation.
 
         Raises:
             DermasegError: more than `tolerance` non-finite losses in a row.
@@ -208,7 +210,7 @@ class NonFiniteGuard:
         self.skipped += 1
         values = ", ".join(f"{k}={float(v):.4g}" for k, v in parts.items())
         where = (f"non-finite loss ({values}) at epoch {trainer.current_epoch}, batch "
-                 f"{batch_idx} (images: {', '.join(items)})")
+                 f"{batch_idx} (images: {', '.join(items())})")
         if self.in_a_row > self.tolerance:
             raise DermasegError(
                 f"{where}; {self.in_a_row} batches in a row, stopping. Try a lower optim.lr, "
@@ -219,22 +221,22 @@ class NonFiniteGuard:
 
 class SyncCounter(Callback):
     """Counts host-device synchronisations over `steps` whole training iterations (fetch,
-    batch hooks, step, logging) after `skip` warm-up ones: `per_step` afterwards, and `sites`
-    the code lines that synchronised. A diagnostic for GPU runs (the GPU benchmark, the CUDA
-    tests); nothing on CPU."""
+    batch hooks, step, logging) after `skip` warm-up ones: `per_step` afterwards, and
+    `stacks` where each happened (`dermaseg.data.upload.sync_sites` sums them up). A
+    diagnostic for GPU runs (the GPU benchmark, the CUDA tests); nothing on CPU."""
 
     def __init__(self, skip: int = 2, steps: int = 3) -> None:
         self.skip, self.steps = skip, steps
         self.per_step: float | None = None
         self._counting: contextlib.ExitStack | None = None
-        self.sites: list[str] = []
+        self.stacks: list[str] = []
         self._seen = 0
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         self._seen += 1
         if self._seen == self.skip and torch.cuda.is_available():
             self._counting = contextlib.ExitStack()
-            self.sites = self._counting.enter_context(count_syncs())
+            self.stacks = self._counting.enter_context(count_syncs())
         elif self._seen == self.skip + self.steps and self._counting is not None:
             self._stop()
 
@@ -247,7 +249,7 @@ class SyncCounter(Callback):
         self._counting.close()
         counted = self._seen - self.skip
         if counted >= self.steps:
-            self.per_step = len(self.sites) / counted
+            self.per_step = len(self.stacks) / counted
         self._counting = None
 
 

@@ -47,7 +47,8 @@ class SegmentationModule(L.LightningModule):
         self.val_criterion = (SegmentationLoss(dataclasses.replace(config.loss, boundary=0.0))
                               if config.loss.boundary > 0 else self.criterion)
         self.val_metrics = SegmentationMetrics(threshold=config.train.threshold)
-        self.train_loss_avg = MeanMetric()
+        # the guard keeps non-finite losses out; torchmetrics' own check would wait for the GPU
+        self.train_loss_avg = MeanMetric(nan_strategy="disable")
         self.train_loss_avg.persistent(True)  # in last.ckpt: a mid-epoch resume keeps the mean
         self.guard = NonFiniteGuard(config.train.nan_tolerance)
         size = config.data.image_size
@@ -70,7 +71,10 @@ class SegmentationModule(L.LightningModule):
         images, masks, indices = batch
         seeds = [sample_seed(self.config.train.seed, self.current_epoch, index)
                  for index in indices.tolist()]
-        return images, masks, indices, self.device_augment.draw(seeds)
+        params = self.device_augment.draw(seeds)
+        if self.device.type == "cuda":  # Lightning then copies them without waiting
+            params = {name: value.pin_memory() for name, value in params.items()}
+        return images, masks, indices, params
 
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
         """The loader sends uint8 images and masks; augment them here when the parameters came
@@ -105,9 +109,12 @@ class SegmentationModule(L.LightningModule):
     def training_step(self, batch, batch_idx: int):
         images, masks, indices = batch
         total, parts = self.criterion(self.model(images), masks)
-        if self.guard.should_skip(total, parts, self.trainer, batch_idx, self._names(indices)):
+        if self.guard.should_skip(total, parts, self.trainer, batch_idx,
+                                  lambda: self._names(indices)):
             return None  # Lightning skips backward and the optimiser step
-        self.train_loss_avg.update(total.detach(), weight=images.shape[0])
+        # the weight made on the device: a number would be copied there, and wait for it
+        weight = torch.full((), float(images.shape[0]), device=total.device)
+        self.train_loss_avg.update(total.detach(), weight=weight)
         self.log("loss", total.detach(), prog_bar=True, on_step=True, on_epoch=False,
                  batch_size=images.shape[0])
         return total
@@ -199,10 +206,12 @@ def build_optimizer(optim: OptimConfig, model: torch.nn.Module) -> torch.optim.O
     """The optimiser `optim` names (adam | adamw | sgd with Nesterov momentum 0.9) over the
     model's parameter groups (`param_groups()` when it has them)."""
     params = model.param_groups() if hasattr(model, "param_groups") else model.parameters()
+    # On a GPU, one fused kernel per step instead of several per parameter group.
+    fused = {"fused": True} if next(model.parameters()).is_cuda else {}
     if optim.name == "adam":
-        return torch.optim.Adam(params, lr=optim.lr, weight_decay=optim.weight_decay)
+        return torch.optim.Adam(params, lr=optim.lr, weight_decay=optim.weight_decay, **fused)
     if optim.name == "adamw":
-        return torch.optim.AdamW(params, lr=optim.lr, weight_decay=optim.weight_decay)
+        return torch.optim.AdamW(params, lr=optim.lr, weight_decay=optim.weight_decay, **fused)
     return torch.optim.SGD(params, lr=optim.lr, momentum=0.9, nesterov=True,
                            weight_decay=optim.weight_decay)
 

@@ -259,7 +259,7 @@ def plan_batch(config: Config, device: str, items: int, probe: bool,
     title = (f"probing training steps on {device} at {config.data.image_size} px "
              f"({config.model.arch}, {config.model.backbone}):")
     probes = probe_batches(config, torch.device(device), items, report, title)
-    batch, reason = choose_batch(probes, gpu=device != "cpu")
+    batch, reason = choose_batch(probes, gpu=device != "cpu", items=items)
     speed = next(p.images_per_s for p in probes if p.batch == batch)
     return Decision("batch size", batch, reason), [p._asdict() for p in probes], speed
 

@@ -24,7 +24,20 @@ GPU_BATCHES = (2, 4, 8, 16, 32, 64)
 CPU_BATCHES = (2, 4, 8, 16)
 MEMORY_LIMIT = 0.85  # largest share of GPU memory a chosen batch may use (peak allocated)
 TOLERANCE = 0.05  # batches within 5 % of the best images/s count as equally fast
+DATASET_SHARE = 0.05  # GPU: a batch holds at most 5 % of the training items (as nnU-Net)
 AUTOCAST = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}
+
+
+def _cap_to_dataset(ok: list[Probe], items: int) -> tuple[list[Probe], str]:
+    """The probes whose batch is at most 5 % of `items` (always the smallest one), and what
+    the cap removed ("" when nothing)."""
+    cap = max(min(p.batch for p in ok), int(DATASET_SHARE * items))
+    kept = [p for p in ok if p.batch <= cap]
+    dropped = [p for p in ok if p.batch > cap]
+    if not dropped:
+        return ok, ""
+    return kept, (f"batch {', '.join(str(p.batch) for p in dropped)} would give "
+                  f"{items / dropped[0].batch:.1f} or fewer steps per epoch")
 
 
 class Probe(NamedTuple):
@@ -37,17 +50,21 @@ class Probe(NamedTuple):
     ok: bool
 
 
-def choose_batch(probes: list[Probe] | list[tuple], gpu: bool) -> tuple[int, str]:
+def choose_batch(probes: list[Probe] | list[tuple], gpu: bool, items: int | None = None
+                 ) -> tuple[int, str]:
     """The batch size to train with, and why.
 
     GPU: the largest batch whose peak memory is <= 85 % of the device's among those within 5 %
     of the best images/s (bigger batches: fewer, fuller steps); when all of those use more,
-    the fastest batch that stays within 85 %. CPU: the smallest batch within 5 % of the best
-    images/s (more optimiser updates per epoch for the same time).
+    the fastest batch that stays within 85 %; and no batch above 5 % of the `items` training
+    items (at least the smallest probed), so that a small set still gets enough optimiser
+    updates per epoch. CPU: the smallest batch within 5 % of the best images/s (more updates
+    per epoch for the same time).
 
     Args:
         probes: (batch, images/s, peak_fraction or None, ok) per probed batch size.
         gpu: apply the GPU rule (else the CPU rule).
+        items: training items per epoch (None: no cap).
 
     Raises:
         DermasegError: no batch size ran (the smallest was out of memory).
@@ -58,6 +75,11 @@ def choose_batch(probes: list[Probe] | list[tuple], gpu: bool) -> tuple[int, str
         smallest = min((p.batch for p in probes), default=GPU_BATCHES[0])
         raise DermasegError(f"batch {smallest} does not fit in memory at this image size; "
                             "lower data.image_size or choose a smaller model (--base)")
+    if gpu and items is not None:
+        ok, capped = _cap_to_dataset(ok, items)
+        if capped:
+            batch, reason = choose_batch(ok, gpu=True)
+            return batch, f"{reason}; at most 5 % of the {items} training items ({capped})"
     best = max(p.images_per_s for p in ok)
     near = [p for p in ok if p.images_per_s >= (1 - TOLERANCE) * best]
     if not gpu:

@@ -240,7 +240,7 @@ def train(config: Config, data_dir: str | os.PathLike, out_dir: str | os.PathLik
     L.seed_everything(config.train.seed, verbose=False)
     module = SegmentationModule(config)
     if config.train.compile:
-        module.model.compile()
+        module.model.compile(mode=config.train.compile_mode)
     warnings.filterwarnings("ignore", message=".*Checkpoint directory .* exists and is not empty")
     # Our sampler resumes mid-epoch itself (datamodule._position_for_resume).
     warnings.filterwarnings("ignore", message=".*your dataloader is not resumable")
