@@ -297,6 +297,19 @@ def test_non_finite_loss_in_a_row_stops_training():
         fit_plain(module, nan_loader({0, 1, 2}))
 
 
+def test_progress_bar_shows_the_training_loss(prepared, tmp_path, monkeypatch, capsys):
+    """In a terminal Lightning's bar runs; the loss it shows comes from TimedLossBar (the step
+    loss is no prog_bar metric, which Lightning would read on the host at every step)."""
+    import re
+    import sys
+
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
+    train(tiny("train.max_epochs=1"), prepared, tmp_path / "run", progress=True)
+    output = capsys.readouterr()
+    shown = [float(v) for v in re.findall(r"\bloss=([0-9.]+)", output.out + output.err)]
+    assert shown and all(0 < value < 10 for value in shown)
+
+
 def test_time_budget_stops_the_run(prepared, tmp_path):
     summary = train(tiny("train.max_minutes=0.0001"), prepared, tmp_path / "run",
                     progress=False)

@@ -16,7 +16,7 @@ from typing import Any
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
@@ -251,6 +251,25 @@ class SyncCounter(Callback):
         if counted >= self.steps:
             self.per_step = len(self.stacks) / counted
         self._counting = None
+
+
+class TimedLossBar(TQDMProgressBar):
+    """Lightning's progress bar with the training loss, read from the GPU at most once a
+    second (reading it at every step would make the CPU wait for the GPU at every step)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._loss: float | None = None
+        self._read_at = 0.0
+
+    def get_metrics(self, trainer, pl_module) -> dict[str, int | str | float | dict[str, float]]:
+        metrics = super().get_metrics(trainer, pl_module)
+        loss = trainer.callback_metrics.get("loss")
+        if loss is not None and time.monotonic() - self._read_at >= 1.0:
+            self._loss, self._read_at = float(loss), time.monotonic()
+        if self._loss is not None:
+            metrics["loss"] = round(self._loss, 4)
+        return metrics
 
 
 class ProgressLines(Callback):

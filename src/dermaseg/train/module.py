@@ -115,7 +115,9 @@ class SegmentationModule(L.LightningModule):
         # the weight made on the device: a number would be copied there, and wait for it
         weight = torch.full((), float(images.shape[0]), device=total.device)
         self.train_loss_avg.update(total.detach(), weight=weight)
-        self.log("loss", total.detach(), prog_bar=True, on_step=True, on_epoch=False,
+        # not prog_bar: Lightning would read it on the host at every step (a sync); the bar
+        # shows it through callbacks.TimedLossBar
+        self.log("loss", total.detach(), on_step=True, on_epoch=False,
                  batch_size=images.shape[0])
         return total
 

@@ -43,6 +43,7 @@ from dermaseg.train.callbacks import (
     LateFreeze,
     ProgressLines,
     TimeBudget,
+    TimedLossBar,
 )
 from dermaseg.train.datamodule import SegmentationDataModule
 from dermaseg.train.history import History, summarize
@@ -194,7 +195,7 @@ def _trainer(config: Config, out_dir: Path, devices: int | str, count: int, node
     if on_gpu:  # fp32 matmuls may use TF32, as cuDNN convolutions already do by default
         torch.set_float32_matmul_precision("high")
     bar = progress and sys.stderr.isatty()  # the bar draws nothing in a log file until the end
-    lines = [ProgressLines()] if progress and not bar else []
+    lines = [TimedLossBar()] if bar else [ProgressLines()] if progress else []
     return L.Trainer(
         accelerator="auto", devices=devices, num_nodes=nodes,
         strategy=_strategy(config, count * nodes),
