@@ -3,16 +3,19 @@
     bash bench/gpu.sh                        # on a machine with one NVIDIA GPU, no network
     python bench/gpu_bench.py --smoke        # tiny sizes on CPU: proves the script runs
 
-Stages, each in its own process under a time limit (the whole run stays within --budget-s):
+Stages (--stages), each in its own process under a time limit (the whole run stays within
+--budget-s):
 1. training-step throughput on a fixed on-device batch (pure compute) in fp32 eager (PyTorch's
-   defaults, and strict: TF32 off), bf16 autocast + channels_last, and the same with
-   torch.compile: images/s, peak GPU memory, speed-up over fp32 eager;
-2. data-loader check: bf16 + channels_last steps fed by the recipe's real DataLoader (workers,
-   pin_memory, augmentation on the GPU) on the prepared real set; GPU busy fraction = pure
-   compute step time / fed step time (1.0: the loader never makes the GPU wait); and the
-   loader's own rate, alone; the same with the augmentation in the loader workers;
-3. a short real training (`dermaseg.train.runner.train`, bf16, ~3 min budget) on the real set
-   at 512 px, printing its val Dice.
+   defaults, and strict: TF32 off), bf16 autocast + channels_last, and with torch.compile
+   (bf16_cl_compile: default mode; bf16_cl_graphs: reduce-overhead, CUDA graphs): images/s,
+   peak GPU memory, host-device syncs per step, speed-up over fp32 eager;
+2. data pipeline (`gpu_loader.py`): the --loader-mode step (default the CUDA-graph one, the
+   hardest to keep fed) fed by the recipe's DataLoader and batch hooks on the prepared real
+   set, the split and augmentation where the recipe puts them (on a GPU: both on the device);
+   GPU busy fraction = pure compute step time / fed step time (1.0: the data never makes the
+   GPU wait); the pipeline's own rate, alone; then the other placements and worker counts;
+3. a short real training (`dermaseg.train.runner.train`, bf16, ~3 min budget; --train-compile)
+   on the real set at 512 px: val Dice, NVML's busy percentage, host-device syncs per step.
 
 Real data: $DERMASEG_REAL, else ./local-data/derm-real (a git-ignored folder carried with the
 checkout); without it a synthetic set is generated (and the table says so). Results:
@@ -22,7 +25,6 @@ bench/results/gpu.json and gpu.md. Imports only dermaseg's training path (no CLI
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import subprocess
@@ -35,15 +37,26 @@ from pathlib import Path
 import torch
 
 from common import RESULTS, machine, markdown_table
-from dermaseg.data.upload import count_syncs, sync_sites
+from dermaseg.data.upload import sync_sites
+from gpu_loader import stage_loader
+from gpu_steps import (
+    COMPILE_MODES,
+    device_for,
+    fixed_batches,
+    step_fn,
+    synchronize,
+    syncs_per_step,
+    timed,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPE = ROOT / "configs" / "deeplabv3_resnet50_isic.yaml"
 # fp32: PyTorch's defaults (cuDNN may run convolutions in TF32); fp32_strict: TF32 off;
 # bf16_cl_graphs: torch.compile(mode="reduce-overhead"), the model replayed as CUDA graphs.
 MODES = ("fp32", "fp32_strict", "bf16_cl", "bf16_cl_compile", "bf16_cl_graphs")
-COMPILE_MODES = {"bf16_cl_compile": "default", "bf16_cl_graphs": "reduce-overhead"}
 STAGES = ("prepare", *MODES, "loader", "train")
+# The CUDA-graph step is timed in the loader stage (it feeds it): compiled once, not twice.
+DEFAULT_STAGES = ("prepare", "fp32", "fp32_strict", "bf16_cl", "loader", "train")
 STAGE_LIMIT_S = {"prepare": 90, "fp32": 60, "fp32_strict": 60, "bf16_cl": 50,
                  "bf16_cl_compile": 150, "bf16_cl_graphs": 150, "loader": 200}
 TRAIN_OVERHEAD_S = 50  # process start, data setup and the final validation of the train stage
@@ -58,166 +71,21 @@ def recipe_overrides(smoke: bool) -> list[str]:
     return base
 
 
-def device_for(smoke: bool) -> torch.device:
-    return torch.device("cpu" if smoke or not torch.cuda.is_available() else "cuda")
-
-
-def _synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-
-
-def _step_fn(config, device: torch.device, mode: str):
-    """A training step (forward, Dice+BCE, backward, Adam as training builds it: fused on a
-    GPU) of the recipe's model in `mode`."""
-    from dermaseg.losses import SegmentationLoss
-    from dermaseg.models.factory import build_model
-    from dermaseg.train.module import build_optimizer
-
-    if mode == "fp32_strict":
-        torch.backends.cudnn.allow_tf32 = False
-        torch.backends.cuda.matmul.allow_tf32 = False
-    model = build_model(config.model).to(device).train()
-    channels_last = mode.startswith("bf16")
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    forward = torch.compile(model, mode=COMPILE_MODES[mode]) if mode in COMPILE_MODES else model
-    criterion = SegmentationLoss(config.loss)
-    optimizer = build_optimizer(config.optim, model)
-
-    def step(images: torch.Tensor, masks: torch.Tensor) -> None:
-        if channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=channels_last):
-            loss, _ = criterion(forward(images), masks)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-
-    return step
-
-
-def _timed(step, batches, steps: int, device: torch.device) -> float:
-    """Seconds per step over `steps` steps drawn from the iterator `batches`."""
-    if steps <= 0:
-        return 0.0
-    _synchronize(device)
-    start = time.perf_counter()
-    for _ in range(steps):
-        step(*next(batches))
-    _synchronize(device)
-    return (time.perf_counter() - start) / steps
-
-
-def _fixed_batches(config, device: torch.device):
-    size, batch = config.data.image_size, config.data.batch_size
-    images = torch.randn(batch, 3, size, size, device=device)
-    masks = (torch.rand(batch, 1, size, size, device=device) > 0.5).float()
-    while True:
-        yield images, masks
-
-
 def stage_throughput(config, device: torch.device, mode: str, steps: int, warmup: int) -> dict:
-    step = _step_fn(config, device, mode)
+    step = step_fn(config, device, mode)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
-    batches = _fixed_batches(config, device)
+    batches = fixed_batches(config, device)
     first = time.perf_counter()
     step(*next(batches))
-    _synchronize(device)
+    synchronize(device)
     first_s = time.perf_counter() - first
-    _timed(step, batches, max(0, warmup - 1), device)
-    seconds = _timed(step, batches, steps, device)
+    timed(step, batches, max(0, warmup - 1), device)
+    seconds = timed(step, batches, steps, device)
     peak = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else None
     return {"mode": mode, "images_per_s": config.data.batch_size / seconds,
             "step_ms": seconds * 1000, "peak_mem_gib": peak, "first_step_s": first_s,
-            "syncs_per_step": _syncs_per_step(step, batches, device)}
-
-
-def _loader_batches(loader, device: torch.device, config):
-    """The loader's uint8 batches on the device, augmented there when `data.augment_on` says
-    so and normalised, as the training module's batch hooks do."""
-    from dermaseg.data.device_augment import DeviceAugment, augment_on_device
-    from dermaseg.data.transforms import normalise_images
-    from dermaseg.train.datamodule import sample_seed
-
-    size, seed = config.data.image_size, config.train.seed
-    augment = DeviceAugment(config.data.augment, size, size) \
-        if augment_on_device(config.data.augment_on, device.type == "cuda") else None
-    epoch = 0
-    while True:
-        for images, masks, indices in loader:
-            images = images.to(device, non_blocking=True)
-            masks = masks.to(device, non_blocking=True)
-            if augment is not None:
-                params = augment.draw([sample_seed(seed, epoch, i) for i in indices.tolist()])
-                images, masks = augment.apply(images, masks, params)
-            yield normalise_images(images, config.data.mean, config.data.std), masks.float()
-        epoch += 1
-
-
-def _syncs_per_step(step, batches, device: torch.device, steps: int = 3) -> float | None:
-    """Host-device synchronisations per step (batch hooks, augmentation and training step):
-    each one makes the CPU wait for the GPU's queue to drain, leaving the GPU idle while the
-    CPU then prepares the next work."""
-    if device.type != "cuda":
-        return None
-    with count_syncs() as syncs:
-        for _ in range(steps):
-            step(*next(batches))
-    return len(syncs) / steps
-
-
-def _fed_row(config, data: Path, device: torch.device, step, compute: float, steps: int,
-             warmup: int) -> dict:
-    """Steps fed by the recipe's DataLoader (`config.data.num_workers`), then the loader alone."""
-    from dermaseg.train.datamodule import SegmentationDataModule
-
-    module = SegmentationDataModule(config, data)
-    module.setup("fit")
-    loader = module.train_dataloader()
-    fed = _loader_batches(loader, device, config)
-    _timed(step, fed, warmup, device)
-    fed_s = _timed(step, fed, steps, device)
-    syncs = _syncs_per_step(step, fed, device)
-    # The loader alone: first empty the batches prefetched while the GPU worked, then time.
-    buffered = loader.num_workers * (loader.prefetch_factor or 0)
-    _timed(lambda *batch: None, fed, buffered + warmup, device)
-    alone_s = _timed(lambda *batch: None, fed, max(steps, 3 * buffered), device)
-    return {"workers": loader.num_workers, "pin_memory": loader.pin_memory,
-            "compute_step_ms": compute * 1000, "fed_step_ms": fed_s * 1000,
-            "images_per_s": config.data.batch_size / fed_s,
-            "loader_alone_images_per_s": config.data.batch_size / alone_s,
-            "gpu_busy_fraction": min(1.0, compute / fed_s), "syncs_per_step": syncs}
-
-
-def stage_loader(config, device: torch.device, data: Path, steps: int, warmup: int,
-                 other_workers: list[int], loader_mode: str) -> dict:
-    """The recipe's loader (the goal's figure; augmentation on the device on a GPU), the same
-    with the augmentation on the other side, then with `other_workers` workers."""
-    mode = loader_mode if device.type == "cuda" else "fp32"  # CPU bf16 is slow, off the point
-    step = _step_fn(config, device, mode)
-    fixed = _fixed_batches(config, device)
-    _timed(step, fixed, warmup, device)
-    compute = _timed(step, fixed, steps, device)
-
-    def variant(label: str, **data_fields) -> dict:
-        changed = dataclasses.replace(config, data=dataclasses.replace(config.data,
-                                                                       **data_fields))
-        return {"mode": f"{mode}, {label}",
-                **_fed_row(changed, data, device, step, compute, steps, warmup)}
-
-    row = {"mode": f"{mode} fed by the recipe's DataLoader, augment_on "
-                   f"{config.data.augment_on}",
-           **_fed_row(config, data, device, step, compute, steps, warmup)}
-    from dermaseg.data.device_augment import augment_on_device
-
-    other = "loader" if augment_on_device(config.data.augment_on, device.type == "cuda") \
-        else "device"
-    row["by_workers"] = [variant(f"augment_on {other}", augment_on=other)]
-    row["by_workers"] += [variant(f"{workers} workers", num_workers=workers)
-                          for workers in other_workers]
-    return row
+            "syncs_per_step": syncs_per_step(step, batches, device)}
 
 
 def stage_train(config, data: Path, minutes: float, smoke: bool, compile_mode: str | None
@@ -390,6 +258,14 @@ def write_results(results: dict, status: dict, args: argparse.Namespace) -> dict
             if fp32 is not None:
                 row["speedup_vs_fp32"] = row["images_per_s"] / fp32["images_per_s"]
             rows.append(row)
+    loader = results.get("loader") or {}
+    if args.loader_mode not in results and loader.get("mode", "").startswith(args.loader_mode):
+        batch = round(loader["images_per_s"] * loader["fed_step_ms"] / 1000)
+        rows.append({"mode": f"{args.loader_mode} (timed in the loader stage)",
+                     "images_per_s": batch * 1000 / loader["compute_step_ms"],
+                     "step_ms": loader["compute_step_ms"]})
+        if fp32 is not None:
+            rows[-1]["speedup_vs_fp32"] = rows[-1]["images_per_s"] / fp32["images_per_s"]
     info = machine()
     info["device_used"] = str(device_for(args.smoke))
     loader = dict(results.get("loader") or {})
@@ -410,7 +286,8 @@ def write_results(results: dict, status: dict, args: argparse.Namespace) -> dict
             "- fp32 = PyTorch defaults (cuDNN may use TF32 for convolutions), fp32_strict = "
             "TF32 off; speed-ups are "
             "images/s against fp32 eager in the same run; busy fraction = pure compute step "
-            "time / step time fed by the real DataLoader.\n"
+            "time / step time fed by the real DataLoader and batch hooks (gather_on device: "
+            "the training split kept on the GPU, the loader yields indices).\n"
             + "".join(f"- {stage}: {text}\n" for stage, text in status.items()))
     (args.results / f"{name}.md").write_text(text)
     print("\n" + text)
@@ -425,10 +302,12 @@ def parse(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--budget-s", type=float, default=440, help="whole run, seconds")
     parser.add_argument("--train-minutes", type=float, help="default 3 (smoke 0.1)")
     parser.add_argument("--no-compile", action="store_true")
-    parser.add_argument("--stages", default=",".join(STAGES),
-                        help=f"comma-separated, of {', '.join(STAGES)} (default all)")
-    parser.add_argument("--loader-mode", choices=MODES, default="bf16_cl",
-                        help="the training step the loader feeds (default bf16_cl)")
+    parser.add_argument("--stages", default=",".join(DEFAULT_STAGES),
+                        help=f"comma-separated, of {', '.join(STAGES)} "
+                             f"(default {','.join(DEFAULT_STAGES)})")
+    parser.add_argument("--loader-mode", choices=MODES, default="bf16_cl_graphs",
+                        help="the training step the loader feeds (default bf16_cl_graphs, "
+                             "the fastest: the hardest to keep fed)")
     parser.add_argument("--train-compile", choices=("default", "reduce-overhead"),
                         help="train stage with train.compile=true in this mode")
     parser.add_argument("--loader-workers", help="other DataLoader worker counts to measure "

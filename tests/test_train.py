@@ -182,10 +182,14 @@ def test_resume_after_crash_matches_uninterrupted_run(request, prepared, tmp_pat
     assert_same_run(full, out)
 
 
-def test_resume_with_augmentation_on_the_device_matches_uninterrupted_run(prepared, tmp_path):
+@pytest.mark.parametrize("gather_on", ["loader", "device"])
+def test_resume_with_augmentation_on_the_device_matches_uninterrupted_run(prepared, tmp_path,
+                                                                          gather_on):
     """`data.augment_on=device` (the GPU default) draws each sample's parameters from its
-    (seed, epoch, index) key too: a mid-epoch crash and resume gives the same weights."""
-    device = tiny("data.augment_on=device")
+    (seed, epoch, index) key too: a mid-epoch crash and resume gives the same weights, also
+    with the split kept on the device (`data.gather_on=device`, the GPU default), where the
+    loader yields indices alone."""
+    device = tiny("data.augment_on=device", f"data.gather_on={gather_on}")
     full = tmp_path / "full"
     train(device, prepared, full, progress=False)
     out = tmp_path / "crashed"
@@ -206,14 +210,17 @@ class RecordBatches(L.Callback):
         self.seen.append((images.clone(), masks.clone(), indices.clone()))
 
 
-@pytest.mark.parametrize("place", ["loader", "device"])
-def test_augmentation_reaches_the_model_wherever_it_runs(prepared, tmp_path, place):
+@pytest.mark.parametrize(("place", "gather_on"),
+                         [("loader", "loader"), ("device", "loader"), ("device", "device")])
+def test_augmentation_reaches_the_model_wherever_it_runs(prepared, tmp_path, place, gather_on):
     """Flips with probability 1 (the other augmentations off): every image and mask the model
-    receives is the prepared one flipped both ways and normalised, on either path."""
+    receives is the prepared one flipped both ways and normalised, on every path (also when
+    the batches are gathered from the split kept on the device)."""
     from dermaseg.data.dataset import PreparedDataset
     from dermaseg.data.transforms import normalise_images
 
-    config = tiny(f"data.augment_on={place}", "train.max_epochs=1", "data.augment.hflip=1",
+    config = tiny(f"data.augment_on={place}", f"data.gather_on={gather_on}",
+                  "train.max_epochs=1", "data.augment.hflip=1",
                   "data.augment.vflip=1", "data.augment.brightness=0",
                   "data.augment.contrast=0", "data.augment.elastic_p=0")
     record = RecordBatches()

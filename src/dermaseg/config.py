@@ -62,6 +62,9 @@ class DataConfig:
     num_workers: int = -1  # -1: one per CPU core, up to 8
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     augment_on: str = "auto"  # auto (device on a GPU, loader on CPU) | loader | device
+    # where training batches are gathered: auto (device: the split copied to the GPU once, when
+    # the augmentation runs there and it takes <= 1/4 of the GPU's memory) | loader | device
+    gather_on: str = "auto"
     # cross-validation: train on the other folds of `data prepare --folds`, validate on this one
     fold: int | None = None
 
@@ -242,6 +245,7 @@ RULES: list[tuple[str, Any, str]] = [
     ("data.batch_size", lambda v: v >= 1, ">= 1"),
     ("data.num_workers", lambda v: v >= -1, ">= 0, or -1 (one per CPU core)"),
     ("data.fold", _optional(0), ">= 0 (or null: the plain train/val split)"),
+    ("data.gather_on", lambda v: v in ("auto", "loader", "device"), "auto, loader or device"),
     ("data.mean", lambda v: len(v) == 3, "3 values (R, G, B)"),
     ("data.std", lambda v: len(v) == 3 and all(s > 0 for s in v), "3 values (R, G, B), each > 0"),
     *((f"data.augment.{name}", _probability, "a probability in [0, 1]")

@@ -10,7 +10,9 @@ Reproducibility and exact resume rest on two choices:
 
 Batches are (images (N, 3, H, W) uint8, masks (N, 1, H, W) uint8 {0, 1}, indices (N,) int64);
 the training module normalises them on the device, and there applies the augmentation too when
-`data.augment_on` puts it there (`dermaseg.data.device_augment`, the default on a GPU).
+`data.augment_on` puts it there (`dermaseg.data.device_augment`, the default on a GPU). With
+`data.gather_on` on the device, training batches are the indices alone and the module gathers
+the samples from the split it keeps there (`dermaseg.train.device_batches`).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from dermaseg.data.dataset import CACHE_LIMIT_BYTES, PreparedDataset, Transform
 from dermaseg.data.prepare import MANIFEST
 from dermaseg.data.splits import fold_members
 from dermaseg.errors import DermasegError
+from dermaseg.train.device_batches import IndexDataset, gather_on_device, split_bytes
 
 # More workers than 8 starved the training process of CPU on a 16-core GPU machine.
 MAX_WORKERS = 8
@@ -165,6 +168,7 @@ class SegmentationDataModule(L.LightningDataModule):
         self.train_set: KeyedDataset | None = None
         self.val_set: KeyedDataset | None = None
         self.train_sampler: EpochSampler | None = None
+        self.gather_on_device = False  # data.gather_on, decided by setup
 
     def setup(self, stage: str | None = None) -> None:
         from dermaseg.data.device_augment import augment_on_device
@@ -188,6 +192,9 @@ class SegmentationDataModule(L.LightningDataModule):
                     raise DermasegError(f"{self.data_dir}: the {name} split is empty; prepare "
                                         "the data with a non-zero --val fraction")
             self.train_set, self.val_set = KeyedDataset(train, seed), KeyedDataset(val, seed)
+            self.gather_on_device = gather_on_device(
+                data.gather_on, on_device, torch.cuda.is_available(),
+                split_bytes(len(train), data.image_size))
         self._check_one_batch()
 
     def _check_one_batch(self) -> None:
@@ -233,6 +240,10 @@ class SegmentationDataModule(L.LightningDataModule):
             len(self.train_set), shuffle=True, seed=self.config.train.seed, rank=rank,
             world=world, batch_size=self.config.data.batch_size)
         self._position_for_resume(self.train_sampler)
+        if self.gather_on_device:  # indices only: the module gathers from its DeviceSplit
+            return DataLoader(IndexDataset(len(self.train_set)),
+                              batch_size=self.config.data.batch_size,
+                              sampler=self.train_sampler, drop_last=True)
         return self._loader(self.train_set, self.train_sampler, drop_last=True)
 
     def val_dataloader(self) -> DataLoader:

@@ -19,13 +19,13 @@ from torchmetrics import MeanMetric
 
 from dermaseg.config import Config, OptimConfig, validate_config
 from dermaseg.data.device_augment import DeviceAugment, augment_on_device
-from dermaseg.data.transforms import normalise_images
 from dermaseg.losses import SegmentationLoss
 from dermaseg.model_meta import ModelMeta
 from dermaseg.models.factory import build_model
 from dermaseg.torch_metrics import SegmentationMetrics
 from dermaseg.train.callbacks import NonFiniteGuard
 from dermaseg.train.datamodule import sample_seed
+from dermaseg.train.device_batches import DeviceSplit, TrainingBatches
 
 LOG_NAMES = {"jaccard": "iou"}  # metric name -> logged name (val_iou)
 
@@ -52,8 +52,9 @@ class SegmentationModule(L.LightningModule):
         self.train_loss_avg.persistent(True)  # in last.ckpt: a mid-epoch resume keeps the mean
         self.guard = NonFiniteGuard(config.train.nan_tolerance)
         size = config.data.image_size
-        self.device_augment = DeviceAugment(config.data.augment, size, size) \
+        augment = DeviceAugment(config.data.augment, size, size) \
             if augment_on_device(config.data.augment_on, torch.cuda.is_available()) else None
+        self.batches = TrainingBatches(config, augment)
         self._rng_to_restore: dict[str, Any] | None = None
         self._lr_shape: LRShape | None = None
 
@@ -63,30 +64,22 @@ class SegmentationModule(L.LightningModule):
     def on_fit_start(self) -> None:
         if self.device.type == "cuda" and self.config.train.channels_last:
             self.model.to(memory_format=torch.channels_last)
+        datamodule = getattr(self.trainer, "datamodule", None)
+        if getattr(datamodule, "gather_on_device", False):  # data.gather_on
+            self.batches.split = DeviceSplit(datamodule.train_set.base, self.device)
 
     def on_before_batch_transfer(self, batch, dataloader_idx: int):
-        """With augmentation on the device: draw each training sample's parameters (CPU)."""
-        if self.device_augment is None or self.trainer is None or not self.trainer.training:
+        """Training batches: draw each sample's augmentation parameters (CPU) when the
+        augmentation runs on the device (`TrainingBatches.before_transfer`)."""
+        if self.trainer is None or not self.trainer.training:
             return batch
-        images, masks, indices = batch
-        seeds = [sample_seed(self.config.train.seed, self.current_epoch, index)
-                 for index in indices.tolist()]
-        params = self.device_augment.draw(seeds)
-        if self.device.type == "cuda":  # Lightning then copies them without waiting
-            params = {name: value.pin_memory() for name, value in params.items()}
-        return images, masks, indices, params
+        epoch, seed = self.current_epoch, self.config.train.seed
+        return self.batches.before_transfer(
+            batch, lambda indices: [sample_seed(seed, epoch, i) for i in indices])
 
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
-        """The loader sends uint8 images and masks; augment them here when the parameters came
-        with the batch, and normalise, on the device."""
-        images, masks, indices, *params = batch
-        if params:
-            images, masks = self.device_augment.apply(images, masks, params[0])
-        if self.device.type == "cuda" and self.config.train.channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
-        if params or images.dtype == torch.uint8:
-            images = normalise_images(images, self.config.data.mean, self.config.data.std)
-        return images, masks.float(), indices
+        """On the device: gather (split on the device), augment, channels_last, normalise."""
+        return self.batches.after_transfer(batch, self.device)
 
     def on_train_start(self) -> None:
         if self._rng_to_restore is not None:

@@ -1,0 +1,85 @@
+"""The training split kept on the device (`data.gather_on`) and the batch hooks
+(`dermaseg.train.device_batches`), on CPU: the GPU case is tests/test_cuda.py."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from dermaseg.config import load_config
+from dermaseg.data.dataset import PreparedDataset
+from dermaseg.data.prepare import prepare_dataset
+from dermaseg.errors import DermasegError
+from dermaseg.train.datamodule import SegmentationDataModule
+from dermaseg.train.device_batches import (
+    DeviceSplit,
+    TrainingBatches,
+    gather_on_device,
+    split_bytes,
+)
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory, synth_dir):
+    out = tmp_path_factory.mktemp("prepared")
+    prepare_dataset(synth_dir, out, size=40, val=0.25, test=0.0, seed=0, progress=False)
+    return out
+
+
+def config(*extra: str):
+    return load_config(None, ["data.image_size=40", "data.batch_size=3", "data.num_workers=0",
+                              *extra])
+
+
+def test_gather_on_rules():
+    assert gather_on_device("device", True, False, 10**12)  # asked for: no size limit
+    assert not gather_on_device("loader", True, True, 0)
+    assert not gather_on_device("auto", True, False, 0)  # auto: only on a GPU
+    assert not gather_on_device("auto", False, True, 0)  # auto: only with device augmentation
+    with pytest.raises(DermasegError, match="needs the augmentation on the device"):
+        gather_on_device("device", False, True, 0)
+    with pytest.raises(DermasegError, match="data.gather_on: must be one of"):
+        gather_on_device("gpu", True, True, 0)
+    assert split_bytes(10, 512) == 10 * 512 * 512 * 4
+
+
+def test_config_refuses_an_unknown_place():
+    with pytest.raises(DermasegError, match="data.gather_on: must be auto, loader or device"):
+        config("data.gather_on=gpu")
+
+
+@pytest.mark.parametrize("size", [40, 32])  # the prepared size, and re-letterboxed
+def test_split_on_the_device_holds_the_arrays(prepared, size):
+    dataset = PreparedDataset(prepared, "train", size, cache=False)
+    split = DeviceSplit(dataset, torch.device("cpu"))
+    indices = torch.tensor([len(dataset) - 1, 0, 2])
+    images, masks = split.gather(indices)
+    assert images.shape == (3, 3, size, size) and masks.shape == (3, 1, size, size)
+    assert images.is_contiguous(memory_format=torch.channels_last)
+    for row, index in enumerate(indices.tolist()):
+        image, mask = dataset.arrays(index)
+        assert np.array_equal(images[row].permute(1, 2, 0).numpy(), image)
+        assert np.array_equal(masks[row, 0].numpy(), mask)
+
+
+def test_gather_on_device_loader_yields_indices_alone(prepared):
+    module = SegmentationDataModule(config("data.augment_on=device", "data.gather_on=device"),
+                                    prepared)
+    module.setup("fit")
+    assert module.gather_on_device
+    batch = next(iter(module.train_dataloader()))
+    assert isinstance(batch, torch.Tensor) and batch.dtype == torch.int64
+    assert batch.shape == (3,) and len(set(batch.tolist())) == 3
+    loader = SegmentationDataModule(config("data.augment_on=device"), prepared)
+    loader.setup("fit")
+    assert not loader.gather_on_device  # auto, on a CPU: the loader gathers
+    images, masks, indices = next(iter(loader.train_dataloader()))
+    assert images.dtype == torch.uint8 and images.shape == (3, 3, 40, 40)
+
+
+def test_a_batch_of_indices_without_a_split_is_refused():
+    batches = TrainingBatches(config(), augment=None)
+    batch = batches.before_transfer(torch.tensor([0, 1]), seeds=lambda indices: indices)
+    with pytest.raises(DermasegError, match="no training split on the device"):
+        batches.after_transfer(batch, torch.device("cpu"))
