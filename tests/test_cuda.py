@@ -74,8 +74,11 @@ def prepared(tmp_path_factory, synth_dir):
 
 
 def test_bf16_training_on_the_gpu_waits_once_per_step(prepared, tmp_path):
-    """Device augmentation and bf16 on the GPU: the run trains, its only synchronisation per
-    step is the non-finite-loss guard's, and the checkpoint predicts on the GPU as on the CPU."""
+    """Device augmentation, the split on the GPU (`data.gather_on: auto`) and bf16: the run
+    trains, its only synchronisation per step is the non-finite-loss guard's, and the
+    checkpoint predicts on the GPU as on the CPU."""
+    import lightning as L
+
     from dermaseg.infer.predictor import Predictor
     from dermaseg.train.callbacks import SyncCounter
     from dermaseg.train.runner import train
@@ -84,8 +87,14 @@ def test_bf16_training_on_the_gpu_waits_once_per_step(prepared, tmp_path):
                                 "model.aspp_channels=16", f"data.image_size={SIZE}",
                                 "data.batch_size=2", "data.num_workers=2",
                                 "train.max_epochs=2", "train.precision=auto"])
-    syncs = SyncCounter(skip=1, steps=2)
-    summary = train(config, prepared, tmp_path / "run", progress=False, callbacks=[syncs])
+    class Placement(L.Callback):
+        def on_train_start(self, trainer, pl_module) -> None:
+            self.gathered_on_device = trainer.datamodule.gather_on_device
+
+    syncs, placement = SyncCounter(skip=1, steps=2), Placement()
+    summary = train(config, prepared, tmp_path / "run", progress=False,
+                    callbacks=[syncs, placement])
+    assert placement.gathered_on_device
     assert summary["precision"] == "bf16-mixed"
     assert syncs.per_step is not None and syncs.per_step <= 1, \
         "\n\n".join(sync_sites(syncs.stacks))
