@@ -15,7 +15,8 @@ Stages (--stages), each in its own process under a time limit (the whole run sta
    GPU busy fraction = pure compute step time / fed step time (1.0: the data never makes the
    GPU wait); the pipeline's own rate, alone; then the other placements and worker counts;
 3. a short real training (`dermaseg.train.runner.train`, bf16, ~3 min budget; --train-compile)
-   on the real set at 512 px: val Dice, NVML's busy percentage, host-device syncs per step.
+   on the real set at 512 px: val Dice, NVML's busy percentage (the whole run, and its
+   training steps from the second epoch on), host-device syncs per step.
 
 Real data: $DERMASEG_REAL, else ./local-data/derm-real (a git-ignored folder carried with the
 checkout); without it a synthetic set is generated (and the table says so). Results:
@@ -34,6 +35,7 @@ import threading
 import time
 from pathlib import Path
 
+import lightning as L
 import torch
 
 from common import RESULTS, machine, markdown_table
@@ -107,9 +109,10 @@ def stage_train(config, data: Path, minutes: float, smoke: bool, compile_mode: s
         import dermaseg.train.history as history
 
         history.plot_curves = lambda rows: b""
-    syncs = SyncCounter()
-    with tempfile.TemporaryDirectory() as out, UtilizationSampler(device_for(smoke)) as busy:
-        summary = train(config, data, Path(out) / "run", progress=False, callbacks=[syncs])
+    syncs, busy = SyncCounter(), UtilizationSampler(device_for(smoke))
+    with tempfile.TemporaryDirectory() as out, busy:
+        summary = train(config, data, Path(out) / "run", progress=False,
+                        callbacks=[syncs, TrainingPhase(busy)])
     best = summary.get("best", {})
     if syncs.stacks:
         print(f"host-device synchronisations in {syncs.steps} training iterations:\n"
@@ -120,22 +123,23 @@ def stage_train(config, data: Path, minutes: float, smoke: bool, compile_mode: s
             "best_epoch": summary.get("best_epoch"), "epochs": summary.get("epochs"),
             "images_per_s": summary.get("images_per_s"), "precision": summary.get("precision"),
             "minutes": summary.get("train_minutes"), "nvml_busy_pct": busy.mean_percent(),
-            "syncs_per_step": syncs.per_step}
+            "nvml_busy_steps_pct": busy.mean_percent("steps"), "syncs_per_step": syncs.per_step}
 
 
 class UtilizationSampler:
     """NVML's GPU utilisation (the share of time a kernel was running) sampled every 0.2 s in a
-    thread while the block runs: the whole training, its validation and checkpoints included."""
+    thread while the block runs, each sample tagged with `phase` at that moment."""
 
     def __init__(self, device: torch.device) -> None:
         self.device, self.samples = device, []
+        self.phase = "other"
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._sample, daemon=True)
 
     def _sample(self) -> None:
         while not self._stop.wait(0.2):
             try:
-                self.samples.append(torch.cuda.utilization(self.device))
+                self.samples.append((self.phase, torch.cuda.utilization(self.device)))
             except Exception:  # no NVML (pynvml missing or refused): no figure, not a failure
                 return
 
@@ -149,8 +153,28 @@ class UtilizationSampler:
         if self._thread.is_alive():
             self._thread.join()
 
-    def mean_percent(self) -> float | None:
-        return sum(self.samples) / len(self.samples) if self.samples else None
+    def mean_percent(self, phase: str | None = None) -> float | None:
+        """Mean of the samples (of `phase` only, when given); None without samples."""
+        values = [value for tag, value in self.samples if phase in (None, tag)]
+        return sum(values) / len(values) if values else None
+
+
+class TrainingPhase(L.Callback):
+    """Tags the sampler's samples "steps" while training batches run, from the second epoch
+    on (the first one compiles, with `train.compile`); "other" for start-up, validation and
+    checkpoints."""
+
+    def __init__(self, sampler: UtilizationSampler) -> None:
+        self.sampler = sampler
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        self.sampler.phase = "steps" if trainer.current_epoch >= 1 else "other"
+
+    def on_validation_start(self, trainer, pl_module) -> None:
+        self.sampler.phase = "other"
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        self.sampler.phase = "other"
 
 
 def run_stage(args: argparse.Namespace) -> None:
