@@ -325,7 +325,8 @@ def parse(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--warmup", type=int, help="warm-up steps (default 5; smoke 1)")
     parser.add_argument("--budget-s", type=float, default=440, help="whole run, seconds")
     parser.add_argument("--train-minutes", type=float, help="default 3 (smoke 0.1)")
-    parser.add_argument("--no-compile", action="store_true")
+    parser.add_argument("--no-compile", action="store_true",
+                        help="no torch.compile anywhere (the loader stage feeds bf16_cl)")
     parser.add_argument("--stages", default=",".join(DEFAULT_STAGES),
                         help=f"comma-separated, of {', '.join(STAGES)} "
                              f"(default {','.join(DEFAULT_STAGES)})")
@@ -346,6 +347,8 @@ def parse(argv: list[str]) -> argparse.Namespace:
     args.warmup = args.warmup or (1 if args.smoke else 5)
     args.train_minutes = args.train_minutes or (0.1 if args.smoke else 3.0)
     args.no_compile = args.no_compile or args.smoke
+    if args.no_compile and args.loader_mode in COMPILE_MODES:
+        args.loader_mode = "bf16_cl"
     args.stages = {name.strip() for name in args.stages.split(",") if name.strip()}
     if not args.stages <= set(STAGES):
         parser.error(f"--stages: unknown {', '.join(sorted(args.stages - set(STAGES)))}")
