@@ -71,7 +71,8 @@ def test_predict_killed_then_rerun_gives_every_mask_once(tiny_ckpt, tmp_path):
 TINY = ["model.arch=deeplabv3plus", "model.backbone=mobilenetv3_large_100",
         "model.aspp_channels=16", "model.decoder_channels=16", "data.image_size=48",
         "data.batch_size=4", "data.num_workers=0", "optim.scheduler=none",
-        "train.max_epochs=3", "train.checkpoint_every_steps=1", "train.seed=3"]
+        "train.max_epochs=3", "train.checkpoint_every_steps=1",
+        "train.checkpoint_every_minutes=0", "train.seed=3"]
 
 
 @pytest.mark.slow

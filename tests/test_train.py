@@ -32,7 +32,8 @@ TINY = [
     "model.arch=deeplabv3plus", "model.backbone=mobilenetv3_large_100",
     "model.aspp_channels=16", "model.decoder_channels=16", "data.image_size=48",
     "data.batch_size=4", "data.num_workers=0", "optim.lr=0.001", "optim.scheduler=plateau",
-    "train.max_epochs=3", "train.checkpoint_every_steps=2", "train.seed=7",
+    "train.max_epochs=3", "train.checkpoint_every_steps=2", "train.checkpoint_every_minutes=0",
+    "train.seed=7",
 ]
 STEPS_PER_EPOCH = 4  # 16 training images, batch 4
 TIMING_COLUMNS = {"seconds", "minutes", "train_seconds", "images_per_s"}
@@ -124,7 +125,44 @@ def test_checkpoints_load_for_inference(run):
         assert logits.shape == (2, 1, 48, 48) and torch.isfinite(logits).all()
     best = read_checkpoint(out / "best.ckpt")
     assert best["epoch"] == summary["best_epoch"]
-    assert read_checkpoint(out / "last.ckpt")["global_step"] == 3 * STEPS_PER_EPOCH
+    last = read_checkpoint(out / "last.ckpt")
+    assert last["global_step"] == 3 * STEPS_PER_EPOCH
+    # best.ckpt is for inference: no optimizer state, a fraction of last.ckpt's size
+    assert "optimizer_states" not in best and "optimizer_states" in last
+    assert (out / "best.ckpt").stat().st_size < 0.6 * (out / "last.ckpt").stat().st_size
+
+
+class RecordLastSaves(L.Callback):
+    """The global steps at which last.ckpt was (re)written, seen after every batch and at the
+    end of training."""
+
+    def __init__(self, path) -> None:
+        self.path, self.saved, self._mtime = path, [], None
+
+    def _look(self, trainer) -> None:
+        if self.path.exists() and self.path.stat().st_mtime_ns != self._mtime:
+            self._mtime = self.path.stat().st_mtime_ns
+            self.saved.append(read_checkpoint(self.path)["global_step"])
+
+    def on_train_batch_start(self, trainer, *args) -> None:
+        self._look(trainer)
+
+    def on_fit_end(self, trainer, *args) -> None:
+        self._look(trainer)
+
+
+@pytest.mark.parametrize(("minutes", "expected"), [
+    (0, [2, 4, 6, 8, 10, 12]),  # every 2 steps and every epoch end (4, 8 and 12)
+    (60, [12]),  # an hour apart: only the end of the run
+])
+def test_last_checkpoint_interval(prepared, tmp_path, minutes, expected):
+    out = tmp_path / "run"
+    record = RecordLastSaves(out / "last.ckpt")
+    train(tiny(f"train.checkpoint_every_minutes={minutes}"), prepared, out, progress=False,
+          callbacks=[record])
+    assert record.saved == expected
+    with Image.open(out / "curves.png") as image:  # drawn at the end whatever the interval
+        assert image.format == "PNG"
 
 
 def test_loss_goes_down(run):

@@ -113,6 +113,9 @@ class TrainConfig:
     threshold: float = 0.5
     nan_tolerance: int = 3  # skip up to N non-finite-loss batches in a row, then stop
     checkpoint_every_steps: int = 50  # also write last.ckpt every N optimizer steps (0: off)
+    # but at most once per this many minutes (each epoch's end is a save point too; 0: every
+    # save point); always at the end of the run
+    checkpoint_every_minutes: float = 1.0
 
 
 @dataclass
@@ -276,6 +279,7 @@ RULES: list[tuple[str, Any, str]] = [
     ("train.nan_tolerance", lambda v: v >= 0, ">= 0"),
     ("train.compile_mode", lambda v: v in COMPILE_MODES, f"one of {', '.join(COMPILE_MODES)}"),
     ("train.checkpoint_every_steps", lambda v: v >= 0, ">= 0 (0: only at epoch ends)"),
+    ("train.checkpoint_every_minutes", lambda v: v >= 0, ">= 0 (0: at every save point)"),
 ]
 
 

@@ -42,19 +42,30 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
 
 class LastCheckpoint(ModelCheckpoint):
-    """`last.ckpt` after every `every_n_steps` optimizer steps and at the end of every epoch.
+    """`last.ckpt` at the save points (every `every_n_steps` optimizer steps, every epoch's
+    end) that come at least `every_minutes` after the previous save, and when training ends.
+    Each save is a whole, consistent state, so a resume from any of them is exact; the
+    interval bounds the work a crash loses and keeps short epochs (a GPU) from spending
+    their time writing the optimizer's state.
 
     A ModelCheckpoint subclass so that Lightning runs it after the other callbacks (and after
     the best-checkpoint callback), and the file holds their updated state.
     """
 
-    def __init__(self, dirpath, every_n_steps: int) -> None:
+    def __init__(self, dirpath, every_n_steps: int, every_minutes: float = 0.0) -> None:
         super().__init__(dirpath=dirpath, filename="last", save_top_k=0,
                          every_n_train_steps=every_n_steps, enable_version_counter=False)
+        self.every_s = every_minutes * 60
+        self._saved_at = time.monotonic()
 
-    def _save_last_now(self, trainer: L.Trainer) -> None:
-        if not self._should_skip_saving_checkpoint(trainer):
+    def on_train_start(self, trainer, pl_module) -> None:
+        self._saved_at = time.monotonic()
+
+    def _save_last_now(self, trainer: L.Trainer, force: bool = False) -> None:
+        due = force or time.monotonic() - self._saved_at >= self.every_s
+        if due and not self._should_skip_saving_checkpoint(trainer):
             self._save_checkpoint(trainer, self.last_path())
+            self._saved_at = time.monotonic()
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         # Not after an epoch's last batch: resumed from there, Lightning would skip that
@@ -69,13 +80,14 @@ class LastCheckpoint(ModelCheckpoint):
             self._save_last_now(trainer)  # epochs without validation
 
     def on_validation_end(self, trainer, pl_module) -> None:
-        # Always, even if saved at this step before validation: the file must hold the
-        # epoch's validation results (early stopping, best score, history row).
-        if not trainer.sanity_checking:
+        # Even if saved at this step before validation: the file must hold the epoch's
+        # validation results (early stopping, best score, history row).
+        if not trainer.sanity_checking and time.monotonic() - self._saved_at >= self.every_s:
             self._save_checkpoint(trainer, self.last_path())
+            self._saved_at = time.monotonic()
 
     def on_train_end(self, trainer, pl_module) -> None:
-        self._save_last_now(trainer)  # a run stopped mid-epoch (time budget)
+        self._save_last_now(trainer, force=True)  # the run's end, unless saved at this step
 
     def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
         if self._last_global_step_saved >= 0 and os.path.isfile(self.last_path()):

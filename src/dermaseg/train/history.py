@@ -20,16 +20,20 @@ from lightning.pytorch.callbacks import Callback
 
 from dermaseg.fileio import write_bytes_atomic
 
+PLOT_EVERY_S = 30.0  # curves.png at most this often while training (a drawing: ~0.4 s)
 FIRST_COLUMNS = ["epoch", "train_loss", "val_loss", "val_dice", "val_iou"]
 LAST_COLUMNS = ["lr", "seconds", "minutes", "train_seconds", "images_per_s"]
 
 
 class History(Callback):
-    """Collects one row per validated epoch and writes `metrics.csv` + `curves.png` in `out`."""
+    """Collects one row per validated epoch and writes `metrics.csv` (every epoch) and
+    `curves.png` (at most every `plot_every_s` seconds, and when training ends) in `out`."""
 
-    def __init__(self, out: str | Path, plot: bool = True) -> None:
+    def __init__(self, out: str | Path, plot: bool = True,
+                 plot_every_s: float = PLOT_EVERY_S) -> None:
         self.out = Path(out)
-        self.plot = plot
+        self.plot, self.plot_every_s = plot, plot_every_s
+        self._plotted_at = -math.inf
         self.rows: list[dict[str, float]] = []
         self._epoch_start = self._train_end = 0.0
         self._images = 0
@@ -72,10 +76,15 @@ class History(Callback):
         if trainer.is_global_zero:
             self._write()
 
-    def _write(self) -> None:
+    def on_train_end(self, trainer, pl_module) -> None:
+        if trainer.is_global_zero and self.rows:
+            self._write(final=True)
+
+    def _write(self, final: bool = False) -> None:
         write_bytes_atomic(self.out / "metrics.csv", rows_to_csv(self.rows).encode())
-        if self.plot:
+        if self.plot and (final or time.monotonic() - self._plotted_at >= self.plot_every_s):
             write_bytes_atomic(self.out / "curves.png", plot_curves(self.rows))
+            self._plotted_at = time.monotonic()
 
     def state_dict(self) -> dict[str, Any]:
         return {"rows": [dict(row) for row in self.rows], "epoch_lr": self._lr}

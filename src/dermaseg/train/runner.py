@@ -1,7 +1,9 @@
 """`train(config, data_dir, out_dir)`: one training run, from a Config to a run folder.
 
-RUN_DIR receives config.yaml (resolved), best.ckpt (highest val Dice), last.ckpt (every epoch
-and every `train.checkpoint_every_steps` steps), metrics.csv, curves.png and summary.json.
+RUN_DIR receives config.yaml (resolved), best.ckpt (highest val Dice; weights and metadata),
+last.ckpt (the whole state for --resume: at epoch ends and every `train.checkpoint_every_steps`
+steps, at most once per `train.checkpoint_every_minutes`, and at the end), metrics.csv,
+curves.png and summary.json.
 
 Precision: `train.precision=auto` is bf16 autocast on CUDA, fp32 on CPU; channels_last and
 `torch.compile` (`train.compile`) apply on GPU.
@@ -141,10 +143,11 @@ def build_callbacks(config: Config, out_dir: Path) -> list[Callback]:
         EarlyStopping(monitor="val_loss", mode="min", patience=t.early_stop_patience,
                       check_on_train_epoch_end=False),
         LateFreeze(t.freeze_backbone_epoch, t.freeze_after_lr_drops),
+        # weights and ModelMeta only: a third of a full checkpoint (no optimizer state)
         ModelCheckpoint(dirpath=out_dir, filename="best", monitor="val_dice", mode="max",
-                        save_top_k=1, save_on_train_epoch_end=False,
+                        save_top_k=1, save_on_train_epoch_end=False, save_weights_only=True,
                         enable_version_counter=False, auto_insert_metric_name=False),
-        LastCheckpoint(out_dir, t.checkpoint_every_steps),
+        LastCheckpoint(out_dir, t.checkpoint_every_steps, t.checkpoint_every_minutes),
     ]
     if t.max_minutes is not None:
         callbacks.insert(1, TimeBudget(t.max_minutes))
