@@ -48,6 +48,26 @@ def test_demo_on_a_small_user_folder_makes_every_artefact(tmp_path):
     assert 0.0 <= result.test_dice <= 1.0
     text = "\n".join(result.lines)
     assert "Your data" in text and "synthetic task" not in text
+    # a second demo into the same folder replaces the first one's run (`make demo` twice)
+    said: list[str] = []
+    torch.set_num_threads(1)
+    try:
+        run_demo(out, tmp_path / "mine", minutes=0.05, say=said.append)
+    finally:
+        torch.set_num_threads(threads)
+    assert any("replacing the earlier run" in line for line in said)
+    assert (out / "run" / "best.ckpt").is_file()
+
+
+def test_demo_keeps_a_folder_that_is_not_a_run(tmp_path):
+    synth_dataset(7, tmp_path / "mine", seed=1, options=SynthOptions(size=(96, 72)),
+                  progress=False)
+    (tmp_path / "demo" / "run").mkdir(parents=True)
+    (tmp_path / "demo" / "run" / "notes.txt").write_text("mine")
+    code, output = run_cli("demo", "--data", tmp_path / "mine", "-o", tmp_path / "demo",
+                           "--minutes", "0.05")
+    assert code == 2 and "is not a training run" in output, output
+    assert (tmp_path / "demo" / "run" / "notes.txt").read_text() == "mine"
 
 
 def test_doctor_reports_this_machine(tmp_path):

@@ -6,6 +6,7 @@ Every step is the library function the CLI command of the same name calls.
 
 from __future__ import annotations
 
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -67,7 +68,7 @@ def run_demo(out: str | Path, data: str | Path | None = None, *, images: int = 1
     run_dir = result.out / "run"
     config = demo_config(minutes, seed)
     config.data.batch_size = _batch_size(prepared, config.data.batch_size)
-    _stage(result, "train", say, lambda: _train(config, prepared, run_dir))
+    _stage(result, "train", say, lambda: _train(config, prepared, run_dir, say))
     summary = _stage(result, "evaluate", say,
                      lambda: _evaluate(run_dir / "best.ckpt", prepared, result.out / "eval"))
     result.test_dice = summary["overall"]["dice"]
@@ -128,9 +129,19 @@ def _batch_size(prepared: Path, wanted: int) -> int:
     return min(wanted, train)
 
 
-def _train(config: Config, prepared: Path, run_dir: Path) -> dict:
+def _train(config: Config, prepared: Path, run_dir: Path, say: Callable[[str], None]) -> dict:
+    """A fresh run in `run_dir`, replacing an earlier demo's (a second `make demo` works).
+
+    Raises:
+        UsageError: `run_dir` exists and is not a training run folder.
+    """
     from dermaseg.train.runner import train
 
+    if run_dir.exists():
+        if not (run_dir / "config.yaml").is_file():
+            raise UsageError(f"{run_dir}: exists and is not a training run; choose another -o")
+        say(f"replacing the earlier run in {run_dir}")
+        shutil.rmtree(run_dir)
     return train(config, prepared, run_dir, progress=True)
 
 

@@ -1,6 +1,7 @@
 """What Lightning lacks: late backbone freezing, a time budget that finishes whole epochs, a
-non-finite-loss guard, `last.ckpt` every N steps and every epoch, atomic checkpoint files,
-progress as plain lines when the output is a log file.
+non-finite-loss guard, `last.ckpt` every N steps and every epoch (at most once per interval),
+atomic checkpoint files, progress as plain lines when the output is a log file, the loss in
+the progress bar without a per-step sync, and a counter of host-device syncs (GPU runs).
 
 Every callback keeps its state in the checkpoint (`state_dict`), so a resumed run behaves as
 the uninterrupted one would have.
