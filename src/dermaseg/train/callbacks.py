@@ -62,9 +62,14 @@ class LastCheckpoint(ModelCheckpoint):
     def on_train_start(self, trainer, pl_module) -> None:
         self._saved_at = time.monotonic()
 
+    def _due(self, trainer: L.Trainer) -> bool:
+        due = time.monotonic() - self._saved_at >= self.every_s
+        if trainer.world_size > 1:  # one decision for every process: saving is collective
+            due = trainer.strategy.broadcast(due)
+        return due
+
     def _save_last_now(self, trainer: L.Trainer, force: bool = False) -> None:
-        due = force or time.monotonic() - self._saved_at >= self.every_s
-        if due and not self._should_skip_saving_checkpoint(trainer):
+        if (force or self._due(trainer)) and not self._should_skip_saving_checkpoint(trainer):
             self._save_checkpoint(trainer, self.last_path())
             self._saved_at = time.monotonic()
 
@@ -83,7 +88,7 @@ class LastCheckpoint(ModelCheckpoint):
     def on_validation_end(self, trainer, pl_module) -> None:
         # Even if saved at this step before validation: the file must hold the epoch's
         # validation results (early stopping, best score, history row).
-        if not trainer.sanity_checking and time.monotonic() - self._saved_at >= self.every_s:
+        if not trainer.sanity_checking and self._due(trainer):
             self._save_checkpoint(trainer, self.last_path())
             self._saved_at = time.monotonic()
 
