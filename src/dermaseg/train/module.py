@@ -15,6 +15,7 @@ from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.utilities import rank_zero_info
 from torchmetrics import MeanMetric
 
 from dermaseg.config import Config, OptimConfig, validate_config
@@ -66,7 +67,11 @@ class SegmentationModule(L.LightningModule):
             self.model.to(memory_format=torch.channels_last)
         datamodule = getattr(self.trainer, "datamodule", None)
         if getattr(datamodule, "gather_on_device", False):  # data.gather_on
-            self.batches.split = DeviceSplit(datamodule.train_set.base, self.device)
+            split = DeviceSplit(datamodule.train_set.base, self.device)
+            self.batches.split = split
+            size = (split.images.nbytes + split.masks.nbytes) / 2**30
+            rank_zero_info(f"data.gather_on: the {len(split.images)} training images are on "
+                           f"{self.device} ({size:.2f} GiB); the loader yields indices alone")
 
     def on_before_batch_transfer(self, batch, dataloader_idx: int):
         """Training batches: draw each sample's augmentation parameters (CPU) when the

@@ -251,6 +251,8 @@ def train(config: Config, data_dir: str | os.PathLike, out_dir: str | os.PathLik
     warnings.filterwarnings("ignore", message=".*overridden `on_(before|after)_batch_transfer`")
     # Lightning 2.6 calls a torch pytree API deprecated in torch 2.10: nothing a user can act on.
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
+    if datamodule.gather_on_device:  # the loader yields indices alone: no workers needed
+        warnings.filterwarnings("ignore", message="The 'train_dataloader' does not have many")
     trainer = build_trainer(config, out_dir, devices, num_nodes, callbacks, progress)
     if trainer.is_global_zero:
         out_dir.mkdir(parents=True, exist_ok=True)
