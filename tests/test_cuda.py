@@ -87,6 +87,7 @@ def test_bf16_training_on_the_gpu_waits_once_per_step(prepared, tmp_path):
                                 "model.aspp_channels=16", f"data.image_size={SIZE}",
                                 "data.batch_size=2", "data.num_workers=2",
                                 "train.max_epochs=2", "train.precision=auto"])
+
     class Placement(L.Callback):
         def on_train_start(self, trainer, pl_module) -> None:
             self.gathered_on_device = trainer.datamodule.gather_on_device
