@@ -178,3 +178,16 @@ def test_losses_finite_under_autocast(dtype):
     assert torch.isfinite(total) and all(torch.isfinite(v) for v in parts.values())
     total.backward()
     assert torch.isfinite(conv.weight.grad).all()
+
+
+def test_pos_weight_first_used_under_inference_mode_still_trains():
+    """The device constant behind `pos_weight` is made once and cached: made first under
+    torch.inference_mode (an evaluation, Lightning's validation), it must still serve a later
+    training step's backward."""
+    logits = torch.randn(2, 1, 8, 8)
+    target = (torch.rand(2, 1, 8, 8) > 0.5).float()
+    with torch.inference_mode():
+        bce_loss(logits, target, pos_weight=2.75)  # a weight no other test uses: a new entry
+    x = logits.clone().requires_grad_(True)
+    bce_loss(x, target, pos_weight=2.75).backward()
+    assert torch.isfinite(x.grad).all()

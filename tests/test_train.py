@@ -237,6 +237,20 @@ def test_resume_with_augmentation_on_the_device_matches_uninterrupted_run(prepar
     assert_same_run(full, out)
 
 
+def test_split_on_the_device_trains_the_same_weights(prepared, tmp_path):
+    """`data.gather_on=device` is the same run as the loader path: same batches, same
+    augmentation rounding, same dropout stream (the index loader draws nothing from the
+    global RNG), so bit-identical weights."""
+    runs = {}
+    for gather_on in ("loader", "device"):
+        out = tmp_path / gather_on
+        train(tiny("data.augment_on=device", f"data.gather_on={gather_on}",
+                   "train.max_epochs=1"), prepared, out, progress=False)
+        runs[gather_on] = model_state_dict(read_checkpoint(out / "last.ckpt"))
+    differ = [k for k in runs["loader"] if not torch.equal(runs["loader"][k], runs["device"][k])]
+    assert not differ, differ[:5]
+
+
 class RecordBatches(L.Callback):
     """The training batches as the model receives them (after the device-side hooks)."""
 

@@ -29,7 +29,10 @@ def upload(tensor: torch.Tensor, device: torch.device | str) -> torch.Tensor:
 @functools.lru_cache(maxsize=64)
 def _cached_constant(values: tuple[float, ...], shape: tuple[int, ...], device: torch.device,
                      dtype: torch.dtype) -> torch.Tensor:
-    return upload(torch.tensor(values, dtype=dtype).view(shape), device)
+    # a normal tensor even when first asked for under torch.inference_mode (validation): an
+    # inference tensor could not be saved for a later training step's backward
+    with torch.inference_mode(False):
+        return upload(torch.tensor(values, dtype=dtype).view(shape), device)
 
 
 def constant(values: Sequence[float], device: torch.device | str, shape: Sequence[int] = (-1,),

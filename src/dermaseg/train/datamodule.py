@@ -243,7 +243,10 @@ class SegmentationDataModule(L.LightningDataModule):
         if self.gather_on_device:  # indices only: the module gathers from its DeviceSplit
             return DataLoader(IndexDataset(len(self.train_set)),
                               batch_size=self.config.data.batch_size,
-                              sampler=self.train_sampler, drop_last=True)
+                              sampler=self.train_sampler, drop_last=True,
+                              # its own generator: an iterator draws nothing from the global
+                              # RNG (dropout), as the workers' loader
+                              generator=torch.Generator().manual_seed(self.config.train.seed))
         return self._loader(self.train_set, self.train_sampler, drop_last=True)
 
     def val_dataloader(self) -> DataLoader:

@@ -81,9 +81,10 @@ class DeviceSplit:
             self.masks[start:stop] = torch.stack([torch.from_numpy(m) for _, m in pairs])
 
     def gather(self, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Images N x 3 x H x W (a channels_last view) and masks N x 1 x H x W, uint8."""
+        """Images N x 3 x H x W and masks N x 1 x H x W, uint8, contiguous as the loader's (the
+        augmentation then rounds exactly as on the loader path)."""
         indices = indices.to(self.images.device)
-        images = self.images.index_select(0, indices).permute(0, 3, 1, 2)
+        images = self.images.index_select(0, indices).permute(0, 3, 1, 2).contiguous()
         return images, self.masks.index_select(0, indices).unsqueeze(1)
 
 
