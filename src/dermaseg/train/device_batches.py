@@ -20,11 +20,10 @@ from torch.utils.data import Dataset
 
 from dermaseg.config import Config
 from dermaseg.data.dataset import PreparedDataset
-from dermaseg.data.device_augment import DeviceAugment
+from dermaseg.data.device_augment import PLACES, DeviceAugment
 from dermaseg.data.transforms import normalise_images
 from dermaseg.errors import DermasegError
 
-PLACES = ("auto", "loader", "device")
 DEVICE_SHARE = 0.25  # auto: the split may take at most this share of the GPU's memory
 CHUNK = 64  # items copied to the device at a time
 
