@@ -68,10 +68,13 @@ class LastCheckpoint(ModelCheckpoint):
             due = trainer.strategy.broadcast(due)
         return due
 
+    def _write(self, trainer: L.Trainer) -> None:
+        self._save_checkpoint(trainer, self.last_path())
+        self._saved_at = time.monotonic()
+
     def _save_last_now(self, trainer: L.Trainer, force: bool = False) -> None:
         if (force or self._due(trainer)) and not self._should_skip_saving_checkpoint(trainer):
-            self._save_checkpoint(trainer, self.last_path())
-            self._saved_at = time.monotonic()
+            self._write(trainer)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         # Not after an epoch's last batch: resumed from there, Lightning would skip that
@@ -89,8 +92,7 @@ class LastCheckpoint(ModelCheckpoint):
         # Even if saved at this step before validation: the file must hold the epoch's
         # validation results (early stopping, best score, history row).
         if not trainer.sanity_checking and self._due(trainer):
-            self._save_checkpoint(trainer, self.last_path())
-            self._saved_at = time.monotonic()
+            self._write(trainer)
 
     def on_train_end(self, trainer, pl_module) -> None:
         self._save_last_now(trainer, force=True)  # the run's end, unless saved at this step
