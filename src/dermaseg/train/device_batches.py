@@ -8,9 +8,9 @@ made channels_last and normalised on the device.
 With `data.gather_on: device` (auto: on a GPU, when the augmentation runs there too and the
 split takes at most a quarter of the GPU's memory) the whole training split is copied to the
 device once (`DeviceSplit`) and the loader yields only sample indices: no worker processes,
-no shared-memory batches, no host-to-device copy per step. On an H100 the main process's
-share of receiving each batch from 8 workers was what kept a CUDA-graph step waiting (busy
-0.81, bench/results/gpu_graphs.md).
+no shared-memory batches, no host-to-device copy per step. On an H100 a CUDA-graph step fed
+this way was busy 0.94 of the time, fed by 8 workers 0.66-0.81 (the main process receiving
+each batch; bench/results/gpu.md, gpu_graphs.md).
 """
 
 from __future__ import annotations
