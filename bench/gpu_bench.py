@@ -31,16 +31,15 @@ import os
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
-import lightning as L
 import torch
 
 from common import RESULTS, machine, markdown_table
 from dermaseg.data.upload import sync_sites
 from gpu_loader import stage_loader
+from gpu_monitor import TrainingPhase, UtilizationSampler
 from gpu_steps import (
     COMPILE_MODES,
     device_for,
@@ -97,7 +96,7 @@ def stage_train(config, data: Path, minutes: float, smoke: bool, compile_mode: s
     from dermaseg.train.runner import train
 
     overrides = recipe_overrides(smoke) + [f"train.max_minutes={minutes}",
-                                           "train.max_epochs=1" if smoke else
+                                           "train.max_epochs=2" if smoke else
                                            "train.max_epochs=1000",
                                            "train.precision=auto"]
     if compile_mode:
@@ -110,9 +109,10 @@ def stage_train(config, data: Path, minutes: float, smoke: bool, compile_mode: s
 
         history.plot_curves = lambda rows: b""
     syncs, busy = SyncCounter(), UtilizationSampler(device_for(smoke))
+    phase = TrainingPhase(busy)
     with tempfile.TemporaryDirectory() as out, busy:
         summary = train(config, data, Path(out) / "run", progress=False,
-                        callbacks=[syncs, TrainingPhase(busy)])
+                        callbacks=[syncs, phase])
     best = summary.get("best", {})
     if syncs.stacks:
         print(f"host-device synchronisations in {syncs.steps} training iterations:\n"
@@ -123,58 +123,8 @@ def stage_train(config, data: Path, minutes: float, smoke: bool, compile_mode: s
             "best_epoch": summary.get("best_epoch"), "epochs": summary.get("epochs"),
             "images_per_s": summary.get("images_per_s"), "precision": summary.get("precision"),
             "minutes": summary.get("train_minutes"), "nvml_busy_pct": busy.mean_percent(),
-            "nvml_busy_steps_pct": busy.mean_percent("steps"), "syncs_per_step": syncs.per_step}
-
-
-class UtilizationSampler:
-    """NVML's GPU utilisation (the share of time a kernel was running) sampled every 0.2 s in a
-    thread while the block runs, each sample tagged with `phase` at that moment."""
-
-    def __init__(self, device: torch.device) -> None:
-        self.device, self.samples = device, []
-        self.phase = "other"
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._sample, daemon=True)
-
-    def _sample(self) -> None:
-        while not self._stop.wait(0.2):
-            try:
-                self.samples.append((self.phase, torch.cuda.utilization(self.device)))
-            except Exception:  # no NVML (pynvml missing or refused): no figure, not a failure
-                return
-
-    def __enter__(self) -> UtilizationSampler:
-        if self.device.type == "cuda":
-            self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join()
-
-    def mean_percent(self, phase: str | None = None) -> float | None:
-        """Mean of the samples (of `phase` only, when given); None without samples."""
-        values = [value for tag, value in self.samples if phase in (None, tag)]
-        return sum(values) / len(values) if values else None
-
-
-class TrainingPhase(L.Callback):
-    """Tags the sampler's samples "steps" while training batches run, from the second epoch
-    on (the first one compiles, with `train.compile`); "other" for start-up, validation and
-    checkpoints."""
-
-    def __init__(self, sampler: UtilizationSampler) -> None:
-        self.sampler = sampler
-
-    def on_train_epoch_start(self, trainer, pl_module) -> None:
-        self.sampler.phase = "steps" if trainer.current_epoch >= 1 else "other"
-
-    def on_validation_start(self, trainer, pl_module) -> None:
-        self.sampler.phase = "other"
-
-    def on_train_epoch_end(self, trainer, pl_module) -> None:
-        self.sampler.phase = "other"
+            "nvml_busy_steps_pct": busy.mean_percent("steps"), "syncs_per_step": syncs.per_step,
+            "lightning_step_ms": phase.step_ms()}
 
 
 def run_stage(args: argparse.Namespace) -> None:

@@ -106,4 +106,5 @@ def test_gpu_bench_smoke_on_cpu(tmp_path):
     assert on_device["loader_alone_images_per_s"] > 0
     assert variants["gather_on loader, 1 workers"]["workers"] == 1
     assert 0 <= payload["train"]["val_dice"] <= 1
+    assert payload["train"]["epochs"] == 2 and payload["train"]["lightning_step_ms"] > 0
     assert "bf16_cl_compile" not in payload["stages"]  # compiled steps: not default stages
