@@ -253,10 +253,10 @@ def write_results(results: dict, status: dict, args: argparse.Namespace) -> dict
     device = info.get("gpu", info["cpu"])
     config = "ResNet-18 64 px batch 2 (smoke)" if args.smoke else \
         "DeepLab-v3 ResNet-50 512x512 batch 8, random weights"
-    text = (f"### GPU training: {config} on {device}\n\n{markdown_table(rows)}\n\n"
-            f"{markdown_table(loader_rows)}\n\n"
-            f"{markdown_table([results['train']] if results.get('train') else [])}\n\n"
-            f"- Data: {(results.get('prepare') or {}).get('source', 'none')}.\n"
+    tables = [rows, loader_rows, [results["train"]] if results.get("train") else []]
+    text = (f"### GPU training: {config} on {device}\n\n"
+            + "".join(f"{markdown_table(table)}\n\n" for table in tables if table)
+            + f"- Data: {(results.get('prepare') or {}).get('source', 'none')}.\n"
             "- fp32 = PyTorch defaults (cuDNN may use TF32 for convolutions), fp32_strict = "
             "TF32 off; speed-ups are "
             "images/s against fp32 eager in the same run; busy fraction = pure compute step "
