@@ -17,7 +17,7 @@ from badinputs import run_cli
 from dermaseg.config import load_config
 from dermaseg.data.prepare import prepare_dataset
 from dermaseg.data.synth import SynthOptions, synth_dataset
-from dermaseg.train.plan import VALIDATION_SHARE, configs_folder, make_plan
+from dermaseg.train.plan import VALIDATION_SHARE, configs_folder, make_plan, plan_workers
 from dermaseg.train.probe import CPU_BATCHES, Probe, choose_batch, keep_probing
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -145,6 +145,24 @@ def test_gpu_rule_caps_the_batch_at_5_percent_of_the_training_items():
     assert choose_batch(probes, gpu=True, items=2594)[0] == 64  # ISIC 2018: no cap
     assert choose_batch(probes, gpu=True, items=20)[0] == 2  # never below the smallest
     assert choose_batch(probes, gpu=False, items=136)[0] == 64  # the CPU rule has no cap
+
+
+def test_gpu_workers_say_when_the_split_stays_on_the_gpu():
+    """The H100 plan of the real set said 8 workers keep the GPU fed, although data.gather_on
+    auto kept its 136 items (0.13 GiB at 512 px) on the GPU and the loader had no workers."""
+    config = load_config(configs_folder() / "deeplabv3plus_resnet50_isic.yaml")
+    config.data.image_size = 512
+    on_gpu = plan_workers(config, "cuda", 16, items=136, gpu_memory_gib=79.2)
+    assert on_gpu.value == 8 and "unused while data.gather_on: auto keeps the 136" in on_gpu.reason
+    assert "0.13 GiB" in on_gpu.reason
+    too_big = plan_workers(config, "cuda", 16, items=136, gpu_memory_gib=0.4)  # > 1/4 of it
+    assert too_big.value == 8 and "unused" not in too_big.reason
+    config.data.gather_on = "loader"
+    assert "unused" not in plan_workers(config, "cuda", 16, 136, 79.2).reason
+    config.data.gather_on, config.data.augment_on = "auto", "loader"
+    assert "unused" not in plan_workers(config, "cuda", 16, 136, 79.2).reason
+    config.data.num_workers = 3
+    assert plan_workers(config, "cpu", 2, 136).value == 3  # CPU: the recipe's
 
 
 def test_cpu_rule_takes_the_smallest_near_the_best():

@@ -217,14 +217,26 @@ def plan_image_size(config: Config, prepared: int) -> Decision:
     return Decision("image size", size, "the recipe's, the prepared size")
 
 
-def plan_workers(config: Config, device: str, cores: int) -> Decision:
-    """GPU: min(8, cores - 1) loader workers (at least 1); elsewhere the recipe's."""
-    if device == "cuda":
-        workers = max(1, min(8, cores - 1))
-        return Decision("num_workers", workers, f"GPU: min(8, {cores} cores - 1) loader "
-                        "processes keep it fed; one core left for the training process")
-    return Decision("num_workers", config.data.num_workers,
-                    "the recipe's: on CPU the loader competes with training for the cores")
+def plan_workers(config: Config, device: str, cores: int, items: int,
+                 gpu_memory_gib: float | None = None) -> Decision:
+    """GPU: min(8, cores - 1) loader workers (at least 1), saying when `data.gather_on` will
+    keep the training split on the GPU instead (workers unused); elsewhere the recipe's."""
+    if device != "cuda":
+        return Decision("num_workers", config.data.num_workers,
+                        "the recipe's: on CPU the loader competes with training for the cores")
+    from dermaseg.train.device_batches import DEVICE_SHARE, split_bytes
+
+    workers = max(1, min(8, cores - 1))
+    why = (f"GPU: min(8, {cores} cores - 1) loader processes keep it fed; one core left for "
+           "the training process")
+    data = config.data
+    nbytes = split_bytes(items, data.image_size)
+    fits = gpu_memory_gib is not None and nbytes <= DEVICE_SHARE * gpu_memory_gib * 2**30
+    if data.augment_on in ("auto", "device") and (
+            data.gather_on == "device" or (data.gather_on == "auto" and fits)):
+        why += (f"; unused while data.gather_on: {data.gather_on} keeps the {items} training "
+                f"items ({nbytes / 2**30:.2f} GiB) on the GPU")
+    return Decision("num_workers", workers, why)
 
 
 def plan_pos_weight(config: Config, lesion: dict | None) -> Decision:
@@ -336,7 +348,8 @@ def make_plan(prep: Path, *, device: str = "auto", base: Path | None = None,
         raise UsageError(f"{prep / MANIFEST}: no training items; prepare more data")
     batch, plan.probes, plan.images_per_s = plan_batch(config, device, items, probe, report)
     config.data.batch_size = batch.value
-    workers = plan_workers(config, device, machine["cpu_cores"])
+    workers = plan_workers(config, device, machine["cpu_cores"], items,
+                           machine.get("gpu_memory_gib"))
     config.data.num_workers = workers.value
     weight = plan_pos_weight(config, dataset["lesion_fraction"])
     config.loss.pos_weight = weight.value
