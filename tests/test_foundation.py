@@ -16,7 +16,7 @@ from dermaseg import __version__
 from dermaseg.checkpoint import load_model, read_checkpoint, save_checkpoint
 from dermaseg.config import Config, ModelConfig, load_config
 from dermaseg.data.geometry import Letterbox, letterbox_image, restore_probability
-from dermaseg.errors import DermasegError
+from dermaseg.errors import DermasegError, UsageError
 from dermaseg.fileio import atomic_path, read_rgb
 from dermaseg.model_meta import ModelMeta
 
@@ -54,6 +54,22 @@ def test_bad_config_names_field(tmp_path, text, field):
     recipe.write_text(text)
     with pytest.raises(DermasegError, match=field):
         load_config(recipe)
+
+
+def test_override_mistakes_name_the_override_not_the_recipe(tmp_path):
+    """`--set train.max_minute=1` was reported as an unknown field of the recipe file."""
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("train:\n  seed: 1\n")
+    cases = [("train.max_minute=1", "no field 'max_minute' in train; did you mean "
+              "train.max_minutes?"),
+             ("trian.seed=1", "no field 'trian' in the config; did you mean train?"),
+             ("train.seed.x=1", "train.seed is a value, not a section"),
+             ("train.seed", "expected section.key=value")]
+    for item, words in cases:
+        with pytest.raises(UsageError) as info:
+            load_config(recipe, [item])
+        assert str(info.value).startswith(f"--set {item}: ") and words in str(info.value)
+        assert "r.yaml" not in str(info.value)
 
 
 def test_default_config_is_the_tutorial():

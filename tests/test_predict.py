@@ -168,6 +168,42 @@ def test_output_folder_may_be_the_input_folder(tiny_ckpt, synth_dir, tmp_path):
     assert code == 0 and "0 written, 3 already there, 0 failed" in output, output
 
 
+def test_ground_truth_masks_in_the_output_folder_are_never_touched(tiny_ckpt, synth_dir,
+                                                                     tmp_path):
+    """`predict data/ -o data/ --overwrite` on an ISIC folder wrote over its ground truth."""
+    data = tmp_path / "data"
+    data.mkdir()
+    for source in sorted(synth_dir.glob("synth_000[1-2]*")):
+        shutil.copy(source, data)
+    truths = {p: p.read_bytes() for p in data.glob("*_segmentation.png")}
+    assert len(truths) == 2
+    for extra in ([], ["--overwrite"]):
+        code, output = run_cli("predict", tiny_ckpt, data, "-o", data, "--quiet", *extra)
+        assert code == 2 and "did not write" in output and "ground truth" in output, output
+    assert {p: p.read_bytes() for p in data.glob("*_segmentation.png")} == truths
+    assert not (data / "predict.json").exists()
+
+
+def test_rerun_with_another_model_or_settings_is_refused_unless_overwrite(
+        tiny_ckpt, synth_dir, tmp_path):
+    """A rerun with --min-area or another checkpoint skipped every image ("already there")
+    and kept the first run's masks."""
+    image, out = synth_dir / "synth_0001.jpg", tmp_path / "out"
+    assert run_cli("predict", tiny_ckpt, image, "-o", out, "-q")[0] == 0
+    code, output = run_cli("predict", tiny_ckpt, image, "-o", out, "-q", "--min-area", "50")
+    assert code == 2 and "postprocess differ" in output and "--overwrite" in output, output
+    other = tmp_path / "other.ckpt"
+    shutil.copy(tiny_ckpt, other)
+    code, output = run_cli("predict", other, image, "-o", out, "-q")
+    assert code == 2 and "models differ" in output, output
+    code, output = run_cli("predict", other, image, "-o", out, "-q", "--overwrite")
+    assert code == 0 and "1 written" in output, output
+    code, output = run_cli("predict", other, image, "-o", out, "-q")  # now recorded: resume
+    assert code == 0 and "0 written, 1 already there" in output, output
+    settings = json.loads((out / "predict.json").read_text())["settings"]
+    assert settings["models"][0]["path"] == str(other.resolve())
+
+
 def test_webp_images_are_listed_and_predicted(predictor, tmp_path):
     folder = tmp_path / "in"
     folder.mkdir()

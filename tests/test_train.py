@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -416,6 +417,22 @@ def test_cli_reports_bad_input(monkeypatch, capsys, prepared, run, tmp_path):
     code, err = run_cli(monkeypatch, capsys, "-d", str(prepared), "-o", str(tmp_path / "r"),
                         "--resume")
     assert code == 2 and "no config.yaml" in err
+    before = {f.name: f.read_bytes() for f in run[0].iterdir() if f.is_file()}
+    code, err = run_cli(monkeypatch, capsys, "-d", str(prepared), "-o", str(run[0]), "--resume")
+    assert code == 2 and "has finished (stopped by max_epochs after 3 epochs)" in err, err
+    assert {f.name: f.read_bytes() for f in run[0].iterdir() if f.is_file()} == before
+    early = tmp_path / "killed_early"  # killed before its first last.ckpt
+    early.mkdir()
+    for name in ("config.yaml", "best.ckpt"):
+        shutil.copy(run[0] / name, early)
+    code, err = run_cli(monkeypatch, capsys, "-d", str(prepared), "-o", str(early), "--resume")
+    assert code == 2 and "at most once per train.checkpoint_every_minutes" in err, err
+    for option, words in ((["--minutes", "-1"], "--minutes -1.0: must be"),
+                          (["-s", "train.max_minute=1"], "did you mean train.max_minutes?")):
+        code, err = run_cli(monkeypatch, capsys, "-c", "configs/cpu_small.yaml", "-d",
+                            str(prepared), "-o", str(tmp_path / "r2"), *option)
+        assert code == 2 and words in err and "cpu_small.yaml" not in err, err
+        assert not (tmp_path / "r2").exists()
 
 
 def test_lr_shapes():

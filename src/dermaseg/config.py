@@ -340,14 +340,33 @@ def apply_override(data: dict[str, Any], item: str) -> None:
     """Set `a.b.c=value` in a nested dict; the value is parsed as YAML (numbers, lists, null)."""
     key, sep, raw = item.partition("=")
     if not sep or not key.strip():
-        raise DermasegError(f"override {item!r}: expected section.key=value")
+        raise UsageError(f"--set {item}: expected section.key=value")
     parts = key.strip().split(".")
+    _check_override_key(item, parts)
     node = data
     for part in parts[:-1]:
         node = node.setdefault(part, {})
         if not isinstance(node, dict):
-            raise DermasegError(f"override {item!r}: {part} is not a section")
+            raise UsageError(f"--set {item}: {part} is not a section")
     node[parts[-1]] = yaml.safe_load(raw)
+
+
+def _check_override_key(item: str, parts: list[str]) -> None:
+    """Raises UsageError naming the override when its key is not a field of Config."""
+    import difflib
+
+    section = Config
+    for depth, part in enumerate(parts):
+        where = ".".join(parts[:depth])
+        if not dataclasses.is_dataclass(section):
+            raise UsageError(f"--set {item}: {where} is a value, not a section")
+        names = sorted(f.name for f in fields(section))
+        if part not in names:
+            close = difflib.get_close_matches(part, names, n=1)
+            hint = f"; did you mean {'.'.join([*parts[:depth], close[0]])}?" if close else ""
+            raise UsageError(f"--set {item}: no field {part!r} in {where or 'the config'}{hint}"
+                             f" (valid: {', '.join(names)})")
+        section = get_type_hints(section)[part]
 
 
 def save_config(config: Config, path: str | Path) -> None:

@@ -38,6 +38,23 @@ def tta_config(tta: bool, scales: str | None):
     return TTAConfig(flips=flips, scales=values)
 
 
+def prediction_settings(model: str, tta, options) -> dict:
+    """What makes a mask: each model file (path, size, modification time), the TTA, the
+    post-processing and the pixel size (recorded in OUT/predict.json)."""
+    from dataclasses import asdict
+
+    models = []
+    for part in model.split(","):
+        path = Path(part.strip())
+        stat = path.stat()
+        models.append({"path": str(path.resolve()), "bytes": stat.st_size,
+                       "mtime_ns": stat.st_mtime_ns})
+    postprocess = options.postprocess
+    return {"models": models, "tta": asdict(tta) if tta else None,
+            "postprocess": asdict(postprocess) if postprocess else None,
+            "pixel_size_mm": options.pixel_size_mm}
+
+
 def refuse_prepared_inputs(inputs: list[str]) -> None:
     """A `data prepare` output holds letterboxed .npy arrays, not images to predict."""
     from dermaseg.data.prepare import is_prepared_folder
@@ -113,8 +130,9 @@ def predict(
     files, missing = list_inputs(inputs, exclude=out)
     if not files and not missing:
         raise UsageError(f"no images found in {', '.join(inputs)}")
-    predictor = load_predictor(model, device=device,
-                               tta=tta_config(tta, tta_scales), batch_size=batch_size)
+    tta_setting = tta_config(tta, tta_scales)
+    predictor = load_predictor(model, device=device, tta=tta_setting, batch_size=batch_size)
+    options.settings = prediction_settings(model, tta_setting, options)
     summary = predict_files(predictor, files, out, options, shard_index)
     summary.failed = missing + summary.failed
     if isinstance(predictor, Ensemble):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import typer
@@ -50,6 +51,8 @@ def _resolve_config(config: Path | None, out: Path, overrides: list[str], resume
 def _with_options(overrides: list[str], minutes: float | None, fold: int | None) -> list[str]:
     """--set overrides plus those --minutes (train.max_minutes) and --fold (data.fold) mean."""
     if minutes is not None:
+        if not (math.isfinite(minutes) and minutes > 0):
+            raise UsageError(f"--minutes {minutes}: must be a number of minutes > 0")
         overrides = [*overrides, f"train.max_minutes={minutes}"]
     if fold is not None:
         if fold < 0:

@@ -6,6 +6,7 @@ Outputs in OUT (the mask folder is exactly what the ISIC scorer reads):
     overlay/<id>_overlay.jpg     the image with the mask's contour drawn (--overlay)
     measurements/<id>.json       lesion measurements (--measure), gathered at the end into
     measurements.jsonl           one JSON object per line, sorted by id
+    predict.json                 the settings that made the masks (models, TTA, post-processing)
 The extras live in sub-folders because `isic-challenge-scoring` matches every file in the
 prediction folder whose name holds the image number, and two matches are an error.
 
@@ -13,7 +14,8 @@ Memory stays bounded: files are listed (paths only), decoded a few batches ahead
 pool, predicted one batch at a time and written at once. A mask is written last for its image,
 so an interrupted run is resumed by skipping images whose mask and requested extras all exist
 (`overwrite=False`); an image missing one of them is predicted again and all its outputs are
-rewritten.
+rewritten. Masks predict did not write (no predict.json: ground truth, say) are never
+touched; a rerun with other settings is refused unless `overwrite`.
 Several processes split the list with `shard=(i, n)`: image k goes to process k mod n.
 """
 
@@ -57,6 +59,9 @@ class PredictOptions:
     postprocess: object | None = None  # dermaseg.infer.postprocess.PostprocessConfig
     prefetch: int = 2  # batches decoded ahead of the model
     progress: bool = True
+    # what made the masks (models, TTA, post-processing...), recorded in OUT/predict.json:
+    # a rerun with other settings is refused unless `overwrite`
+    settings: dict | None = None
 
 
 @dataclass
@@ -67,6 +72,7 @@ class PredictSummary:
 
 
 OUTPUT_FOLDERS = ("prob", "overlay", "measurements")  # the extras, each in its own folder
+RECORD = "predict.json"  # the settings of the masks in OUT
 
 
 def mask_path(out: Path, image_id: str) -> Path:
@@ -90,6 +96,37 @@ def is_done(out: Path, image_id: str, options: PredictOptions) -> bool:
     wanted = [(True, mask_path), (options.save_prob, _prob_path),
               (options.overlay, _overlay_path), (options.measure, _measurement_path)]
     return all(where(out, image_id).exists() for asked, where in wanted if asked)
+
+
+def check_record(out: Path, ids: list[str], options: PredictOptions) -> None:
+    """Refuse to touch masks predict did not write (ground truth, say), and, unless
+    `overwrite`, to resume into masks made with other settings; then record the settings.
+
+    Raises:
+        UsageError: either case, naming OUT and what differs.
+    """
+    record = out / RECORD
+    present = any(mask_path(out, image_id).exists() for image_id in ids)
+    wanted = json.loads(json.dumps(options.settings))
+    if present and not record.is_file():
+        raise UsageError(
+            f"{display_path(out)}: holds <id>{MASK_SUFFIX} masks for these images that "
+            f"`dermaseg predict` did not write (no {RECORD}): ground truth, perhaps. Choose "
+            "another output folder (or delete those masks if they are old predictions)")
+    if present and not options.overwrite:
+        try:
+            earlier = json.loads(record.read_text()).get("settings")
+        except (OSError, ValueError, AttributeError) as exc:
+            raise UsageError(f"{display_path(record)}: unreadable ({exc}); pass --overwrite "
+                             "to predict again") from exc
+        changed = sorted(key for key in {**(earlier or {}), **(wanted or {})}
+                         if (earlier or {}).get(key) != (wanted or {}).get(key))
+        if changed:
+            raise UsageError(
+                f"{display_path(out)}: its masks were predicted with other settings "
+                f"({', '.join(changed)} differ from {RECORD}); pass --overwrite to predict "
+                "them again, or choose another output folder")
+    write_json_atomic(record, {"settings": wanted})
 
 
 def _is_input_image(path: Path) -> bool:
@@ -286,6 +323,7 @@ def predict_files(predictor, files: list[Path], out: Path, options: PredictOptio
     summary = PredictSummary()
     items, summary.failed = assign_ids(files)
     items = items[shard[0] :: shard[1]]
+    check_record(out, [image_id for image_id, _ in items], options)
     if not options.overwrite:
         summary.skipped = [i for i, _ in items if is_done(out, i, options)]
         done = set(summary.skipped)

@@ -19,6 +19,7 @@ callback and RNG state; see `dermaseg.train.datamodule` for why the data order m
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
@@ -128,12 +129,27 @@ def _check_paths(data_dir: Path, out_dir: Path, resume: bool) -> Path | None:
     last = out_dir / "last.ckpt"
     if resume:
         if not last.is_file():
-            raise UsageError(f"{last}: not found, nothing to resume")
+            early = (" (written at most once per train.checkpoint_every_minutes: the run "
+                     "stopped before its first; best.ckpt holds its best weights)"
+                     if (out_dir / "best.ckpt").is_file() else "")
+            raise UsageError(f"{last}: not found, nothing to resume{early}")
+        if (out_dir / "summary.json").is_file():
+            raise UsageError(f"{out_dir}: this run has finished ({_how_it_ended(out_dir)}), "
+                             "nothing to resume; train a new run with another -o")
         return last
     if last.exists() or (out_dir / "best.ckpt").exists():
         raise UsageError(f"{out_dir}: already holds a run (last.ckpt); add --resume to "
                          "continue it, or choose another -o")
     return None
+
+
+def _how_it_ended(out_dir: Path) -> str:
+    """"stopped by early_stopping after 27 epochs", from the run's summary.json."""
+    try:
+        summary = json.loads((out_dir / "summary.json").read_text())
+        return f"stopped by {summary['stopped_by']} after {summary['epochs']} epochs"
+    except (OSError, ValueError, KeyError, TypeError):
+        return "summary.json written"
 
 
 def build_callbacks(config: Config, out_dir: Path) -> list[Callback]:
