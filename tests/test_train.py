@@ -515,7 +515,7 @@ def test_progress_in_a_log_file_is_one_line_per_epoch(prepared, tmp_path):
     output = result.stdout + result.stderr
     lines = [line for line in output.splitlines()
              if line.startswith("epoch ") and ": batch " not in line]  # a slow epoch has those
-    assert [line.split(":")[0] for line in lines] == ["epoch 1/2", "epoch 2/2"]
+    assert [line.split(":")[0] for line in lines] == ["epoch 0/1", "epoch 1/1"]  # as files
     assert all("val_dice 0." in line and "lr " in line for line in lines)
     assert "\r" not in output and "━" not in output
 
@@ -530,9 +530,15 @@ def test_progress_lines_show_val_metrics_only_for_validated_epochs(prepared, tmp
               progress=False, callbacks=[ProgressLines(every_s=1e9)])
     lines = {m.split(":")[0]: m for r in caplog.records
              if (m := r.getMessage()).startswith("epoch ") and ": batch " not in m}
-    assert list(lines) == ["epoch 1/3", "epoch 2/3", "epoch 3/3"]
-    assert "val_dice" in lines["epoch 2/3"]
-    assert "val_" not in lines["epoch 1/3"] + lines["epoch 3/3"]
+    assert list(lines) == ["epoch 0/2", "epoch 1/2", "epoch 2/2"]
+    assert "val_dice" in lines["epoch 1/2"]
+    assert "val_" not in lines["epoch 0/2"] + lines["epoch 2/2"]
+    assert "last batch loss" in lines["epoch 0/2"]  # no metrics.csv row yet
+    with open(tmp_path / "run" / "metrics.csv") as handle:  # the validated line is its row
+        row = next(csv.DictReader(handle))
+    assert row["epoch"] == "1"
+    assert f"loss {float(row['train_loss']):.4f}, val_loss" in lines["epoch 1/2"]
+    assert f"lr {float(row['lr']):.2e}" in lines["epoch 1/2"]
 
 
 def test_progress_lines_inside_a_long_epoch(prepared, tmp_path, caplog):
@@ -542,5 +548,5 @@ def test_progress_lines_inside_a_long_epoch(prepared, tmp_path, caplog):
         train(tiny("train.max_epochs=1"), prepared, tmp_path / "run", progress=False,
               callbacks=[ProgressLines(every_s=0.0)])
     batches = [r.getMessage() for r in caplog.records if "batch " in r.getMessage()]
-    assert batches == [f"epoch 1/1: batch {i}/{STEPS_PER_EPOCH}, loss " + m.split("loss ")[1]
+    assert batches == [f"epoch 0/0: batch {i}/{STEPS_PER_EPOCH}, batch loss " + m.split("loss ")[1]
                        for i, m in zip(range(1, STEPS_PER_EPOCH + 1), batches, strict=True)]

@@ -295,19 +295,16 @@ class TimedLossBar(TQDMProgressBar):
 class ProgressLines(Callback):
     """Progress for output that is not a terminal (a log file, a batch job), where the
     progress bar shows nothing until the run ends: one line per epoch with its metrics, and
-    inside a long epoch a line every `every_s` seconds."""
+    inside a long epoch a line every `every_s` seconds. Epochs are numbered from 0, as in
+    metrics.csv and summary.json; a validated epoch's line shows its metrics.csv row (the
+    epoch's mean training loss and its learning rate)."""
 
     def __init__(self, every_s: float = 30.0) -> None:
         self.every_s = every_s
         self._epoch_start = self._last_line = 0.0
-        self._validated = False  # with train.val_every > 1, most epochs are not validated
 
     def on_train_epoch_start(self, trainer, pl_module) -> None:
         self._epoch_start = self._last_line = time.monotonic()
-        self._validated = False
-
-    def on_validation_epoch_end(self, trainer, pl_module) -> None:
-        self._validated = not trainer.sanity_checking
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if time.monotonic() - self._last_line < self.every_s:
@@ -316,13 +313,19 @@ class ProgressLines(Callback):
         loss = trainer.callback_metrics.get("loss")  # read only here: no per-step sync
         rank_zero_info(f"{self._epoch(trainer)}: batch {batch_idx + 1}/"
                        f"{trainer.num_training_batches}"
-                       + (f", loss {float(loss):.4f}" if loss is not None else ""))
+                       + (f", batch loss {float(loss):.4f}" if loss is not None else ""))
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
-        metrics = trainer.callback_metrics
-        names = ("loss", "val_loss", "val_dice", "val_iou") if self._validated else ("loss",)
-        parts = [f"{name} {float(metrics[name]):.4f}" for name in names if name in metrics]
-        lr = trainer.optimizers[0].param_groups[0]["lr"] if trainer.optimizers else None
+        row = _history_row(trainer)
+        if row is not None:
+            names = ("train_loss", "val_loss", "val_dice", "val_iou")
+            parts = [f"{name.removeprefix('train_')} {row[name]:.4f}" for name in names
+                     if name in row]
+            lr = row.get("lr")
+        else:  # not validated (train.val_every > 1): no row yet, the last batch's loss
+            loss = trainer.callback_metrics.get("loss")
+            parts = [f"last batch loss {float(loss):.4f}"] if loss is not None else []
+            lr = trainer.optimizers[0].param_groups[0]["lr"] if trainer.optimizers else None
         if lr is not None:
             parts.append(f"lr {lr:.2e}")
         parts.append(f"{time.monotonic() - self._epoch_start:.0f} s")
@@ -330,4 +333,15 @@ class ProgressLines(Callback):
 
     @staticmethod
     def _epoch(trainer) -> str:
-        return f"epoch {trainer.current_epoch + 1}/{trainer.max_epochs}"
+        return f"epoch {trainer.current_epoch}/{trainer.max_epochs - 1}"
+
+
+def _history_row(trainer) -> dict | None:
+    """This epoch's metrics.csv row (History's), once its validation has run; else None."""
+    from dermaseg.train.history import History
+
+    history = next((cb for cb in trainer.callbacks if isinstance(cb, History)), None)
+    if history is not None and history.rows and \
+            history.rows[-1]["epoch"] == trainer.current_epoch:
+        return history.rows[-1]
+    return None
