@@ -178,7 +178,7 @@ def test_predict_rerun_skips_done_masks_and_still_names_bad_inputs(corpus, predi
 
 @pytest.mark.parametrize("inputs,code,message", [
     (["empty"], 2, "no images found"),
-    (["absent.jpg"], 1, "absent.jpg: no such file or folder"),
+    (["absent.jpg"], 2, "absent.jpg: no such file or folder"),
     (["raw/zero.jpg", "raw/text.jpg"], 1, "2 input(s) could not be predicted"),
 ])
 def test_predict_refusals(corpus, tiny_ckpt, tmp_path, inputs, code, message):
@@ -187,6 +187,8 @@ def test_predict_refusals(corpus, tiny_ckpt, tmp_path, inputs, code, message):
                              "-o", tmp_path / "out", "--quiet")
     assert result == code and message in output and "Traceback" not in output
     assert not list((tmp_path / "out").glob("*.png"))
+    if code == 2:  # nothing to predict: no output folder left behind
+        assert not (tmp_path / "out").exists()
 
 
 def test_predict_refuses_a_named_pipe_instead_of_blocking(corpus, tiny_ckpt, tmp_path):

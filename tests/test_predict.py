@@ -240,6 +240,14 @@ def test_pixel_size_must_be_finite_and_positive(tiny_ckpt, synth_dir, tmp_path, 
     assert not (tmp_path / "out").exists()
 
 
+def test_pixel_size_without_measure_is_refused(tiny_ckpt, synth_dir, tmp_path):
+    """It was silently ignored: no measurement is made without --measure."""
+    code, output = run_cli("predict", tiny_ckpt, synth_dir / "synth_0001.jpg", "-o",
+                           tmp_path / "out", "--pixel-size", "0.01", "--quiet")
+    assert code == 2 and "--pixel-size 0.01: used only by --measure" in output, output
+    assert not (tmp_path / "out").exists()
+
+
 def test_image_between_one_and_two_times_the_pixel_limit_is_refused(predictor, tmp_path,
                                                                     monkeypatch):
     path = tmp_path / "big.png"

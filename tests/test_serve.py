@@ -280,3 +280,11 @@ def test_no_5xx_was_ever_answered_by_the_open_server(servers):
     statuses = [line.split('status="')[1][:3] for line in text.splitlines()
                 if line.startswith("dermaseg_requests_total{")]
     assert statuses and not [s for s in statuses if s.startswith("5")]
+
+
+def test_body_limit_message_shows_small_limits_in_mib():
+    """--max-upload-mb 0.05 was reported as "(0.0 MiB)"."""
+    from dermaseg.serve.guard import BodyTooLarge
+
+    assert BodyTooLarge(round(0.05 * 2**20)).detail.endswith("(0.05 MiB)")
+    assert BodyTooLarge(20 * 2**20).detail.endswith("(20 MiB)")

@@ -94,7 +94,10 @@ def test_cli(tmp_path):
         app, ["data", "synth", "-n", "2", "-o", str(tmp_path), "--seed", "1", "--size", "90x60"]
     )
     assert result.exit_code == 0, result.output
+    assert f"wrote 2 pairs to {tmp_path}" in result.output
     assert Image.open(tmp_path / "synth_0002.jpg").size == (90, 60)
+    one = CliRunner().invoke(app, ["data", "synth", "-n", "1", "-o", str(tmp_path / "one")])
+    assert "wrote 1 pair to" in one.output, one.output
     bad = CliRunner().invoke(app, ["data", "synth", "-n", "2", "-o", str(tmp_path), "--size", "9"])
     assert isinstance(bad.exception, UsageError)
 

@@ -73,7 +73,7 @@ def synth(
 
     options = SynthOptions(size=_parse_size(size), min_side=min_side, max_side=max_side)
     written = synth_dataset(n, out, seed=seed, options=options)
-    typer.echo(f"wrote {len(written)} pairs to {out}")
+    typer.echo(f"wrote {len(written)} pair{'' if len(written) == 1 else 's'} to {out}")
 
 
 @app.command("prepare")

@@ -119,6 +119,9 @@ def predict(
     if pixel_size is not None and not (math.isfinite(pixel_size) and pixel_size > 0):
         raise UsageError(f"--pixel-size {pixel_size}: must be a finite number > 0 (mm per "
                          "pixel)")
+    if pixel_size is not None and not measure:
+        raise UsageError(f"--pixel-size {pixel_size}: used only by --measure (areas and "
+                         "lengths in mm); add --measure")
     options = PredictOptions(
         overwrite=overwrite, save_prob=save_prob, overlay=overlay, measure=measure,
         pixel_size_mm=pixel_size, postprocess=postprocess_config(keep_largest, fill_holes,
@@ -128,8 +131,9 @@ def predict(
     shard_index = parse_shard(shard)
     refuse_prepared_inputs(inputs)
     files, missing = list_inputs(inputs, exclude=out)
-    if not files and not missing:
-        raise UsageError(f"no images found in {', '.join(inputs)}")
+    if not files:  # nothing to predict: refused before OUT is made
+        raise UsageError("; ".join(missing) if missing else
+                         f"no images found in {', '.join(inputs)}")
     tta_setting = tta_config(tta, tta_scales)
     predictor = load_predictor(model, device=device, tta=tta_setting, batch_size=batch_size)
     options.settings = prediction_settings(model, tta_setting, options)

@@ -33,7 +33,7 @@ UPLOADS_PER_SLOT = 4
 class BodyTooLarge(HTTPException):
     def __init__(self, limit: int) -> None:
         super().__init__(413, f"request body is over the limit of {limit} bytes "
-                              f"({limit / 2**20:.1f} MiB)")
+                              f"({limit / 2**20:.3g} MiB)")
 
 
 class Slots:
