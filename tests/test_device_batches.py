@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -83,3 +85,12 @@ def test_a_batch_of_indices_without_a_split_is_refused():
     batch = batches.before_transfer(torch.tensor([0, 1]), seeds=lambda indices: indices)
     with pytest.raises(DermasegError, match="no training split on the device"):
         batches.after_transfer(batch, torch.device("cpu"))
+
+
+def test_data_prepared_below_the_image_size_is_warned_about(prepared):
+    """`train` upscaled 128-px data to a recipe's 192 px without a word (`plan` warned)."""
+    with pytest.warns(UserWarning, match="prepared at 40 px, below data.image_size 64"):
+        SegmentationDataModule(config("data.image_size=64"), prepared).setup("fit")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        SegmentationDataModule(config(), prepared).setup("fit")  # at the prepared size

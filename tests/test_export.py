@@ -202,6 +202,7 @@ def test_tflite_without_the_extra_names_the_pip_command(tmp_path):
                                       "--calib-count", "2"])
     assert isinstance(result.exception, DermasegError)
     assert "pip install" in str(result.exception)
+    assert "checking on" not in result.output  # refused before making calibration images
 
 
 def test_calibration_reads_a_prepared_train_split_or_a_folder(tmp_path, synth_dir):

@@ -218,6 +218,18 @@ def tflite_friendly(model: torch.nn.Module) -> torch.nn.Module:
     return model
 
 
+def require_litert():
+    """The litert_torch module.
+
+    Raises:
+        DermasegError: litert-torch is not installed (with the pip command)."""
+    try:
+        import litert_torch
+    except ImportError as exc:
+        raise DermasegError(f"--format tflite needs litert-torch: {TFLITE_INSTALL}") from exc
+    return litert_torch
+
+
 def export_tflite(model: torch.nn.Module, meta: ModelMeta, path: str | os.PathLike,
                   batch: np.ndarray) -> float:
     """Float TFLite via litert-torch (fixed input (1, 3, S, S)); returns the largest
@@ -226,10 +238,7 @@ def export_tflite(model: torch.nn.Module, meta: ModelMeta, path: str | os.PathLi
     Raises:
         DermasegError: litert-torch is not installed (with the pip command), or conversion fails.
     """
-    try:
-        import litert_torch
-    except ImportError as exc:
-        raise DermasegError(f"--format tflite needs litert-torch: {TFLITE_INSTALL}") from exc
+    litert_torch = require_litert()
     path = Path(path)
     wrapped = LogitsOnly(tflite_friendly(model)).eval()
     sample = torch.from_numpy(batch[:1])

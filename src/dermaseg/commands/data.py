@@ -114,6 +114,8 @@ def prepare(
     if workers < 0:
         raise UsageError(f"--workers must be 0 or more, got {workers}")
     refuse_prepared(folder, "prepare")
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"-o {out}: a file, not a folder for the prepared data")
     manifest = prepare_dataset(folder, out, size=size, val=val, test=test, seed=seed,
                                workers=workers or None, keep_official_split=official,
                                folds=folds, split_from=split_from, redraw_split=redraw_split)

@@ -177,6 +177,10 @@ def export(
         raise UsageError("--int8 is for --format onnx")
     if model.suffix.lower() == ".onnx":
         raise UsageError(f"{model}: export starts from a checkpoint (.ckpt), not an ONNX file")
+    if fmt == "tflite":
+        from dermaseg.export import require_litert
+
+        require_litert()  # before loading the model and making calibration images
     net, meta = load_model(model)
     output = output or _default_output(model, fmt, int8)
     images, source = calibration_images(calib, calib_count, meta.image_size)

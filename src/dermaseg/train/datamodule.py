@@ -23,6 +23,7 @@ import random
 import lightning as L
 import numpy as np
 import torch
+from lightning.pytorch.utilities import rank_zero_warn
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from dermaseg.config import Config
@@ -191,6 +192,12 @@ class SegmentationDataModule(L.LightningDataModule):
                 if len(split) == 0:
                     raise DermasegError(f"{self.data_dir}: the {name} split is empty; prepare "
                                         "the data with a non-zero --val fraction")
+            if train.prepared_size < data.image_size:
+                rank_zero_warn(
+                    f"{self.data_dir}: prepared at {train.prepared_size} px, below "
+                    f"data.image_size {data.image_size}: images are upscaled (no detail is "
+                    f"gained); prepare at --size {data.image_size} or set "
+                    f"data.image_size={train.prepared_size}")
             self.train_set, self.val_set = KeyedDataset(train, seed), KeyedDataset(val, seed)
             self.gather_on_device = gather_on_device(
                 data.gather_on, on_device, torch.cuda.is_available(),
