@@ -129,7 +129,8 @@ def test_prepare_refuses_folders_without_pairs_and_unwritable_outputs(corpus, tm
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder")
     code, output = run_cli("data", "prepare", root / "raw", "-o", blocker, "-j", "1")
-    assert code == 1 and "a-file" in output and "Traceback" not in output
+    assert code == 2 and "a-file: a file, not a folder" in output and "Traceback" not in output
+    assert blocker.read_text() == "not a folder"  # refused before anything is written
 
 
 def test_prepare_with_no_usable_pair_is_an_error_and_writes_nothing(corpus, tmp_path):

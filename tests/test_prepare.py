@@ -227,14 +227,3 @@ def test_cli_prepare(synth_dir, tmp_path):
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 2 and "no such folder" in result.stderr
 
-
-def test_output_that_is_a_file_is_refused_before_anything_is_written(synth_dir, tmp_path):
-    """`data prepare raw/ -o plan.yaml` failed part-way with "plan.yaml/images/...: cannot
-    write"."""
-    from badinputs import run_cli
-
-    target = tmp_path / "plan.yaml"
-    target.write_text("kept\n")
-    code, output = run_cli("data", "prepare", synth_dir, "-o", target, "--size", "32")
-    assert code == 2 and f"-o {target}: a file, not a folder" in output, output
-    assert target.read_text() == "kept\n"

@@ -427,7 +427,7 @@ def test_cli_reports_bad_input(monkeypatch, capsys, prepared, run, tmp_path):
         shutil.copy(run[0] / name, early)
     code, err = run_cli(monkeypatch, capsys, "-d", str(prepared), "-o", str(early), "--resume")
     assert code == 2 and "at most once per train.checkpoint_every_minutes" in err, err
-    for option, words in ((["--minutes", "-1"], "--minutes -1.0: must be"),
+    for option, words in ((["--minutes", "-1"], "--minutes -1.0 (train.max_minutes): must be"),
                           (["-s", "train.max_minute=1"], "did you mean train.max_minutes?")):
         code, err = run_cli(monkeypatch, capsys, "-c", "configs/cpu_small.yaml", "-d",
                             str(prepared), "-o", str(tmp_path / "r2"), *option)

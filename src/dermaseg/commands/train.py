@@ -52,7 +52,7 @@ def _with_options(overrides: list[str], minutes: float | None, fold: int | None)
     """--set overrides plus those --minutes (train.max_minutes) and --fold (data.fold) mean."""
     if minutes is not None:
         if not (math.isfinite(minutes) and minutes > 0):
-            raise UsageError(f"--minutes {minutes}: must be a number of minutes > 0")
+            raise UsageError(f"--minutes {minutes} (train.max_minutes): must be > 0")
         overrides = [*overrides, f"train.max_minutes={minutes}"]
     if fold is not None:
         if fold < 0:
