@@ -182,6 +182,12 @@ def test_model_evaluation_on_a_prepared_split(tiny_ckpt, synth_dir, tmp_path):
         with Image.open(mask_path) as mask:
             pixels = sum(int(rows[image_id][k]) for k in ("tp", "fp", "fn", "tn"))
             assert pixels == mask.size[0] * mask.size[1] > 64 * 64
+    # the prepared folder given as --truth: named as such, with the command that fits
+    result = run_cli("evaluate", "--pred", str(tmp_path / "eval"), "--truth",
+                     str(tmp_path / "prep"), "-o", str(tmp_path / "e2"))
+    message = str(result.exception)
+    assert type(result.exception).__name__ == "UsageError" and "a prepared dataset" in message
+    assert "evaluate MODEL --data" in message
 
 
 def test_raw_folder_evaluation_notes_images_without_masks(tiny_ckpt, synth_dir, tmp_path):

@@ -108,6 +108,14 @@ def _masks_by_id(folder: Path, what: str) -> dict[str, Path]:
                                     f"{display_path(path.name)} (keep one)")
             found[key] = path
     if not found:
+        from dermaseg.data.prepare import is_prepared_folder
+
+        if is_prepared_folder(folder):
+            raise UsageError(
+                f"{display_path(folder)}: a prepared dataset (letterboxed arrays written by "
+                f"`dermaseg data prepare`), not a {what} folder of <id>_segmentation.png masks; "
+                f"pass the original masks, or score a model on it with `dermaseg evaluate MODEL "
+                f"--data {display_path(folder)}`")
         raise UsageError(f"{display_path(folder)}: no <id>_segmentation.png masks in the {what} "
                          "folder")
     return found
