@@ -226,4 +226,3 @@ def test_cli_prepare(synth_dir, tmp_path):
     result = subprocess.run(command[:5] + [str(tmp_path / "none"), "-o", str(tmp_path / "x")],
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 2 and "no such folder" in result.stderr
-

@@ -23,6 +23,7 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from dermaseg.data.upload import count_syncs
 from dermaseg.errors import DermasegError
+from dermaseg.train.history import History
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -338,8 +339,6 @@ class ProgressLines(Callback):
 
 def _history_row(trainer) -> dict | None:
     """This epoch's metrics.csv row (History's), once its validation has run; else None."""
-    from dermaseg.train.history import History
-
     history = next((cb for cb in trainer.callbacks if isinstance(cb, History)), None)
     if history is not None and history.rows and \
             history.rows[-1]["epoch"] == trainer.current_epoch:
