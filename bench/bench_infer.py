@@ -182,13 +182,17 @@ def int8_rows(fp32_path: Path, paths: dict[str, Path], medians: dict[str, float]
 
 def main() -> None:
     args = parse()
+    with tempfile.TemporaryDirectory(prefix="dermaseg-bench-") as folder:
+        measure(args, Path(folder))
+
+
+def measure(args: argparse.Namespace, folder: Path) -> None:
     pairs = real_pairs(args.calib + args.compare + args.fit_images)
     images = [image for image, _ in pairs]
     calib, compare = images[: args.calib], images[args.calib: args.calib + args.compare]
     model, meta, weights = the_model(args.checkpoint, args.size, args.fit_steps,
                                      pairs[args.calib + args.compare:])
     side = meta.image_size
-    folder = Path(tempfile.mkdtemp(prefix="dermaseg-bench-"))
     x = torch.randn(1, 3, side, side)
     fp32_path = export_onnx(model, meta, folder / "fp32.onnx")
     diff = max_probability_difference(model, fp32_path, [x.numpy()])

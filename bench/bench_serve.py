@@ -101,8 +101,11 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--images", type=int, default=32, help="distinct real images to cycle")
     args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="dermaseg-bench-serve-") as folder:
+        measure(args, Path(folder))
 
-    folder = Path(tempfile.mkdtemp(prefix="dermaseg-bench-serve-"))
+
+def measure(args: argparse.Namespace, folder: Path) -> None:
     model = Path(args.model) if args.model else default_model(folder)
     images = payloads(args.images)
     server = Server(model, folder / "server.log").wait_ready()
