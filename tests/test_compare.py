@@ -193,6 +193,15 @@ def test_folders_that_are_not_evaluations(evaluations, tmp_path):
         code, output = run_cli("compare", eval_a, other, "-o", tmp_path / "out")
         assert code == 2 and words in output and other.name in output, output
         assert "Traceback" not in output and not (tmp_path / "out").exists()
+    run = tmp_path / "run"  # a training run's metrics.csv is per epoch
+    run.mkdir()
+    (run / "metrics.csv").write_text("epoch,train_loss,val_loss,val_dice\n0,0.9,0.8,0.5\n")
+    code, output = run_cli("compare", eval_a, run, "-o", tmp_path / "out")
+    assert code == 2 and "a training run" in output and "dermaseg evaluate" in output, output
+    shutil.copytree(eval_a, run / "eval-test")
+    code, output = run_cli("compare", eval_a, run, "-o", tmp_path / "out")
+    assert code == 2 and f"its evaluations: {run / 'eval-test'}" in output, output
+    assert not (tmp_path / "out").exists()
     code, output = run_cli("compare", eval_a, eval_a, "--metric", "auc", "-o", tmp_path / "out")
     assert code == 2 and "--metric auc" in output and not (tmp_path / "out").exists()
 

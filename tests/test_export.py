@@ -11,6 +11,7 @@ import torch
 from onnx import TensorProto, helper
 from typer.testing import CliRunner
 
+from badinputs import run_cli
 from dermaseg.checkpoint import load_model, save_checkpoint
 from dermaseg.cli import app
 from dermaseg.config import Config
@@ -123,6 +124,24 @@ def test_export_fails_and_removes_the_file_over_tolerance(tmp_path, monkeypatch)
     assert not out.exists()
 
 
+def test_export_keeps_earlier_files_unless_overwrite(tmp_path):
+    checkpoint = _untrained(tmp_path / "m.ckpt", "deeplabv3")
+    out = tmp_path / "m.onnx"
+    out.write_bytes(b"a deployed model")
+    code, output = run_cli("export", checkpoint, "-o", out, "--calib-count", "2")
+    assert code == 2 and f"{out}: already exists" in output and "--overwrite" in output, output
+    assert out.read_bytes() == b"a deployed model"
+    (tmp_path / "q.fp32.onnx").write_bytes(b"x")  # an --int8 export's float32 sibling
+    code, output = run_cli("export", checkpoint, "--int8", "-o", tmp_path / "q.int8.onnx")
+    assert code == 2 and "q.fp32.onnx: already exists" in output, output
+    code, output = run_cli("export", checkpoint, "-o", checkpoint)
+    assert code == 2 and "the checkpoint being exported" in output, output
+    code, output = run_cli("export", checkpoint, "-o", out, "--calib-count", "2",
+                           "--exporter", "legacy", "--overwrite")
+    assert code == 0, output
+    assert check_onnx(out).image_size == 64
+
+
 @pytest.mark.parametrize("option", [["--repeats", "0"], ["--holdout", "0"]])
 def test_int8_refuses_bad_counts_before_writing(tmp_path, option):
     checkpoint = _untrained(tmp_path / "m.ckpt", "deeplabv3")
@@ -136,7 +155,7 @@ def test_int8_failure_after_quantizing_removes_its_files(tmp_path):
     checkpoint = _untrained(tmp_path / "m.ckpt", "deeplabv3")
     (tmp_path / "m.report.json").mkdir()  # the report cannot be written
     result = CliRunner().invoke(app, ["export", str(checkpoint), "--int8", "--calib-count", "2",
-                                      "--repeats", "1", "--exporter", "legacy",
+                                      "--repeats", "1", "--exporter", "legacy", "--overwrite",
                                       "-o", str(tmp_path / "m.int8.onnx")])
     assert isinstance(result.exception, DermasegError), result.output
     assert "m.report.json" in str(result.exception)

@@ -143,6 +143,7 @@ def test_split_from_another_size_gives_identical_splits(pool, first, tmp_path):
     assert split_fingerprint(after) == split_fingerprint(before)
     assert after["split"]["kept_from"] == str(other / "manifest.json")
     assert f"split kept for 20 items from {other / 'manifest.json'}; 0 new items drawn" in output
+    assert "split (seed 7 for new items): " in output
     bigger = raw_with(pool, tmp_path / "bigger", range(1, FIRST + 3))
     grown = prepare_dataset(bigger, tmp_path / "grown", split_from=other / "manifest.json",
                             **(SETTINGS | {"size": 24}))

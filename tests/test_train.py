@@ -11,7 +11,6 @@ import json
 import shutil
 import subprocess
 import sys
-from pathlib import Path
 
 import lightning as L
 import numpy as np
@@ -22,72 +21,32 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from dermaseg.checkpoint import load_model, model_state_dict, read_checkpoint
 from dermaseg.config import load_config
-from dermaseg.data.prepare import prepare_dataset
-from dermaseg.data.synth import SynthOptions, synth_dataset
 from dermaseg.errors import DermasegError
 from dermaseg.train.callbacks import AtomicCheckpointIO
 from dermaseg.train.module import LRShape, SegmentationModule
 from dermaseg.train.runner import train
-
-TINY = [
-    "model.arch=deeplabv3plus", "model.backbone=mobilenetv3_large_100",
-    "model.aspp_channels=16", "model.decoder_channels=16", "data.image_size=48",
-    "data.batch_size=4", "data.num_workers=0", "optim.lr=0.001", "optim.scheduler=plateau",
-    "train.max_epochs=3", "train.checkpoint_every_steps=2", "train.checkpoint_every_minutes=0",
-    "train.seed=7",
-]
-STEPS_PER_EPOCH = 4  # 16 training images, batch 4
-TIMING_COLUMNS = {"seconds", "minutes", "train_seconds", "images_per_s"}
-
-
-class Interrupt(Exception):
-    """Raised by `InterruptAt` to simulate a crash."""
-
-
-class InterruptAt(L.Callback):
-    """Crash after optimizer step `step`, before that step's checkpoint is written; or, with
-    `in_validation`, once the validation after that step has started."""
-
-    def __init__(self, step: int, in_validation: bool = False) -> None:
-        self.step, self.in_validation = step, in_validation
-
-    def on_train_batch_end(self, trainer, *args) -> None:
-        if trainer.global_step == self.step and not self.in_validation:
-            raise Interrupt()
-
-    def on_validation_start(self, trainer, *args) -> None:
-        if trainer.global_step == self.step and self.in_validation:
-            raise Interrupt()
-
+from training import (
+    RECIPE,
+    STEPS_PER_EPOCH,
+    TINY,
+    full_run,
+    prepare_small,
+    read_rows,
+    run_cli,
+    tiny,
+)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
 def prepared(tmp_path_factory):
-    """A prepared dataset: 16 train + 4 val synthetic pairs at 48 px."""
-    raw = tmp_path_factory.mktemp("raw")
-    out = tmp_path_factory.mktemp("prepared")
-    synth_dataset(20, raw, seed=3, options=SynthOptions(min_side=48, max_side=72),
-                  progress=False)
-    prepare_dataset(raw, out, size=48, val=0.2, test=0.0, seed=0, workers=1, progress=False)
-    return out
-
-
-def tiny(*extra: str):
-    return load_config(None, [*TINY, *extra])
+    return prepare_small(tmp_path_factory)
 
 
 @pytest.fixture(scope="module")
 def run(prepared, tmp_path_factory):
-    """One uninterrupted 3-epoch run: (run folder, summary)."""
-    out = tmp_path_factory.mktemp("runs") / "full"
-    return out, train(tiny(), prepared, out, progress=False)
-
-
-def read_rows(path):
-    with open(path, newline="") as handle:
-        return list(csv.DictReader(handle))
+    return full_run(prepared, tmp_path_factory)
 
 
 def test_run_writes_every_artefact(run):
@@ -170,86 +129,6 @@ def test_loss_goes_down(run):
     rows = read_rows(run[0] / "metrics.csv")
     assert float(rows[-1]["train_loss"]) < float(rows[0]["train_loss"])
     assert float(rows[-1]["val_loss"]) < float(rows[0]["val_loss"])
-
-
-def assert_same_run(full, resumed):
-    a, b = read_checkpoint(full / "last.ckpt"), read_checkpoint(resumed / "last.ckpt")
-    assert a["global_step"] == b["global_step"] == 3 * STEPS_PER_EPOCH
-    wa, wb = model_state_dict(a), model_state_dict(b)
-    assert wa.keys() == wb.keys()
-    different = [k for k in wa if not torch.equal(wa[k], wb[k])]
-    assert not different, f"weights differ after resume: {different[:5]}"
-    for sa, sb in zip(a["optimizer_states"][0]["state"].values(),
-                      b["optimizer_states"][0]["state"].values(), strict=True):
-        assert torch.equal(sa["exp_avg"], sb["exp_avg"])
-    rows_a, rows_b = read_rows(full / "metrics.csv"), read_rows(resumed / "metrics.csv")
-    strip = [{k: v for k, v in r.items() if k not in TIMING_COLUMNS} for r in rows_a + rows_b]
-    assert strip[:3] == strip[3:]
-
-
-@pytest.fixture(scope="module")
-def cosine_run(prepared, tmp_path_factory):
-    """The uninterrupted run with the per-step cosine schedule (and a warm-up epoch)."""
-    out = tmp_path_factory.mktemp("runs") / "cosine"
-    train(tiny(*COSINE), prepared, out, progress=False)
-    return out
-
-
-COSINE = ["optim.scheduler=cosine", "optim.warmup_epochs=1"]
-
-
-@pytest.mark.parametrize(("scheduler", "crash", "saved"), [
-    ("plateau", InterruptAt(7), 6), ("plateau", InterruptAt(5), 4),
-    ("plateau", InterruptAt(4, in_validation=True), 2), ("cosine", InterruptAt(7), 6)],
-    ids=["mid-epoch", "epoch-boundary", "before-validation", "cosine-mid-epoch"])
-def test_resume_after_crash_matches_uninterrupted_run(request, prepared, tmp_path, scheduler,
-                                                      crash, saved):
-    """Crash after step 7 (last.ckpt holds step 6: epoch 1, 2 of 4 batches), after step 5
-    (last.ckpt from the end of epoch 0) or in epoch 0's validation (not from after its last
-    batch: resumed from there, Lightning would skip that validation), resume: bit-identical
-    weights, optimiser state and metrics. It holds because the batch order is a function of
-    (seed, epoch), augmentation is seeded per (seed, epoch, image), the sampler skips the
-    batches already trained on, and the RNG state (dropout) travels in the checkpoint. The
-    cosine schedule counts its steps without building the loader before the restore."""
-    extra = COSINE if scheduler == "cosine" else []
-    full = request.getfixturevalue("cosine_run") if extra else request.getfixturevalue("run")[0]
-    out = tmp_path / "crashed"
-    with pytest.raises(Interrupt):
-        train(tiny(*extra), prepared, out, progress=False, callbacks=[crash])
-    assert read_checkpoint(out / "last.ckpt")["global_step"] == saved
-    train(tiny(*extra), prepared, out, resume=True, progress=False)
-    assert_same_run(full, out)
-
-
-@pytest.mark.parametrize("gather_on", ["loader", "device"])
-def test_resume_with_augmentation_on_the_device_matches_uninterrupted_run(prepared, tmp_path,
-                                                                          gather_on):
-    """`data.augment_on=device` (the GPU default) draws each sample's parameters from its
-    (seed, epoch, index) key too: a mid-epoch crash and resume gives the same weights, also
-    with the split kept on the device (`data.gather_on=device`, the GPU default), where the
-    loader yields indices alone."""
-    device = tiny("data.augment_on=device", f"data.gather_on={gather_on}")
-    full = tmp_path / "full"
-    train(device, prepared, full, progress=False)
-    out = tmp_path / "crashed"
-    with pytest.raises(Interrupt):
-        train(device, prepared, out, progress=False, callbacks=[InterruptAt(7)])
-    train(device, prepared, out, resume=True, progress=False)
-    assert_same_run(full, out)
-
-
-def test_split_on_the_device_trains_the_same_weights(prepared, tmp_path):
-    """`data.gather_on=device` is the same run as the loader path: same batches, same
-    augmentation rounding, same dropout stream (the index loader draws nothing from the
-    global RNG), so bit-identical weights."""
-    runs = {}
-    for gather_on in ("loader", "device"):
-        out = tmp_path / gather_on
-        train(tiny("data.augment_on=device", f"data.gather_on={gather_on}",
-                   "train.max_epochs=1"), prepared, out, progress=False)
-        runs[gather_on] = model_state_dict(read_checkpoint(out / "last.ckpt"))
-    differ = [k for k in runs["loader"] if not torch.equal(runs["loader"][k], runs["device"][k])]
-    assert not differ, differ[:5]
 
 
 class RecordBatches(L.Callback):
@@ -389,15 +268,6 @@ def test_atomic_checkpoint_write_keeps_the_old_file(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]
 
 
-def run_cli(monkeypatch, capsys, *args: str) -> tuple[int, str]:
-    from dermaseg.cli import main
-
-    monkeypatch.setattr(sys, "argv", ["dermaseg", "train", *args])
-    with pytest.raises(SystemExit) as exit_info:
-        main()
-    return exit_info.value.code, capsys.readouterr().err
-
-
 def test_cli_reports_bad_input(monkeypatch, capsys, prepared, run, tmp_path):
     code, err = run_cli(monkeypatch, capsys, "-c", "configs/cpu_small.yaml", "-d",
                         str(tmp_path / "missing"), "-o", str(tmp_path / "r"))
@@ -443,51 +313,6 @@ def test_lr_shapes():
     assert cosine(20) == pytest.approx(0.5)
     poly = LRShape("poly", total=100, warmup=0)
     assert poly(0) == 1.0 and poly(50) == pytest.approx(0.5**0.9) and poly(100) == 0.0
-
-
-RECIPE = Path(__file__).resolve().parents[1] / "configs" / "cpu_small.yaml"
-
-
-def train_ddp(prepared, out, *extra: str) -> subprocess.CompletedProcess:
-    """`dermaseg train --devices 2` in a real process: 2 CPU processes, 2 epochs."""
-    args = ["-m", "dermaseg", "train", "-c", str(RECIPE), "-d", str(prepared),
-            "-o", str(out), "--devices", "2", "-q", "--set", "train.max_epochs=2"]
-    args += [f"--set={item}" for item in [*TINY, *extra] if "max_epochs" not in item]
-    return subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=300)
-
-
-@pytest.mark.slow
-def test_cli_trains_with_ddp_on_two_cpu_processes(prepared, tmp_path):
-    out = tmp_path / "ddp"
-    result = train_ddp(prepared, out)
-    assert result.returncode == 0, result.stderr[-2000:]
-    summary = json.loads((out / "summary.json").read_text())
-    assert summary["world_size"] == 2 and summary["epochs"] == 2
-    # 16 images, batch 4 per process: 2 steps per epoch.
-    assert read_checkpoint(out / "last.ckpt")["global_step"] == 4
-
-
-@pytest.mark.parametrize("setting", [
-    "train.freeze_backbone_epoch=1",
-    pytest.param("model.edge_head=true", marks=pytest.mark.slow)],
-    ids=["late-freeze", "edge-head-without-boundary-loss"])
-def test_ddp_trains_parameters_that_get_no_gradient(prepared, tmp_path, setting):
-    """DDP refuses a step where some parameters got no gradient (the backbone frozen from
-    epoch 1; an edge head whose output no loss uses) unless it looks for them."""
-    result = train_ddp(prepared, tmp_path / "ddp", setting)
-    assert result.returncode == 0, result.stderr[-2000:]
-    assert read_checkpoint(tmp_path / "ddp" / "last.ckpt")["global_step"] == 4
-
-
-def test_ddp_refuses_fewer_images_per_process_than_a_batch(monkeypatch, capsys, prepared,
-                                                           tmp_path):
-    """16 training images on 2 processes: 8 each, fewer than a batch of 10; refused before
-    anything is written (it trained nothing and exited 0)."""
-    code, err = run_cli(monkeypatch, capsys, "-c", str(RECIPE), "-d", str(prepared), "-o",
-                        str(tmp_path / "r"), "--devices", "2", "-q", "-s", "data.image_size=48",
-                        "-s", "data.batch_size=10")
-    assert code == 1 and "16 training images (8 for each of 2 processes)" in err
-    assert "data.batch_size=10" in err and not (tmp_path / "r").exists()
 
 
 def test_backbone_weights_from_a_training_checkpoint(run):

@@ -48,7 +48,7 @@ def read_scores(folder: Path) -> Scores:
     """The metrics.csv of an evaluation folder (written by `dermaseg evaluate`).
 
     Raises:
-        UsageError: `folder` is not a folder or has no metrics.csv.
+        UsageError: `folder` is not a folder, has no metrics.csv, or is a training run.
         DermasegError: metrics.csv unreadable, empty, missing an id or metric column, with a
             value that is not a finite number, or an id twice (the file and line are named).
     """
@@ -69,11 +69,26 @@ def read_scores(folder: Path) -> Scores:
                             f"id,{','.join(METRIC_NAMES)},...)")
     header = rows[0]
     missing = [name for name in ("id", *METRIC_NAMES) if name not in header]
+    if missing and "epoch" in header:
+        raise UsageError(_training_run_message(folder))
     if missing:
         raise DermasegError(f"{display_path(path)}: no column {', '.join(missing)} in the "
                             f"header (found: {', '.join(header) or 'nothing'})")
     ids, values = _parse_rows(path, header, rows[1:])
     return Scores(folder, ids, np.asarray(values, dtype=float).reshape(len(ids), -1))
+
+
+def _training_run_message(folder: Path) -> str:
+    """What to give instead of a training run's folder (its metrics.csv is per epoch)."""
+    evaluations = sorted(path.parent.name for path in folder.glob("eval-*/metrics.csv"))
+    if evaluations:
+        listed = ", ".join(display_path(folder / name) for name in evaluations)
+        return (f"{display_path(folder)}: a training run, not an evaluation (its metrics.csv "
+                f"is per epoch); its evaluations: {listed}")
+    return (f"{display_path(folder)}: a training run, not an evaluation (its metrics.csv is "
+            f"per epoch); evaluate it first: `dermaseg evaluate "
+            f"{display_path(folder / 'best.ckpt')} --data PREPARED` writes "
+            f"{display_path(folder / 'eval-test')}")
 
 
 def _parse_rows(path: Path, header: list[str], rows: list[list[str]]):

@@ -107,17 +107,33 @@ def export_onnx_checked(model, meta, path: Path, images, opset: int, exporter: s
     return diff
 
 
+def _int8_siblings(output: Path) -> tuple[Path, Path]:
+    """The float32 model and the report written beside an INT8 model OUT."""
+    if output.suffix != ".onnx":
+        raise UsageError(f"-o {output}: the INT8 model needs a name ending in .onnx")
+    stem = output.name.removesuffix(".onnx").removesuffix(".int8")
+    return output.with_name(stem + ".fp32.onnx"), output.with_name(stem + ".report.json")
+
+
+def _check_outputs(model: Path, output: Path, fmt: str, int8: bool, overwrite: bool) -> None:
+    """Refuse to write over the checkpoint, and over earlier files unless `overwrite`."""
+    paths = [output, *(_int8_siblings(output) if int8 else ()),
+             *([output.with_name(output.name + ".json")] if fmt == "tflite" else [])]
+    if any(path.resolve() == model.resolve() for path in paths):
+        raise UsageError(f"-o {output}: that is the checkpoint being exported")
+    existing = [str(path) for path in paths if path.exists()]
+    if existing and not overwrite:
+        raise UsageError(f"{', '.join(existing)}: already exist{'s' if len(existing) == 1 else ''}"
+                         "; pass --overwrite to replace (or another -o)")
+
+
 def _int8(model, meta, output: Path, images, opset, exporter, holdout, per_tensor, repeats):
     """fp32 export, INT8 quantization, comparison and report; on any failure the files this
     run wrote are removed."""
     from dermaseg.fileio import write_json_atomic
     from dermaseg.quantize import Int8Options, compare_int8, quantize_int8
 
-    if output.suffix != ".onnx":
-        raise UsageError(f"-o {output}: the INT8 model needs a name ending in .onnx")
-    stem = output.name.removesuffix(".onnx").removesuffix(".int8")
-    fp32_path = output.with_name(stem + ".fp32.onnx")
-    report = output.with_name(stem + ".report.json")
+    fp32_path, report = _int8_siblings(output)
     export_onnx_checked(model, meta, fp32_path, images, opset, exporter)
     written = [fp32_path]
     try:
@@ -160,12 +176,14 @@ def export(
     per_tensor: bool = typer.Option(False, "--per-tensor", help="One scale per weight tensor."),
     repeats: int = typer.Option(10, "--repeats", min=1,
                                 help="Timed runs for the latency median."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace earlier exported files."),
 ) -> None:
     """Export a checkpoint to ONNX (float32, or static INT8) or TFLite, checked against PyTorch.
 
     With --int8, OUT is the INT8 model; the float32 model is written beside it as
     STEM.fp32.onnx and the comparison (size, latency, mask Dice) as STEM.report.json, STEM
     being OUT's name without .onnx and .int8 (-o model.int8.onnx: model.fp32.onnx).
+    Files already there are kept unless --overwrite.
     """
     from dermaseg.checkpoint import load_model
     from dermaseg.infer.ensemble import refuse_model_list
@@ -181,8 +199,9 @@ def export(
         from dermaseg.export import require_litert
 
         require_litert()  # before loading the model and making calibration images
-    net, meta = load_model(model)
     output = output or _default_output(model, fmt, int8)
+    _check_outputs(model, output, fmt, int8, overwrite)
+    net, meta = load_model(model)
     images, source = calibration_images(calib, calib_count, meta.image_size)
     typer.echo(f"checking on {source}")
     if int8 and calib is None:

@@ -324,7 +324,7 @@ def prepare_dataset(
     """Prepare every good pair under `root` into `out` and write `out/manifest.json`.
 
     Returns the manifest: {"format", "size", "source", "split", "counts", "items", "skipped",
-    "run"}; "run" says how many pairs were decoded, reused from an earlier run, and the time.
+    "run"}; "run": pairs read ("decoded", skipped ones included), reused, and the time.
     With `folds`, every non-test item also has a "fold" (see `dermaseg.data.splits`) and the
     manifest "folds": the number of folds.
     Items of a manifest already in `out` (or in `split_from`, a prepared folder or manifest)
@@ -381,10 +381,10 @@ def summary_lines(manifest: dict, out: str | os.PathLike, shown: int = 20) -> li
     rate = run["decoded"] / max(run["seconds"], 1e-6)
     speed = f"{rate:.1f} pairs/s, {run['workers']} workers" if run["decoded"] else "all reused"
     split = manifest["split"]
-    split_kind = "official" if split["official"] else f"seed {split['seed']}"
+    split_kind = stable_splits.split_kind(split)
     lines = [
         f"prepared {len(items)} pairs at {manifest['size']} px into {display_path(out)} "
-        f"({run['decoded']} decoded, {run['reused']} reused) in {run['seconds']:.1f} s ({speed})",
+        f"({run['decoded']} read, {run['reused']} reused) in {run['seconds']:.1f} s ({speed})",
         "split (" + split_kind + "): " + ", ".join(f"{k} {counts[k]}" for k in SPLITS),
         *stable_splits.origin_lines(split),
     ]

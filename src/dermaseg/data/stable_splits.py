@@ -289,6 +289,14 @@ def place_folds(items: list[dict], folds: int | None, seed: int,
             "folds_new": dealt}
 
 
+def split_kind(split: dict) -> str:
+    """How the split was drawn: "official", or the seed (that of the new items alone when an
+    earlier split was kept)."""
+    if split["official"]:
+        return "official"
+    return f"seed {split['seed']}" + (" for new items" if split.get("kept_from") else "")
+
+
 def origin_lines(split: dict) -> list[str]:
     """Summary lines: how much of an earlier split was kept and what was drawn, or why an
     earlier split was drawn anew ([] for a fresh folder, and for manifests before this)."""

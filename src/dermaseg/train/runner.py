@@ -270,6 +270,9 @@ def train(config: Config, data_dir: str | os.PathLike, out_dir: str | os.PathLik
     if datamodule.gather_on_device:  # the loader yields indices alone: no workers needed
         warnings.filterwarnings("ignore", message="The 'train_dataloader' does not have many")
     trainer = build_trainer(config, out_dir, devices, num_nodes, callbacks, progress)
+    if trainer.is_global_zero and count > 1 and not torch.cuda.is_available():
+        print(f"note: no GPU here: {count} processes train on the CPU (DDP over gloo), sharing "
+              f"its {os.cpu_count()} cores", file=sys.stderr)
     if trainer.is_global_zero:
         out_dir.mkdir(parents=True, exist_ok=True)
         save_config(config, out_dir / "config.yaml")
