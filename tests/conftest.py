@@ -52,6 +52,14 @@ def tiny_ckpt(tmp_path_factory, synth_dir) -> Path:
 
 
 @pytest.fixture(scope="module")
+def tiny_prepared(tmp_path_factory):
+    """The training tests' prepared dataset (tests/training.py), made once per module."""
+    from training import prepare_small
+
+    return prepare_small(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
 def one_thread():
     """Training tests: one torch thread (stable timings on 2 cores), warnings silenced."""
     import warnings

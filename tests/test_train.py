@@ -30,7 +30,6 @@ from training import (
     STEPS_PER_EPOCH,
     TINY,
     full_run,
-    prepare_small,
     read_rows,
     run_cli,
     tiny,
@@ -40,13 +39,8 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
-def prepared(tmp_path_factory):
-    return prepare_small(tmp_path_factory)
-
-
-@pytest.fixture(scope="module")
-def run(prepared, tmp_path_factory):
-    return full_run(prepared, tmp_path_factory)
+def run(tiny_prepared, tmp_path_factory):
+    return full_run(tiny_prepared, tmp_path_factory)
 
 
 def test_run_writes_every_artefact(run):
@@ -115,10 +109,10 @@ class RecordLastSaves(L.Callback):
     (0, [2, 4, 6, 8, 10, 12]),  # every 2 steps and every epoch end (4, 8 and 12)
     (60, [12]),  # an hour apart: only the end of the run
 ])
-def test_last_checkpoint_interval(prepared, tmp_path, minutes, expected):
+def test_last_checkpoint_interval(tiny_prepared, tmp_path, minutes, expected):
     out = tmp_path / "run"
     record = RecordLastSaves(out / "last.ckpt")
-    train(tiny(f"train.checkpoint_every_minutes={minutes}"), prepared, out, progress=False,
+    train(tiny(f"train.checkpoint_every_minutes={minutes}"), tiny_prepared, out, progress=False,
           callbacks=[record])
     assert record.saved == expected
     with Image.open(out / "curves.png") as image:  # drawn at the end whatever the interval
@@ -144,7 +138,7 @@ class RecordBatches(L.Callback):
 
 @pytest.mark.parametrize(("place", "gather_on"),
                          [("loader", "loader"), ("device", "loader"), ("device", "device")])
-def test_augmentation_reaches_the_model_wherever_it_runs(prepared, tmp_path, place, gather_on):
+def test_augmentation_reaches_the_model_wherever_it_runs(tiny_prepared, tmp_path, place, gather_on):
     """Flips with probability 1 (the other augmentations off): every image and mask the model
     receives is the prepared one flipped both ways and normalised, on every path (also when
     the batches are gathered from the split kept on the device)."""
@@ -156,8 +150,8 @@ def test_augmentation_reaches_the_model_wherever_it_runs(prepared, tmp_path, pla
                   "data.augment.vflip=1", "data.augment.brightness=0",
                   "data.augment.contrast=0", "data.augment.elastic_p=0")
     record = RecordBatches()
-    train(config, prepared, tmp_path / place, progress=False, callbacks=[record])
-    dataset = PreparedDataset(prepared, "train", cache=False)
+    train(config, tiny_prepared, tmp_path / place, progress=False, callbacks=[record])
+    dataset = PreparedDataset(tiny_prepared, "train", cache=False)
     assert len(record.seen) == STEPS_PER_EPOCH
     for images, masks, indices in record.seen:
         for image, mask, index in zip(images, masks, indices.tolist(), strict=True):
@@ -196,10 +190,10 @@ def changed(before: dict, after: dict) -> bool:
 
 @pytest.mark.parametrize("setting", ["train.freeze_backbone_epoch=2",
                                      "train.freeze_after_lr_drops=2"])
-def test_late_freeze_stops_backbone_training(prepared, tmp_path, setting):
+def test_late_freeze_stops_backbone_training(tiny_prepared, tmp_path, setting):
     record = RecordBackbone()
     extra = [record] + ([HalveLR()] if "drops" in setting else [])
-    train(tiny(setting), prepared, tmp_path / "run", progress=False, callbacks=extra)
+    train(tiny(setting), tiny_prepared, tmp_path / "run", progress=False, callbacks=extra)
     assert record.trainable == [True, True, False]
     assert changed(record.states[0], record.states[1])  # trained in epoch 1
     # Frozen in epoch 2: weights and BatchNorm running statistics unchanged.
@@ -236,21 +230,21 @@ def test_non_finite_loss_in_a_row_stops_training():
         fit_plain(module, nan_loader({0, 1, 2}))
 
 
-def test_progress_bar_shows_the_training_loss(prepared, tmp_path, monkeypatch, capsys):
+def test_progress_bar_shows_the_training_loss(tiny_prepared, tmp_path, monkeypatch, capsys):
     """In a terminal Lightning's bar runs; the loss it shows comes from TimedLossBar (the step
     loss is no prog_bar metric, which Lightning would read on the host at every step)."""
     import re
     import sys
 
     monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
-    train(tiny("train.max_epochs=1"), prepared, tmp_path / "run", progress=True)
+    train(tiny("train.max_epochs=1"), tiny_prepared, tmp_path / "run", progress=True)
     output = capsys.readouterr()
     shown = [float(v) for v in re.findall(r"\bloss=([0-9.]+)", output.out + output.err)]
     assert shown and all(0 < value < 10 for value in shown)
 
 
-def test_time_budget_stops_the_run(prepared, tmp_path):
-    summary = train(tiny("train.max_minutes=0.0001"), prepared, tmp_path / "run",
+def test_time_budget_stops_the_run(tiny_prepared, tmp_path):
+    summary = train(tiny("train.max_minutes=0.0001"), tiny_prepared, tmp_path / "run",
                     progress=False)
     # Stopped after the first step; Lightning still validates the cut epoch.
     assert summary["stopped_by"] == "time_budget" and summary["epochs"] == 1
@@ -268,39 +262,40 @@ def test_atomic_checkpoint_write_keeps_the_old_file(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]
 
 
-def test_cli_reports_bad_input(monkeypatch, capsys, prepared, run, tmp_path):
+def test_cli_reports_bad_input(monkeypatch, capsys, tiny_prepared, run, tmp_path):
     code, err = run_cli(monkeypatch, capsys, "-c", "configs/cpu_small.yaml", "-d",
                         str(tmp_path / "missing"), "-o", str(tmp_path / "r"))
     assert code == 2 and "missing: no such folder" in err
     recipe = tmp_path / "bad.yaml"
     recipe.write_text("optim:\n  lr: fast\n")
-    code, err = run_cli(monkeypatch, capsys, "-c", str(recipe), "-d", str(prepared),
+    code, err = run_cli(monkeypatch, capsys, "-c", str(recipe), "-d", str(tiny_prepared),
                         "-o", str(tmp_path / "r"))
     assert code == 1 and "optim.lr" in err
-    code, err = run_cli(monkeypatch, capsys, "-c", str(recipe), "-d", str(prepared),
+    code, err = run_cli(monkeypatch, capsys, "-c", str(recipe), "-d", str(tiny_prepared),
                         "-o", str(run[0]))
     assert code != 0 and "optim.lr" in err
     (tmp_path / "copy.yaml").write_text((run[0] / "config.yaml").read_text())
     code, err = run_cli(monkeypatch, capsys, "-c", str(tmp_path / "copy.yaml"), "-d",
-                        str(prepared), "-o", str(run[0]))
+                        str(tiny_prepared), "-o", str(run[0]))
     assert code == 2 and "already holds a run" in err
-    code, err = run_cli(monkeypatch, capsys, "-d", str(prepared), "-o", str(tmp_path / "r"),
+    code, err = run_cli(monkeypatch, capsys, "-d", str(tiny_prepared), "-o", str(tmp_path / "r"),
                         "--resume")
     assert code == 2 and "no config.yaml" in err
     before = {f.name: f.read_bytes() for f in run[0].iterdir() if f.is_file()}
-    code, err = run_cli(monkeypatch, capsys, "-d", str(prepared), "-o", str(run[0]), "--resume")
+    code, err = run_cli(monkeypatch, capsys, "-d", str(tiny_prepared), "-o", str(run[0]),
+                        "--resume")
     assert code == 2 and "has finished (stopped by max_epochs after 3 epochs)" in err, err
     assert {f.name: f.read_bytes() for f in run[0].iterdir() if f.is_file()} == before
     early = tmp_path / "killed_early"  # killed before its first last.ckpt
     early.mkdir()
     for name in ("config.yaml", "best.ckpt"):
         shutil.copy(run[0] / name, early)
-    code, err = run_cli(monkeypatch, capsys, "-d", str(prepared), "-o", str(early), "--resume")
+    code, err = run_cli(monkeypatch, capsys, "-d", str(tiny_prepared), "-o", str(early), "--resume")
     assert code == 2 and "at most once per train.checkpoint_every_minutes" in err, err
     for option, words in ((["--minutes", "-1"], "--minutes -1.0 (train.max_minutes): must be"),
                           (["-s", "train.max_minute=1"], "did you mean train.max_minutes?")):
         code, err = run_cli(monkeypatch, capsys, "-c", "configs/cpu_small.yaml", "-d",
-                            str(prepared), "-o", str(tmp_path / "r2"), *option)
+                            str(tiny_prepared), "-o", str(tmp_path / "r2"), *option)
         assert code == 2 and words in err and "cpu_small.yaml" not in err, err
         assert not (tmp_path / "r2").exists()
 
@@ -328,10 +323,10 @@ def test_backbone_weights_from_a_training_checkpoint(run):
     assert backbone and all(torch.equal(v, trained[f"backbone.{k}"]) for k, v in backbone.items())
 
 
-def test_progress_in_a_log_file_is_one_line_per_epoch(prepared, tmp_path):
+def test_progress_in_a_log_file_is_one_line_per_epoch(tiny_prepared, tmp_path):
     """Output to a file (not a terminal): the progress bar would draw nothing until the end;
     each epoch prints one plain line with its metrics instead."""
-    args = ["-m", "dermaseg", "train", "-c", str(RECIPE), "-d", str(prepared),
+    args = ["-m", "dermaseg", "train", "-c", str(RECIPE), "-d", str(tiny_prepared),
             "-o", str(tmp_path / "run"), *(f"--set={item}" for item in TINY),
             "--set=train.max_epochs=2"]
     result = subprocess.run([sys.executable, *args], capture_output=True, text=True,
@@ -345,13 +340,13 @@ def test_progress_in_a_log_file_is_one_line_per_epoch(prepared, tmp_path):
     assert "\r" not in output and "━" not in output
 
 
-def test_progress_lines_show_val_metrics_only_for_validated_epochs(prepared, tmp_path, caplog):
+def test_progress_lines_show_val_metrics_only_for_validated_epochs(tiny_prepared, tmp_path, caplog):
     """train.val_every=2: epochs 1 and 3 are not validated; their lines must not repeat the
     last validation's numbers as if they were theirs."""
     from dermaseg.train.callbacks import ProgressLines
 
     with caplog.at_level("INFO"):
-        train(tiny("train.max_epochs=3", "train.val_every=2"), prepared, tmp_path / "run",
+        train(tiny("train.max_epochs=3", "train.val_every=2"), tiny_prepared, tmp_path / "run",
               progress=False, callbacks=[ProgressLines(every_s=1e9)])
     lines = {m.split(":")[0]: m for r in caplog.records
              if (m := r.getMessage()).startswith("epoch ") and ": batch " not in m}
@@ -366,11 +361,11 @@ def test_progress_lines_show_val_metrics_only_for_validated_epochs(prepared, tmp
     assert f"lr {float(row['lr']):.2e}" in lines["epoch 1/2"]
 
 
-def test_progress_lines_inside_a_long_epoch(prepared, tmp_path, caplog):
+def test_progress_lines_inside_a_long_epoch(tiny_prepared, tmp_path, caplog):
     from dermaseg.train.callbacks import ProgressLines
 
     with caplog.at_level("INFO"):
-        train(tiny("train.max_epochs=1"), prepared, tmp_path / "run", progress=False,
+        train(tiny("train.max_epochs=1"), tiny_prepared, tmp_path / "run", progress=False,
               callbacks=[ProgressLines(every_s=0.0)])
     batches = [r.getMessage() for r in caplog.records if "batch " in r.getMessage()]
     assert batches == [f"epoch 0/0: batch {i}/{STEPS_PER_EPOCH}, batch loss " + m.split("loss ")[1]

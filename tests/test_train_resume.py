@@ -13,7 +13,6 @@ from training import (
     Interrupt,
     InterruptAt,
     full_run,
-    prepare_small,
     read_rows,
     tiny,
 )
@@ -22,13 +21,9 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
-def prepared(tmp_path_factory):
-    return prepare_small(tmp_path_factory)
-
-
-@pytest.fixture(scope="module")
-def run(prepared, tmp_path_factory):
-    return full_run(prepared, tmp_path_factory)
+def uninterrupted(tiny_prepared, tmp_path_factory):
+    """The plateau-scheduler run without a crash."""
+    return full_run(tiny_prepared, tmp_path_factory)[0]
 
 
 def assert_same_run(full, resumed):
@@ -47,10 +42,10 @@ def assert_same_run(full, resumed):
 
 
 @pytest.fixture(scope="module")
-def cosine_run(prepared, tmp_path_factory):
+def cosine_run(tiny_prepared, tmp_path_factory):
     """The uninterrupted run with the per-step cosine schedule (and a warm-up epoch)."""
     out = tmp_path_factory.mktemp("runs") / "cosine"
-    train(tiny(*COSINE), prepared, out, progress=False)
+    train(tiny(*COSINE), tiny_prepared, out, progress=False)
     return out
 
 
@@ -61,7 +56,7 @@ COSINE = ["optim.scheduler=cosine", "optim.warmup_epochs=1"]
     ("plateau", InterruptAt(7), 6), ("plateau", InterruptAt(5), 4),
     ("plateau", InterruptAt(4, in_validation=True), 2), ("cosine", InterruptAt(7), 6)],
     ids=["mid-epoch", "epoch-boundary", "before-validation", "cosine-mid-epoch"])
-def test_resume_after_crash_matches_uninterrupted_run(request, prepared, tmp_path, scheduler,
+def test_resume_after_crash_matches_uninterrupted_run(request, tiny_prepared, tmp_path, scheduler,
                                                       crash, saved):
     """Crash after step 7 (last.ckpt holds step 6: epoch 1, 2 of 4 batches), after step 5
     (last.ckpt from the end of epoch 0) or in epoch 0's validation (not from after its last
@@ -71,17 +66,17 @@ def test_resume_after_crash_matches_uninterrupted_run(request, prepared, tmp_pat
     batches already trained on, and the RNG state (dropout) travels in the checkpoint. The
     cosine schedule counts its steps without building the loader before the restore."""
     extra = COSINE if scheduler == "cosine" else []
-    full = request.getfixturevalue("cosine_run") if extra else request.getfixturevalue("run")[0]
+    full = request.getfixturevalue("cosine_run" if extra else "uninterrupted")
     out = tmp_path / "crashed"
     with pytest.raises(Interrupt):
-        train(tiny(*extra), prepared, out, progress=False, callbacks=[crash])
+        train(tiny(*extra), tiny_prepared, out, progress=False, callbacks=[crash])
     assert read_checkpoint(out / "last.ckpt")["global_step"] == saved
-    train(tiny(*extra), prepared, out, resume=True, progress=False)
+    train(tiny(*extra), tiny_prepared, out, resume=True, progress=False)
     assert_same_run(full, out)
 
 
 @pytest.mark.parametrize("gather_on", ["loader", "device"])
-def test_resume_with_augmentation_on_the_device_matches_uninterrupted_run(prepared, tmp_path,
+def test_resume_with_augmentation_on_the_device_matches_uninterrupted_run(tiny_prepared, tmp_path,
                                                                           gather_on):
     """`data.augment_on=device` (the GPU default) draws each sample's parameters from its
     (seed, epoch, index) key too: a mid-epoch crash and resume gives the same weights, also
@@ -89,15 +84,15 @@ def test_resume_with_augmentation_on_the_device_matches_uninterrupted_run(prepar
     loader yields indices alone."""
     device = tiny("data.augment_on=device", f"data.gather_on={gather_on}")
     full = tmp_path / "full"
-    train(device, prepared, full, progress=False)
+    train(device, tiny_prepared, full, progress=False)
     out = tmp_path / "crashed"
     with pytest.raises(Interrupt):
-        train(device, prepared, out, progress=False, callbacks=[InterruptAt(7)])
-    train(device, prepared, out, resume=True, progress=False)
+        train(device, tiny_prepared, out, progress=False, callbacks=[InterruptAt(7)])
+    train(device, tiny_prepared, out, resume=True, progress=False)
     assert_same_run(full, out)
 
 
-def test_split_on_the_device_trains_the_same_weights(prepared, tmp_path):
+def test_split_on_the_device_trains_the_same_weights(tiny_prepared, tmp_path):
     """`data.gather_on=device` is the same run as the loader path: same batches, same
     augmentation rounding, same dropout stream (the index loader draws nothing from the
     global RNG), so bit-identical weights."""
@@ -105,7 +100,7 @@ def test_split_on_the_device_trains_the_same_weights(prepared, tmp_path):
     for gather_on in ("loader", "device"):
         out = tmp_path / gather_on
         train(tiny("data.augment_on=device", f"data.gather_on={gather_on}",
-                   "train.max_epochs=1"), prepared, out, progress=False)
+                   "train.max_epochs=1"), tiny_prepared, out, progress=False)
         runs[gather_on] = model_state_dict(read_checkpoint(out / "last.ckpt"))
     differ = [k for k in runs["loader"] if not torch.equal(runs["loader"][k], runs["device"][k])]
     assert not differ, differ[:5]
