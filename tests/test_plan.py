@@ -311,3 +311,12 @@ def test_cross_validation_data_gets_the_fold_option(prepared, tmp_path):
     assert code == 0, output
     assert "--fold K" in output and "K = 0..2" in output
     assert "--fold K" in (tmp_path / "plan.yaml").read_text()
+
+
+@pytest.mark.parametrize(("device", "words"), [
+    ("cuda:1", "CUDA_VISIBLE_DEVICES=1 dermaseg plan ... --device cuda"),
+    ("tpu", "--device tpu: must be one of auto, cpu, cuda, mps")])
+def test_unknown_devices_are_refused_with_what_to_give(prepared, tmp_path, device, words):
+    code, output = run_cli("plan", prepared, "-o", tmp_path / "plan.yaml", "--device", device)
+    assert code == 2 and words in output, output
+    assert not (tmp_path / "plan.yaml").exists()

@@ -136,6 +136,10 @@ def resolve_device(device: str) -> str:
     """
     import torch
 
+    if device.startswith("cuda:"):  # training takes the visible GPUs in order
+        raise UsageError(f"--device {device}: choose the GPU with CUDA_VISIBLE_DEVICES: "
+                         f"`CUDA_VISIBLE_DEVICES={device.removeprefix('cuda:')} dermaseg plan "
+                         "... --device cuda`, and train the same way")
     if device not in DEVICES:
         raise UsageError(f"--device {device}: must be one of {', '.join(DEVICES)}")
     mps = getattr(torch.backends, "mps", None)
