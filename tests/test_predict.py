@@ -202,6 +202,33 @@ def test_rerun_with_another_model_or_settings_is_refused_unless_overwrite(
     assert code == 0 and "0 written, 1 already there" in output, output
     settings = json.loads((out / "predict.json").read_text())["settings"]
     assert settings["models"][0]["path"] == str(other.resolve())
+    code, output = run_cli("predict", f"{other},", image, "-o", out, "-q")  # a stray comma
+    assert code == 0 and "0 written, 1 already there" in output, output
+
+
+def test_out_never_holds_masks_or_extras_of_two_settings(tiny_ckpt, synth_dir, tmp_path):
+    """--overwrite with another model rewrote the masks but kept the old probability maps and
+    measurements, which a later run then took as done; a second folder predicted into OUT
+    with other settings left masks of two models under one predict.json."""
+    first, second, out = synth_dir / "synth_0001.jpg", synth_dir / "synth_0002.jpg", tmp_path
+    other = tmp_path / "other.ckpt"
+    shutil.copy(tiny_ckpt, other)
+    out = tmp_path / "out"
+    assert run_cli("predict", tiny_ckpt, first, "-o", out, "-q", "--measure", "--save-prob",
+                   "--pixel-size", "0.01")[0] == 0
+    code, output = run_cli("predict", tiny_ckpt, first, "-o", out, "-q")  # no --measure
+    assert code == 0 and "1 already there" in output, output
+    code, output = run_cli("predict", other, second, "-o", out, "-q", "--overwrite")
+    assert code == 2 and "1 image(s) outside this run (synth_0001)" in output, output
+    assert not (out / "synth_0002_segmentation.png").exists()
+    code, output = run_cli("predict", other, first, "-o", out, "-q", "--overwrite")
+    assert code == 0 and "1 written" in output, output
+    assert not (out / "prob" / "synth_0001_prob.png").exists()
+    assert not (out / "measurements.jsonl").exists()
+    code, output = run_cli("predict", other, first, "-o", out, "-q", "--measure")
+    assert code == 0 and "1 written" in output, output  # measured anew, not taken as done
+    records = (out / "measurements.jsonl").read_text().splitlines()
+    assert len(records) == 1 and "area_mm2" not in records[0]
 
 
 def test_webp_images_are_listed_and_predicted(predictor, tmp_path):

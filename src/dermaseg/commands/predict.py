@@ -43,9 +43,11 @@ def prediction_settings(model: str, tta, options) -> dict:
     post-processing and the pixel size (recorded in OUT/predict.json)."""
     from dataclasses import asdict
 
+    from dermaseg.infer.ensemble import split_models
+
     models = []
-    for part in model.split(","):
-        path = Path(part.strip())
+    for part in split_models(model):
+        path = Path(part)
         stat = path.stat()
         models.append({"path": str(path.resolve()), "bytes": stat.st_size,
                        "mtime_ns": stat.st_mtime_ns})

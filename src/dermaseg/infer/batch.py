@@ -14,8 +14,9 @@ Memory stays bounded: files are listed (paths only), decoded a few batches ahead
 pool, predicted one batch at a time and written at once. A mask is written last for its image,
 so an interrupted run is resumed by skipping images whose mask and requested extras all exist
 (`overwrite=False`); an image missing one of them is predicted again and all its outputs are
-rewritten. Masks predict did not write (no predict.json: ground truth, say) are never
-touched; a rerun with other settings is refused unless `overwrite`.
+rewritten. predict never writes beside masks it did not write (no predict.json: ground
+truth, say), and OUT never holds masks of two settings: a rerun with other settings is refused
+unless `overwrite` redoes every mask there (the extras it does not redo are removed).
 Several processes split the list with `shard=(i, n)`: image k goes to process k mod n.
 """
 
@@ -98,35 +99,67 @@ def is_done(out: Path, image_id: str, options: PredictOptions) -> bool:
     return all(where(out, image_id).exists() for asked, where in wanted if asked)
 
 
-def check_record(out: Path, ids: list[str], options: PredictOptions) -> None:
-    """Refuse to touch masks predict did not write (ground truth, say), and, unless
-    `overwrite`, to resume into masks made with other settings; then record the settings.
+def check_record(out: Path, ids: list[str], options: PredictOptions,
+                 every_id: list[str] | None = None) -> None:
+    """Refuse to write beside masks predict did not write (ground truth, say), and, unless
+    `overwrite`, beside masks made with other settings; with `overwrite`, refuse when OUT also
+    holds masks of images outside this run (`every_id`: of all shards), and remove the extras
+    of the images redone (`ids`) that the new settings would leave stale. Then record the
+    settings. A run without --measure keeps the pixel size of the measurements already there.
 
     Raises:
-        UsageError: either case, naming OUT and what differs.
+        UsageError: each case, naming OUT and what differs.
     """
     record = out / RECORD
-    present = any(mask_path(out, image_id).exists() for image_id in ids)
-    wanted = json.loads(json.dumps(options.settings))
-    if present and not record.is_file():
+    masks = {path.name.removesuffix(MASK_SUFFIX) for path in out.glob(f"*{MASK_SUFFIX}")}
+    if masks and not record.is_file():
         raise UsageError(
-            f"{display_path(out)}: holds <id>{MASK_SUFFIX} masks for these images that "
-            f"`dermaseg predict` did not write (no {RECORD}): ground truth, perhaps. Choose "
-            "another output folder (or delete those masks if they are old predictions)")
-    if present and not options.overwrite:
-        try:
-            earlier = json.loads(record.read_text()).get("settings")
-        except (OSError, ValueError, AttributeError) as exc:
-            raise UsageError(f"{display_path(record)}: unreadable ({exc}); pass --overwrite "
-                             "to predict again") from exc
-        changed = sorted(key for key in {**(earlier or {}), **(wanted or {})}
-                         if (earlier or {}).get(key) != (wanted or {}).get(key))
+            f"{display_path(out)}: holds <id>{MASK_SUFFIX} masks that `dermaseg predict` did "
+            f"not write (no {RECORD}): ground truth, perhaps. Choose another output folder "
+            "(or delete those masks if they are old predictions)")
+    wanted = json.loads(json.dumps(options.settings)) or {}
+    earlier = _recorded_settings(record, options.overwrite) if masks else None
+    if earlier is not None:
+        own_pixel_size = wanted.get("pixel_size_mm")
+        if not options.measure:
+            wanted["pixel_size_mm"] = earlier.get("pixel_size_mm")
+        changed = sorted(key for key in {**earlier, **wanted}
+                         if earlier.get(key) != wanted.get(key))
         if changed:
-            raise UsageError(
-                f"{display_path(out)}: its masks were predicted with other settings "
-                f"({', '.join(changed)} differ from {RECORD}); pass --overwrite to predict "
-                "them again, or choose another output folder")
+            _allow_other_settings(out, changed, masks - set(every_id or ids), options.overwrite)
+            for image_id in ids:
+                for where in (_prob_path, _overlay_path, _measurement_path):
+                    where(out, image_id).unlink(missing_ok=True)
+            wanted["pixel_size_mm"] = own_pixel_size  # no earlier measurement is left
     write_json_atomic(record, {"settings": wanted})
+
+
+def _recorded_settings(record: Path, overwrite: bool) -> dict | None:
+    """The settings in predict.json; None when unreadable and `overwrite`."""
+    try:
+        return json.loads(record.read_text()).get("settings") or {}
+    except (OSError, ValueError, AttributeError) as exc:
+        if overwrite:
+            return None
+        raise UsageError(f"{display_path(record)}: unreadable ({exc}); pass --overwrite "
+                         "to predict again") from exc
+
+
+def _allow_other_settings(out: Path, changed: list[str], others: set[str],
+                          overwrite: bool) -> None:
+    """Other settings than the masks in OUT: only with `overwrite`, and only when this run
+    redoes every one of them (else OUT would hold masks of two settings)."""
+    differ = f"{', '.join(changed)} differ from {RECORD}"
+    if not overwrite:
+        raise UsageError(
+            f"{display_path(out)}: its masks were predicted with other settings ({differ}); "
+            "pass --overwrite to predict them again, or choose another output folder")
+    if others:
+        shown = ", ".join(sorted(others)[:3]) + (", ..." if len(others) > 3 else "")
+        raise UsageError(
+            f"{display_path(out)}: also holds masks of {len(others)} image(s) outside this "
+            f"run ({shown}) made with other settings ({differ}); --overwrite would leave them "
+            "beside the new ones: choose another output folder")
 
 
 def _is_input_image(path: Path) -> bool:
@@ -306,6 +339,9 @@ def gather_measurements(out: Path) -> None:
         return
     lines = [json.dumps(json.loads(p.read_text()), sort_keys=False)
              for p in sorted(folder.glob("*.json")) if not p.name.startswith(".")]
+    if not lines:
+        (out / "measurements.jsonl").unlink(missing_ok=True)
+        return
     write_bytes_atomic(out / "measurements.jsonl", ("\n".join(lines) + "\n").encode())
 
 
@@ -322,8 +358,9 @@ def predict_files(predictor, files: list[Path], out: Path, options: PredictOptio
             leftover.unlink(missing_ok=True)
     summary = PredictSummary()
     items, summary.failed = assign_ids(files)
+    every_id = [image_id for image_id, _ in items]
     items = items[shard[0] :: shard[1]]
-    check_record(out, [image_id for image_id, _ in items], options)
+    check_record(out, [image_id for image_id, _ in items], options, every_id)
     if not options.overwrite:
         summary.skipped = [i for i, _ in items if is_done(out, i, options)]
         done = set(summary.skipped)
@@ -341,6 +378,5 @@ def predict_files(predictor, files: list[Path], out: Path, options: PredictOptio
                 _flush(predictor, batch, out, options, summary, bar)
         if batch:
             _flush(predictor, batch, out, options, summary, bar)
-    if options.measure:
-        gather_measurements(out)
+    gather_measurements(out)  # also after stale measurements were removed
     return summary
