@@ -75,5 +75,6 @@ def test_doctor_reports_this_machine(tmp_path):
     assert code == 0, output
     assert "torch" in output and "accelerators:" in output
     assert "GiB available of" in output and f"disk ({tmp_path}):" in output
+    assert "runtime for .tflite models (ai-edge-litert): " in output
     code, output = run_cli("doctor", "--path", tmp_path / "absent")
-    assert code == 0 and "unknown (No such file or directory)" in output
+    assert code == 2 and "--path" in output and "absent: no such folder" in output, output

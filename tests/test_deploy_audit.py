@@ -7,6 +7,7 @@ import onnx
 import pytest
 import torch
 
+from badinputs import run_cli
 from dermaseg.config import Config
 from dermaseg.errors import DermasegError
 from dermaseg.export import PARITY_TOLERANCE, export_onnx, torch_probabilities
@@ -49,6 +50,30 @@ def test_dynamo_alone_refuses_an_opset_it_cannot_write(tmp_path, small_model):
     with pytest.raises(DermasegError, match="m.onnx: ONNX export failed.*not the requested 13"):
         export_onnx(model, meta, tmp_path / "m.onnx", opset=13, exporter="dynamo")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_auto_exports_old_opsets_without_the_dynamo_converter(tmp_path, small_model, capfd):
+    """--opset 13 worked but printed the version converter's traceback first."""
+    model, meta = small_model
+    assert _opset(export_onnx(model, meta, tmp_path / "m.onnx", opset=13)) == 13
+    captured = capfd.readouterr()
+    assert "Traceback" not in captured.out + captured.err
+
+
+@pytest.mark.parametrize(("options", "message"), [
+    (["--opset", "99"], "--opset 99: dermaseg exports opsets 13 to"),
+    (["--opset", "12"], "--opset 12: dermaseg exports opsets 13 to"),
+    (["--exporter", "jit"], "--exporter jit: use auto, dynamo or legacy"),
+    (["--calib-count", "1"], "--calib-count must be at least 2"),
+    (["-o", "{tmp}"], "a folder; -o takes the file to write"),
+])
+def test_export_options_are_refused_before_loading(tmp_path, options, message):
+    not_loaded = tmp_path / "m.ckpt"
+    not_loaded.write_bytes(b"never read: the options are refused first")
+    options = [option.format(tmp=tmp_path) for option in options]
+    code, output = run_cli("export", not_loaded, *options)
+    assert code == 2 and message in output, output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.ckpt"]
 
 
 @pytest.mark.parametrize("exporter", ["dynamo", "legacy"])

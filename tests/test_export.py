@@ -187,6 +187,8 @@ def _graph(input_name="image", output_name="logits", meta: str | None = "{}"):
     ("text", "not an ONNX file"), ("missing", "no such ONNX file"),
     ("input", "named 'image'"), ("nometa", "no 'dermaseg' metadata"),
     ("badjson", "not JSON"), ("incomplete", "incomplete dermaseg metadata"),
+    ("zero_size", r"bad dermaseg metadata: image_size 0 \(expected 1..16384\); std \[1.0, "
+                  r"0.0, 1.0\] \(expected 3 numbers > 0\)"),
 ])
 def test_check_onnx_refuses_bad_files(tmp_path, case, message):
     path = tmp_path / "bad.onnx"
@@ -195,7 +197,10 @@ def test_check_onnx_refuses_bad_files(tmp_path, case, message):
         path.write_text("not a model at all\n")
     elif case != "missing":
         model = {"input": _graph(input_name="x", meta=good_meta), "nometa": _graph(meta=None),
-                 "badjson": _graph(meta="{oops"), "incomplete": _graph(meta="{}")}[case]
+                 "badjson": _graph(meta="{oops"), "incomplete": _graph(meta="{}"),
+                 "zero_size": _graph(meta=json.dumps(json.loads(good_meta)
+                                                     | {"image_size": 0, "std": [1, 0, 1]}))
+                 }[case]
         onnx.save(model, str(path))
     with pytest.raises(DermasegError, match=message):
         check_onnx(path)

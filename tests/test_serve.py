@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from badinputs import png_bomb
+from badinputs import png_bomb, run_cli
 from dermaseg.checkpoint import load_model
 from dermaseg.export import export_onnx
 from fitted import shared_fitted, synth_images
@@ -288,3 +288,24 @@ def test_body_limit_message_shows_small_limits_in_mib():
 
     assert BodyTooLarge(round(0.05 * 2**20)).detail.endswith("(0.05 MiB)")
     assert BodyTooLarge(20 * 2**20).detail.endswith("(20 MiB)")
+
+
+@pytest.mark.parametrize(("options", "message"), [
+    (["--max-upload-mb", "inf"], "--max-upload-mb inf: must be a finite number > 0"),
+    (["--timeout", "0"], "--timeout 0.0: must be a finite number > 0"),
+    (["--threads", "-1"], "--threads -1: must be >= 0"),
+    (["--token", "sécret"], "visible ASCII characters only"),
+    (["--token", "two words"], "visible ASCII characters only"),
+])
+def test_bad_options_are_refused_before_serving(tiny_ckpt, options, message):
+    """--max-upload-mb inf and --threads -1 crashed with a traceback; a token with an accent
+    could never match the header (401 for every client)."""
+    code, output = run_cli("serve", tiny_ckpt, "--port", "1", *options)
+    assert code == 2 and message in output and "Traceback" not in output, output
+
+
+def test_an_image_given_as_the_model_is_named(tiny_ckpt, synth_dir, tmp_path):
+    image = synth_dir / "synth_0001.jpg"
+    code, output = run_cli("predict", image, image, "-o", tmp_path / "out")
+    assert code == 2 and "an image, not a model" in output, output
+

@@ -121,6 +121,7 @@ def test_what_needs_pytorch_says_so(tiny_ckpt, synth_dir, torchless, tmp_path):
         assert "Traceback" not in result.stderr
     doctor = run_dermaseg(torchless, "doctor")
     assert doctor.returncode == 0 and "PyTorch is not installed" in doctor.stdout
+    assert "(litert-torch, TFLite export; needs PyTorch)" in doctor.stdout
 
 
 def test_requirements_onnx_is_pyproject_without_the_pytorch_stack():

@@ -132,6 +132,16 @@ def save_onnx(proto, path: str | os.PathLike) -> Path:
     return path
 
 
+def check_opset(opset: int) -> None:
+    """Raises: UsageError for an opset below 13 or above what the installed onnx knows."""
+    import onnx
+
+    newest = onnx.defs.onnx_opset_version()
+    if not 13 <= opset <= newest:
+        raise UsageError(f"--opset {opset}: dermaseg exports opsets 13 to {newest} (the newest "
+                         "the installed onnx knows)")
+
+
 def export_onnx(model: torch.nn.Module, meta: ModelMeta, path: str | os.PathLike, *,
                 opset: int = DEFAULT_OPSET, exporter: str = "auto") -> Path:
     """Export to ONNX with dynamic batch, height and width and the dermaseg metadata.
@@ -141,18 +151,18 @@ def export_onnx(model: torch.nn.Module, meta: ModelMeta, path: str | os.PathLike
             (TorchScript tracing), or "auto": dynamo, falling back to legacy if it fails.
 
     Raises:
-        UsageError: an unknown exporter or an opset below 13.
+        UsageError: an unknown exporter or an opset out of range (check_opset).
         DermasegError: neither exporter handles the model, or the file cannot be written.
     """
     if exporter not in ("auto", "dynamo", "legacy"):
         raise UsageError(f"--exporter {exporter}: use auto, dynamo or legacy")
-    if opset < 13:
-        raise UsageError(f"--opset {opset}: dermaseg needs opset 13 or newer")
+    check_opset(opset)
     wrapped = LogitsOnly(model).eval()
     sample = torch.zeros(1, 3, meta.image_size, meta.image_size)
     path = Path(path)
     proto, errors = None, []
-    if exporter in ("auto", "dynamo"):
+    # dynamo writes opset 18 and converts down, noisily and often not at all: auto goes legacy
+    if exporter == "dynamo" or (exporter == "auto" and opset >= DEFAULT_OPSET):
         proto = _exported("dynamo", lambda: _dynamo_export(wrapped, sample, opset), opset, errors)
     if proto is None and exporter in ("auto", "legacy"):
         with tempfile.TemporaryDirectory() as folder:

@@ -6,6 +6,7 @@ exported model is used without importing PyTorch.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,13 +38,29 @@ class ModelMeta:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], where: str) -> ModelMeta:
+        """Raises: DermasegError naming `where`: a missing field or a value out of range."""
         try:
             config = config_from_dict(data["config"], f"{where}: config", INFERENCE_FIELDS)
-            return cls(config, int(data["image_size"]), [float(v) for v in data["mean"]],
+            meta = cls(config, int(data["image_size"]), [float(v) for v in data["mean"]],
                        [float(v) for v in data["std"]], float(data["threshold"]),
                        str(data.get("version", "?")))
         except (KeyError, TypeError, ValueError) as exc:
             raise DermasegError(f"{where}: incomplete dermaseg metadata ({exc})") from exc
+        meta._check_ranges(where)
+        return meta
+
+    def _check_ranges(self, where: str) -> None:
+        problems = []
+        if not 1 <= self.image_size <= 16384:
+            problems.append(f"image_size {self.image_size} (expected 1..16384)")
+        if len(self.mean) != 3 or not all(math.isfinite(v) for v in self.mean):
+            problems.append(f"mean {self.mean} (expected 3 finite numbers)")
+        if len(self.std) != 3 or not all(math.isfinite(v) and v > 0 for v in self.std):
+            problems.append(f"std {self.std} (expected 3 numbers > 0)")
+        if not 0 <= self.threshold <= 1:
+            problems.append(f"threshold {self.threshold} (expected 0..1)")
+        if problems:
+            raise DermasegError(f"{where}: bad dermaseg metadata: {'; '.join(problems)}")
 
 
 def folder_error(path: Path, what: str) -> DermasegError:

@@ -12,11 +12,17 @@ from pathlib import Path
 import typer
 
 from dermaseg import __version__
+from dermaseg.errors import UsageError
 
 PACKAGES = ("torch", "torchvision", "timm", "lightning", "torchmetrics", "onnx", "onnxruntime",
             "fastapi", "uvicorn", "numpy", "pillow")
-EXTRAS = {"crf": "pydensecrf2", "tflite": "litert-torch", "dev": "isic-challenge-scoring",
-          "bench": "segmentation-models-pytorch"}
+EXTRAS = {  # extra: (package, what for)
+    "crf": ("pydensecrf2", "--crf"),
+    "tflite": ("litert-torch", "TFLite export; needs PyTorch"),
+    "dev": ("isic-challenge-scoring", "the tests' official scorer"),
+    "bench": ("segmentation-models-pytorch", "the benchmarks' peer model"),
+}
+LITERT = "ai-edge-litert"  # runs .tflite models, with or without PyTorch
 
 
 def _version(package: str) -> str:
@@ -86,6 +92,8 @@ def doctor(
     path: Path = typer.Option(Path("."), "--path", help="Folder whose disk space to report."),
 ) -> None:
     """Print versions, GPUs, free disk and memory, and which optional extras are installed."""
+    if not path.is_dir():
+        raise UsageError(f"--path {path}: no such folder")
     typer.echo(f"dermaseg {__version__}  python {platform.python_version()}  {platform.platform()}")
     for package in PACKAGES:
         typer.echo(f"  {package:<14} {_version(package)}")
@@ -94,8 +102,13 @@ def doctor(
     typer.echo(f"CPU cores:     {os.cpu_count()}")
     typer.echo(f"memory:        {_memory_gib()}")
     typer.echo(f"disk ({path}): {_disk(path)}")
-    for extra, package in EXTRAS.items():
-        module = package.replace("-", "_")
-        have = importlib.util.find_spec(module) is not None or _version(package) != "not installed"
-        hint = "installed" if have else f"missing: pip install 'dermaseg[{extra}]'"
-        typer.echo(f"extra {extra:<8} ({package}): {hint}")
+    for extra, (package, purpose) in EXTRAS.items():
+        hint = "installed" if _installed(package) else f"missing: pip install 'dermaseg[{extra}]'"
+        typer.echo(f"extra {extra:<8} ({package}, {purpose}): {hint}")
+    hint = "installed" if _installed(LITERT) else f"missing: pip install {LITERT}"
+    typer.echo(f"runtime for .tflite models ({LITERT}): {hint}")
+
+
+def _installed(package: str) -> bool:
+    module = package.replace("-", "_")
+    return importlib.util.find_spec(module) is not None or _version(package) != "not installed"

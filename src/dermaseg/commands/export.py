@@ -115,12 +115,27 @@ def _int8_siblings(output: Path) -> tuple[Path, Path]:
     return output.with_name(stem + ".fp32.onnx"), output.with_name(stem + ".report.json")
 
 
+def _check_options(fmt: str, opset: int, exporter: str, calib_count: int) -> None:
+    """The option errors export_onnx and calibration_images would raise, before any work."""
+    from dermaseg.export import check_opset
+
+    if fmt == "onnx":
+        check_opset(opset)
+        if exporter not in ("auto", "dynamo", "legacy"):
+            raise UsageError(f"--exporter {exporter}: use auto, dynamo or legacy")
+    if calib_count < 2:
+        raise UsageError(f"--calib-count must be at least 2, got {calib_count}")
+
+
 def _check_outputs(model: Path, output: Path, fmt: str, int8: bool, overwrite: bool) -> None:
     """Refuse to write over the checkpoint, and over earlier files unless `overwrite`."""
     paths = [output, *(_int8_siblings(output) if int8 else ()),
              *([output.with_name(output.name + ".json")] if fmt == "tflite" else [])]
     if any(path.resolve() == model.resolve() for path in paths):
         raise UsageError(f"-o {output}: that is the checkpoint being exported")
+    folders = [str(path) for path in paths if path.is_dir()]
+    if folders:
+        raise UsageError(f"{', '.join(folders)}: a folder; -o takes the file to write")
     existing = [str(path) for path in paths if path.exists()]
     if existing and not overwrite:
         raise UsageError(f"{', '.join(existing)}: already exist{'s' if len(existing) == 1 else ''}"
@@ -201,6 +216,7 @@ def export(
         require_litert()  # before loading the model and making calibration images
     output = output or _default_output(model, fmt, int8)
     _check_outputs(model, output, fmt, int8, overwrite)
+    _check_options(fmt, opset, exporter, calib_count)
     net, meta = load_model(model)
     images, source = calibration_images(calib, calib_count, meta.image_size)
     typer.echo(f"checking on {source}")

@@ -76,7 +76,7 @@ MODEL_HELP = ("A checkpoint (.ckpt) or an exported .onnx or .tflite model; sever
 TTA = typer.Option(False, "--tta", help="Average over the four flips.")
 KEEP_LARGEST = typer.Option(False, "--keep-largest", help="Keep the largest lesion.")
 FILL_HOLES = typer.Option(False, "--fill-holes", help="Fill holes inside the lesion.")
-MIN_AREA = typer.Option(0, "--min-area", help="Remove specks under N pixels.")
+MIN_AREA = typer.Option(0, "--min-area", min=0, help="Remove specks under N pixels.")
 CRF = typer.Option(False, "--crf", help="Dense-CRF refinement (extra: dermaseg\\[crf]).")
 BATCH_SIZE = typer.Option(8, "--batch-size", min=1, help="Images per forward pass.")
 DEVICE = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:1 ...")

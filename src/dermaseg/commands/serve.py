@@ -28,14 +28,15 @@ def serve(
     timeout_s: float = typer.Option(60.0, "--timeout", help="Inference time limit (504)."),
     body_timeout_s: float = typer.Option(60.0, "--body-timeout",
                                          help="Seconds for a whole upload to arrive (408)."),
-    threads: int = typer.Option(0, "--threads", help="Inference threads (0: CPU cores)."),
+    threads: int = typer.Option(0, "--threads", help="Requests run on the model at once "
+                                "(0: min(--max-concurrency, CPU cores))."),
     log_level: str = typer.Option("info", "--log-level", help="uvicorn log level."),
 ) -> None:
     """Serve MODEL over HTTP: POST /v1/segment, a web page at /, /docs, /metrics."""
     import uvicorn
 
     from dermaseg.infer.ensemble import refuse_model_list
-    from dermaseg.serve.app import ServeSettings, load_predictor, settings_json
+    from dermaseg.serve.app import ServeSettings, check_token, load_predictor, settings_json
 
     refuse_model_list(model, "serve")
     if workers < 1:
@@ -46,6 +47,7 @@ def serve(
                              max_concurrency, timeout_s, threads=threads,
                              body_timeout_s=body_timeout_s)
     settings.check()
+    check_token(token or os.environ.get("DERMASEG_TOKEN"))
     load_predictor(settings)  # fail here, with a clear message, rather than in every worker
     os.environ["DERMASEG_SERVE"] = settings_json(settings)
     if token:

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from dermaseg.data.discover import IMAGE_SUFFIXES
 from dermaseg.data.geometry import Letterbox, letterbox_image, restore_probability
 from dermaseg.errors import DermasegError, UsageError
 from dermaseg.infer.tta import TTAConfig, scaled_side, sigmoid, tta_probability
@@ -58,6 +59,9 @@ class Predictor:
             raise UsageError(f"{path}: no such model file")
         if not path.is_file():
             raise folder_error(path, "model file")
+        if path.suffix.lower() in IMAGE_SUFFIXES:
+            raise UsageError(f"{path}: an image, not a model (.ckpt, .onnx or .tflite); the "
+                             "model comes first: MODEL IMAGES...")
         if model_kind(path) == "onnx":
             meta = check_onnx(path)  # graph, names, ranks and metadata, before onnxruntime
             return cls(OnnxBackend(path, device), meta, **kwargs)

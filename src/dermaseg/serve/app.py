@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -81,10 +82,29 @@ class ServeSettings:
         if self.backend not in ("auto", kind):
             raise UsageError(f"{self.model_path}: --backend {self.backend} does not fit a "
                              f"{kind} model (the file suffix decides; leave --backend out)")
-        for name in ("max_upload_mb", "max_pixels", "max_concurrency", "timeout_s", "max_batch",
-                     "body_timeout_s"):
-            if not getattr(self, name) > 0:
-                raise UsageError(f"{name}: must be > 0, got {getattr(self, name)}")
+        for name, option in SIZE_OPTIONS.items():
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value > 0):
+                raise UsageError(f"{option} {value}: must be a finite number > 0")
+        if self.threads < 0:
+            raise UsageError(f"--threads {self.threads}: must be >= 0 (0: CPU cores)")
+        check_token(self.token)
+
+
+SIZE_OPTIONS = {"max_upload_mb": "--max-upload-mb", "max_pixels": "--max-pixels",
+                "max_concurrency": "--max-concurrency", "timeout_s": "--timeout",
+                "max_batch": "max_batch", "body_timeout_s": "--body-timeout"}
+
+
+def check_token(token: str | None) -> None:
+    """A bearer token travels in an HTTP header: visible ASCII only (RFC 6750 allows less).
+
+    Raises:
+        UsageError: an empty token or one with spaces or other characters.
+    """
+    if token is not None and not (token and all("!" <= c <= "~" for c in token)):
+        raise UsageError("--token / DERMASEG_TOKEN: use visible ASCII characters only (no "
+                         "spaces, no accents): an HTTP header cannot carry others reliably")
 
 
 def load_predictor(settings: ServeSettings):
