@@ -19,6 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from PIL import Image
 from scipy import ndimage
 
 from dermaseg.data.geometry import mask_box
@@ -47,6 +48,9 @@ class PostprocessConfig:
     crf_bilateral_sxy: float = 50.0  # appearance kernel: spatial std, pixels
     crf_bilateral_srgb: float = 13.0  # appearance kernel: colour std, 0..255 units
     crf_bilateral_compat: float = 5.0  # appearance kernel weight
+    # larger images are refined at this long side (the kernels are in its pixels) and the
+    # result scaled back: a 6000x4000 image took 36 s and 5 GB at full size. 0: full size
+    crf_max_side: int = 1024
 
 
 def _as_bool(mask: np.ndarray, name: str = "mask") -> np.ndarray:
@@ -156,6 +160,21 @@ def crf_refine(prob: np.ndarray, image: np.ndarray, config: PostprocessConfig) -
             f"got {image.dtype} {image.shape}"
         )
     height, width = prob.shape
+    scale = config.crf_max_side / max(height, width) if config.crf_max_side else 1.0
+    if scale >= 1:
+        return _crf_margin(dcrf, unary_from_softmax, prob, image, config) > 0
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    small_prob = np.asarray(Image.fromarray(prob).resize(size, Image.Resampling.BILINEAR))
+    small_image = np.asarray(Image.fromarray(image).resize(size, Image.Resampling.BILINEAR))
+    margin = _crf_margin(dcrf, unary_from_softmax, small_prob, small_image, config)
+    return np.asarray(Image.fromarray(margin).resize((width, height),
+                                                     Image.Resampling.BILINEAR)) > 0
+
+
+def _crf_margin(dcrf, unary_from_softmax, prob: np.ndarray, image: np.ndarray,
+                config: PostprocessConfig) -> np.ndarray:
+    """(H, W) float32: the CRF's lesion marginal minus its background marginal."""
+    height, width = prob.shape
     softmax = np.stack([1.0 - prob, prob]).clip(0.0, 1.0)
     crf = dcrf.DenseCRF2D(width, height, 2)
     crf.setUnaryEnergy(np.ascontiguousarray(unary_from_softmax(softmax)))
@@ -166,8 +185,9 @@ def crf_refine(prob: np.ndarray, image: np.ndarray, config: PostprocessConfig) -
         rgbim=np.array(image, order="C"),  # a writable copy: the binding rejects read-only
         compat=config.crf_bilateral_compat,
     )
-    q = np.asarray(crf.inference(config.crf_iterations)).reshape(2, height, width)
-    return q[1] > q[0]
+    q = np.asarray(crf.inference(config.crf_iterations), dtype=np.float32).reshape(2, height,
+                                                                                   width)
+    return q[1] - q[0]
 
 
 def postprocess(
