@@ -87,6 +87,24 @@ def test_exif_rotated_jpeg_gives_mask_of_displayed_size(predictor, tmp_path):
         assert mask.size == (70, 120) and mask.mode == "L"
 
 
+def test_folders_list_the_images_data_prepare_would_use(tmp_path):
+    """ISIC 2017's superpixel maps, PH2's *_roi label folders and a NAME_mask beside NAME
+    were predicted as images: two files per id broke the official scorer."""
+    files = ["isic/ISIC_0000060.jpg", "isic/ISIC_0000060_superpixels.png",
+             "isic/ISIC_0000060_segmentation.png", "IMD002/IMD002_Dermoscopic_Image/IMD002.bmp",
+             "IMD002/IMD002_roi/IMD002_R1_Label1.bmp", "own/photo.jpg", "own/photo_mask.png",
+             "own/gt.png"]
+    for name in files:
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(_image(8, 8)).save(tmp_path / name)
+    found, failed = list_inputs([str(tmp_path)])
+    assert [str(path.relative_to(tmp_path)) for path in found] == [
+        "IMD002/IMD002_Dermoscopic_Image/IMD002.bmp", "isic/ISIC_0000060.jpg", "own/gt.png",
+        "own/photo.jpg"] and not failed
+    named, _ = list_inputs([str(tmp_path / "own" / "photo_mask.png")])  # asked for by name
+    assert named == [tmp_path / "own" / "photo_mask.png"]
+
+
 def test_predict_writes_isic_masks_and_extras(predictor, synth_dir, tmp_path):
     files, failed = list_inputs([str(synth_dir)])
     assert len(files) == 12 and not failed  # the *_segmentation.png truths are not inputs

@@ -46,8 +46,9 @@ def run(tiny_prepared, tmp_path_factory):
 def test_run_writes_every_artefact(run):
     out, summary = run
     names = {p.name for p in out.iterdir()}
-    assert {"config.yaml", "best.ckpt", "last.ckpt", "metrics.csv", "curves.png",
+    assert {"config.yaml", "data.json", "best.ckpt", "last.ckpt", "metrics.csv", "curves.png",
             "summary.json"} <= names
+    assert json.loads((out / "data.json").read_text()) == summary["data"]
     assert not [n for n in names if n.endswith(".tmp")]
     assert load_config(out / "config.yaml") == tiny()
     rows = read_rows(out / "metrics.csv")

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import json
+import re
+import shutil
+
 import pytest
 import torch
 
 from dermaseg.checkpoint import model_state_dict, read_checkpoint
+from dermaseg.errors import UsageError
 from dermaseg.train.runner import train
 from training import (
     STEPS_PER_EPOCH,
@@ -104,3 +109,24 @@ def test_split_on_the_device_trains_the_same_weights(tiny_prepared, tmp_path):
         runs[gather_on] = model_state_dict(read_checkpoint(out / "last.ckpt"))
     differ = [k for k in runs["loader"] if not torch.equal(runs["loader"][k], runs["device"][k])]
     assert not differ, differ[:5]
+
+
+def test_resume_refuses_other_data_and_follows_a_moved_folder(tiny_prepared, tmp_path):
+    """`--resume` with another --data trained on on it, best.ckpt having been chosen on the
+    first data's val split."""
+    out = tmp_path / "crashed"
+    with pytest.raises(Interrupt):
+        train(tiny(), tiny_prepared, out, progress=False, callbacks=[InterruptAt(3)])
+    other = tmp_path / "other"
+    shutil.copytree(tiny_prepared, other)
+    manifest = json.loads((other / "manifest.json").read_text())
+    next(item for item in manifest["items"] if item["split"] == "train")["split"] = "val"
+    (other / "manifest.json").write_text(json.dumps(manifest))
+    started = re.escape(str(tiny_prepared.absolute()))
+    with pytest.raises(UsageError, match=f"started on {started}, whose items or splits differ"):
+        train(tiny(), other, out, resume=True, progress=False)
+    moved = tmp_path / "moved"
+    shutil.copytree(tiny_prepared, moved)
+    summary = train(tiny(), moved, out, resume=True, progress=False)
+    assert summary["epochs"] == 3
+

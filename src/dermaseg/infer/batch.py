@@ -36,6 +36,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+from dermaseg.data import discover
 from dermaseg.data.discover import IMAGE_SUFFIXES, MASK_STEM, display_path
 from dermaseg.data.geometry import mask_box, restore_probability
 from dermaseg.errors import DermasegError, UsageError
@@ -164,14 +165,26 @@ def _allow_other_settings(out: Path, changed: list[str], others: set[str],
 
 def _is_input_image(path: Path) -> bool:
     return (path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith(".")
-            and not MASK_STEM.match(path.stem))
+            and not MASK_STEM.match(path.stem) and not discover.IGNORED_STEM.search(path.stem))
+
+
+def _folder_images(folder: Path) -> list[Path]:
+    """The images under `folder` as `data prepare` sees them: not the masks, ISIC's
+    superpixel maps, PH2's *_roi folders, nor a `NAME_mask` beside its image `NAME`."""
+    files = [path for path in folder.rglob("*") if path.is_file() and _is_input_image(path)
+             and not any(discover.IGNORED_DIR.search(part)
+                         for part in path.relative_to(folder).parent.parts)]
+    stems = {(path.parent, path.stem) for path in files}
+    return [path for path in files if not ((other := discover.OTHER_MASK_STEM.match(path.stem))
+                                           and (path.parent, other["id"]) in stems)]
 
 
 def list_inputs(inputs: Iterable[str], exclude: Path | None = None):
     """Files, folders (searched recursively) and globs -> (sorted image paths, failures).
 
-    Masks (`*_segmentation.*`), hidden files and the extras predict writes in `exclude` (the
-    output folder: its prob/, overlay/ and measurements/) are left out. A name that matches
+    Masks (`*_segmentation.*`, and in folders what `data prepare` leaves out too: see
+    _folder_images), hidden files and the extras predict writes in `exclude` (the output
+    folder: its prob/, overlay/ and measurements/) are left out. A name that matches
     nothing is a failure, not an exception.
     """
     found: set[Path] = set()
@@ -180,7 +193,7 @@ def list_inputs(inputs: Iterable[str], exclude: Path | None = None):
     for item in inputs:
         path = Path(item)
         if path.is_dir():
-            candidates = [p for p in path.rglob("*") if p.is_file() and _is_input_image(p)]
+            candidates = _folder_images(path)
         elif path.is_file():
             candidates = [path]
         elif path.exists():  # reading a pipe or a device could block for ever

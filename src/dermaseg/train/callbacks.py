@@ -329,7 +329,8 @@ class ProgressLines(Callback):
             lr = trainer.optimizers[0].param_groups[0]["lr"] if trainer.optimizers else None
         if lr is not None:
             parts.append(f"lr {lr:.2e}")
-        parts.append(f"{time.monotonic() - self._epoch_start:.0f} s")
+        if self._epoch_start:  # else an epoch resumed after its last batch: no time of its own
+            parts.append(f"{time.monotonic() - self._epoch_start:.0f} s")
         rank_zero_info(f"{self._epoch(trainer)}: {', '.join(parts)}")
 
     @staticmethod

@@ -136,11 +136,31 @@ def _check_paths(data_dir: Path, out_dir: Path, resume: bool) -> Path | None:
         if (out_dir / "summary.json").is_file():
             raise UsageError(f"{out_dir}: this run has finished ({_how_it_ended(out_dir)}), "
                              "nothing to resume; train a new run with another -o")
+        _check_same_data(data_dir, out_dir)
         return last
     if last.exists() or (out_dir / "best.ckpt").exists():
         raise UsageError(f"{out_dir}: already holds a run (last.ckpt); add --resume to "
                          "continue it, or choose another -o")
     return None
+
+
+DATA_RECORD = "data.json"  # the prepared data a run started on (data_identity)
+
+
+def _check_same_data(data_dir: Path, out_dir: Path) -> None:
+    """A run resumes on the data it started on: another split would change what it trains
+    on and what chose best.ckpt. Runs without data.json (older versions) are not checked."""
+    try:
+        started = json.loads((out_dir / DATA_RECORD).read_text())
+    except (OSError, ValueError):
+        return
+    now = data_identity(data_dir)
+    if started.get("fingerprint") != now["fingerprint"]:
+        same = " (prepared again since)" if started.get("path") == now["path"] else ""
+        raise UsageError(
+            f"--data {data_dir}: {out_dir} started on {started.get('path')}{same}, whose "
+            "items or splits differ from these; resume it with that data, or train a new run "
+            "with another -o")
 
 
 def _how_it_ended(out_dir: Path) -> str:
@@ -276,6 +296,8 @@ def train(config: Config, data_dir: str | os.PathLike, out_dir: str | os.PathLik
     if trainer.is_global_zero:
         out_dir.mkdir(parents=True, exist_ok=True)
         save_config(config, out_dir / "config.yaml")
+        if ckpt_path is None:
+            write_json_atomic(out_dir / DATA_RECORD, data_identity(data_dir))
     start = time.perf_counter()
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
     return _finish(trainer, config, out_dir, time.perf_counter() - start, data_dir)
