@@ -134,6 +134,23 @@ def test_different_images_are_refused_unless_common(evaluations, tmp_path):
         np.mean([rows_a[i]["dice"] for i in kept]), abs=1e-12)
 
 
+def test_same_ids_of_other_images_are_refused(evaluations, tmp_path):
+    """Two evaluations of other images under the same ids (another synthetic seed) were
+    compared, with a "significant" difference."""
+    eval_a, eval_b = evaluations
+
+    def bigger_image(text: str) -> str:  # the first image 100 background pixels bigger
+        rows = list(csv.reader(text.splitlines()))
+        rows[1][-1] = str(int(rows[1][-1]) + 100)
+        return "\n".join(",".join(row) for row in rows) + "\n"
+
+    other = _edited(eval_b, tmp_path / "other", bigger_image)
+    code, output = run_cli("compare", eval_a, other, "-o", tmp_path / "out")
+    first = list(csv.reader((eval_a / "metrics.csv").read_text().splitlines()))[1][0]
+    assert code == 2 and "the same ids name different images for 1 of" in output, output
+    assert f"({first}): {first} has a" in output and not (tmp_path / "out").exists()
+
+
 def test_metrics_csv_saved_by_a_spreadsheet_is_read(evaluations, tmp_path):
     """metrics.csv opened and saved again by a spreadsheet (UTF-8 with a BOM, CRLF lines):
     the same values as the original."""

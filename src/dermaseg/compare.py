@@ -27,6 +27,7 @@ from dermaseg.report import LABELS, _md_text
 from dermaseg.stats import CONFIDENCE, PairedResult, paired_comparison
 
 OUTPUT_FILES = ("compare.json", "compare.md", "compare.png")
+COUNTS = ("tp", "fp", "fn", "tn")  # the confusion counts metrics.csv also holds
 SHOWN_IDS = 5
 
 
@@ -37,6 +38,8 @@ class Scores:
     folder: Path
     ids: list[str]  # in the file's order
     values: np.ndarray  # (len(ids), len(METRIC_NAMES)) float, columns in METRIC_NAMES order
+    # id -> (ground-truth lesion pixels, image pixels), from tp/fp/fn/tn; None without them
+    truth: dict[str, tuple[int, int]] | None = None
 
     def rows(self, ids: list[str]) -> np.ndarray:
         """(len(ids), len(METRIC_NAMES)): the rows of these ids, in the order given."""
@@ -75,7 +78,25 @@ def read_scores(folder: Path) -> Scores:
         raise DermasegError(f"{display_path(path)}: no column {', '.join(missing)} in the "
                             f"header (found: {', '.join(header) or 'nothing'})")
     ids, values = _parse_rows(path, header, rows[1:])
-    return Scores(folder, ids, np.asarray(values, dtype=float).reshape(len(ids), -1))
+    return Scores(folder, ids, np.asarray(values, dtype=float).reshape(len(ids), -1),
+                  _truth_sizes(header, rows[1:]))
+
+
+def _truth_sizes(header: list[str], rows: list[list[str]]) -> dict[str, tuple[int, int]] | None:
+    """id -> (tp + fn, tp + fp + fn + tn): what identifies the scored image beside its id."""
+    if not all(name in header for name in COUNTS):
+        return None
+    columns, id_column = [header.index(name) for name in COUNTS], header.index("id")
+    sizes = {}
+    for row in rows:
+        if not any(cell.strip() for cell in row):
+            continue
+        try:
+            tp, fp, fn, tn = (int(float(row[column])) for column in columns)
+        except ValueError:
+            return None
+        sizes[row[id_column]] = (tp + fn, tp + fp + fn + tn)
+    return sizes
 
 
 def _training_run_message(folder: Path) -> str:
@@ -138,7 +159,8 @@ def common_ids(a: Scores, b: Scores, common: bool) -> tuple[list[str], list[str]
 
     Raises:
         UsageError: the id sets differ and `common` is False (how many and a few of each are
-            named), or fewer than 2 images are in both.
+            named), an id names images of other sizes or ground truths in A and B (by their
+            tp/fp/fn/tn), or fewer than 2 images are in both.
     """
     in_a, in_b = set(a.ids), set(b.ids)
     shared = [i for i in a.ids if i in in_b]
@@ -152,6 +174,15 @@ def common_ids(a: Scores, b: Scores, common: bool) -> tuple[list[str], list[str]
             + (f" ({_shown(only_b)})" if only_b else "") + f"; {len(shared)} in both. "
             "Comparing means over different images is invalid; --common compares the images "
             "in both")
+    if a.truth is not None and b.truth is not None:
+        other = [i for i in shared if a.truth.get(i) != b.truth.get(i)]
+        if other:
+            (lesion_a, size_a), (lesion_b, size_b) = a.truth[other[0]], b.truth[other[0]]
+            raise UsageError(
+                f"{display_path(a.folder)} and {display_path(b.folder)}: the same ids name "
+                f"different images for {len(other)} of {len(shared)} ({_shown(other)}): "
+                f"{other[0]} has a {lesion_a}-pixel lesion in {size_a} pixels in A, "
+                f"{lesion_b} in {size_b} in B. Compare evaluations of the same ground truth")
     if len(shared) < 2:
         raise UsageError(f"{display_path(a.folder)} and {display_path(b.folder)}: "
                          f"{len(shared)} image(s) in both; a comparison needs at least 2")
