@@ -182,6 +182,17 @@ def test_model_evaluation_on_a_prepared_split(tiny_ckpt, synth_dir, tmp_path):
         with Image.open(mask_path) as mask:
             pixels = sum(int(rows[image_id][k]) for k in ("tp", "fp", "fn", "tn"))
             assert pixels == mask.size[0] * mask.size[1] > 64 * 64
+    # the same evaluation again replaces it; another one is refused unless --overwrite
+    common = ["evaluate", str(tiny_ckpt), "--data", str(tmp_path / "prep"), "-o",
+              str(tmp_path / "eval"), "--quiet"]
+    assert run_cli(*common).exit_code == 0
+    for other in (["--split", "val"], ["--keep-largest"]):
+        result = run_cli(*common, *other)
+        assert type(result.exception).__name__ == "UsageError", result.output
+        assert "holds an evaluation of something else" in str(result.exception)
+    assert sorted(json.loads((tmp_path / "eval" / "metrics.json").read_text())["per_image"]) \
+        == test_ids
+    assert run_cli(*common, "--split", "val", "--overwrite").exit_code == 0
     # the prepared folder given as --truth: named as such, with the command that fits
     result = run_cli("evaluate", "--pred", str(tmp_path / "eval"), "--truth",
                      str(tmp_path / "prep"), "-o", str(tmp_path / "e2"))

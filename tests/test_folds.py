@@ -206,7 +206,13 @@ def test_evaluate_scores_a_fold_model_on_its_own_fold(prepared, fold_runs, tmp_p
                            "--split", "fold0", "-o", tmp_path / "e", "-q")
     assert code == 0, output
     scored = set(json.loads((tmp_path / "e" / "metrics.json").read_text())["per_image"])
-    assert scored == fold_ids(manifest, 0)
+    assert scored == fold_ids(manifest, 0) and "not a test score" not in output
+    code, output = run_cli("evaluate", fold_runs[0] / "best.ckpt", "--data", out,
+                           "--split", "fold1", "-o", tmp_path / "e1", "-q")
+    assert code == 0 and "split fold1 holds images the model trained on" in output, output
+    assert "its own images are --split fold0" in output
+    notes = json.loads((tmp_path / "e1" / "metrics.json").read_text())["notes"]
+    assert any("not a test score" in note for note in notes)
     code, output = run_cli("evaluate", fold_runs[0] / "best.ckpt", "--data", out,
                            "--split", "fold9", "-o", tmp_path / "e9")
     assert code == 2 and "fold0 (" in output and "fold4 (" in output, output

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -43,8 +44,36 @@ def _default_out(model: str, name: str) -> Path:
     return Path(common) / f"{name}-ensemble"
 
 
+def _refuse_another_evaluation(out: Path, notes: list[str], overwrite: bool) -> None:
+    """OUT's evaluation of another model, data or settings (its metrics.json "notes") is
+    replaced only with `overwrite`."""
+    try:
+        earlier = json.loads((out / "metrics.json").read_text())["notes"][:len(notes)]
+    except (OSError, ValueError, KeyError, TypeError):
+        return
+    if overwrite or earlier == notes:
+        return
+    differ = next((old for old, new in zip(earlier, notes, strict=False) if old != new),
+                  "its notes")
+    raise UsageError(f"{out}: holds an evaluation of something else ({differ}); pass "
+                     "--overwrite to replace it, or -o another folder")
+
+
+def _training_images_note(predictor, split: str) -> str | None:
+    """When the split holds images a model of this data trained on: a score to distrust."""
+    from dermaseg.infer.ensemble import Ensemble
+
+    fold = None if isinstance(predictor, Ensemble) else predictor.meta.config.data.fold
+    if split == "train" or (fold is not None and split not in ("test", f"fold{fold}")):
+        whose = "" if fold is None else f" (cross-validation fold {fold}: its own images are " \
+            f"--split fold{fold})"
+        return (f"split {split} holds images the model trained on if it was trained on this "
+                f"data{whose}: the score is not a test score")
+    return None
+
+
 def _model_evaluation(model: str, data: Path, split: str, out: Path | None, post, tta: bool,
-                      batch_size: int, device: str, quiet: bool):
+                      batch_size: int, device: str, quiet: bool, overwrite: bool):
     """(Evaluation, notes, report folder) of MODEL on a prepared split or a raw pair folder."""
     from dermaseg.commands.predict import tta_config
     from dermaseg.evaluate import evaluate_model, source_items
@@ -55,18 +84,23 @@ def _model_evaluation(model: str, data: Path, split: str, out: Path | None, post
     predictor = load_predictor(model, device=device, tta=tta_config(tta, None),
                                batch_size=batch_size)
     prepared = (data / "manifest.json").is_file()
-    out = out or _default_out(model, f"eval-{split}" if prepared else f"eval-{data.name}")
+    out = out or _default_out(model, f"eval-{split}" if prepared
+                              else f"eval-{data.resolve().name}")
     check_output(out)
-    result = evaluate_model(predictor, items, post, progress=not quiet)
     notes = [describe_model(predictor, model),
              f"data: {data}" + (f" (split {split})" if prepared else ""),
              f"threshold {predictor.threshold}, TTA {'on' if tta else 'off'}, "
              f"post-processing: {post or 'none'}"]
+    _refuse_another_evaluation(out, notes, overwrite)
+    leak = _training_images_note(predictor, split) if prepared else None
+    if leak:
+        notes.append(leak)
+        typer.echo(f"note: {leak}", err=True)
     if unpaired:
         shown = ", ".join(p.name for p in unpaired[:5]) + (", ..." if len(unpaired) > 5 else "")
         notes.append(f"{len(unpaired)} image(s) without a mask not scored: {shown}")
         typer.echo(f"note: {notes[-1]} (see `dermaseg data check {data}`)", err=True)
-    return result, notes, out
+    return evaluate_model(predictor, items, post, progress=not quiet), notes, out
 
 
 def evaluate(
@@ -88,6 +122,8 @@ def evaluate(
     batch_size: int = BATCH_SIZE,
     device: str = DEVICE,
     quiet: bool = QUIET,
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace OUT's evaluation of "
+                                   "another model, data or settings."),
 ) -> None:
     """Dice, IoU, threshold-Jaccard, sensitivity, specificity, accuracy, precision.
 
@@ -98,6 +134,7 @@ def evaluate(
     DIR may also be a raw folder of image/mask pairs: then every pair is scored.
     `evaluate --pred PRED --truth TRUTH` scores existing masks; report in PRED-eval/ unless -o.
     Writes metrics.csv, metrics.json, report.md, report.html, jaccard_hist.png, gallery/;
+    an evaluation of another model, data or settings already in OUT is kept unless --overwrite;
     every mean comes with its 95% bootstrap interval over images (2000 resamples, seed 0).
     """
     from dermaseg.evaluate import evaluate_folders
@@ -110,8 +147,9 @@ def evaluate(
             raise UsageError("give either MODEL --data DIR, or --pred and --truth, not both")
         out = out or pred.parent / f"{pred.name}-eval"
         check_output(out)
-        result = evaluate_folders(pred, truth, images, progress=not quiet)
         notes = [f"predictions: {pred}", f"truth: {truth}"]
+        _refuse_another_evaluation(out, notes, overwrite)
+        result = evaluate_folders(pred, truth, images, progress=not quiet)
     else:
         if model is None or data is None:
             raise UsageError("give MODEL --data DIR, or --pred PRED --truth TRUTH")
@@ -119,7 +157,7 @@ def evaluate(
 
         post = postprocess_config(keep_largest, fill_holes, min_area, crf)
         result, notes, out = _model_evaluation(model, data, split, out, post, tta,
-                                               batch_size, device, quiet)
+                                               batch_size, device, quiet, overwrite)
     for warning in result.warnings:
         notes.append(warning)
         typer.echo(f"note: {warning}", err=True)
