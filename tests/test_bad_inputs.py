@@ -61,6 +61,15 @@ def shown(path: Path, root: Path) -> str:
     return display_path(path.relative_to(root / "raw"))
 
 
+def test_check_counts_the_pairs_prepare_uses(corpus, prepared):
+    root, _ = corpus
+    out, code, _ = prepared
+    assert code == 0
+    items = len(json.loads((out / "manifest.json").read_text())["items"])
+    _, output = run_cli("data", "check", root / "raw", "--json", "-j", "1")
+    assert json.loads(output[output.index("{"):])["usable_pairs"] == items
+
+
 def test_check_names_every_bad_file_and_only_those(corpus):
     root, cases = corpus
     code, output = run_cli("data", "check", root / "raw", "-j", "1")
@@ -77,6 +86,7 @@ def test_check_names_every_bad_file_and_only_those(corpus):
     report = json.loads(output[output.index("{"):])
     assert code == 1 and report["pairs"] == len(cases)
     assert report["good_pairs"] == sum(case.kind is None for case in cases)
+    assert report["usable_pairs"] == report["good_pairs"] + 1  # the 0/1 mask: prepare takes it
 
 
 @pytest.mark.parametrize("folder,code,words", [

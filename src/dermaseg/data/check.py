@@ -47,6 +47,7 @@ KINDS = {
     "full_mask": "mask covers the whole image",
     "duplicate_image": "same pixels as another image",
 }
+FIXABLE = frozenset({"mask_values_0_1"})  # problems prepare corrects instead of skipping the pair
 GREY_TOLERANCE = 0.005  # a binary mask may have up to 0.5 % of pixels in 10..245 (JPEG-like edges)
 DRAFT_SIDE = 512  # JPEGs are decoded at the smallest DCT scale keeping at least this long side
 EXIF_ORIENTATION = 0x0112
@@ -71,6 +72,7 @@ class CheckReport:
     problems: list[Problem]
     seconds: float
     good: list[Pair] = field(default_factory=list)
+    usable: int = 0  # pairs `data prepare` would use: with no problem, or only FIXABLE ones
 
     @property
     def ok(self) -> bool:
@@ -85,6 +87,7 @@ class CheckReport:
             "root": display_path(self.root),
             "pairs": self.pairs,
             "good_pairs": len(self.good),
+            "usable_pairs": self.usable,
             "seconds": round(self.seconds, 3),
             "ok": self.ok,
             "counts": self.counts(),
@@ -100,7 +103,8 @@ class CheckReport:
             return head + "no problem found"
         rows = [(p.kind, _relative(p.path, self.root), p.detail) for p in self.problems]
         widths = [max(len(r[i]) for r in [("kind", "file", ""), *rows]) for i in range(2)]
-        lines = [head + f"{len(self.problems)} problems", ""]
+        lines = [head + f"{len(self.problems)} problems; {self.usable} of the pairs usable by "
+                 "`data prepare` (it converts 0/1 masks)", ""]
         lines.append(f"{'kind':<{widths[0]}}  {'file':<{widths[1]}}  detail")
         lines += [f"{k:<{widths[0]}}  {f:<{widths[1]}}  {d}" for k, f, d in rows]
         summary = ", ".join(f"{kind} {n}" for kind, n in self.counts().items())
@@ -334,4 +338,7 @@ def check_dataset(
     problems.sort(key=lambda p: (order.get(p.kind, len(order)), str(p.path)))
     bad = {p.path for p in problems}
     good = [pair for pair in found.pairs if pair.image not in bad and pair.mask not in bad]
-    return CheckReport(found.root, len(found.pairs), problems, time.perf_counter() - start, good)
+    blocking = {p.path for p in problems if p.kind not in FIXABLE}
+    usable = sum(pair.image not in blocking and pair.mask not in blocking for pair in found.pairs)
+    return CheckReport(found.root, len(found.pairs), problems, time.perf_counter() - start, good,
+                       usable)

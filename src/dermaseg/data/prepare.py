@@ -34,7 +34,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from dermaseg.data import stable_splits
-from dermaseg.data.check import check_mask, default_workers, mask_array
+from dermaseg.data.check import FIXABLE, check_mask, default_workers, mask_array
 from dermaseg.data.discover import Pair, Problem, discover, display_path
 from dermaseg.data.geometry import Letterbox, letterbox_image
 from dermaseg.data.splits import MANIFEST, SPLITS, check_folds, fold_counts, official_split
@@ -49,7 +49,6 @@ from dermaseg.fileio import decode_image as fileio_decode_image
 from dermaseg.parallel import parallel_map
 
 FORMAT = "dermaseg-prepared/1"
-FIXABLE = frozenset({"mask_values_0_1"})  # problems prepare corrects instead of skipping the pair
 
 
 @dataclass
