@@ -7,6 +7,7 @@ default here. The resolved config is saved with every run and inside every check
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -314,12 +315,11 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
     """Read a YAML recipe (or defaults when `path` is None) and apply `section.key=value` overrides.
 
     Raises:
-        DermasegError: naming the file or field when the YAML is unreadable or a value is wrong.
+        DermasegError: naming the file (or the --set) and field: bad YAML, a wrong value.
     """
     data: dict[str, Any] = {}
-    where = "config"
+    where = "config" if path is None else str(path)
     if path is not None:
-        where = str(path)
         try:
             data = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
         except FileNotFoundError as exc:
@@ -331,9 +331,35 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
                                 f"byte {exc.start})") from exc
         except yaml.YAMLError as exc:
             raise DermasegError(f"{path}: not valid YAML ({exc})") from exc
+    merged = copy.deepcopy(data)
     for item in overrides or []:
-        apply_override(data, item)
-    return config_from_dict(data, where)
+        apply_override(merged, item)
+    try:
+        return config_from_dict(merged, where)
+    except DermasegError:
+        named = _override_error(data, overrides or []) if _error_of(data, where) is None else None
+        if named is None:
+            raise
+        raise named from None
+
+
+def _error_of(data: dict[str, Any], where: str) -> DermasegError | None:
+    try:
+        config_from_dict(copy.deepcopy(data), where)
+    except DermasegError as exc:
+        return exc
+    return None
+
+
+def _override_error(data: dict[str, Any], overrides: list[str]) -> UsageError | None:
+    """The error of the first override that is wrong on its own, named as given."""
+    for item in overrides:
+        alone = copy.deepcopy(data)
+        apply_override(alone, item)
+        error = _error_of(alone, "config")
+        if error is not None:
+            return UsageError(f"--set {item}: {str(error).removeprefix('config.')}")
+    return None
 
 
 def apply_override(data: dict[str, Any], item: str) -> None:
