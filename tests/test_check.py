@@ -174,8 +174,10 @@ def test_odd_files_reported_not_raised(tmp_path):
     problems = check_pair(Pair("bomb", tmp_path / "bomb.png", tmp_path / "bomb_segmentation.png"))
     assert [p.kind for p in problems] == ["unreadable"] and "too large" in problems[0].detail
     rgba_mask = Image.new("RGBA", (4, 4), (255, 255, 255, 255))
-    kinds = _kinds(_pair(tmp_path, "rgbamask", Image.new("RGB", (4, 4)), rgba_mask))
-    assert "mask_not_single_channel" in kinds
+    problems = check_pair(_pair(tmp_path, "rgbamask", Image.new("RGB", (4, 4)), rgba_mask))
+    detail = next(p.detail for p in problems if p.kind == "mask_not_single_channel")
+    assert detail == ("RGBA mask with transparency (channels equal): save it as 8-bit "
+                      "greyscale (mode L), 0 and 255")
     gone = Pair("gone", tmp_path / "gone.jpg", tmp_path / "gone_segmentation.png")
     assert _kinds(gone) == ["unreadable", "unreadable"]
 

@@ -197,7 +197,9 @@ def mask_array(mask: Image.Image) -> tuple[np.ndarray, str | None]:
         return np.asarray(mask.convert("L")), "palette mask with colours"
     grey = np.asarray(mask.convert("L"))
     equal = (rgb[..., 0] == rgb[..., 1]).all() and (rgb[..., 1] == rgb[..., 2]).all()
-    return grey, f"{mode} mask ({'channels equal' if equal else 'channels differ'})"
+    transparency = " with transparency" if "transparency" in mask.info or "A" in mode else ""
+    return grey, (f"{mode} mask{transparency} ({'channels equal' if equal else 'channels differ'}"
+                  "): save it as 8-bit greyscale (mode L), 0 and 255")
 
 
 def value_counts(mask: np.ndarray) -> np.ndarray:
