@@ -161,9 +161,10 @@ def test_exif_rotation_compared_as_displayed(tmp_path):
     wide = Image.new("L", (60, 40))
     wide.paste(255, (10, 10, 30, 30))
     assert _kinds(_pair(tmp_path, "rotated", raw, tall, fmt="JPEG", exif=exif)) == []
-    assert _kinds(_pair(tmp_path, "rotated2", raw, wide, fmt="JPEG", exif=exif)) == [
-        "size_mismatch"
-    ]
+    problems = check_pair(_pair(tmp_path, "rotated2", raw, wide, fmt="JPEG", exif=exif))
+    assert [(p.kind, p.detail) for p in problems] == [(
+        "size_mismatch", "mask is 60x40, image is 40x60 (turned: the image as displayed, after "
+        "its EXIF orientation; the mask must match that)")]
 
 
 def test_odd_files_reported_not_raised(tmp_path):

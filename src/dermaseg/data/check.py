@@ -253,13 +253,10 @@ def check_mask(path: Path, mask: Image.Image, image_size: tuple[int, int]) -> li
     """All problems of a decoded mask against the (EXIF-oriented) size of its image."""
     problems = []
     if mask.size != image_size:
-        problems.append(
-            Problem(
-                "size_mismatch",
-                path,
-                f"mask is {mask.size[0]}x{mask.size[1]}, image is {image_size[0]}x{image_size[1]}",
-            )
-        )
+        turned = (" (turned: the image as displayed, after its EXIF orientation; the mask must "
+                  "match that)") if mask.size == image_size[::-1] else ""
+        detail = f"mask is {mask.size[0]}x{mask.size[1]}, image is {image_size[0]}x{image_size[1]}"
+        problems.append(Problem("size_mismatch", path, detail + turned))
     array, channel_issue = mask_array(mask)
     if channel_issue:
         problems.append(Problem("mask_not_single_channel", path, channel_issue))
