@@ -130,6 +130,10 @@ def test_other_fold_count_keeps_the_split_and_redraws_the_folds(first):
     assert after["split"]["folds_redrawn"] == "--folds 3 differs from the previous manifest's 4"
     assert "folds drawn anew: --folds 3 differs" in "\n".join(summary_lines(after, out))
     assert sorted({item["fold"] for item in after["items"] if "fold" in item}) == [0, 1, 2]
+    dropped = prepare_dataset(raw, out, **SETTINGS)  # no --folds: said, not silent
+    assert not any("fold" in item for item in dropped["items"])
+    assert ("no folds (no --folds): the previous manifest had 3; give --folds 3 to keep them"
+            in summary_lines(dropped, out))
 
 
 def test_split_from_another_size_gives_identical_splits(pool, first, tmp_path):

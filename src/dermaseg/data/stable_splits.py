@@ -272,6 +272,9 @@ def place_folds(items: list[dict], folds: int | None, seed: int,
         UsageError: fewer non-test items than folds.
     """
     if folds is None:
+        if earlier is not None and earlier.fold_count:
+            return {"folds_dropped": f"{earlier.name} had {earlier.fold_count}; give --folds "
+                                     f"{earlier.fold_count} to keep them"}
         return {}
     if earlier is None or earlier.fold_count is None:
         add_folds(items, folds, seed)
@@ -317,6 +320,8 @@ def origin_lines(split: dict) -> list[str]:
         lines.append("; ".join(parts))
     if split.get("folds_redrawn"):
         lines.append(f"folds drawn anew: {split['folds_redrawn']}")
+    if split.get("folds_dropped"):
+        lines.append(f"no folds (no --folds): {split['folds_dropped']}")
     if "folds_kept" in split:
         lines.append(f"folds kept for {_items(split['folds_kept'])}; "
                      f"{_items(split.get('folds_new', 0), 'new')} dealt to the smallest folds")
