@@ -193,7 +193,8 @@ def test_cv_summary_refuses_runs_that_do_not_belong_together(fold_runs, tmp_path
     summary["data"]["fingerprint"] = "0" * 16
     (other_data / "summary.json").write_text(json.dumps(summary))
     cases = [(other_config, "different configs (optim.lr)"),
-             (other_data, "different data"), (fold_runs[0], "both are fold 0")]
+             (other_data, "prepared again between the runs"),
+             (fold_runs[0], "both are fold 0")]
     for run, words in cases:
         code, output = run_cli("cv-summary", fold_runs[0], run)
         assert code == 2 and words in output, output

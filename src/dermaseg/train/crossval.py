@@ -62,8 +62,11 @@ def _check_comparable(runs: list[dict[str, Any]]) -> None:
     for other in runs[1:]:
         names = f"{first['run']} and {other['run']}"
         if other["data"].get("fingerprint") != first["data"].get("fingerprint"):
+            paths = first["data"].get("path"), other["data"].get("path")
+            where = (f"{paths[0]}, prepared again between the runs" if paths[0] == paths[1]
+                     else f"{paths[0]} vs {paths[1]}")
             raise UsageError(f"{names}: trained on different data (summary.json data.fingerprint;"
-                             f" {first['data'].get('path')} vs {other['data'].get('path')})")
+                             f" {where})")
         diffs = sorted(key for key in first["config"].keys() | other["config"].keys()
                        if key != "data.fold" and first["config"].get(key)
                        != other["config"].get(key))
