@@ -132,6 +132,16 @@ def test_pixel_size_must_be_finite_and_positive(servers, path, value):
     assert "pixel_size_mm" in response.json()["detail"]
 
 
+@pytest.mark.parametrize(("path", "field"), [("/v1/segment", "file"),
+                                             ("/v1/segment/batch", "files")])
+def test_a_raw_image_body_is_told_the_multipart_field(servers, path, field):
+    data = encode(synth_images(1, seed=6)[0][0], "PNG")
+    response = httpx.post(f"{servers['open']}{path}", content=data,
+                          headers={"Content-Type": "image/png"}, timeout=60)
+    assert response.status_code == 422, response.text
+    assert f"multipart/form-data field '{field}'" in response.json()["detail"]
+
+
 def bad_inputs() -> dict:
     image = synth_images(1, seed=9)[0][0]
     jpeg = encode(image, "JPEG")

@@ -136,6 +136,10 @@ def _install_handlers(app: FastAPI) -> None:
     async def validation_error(request: Request, exc: RequestValidationError):
         parts = [f"{'.'.join(str(p) for p in e.get('loc', ()))}: {e.get('msg')}"
                  for e in exc.errors()]
+        if any(tuple(e.get("loc", ()))[:1] == ("body",) for e in exc.errors()):
+            field = "files" if request.url.path.endswith("/batch") else "file"
+            parts.append(f"send the image as multipart/form-data field '{field}' (curl -F "
+                         f"{field}=@lesion.jpg)")
         return _error(422, "; ".join(parts) or "invalid request")
 
     @app.exception_handler(Exception)
