@@ -142,6 +142,19 @@ def test_a_raw_image_body_is_told_the_multipart_field(servers, path, field):
     assert f"multipart/form-data field '{field}'" in response.json()["detail"]
 
 
+def test_probes_answer_head_too(servers):
+    for path in ("/healthz", "/readyz"):
+        assert httpx.head(f"{servers['open']}{path}", timeout=10).status_code == 200, path
+
+
+def test_several_files_on_the_single_image_endpoint_are_refused(servers):
+    data = encode(synth_images(1, seed=6)[0][0], "PNG")
+    response = httpx.post(f"{servers['open']}/v1/segment", timeout=60,
+                          files=[("file", ("a.png", data)), ("file", ("b.png", data))])
+    assert response.status_code == 422, response.text
+    assert "/v1/segment/batch" in response.json()["detail"]
+
+
 def bad_inputs() -> dict:
     image = synth_images(1, seed=9)[0][0]
     jpeg = encode(image, "JPEG")

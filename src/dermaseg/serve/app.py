@@ -248,6 +248,9 @@ def _add_segment_routes(app: FastAPI) -> None:
                       format: str = Query("json", pattern="^(json|png)$"),
                       pixel_size_mm: float | None = PIXEL_SIZE):
         """Segment one image (JPEG, PNG, BMP, TIFF or WebP)."""
+        if len((await request.form()).getlist("file")) > 1:  # parsed once: starlette caches it
+            raise ApiError(422, "several 'file' fields: one image per request here; send "
+                                "several as 'files' to /v1/segment/batch")
         name, data = await _read(file)
         (result,) = await _run(request, [(name, data)], pixel_size_mm, format == "json")
         if isinstance(result, ApiError):
@@ -282,12 +285,13 @@ def _add_segment_routes(app: FastAPI) -> None:
 
 
 def _add_status_routes(app: FastAPI) -> None:
-    @app.get("/healthz", response_model=Health)
+    @app.api_route("/healthz", methods=["GET", "HEAD"], response_model=Health)
     async def healthz():
         """The process is up."""
         return Health()
 
-    @app.get("/readyz", response_model=Ready, responses={503: {"model": Ready}})
+    @app.api_route("/readyz", methods=["GET", "HEAD"], response_model=Ready,
+                   responses={503: {"model": Ready}})
     async def readyz():
         """The model is loaded (503 until then)."""
         if app.state.predictor is None:
