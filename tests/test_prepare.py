@@ -109,8 +109,10 @@ def test_bad_pairs_are_skipped_and_reported(synth_dir, tmp_path):
                      ("synth_0006_segmentation.png", "empty_mask")}
     prepared = {item["id"] for item in manifest["items"]}
     assert prepared == {"copy_0004", "synth_0005"} | {f"synth_{i:04d}" for i in range(7, 13)}
-    first_line = summary_lines(manifest, tmp_path / "out")[0]  # the unreadable one was read
-    assert first_line.startswith("prepared 8 pairs") and "(12 read, 0 reused)" in first_line
+    summary = summary_lines(manifest, tmp_path / "out")
+    assert summary[0].startswith("prepared 8 pairs") and "(12 read, 0 reused)" in summary[0]
+    assert "skipped 4 pair(s) and 1 unpaired file(s): duplicate_image 1, empty_mask 1, " \
+        "missing_mask 1, size_mismatch 2, unreadable 1" in summary
     zero_one = np.load(tmp_path / "out" / "masks" / "synth_0005.npy")  # 0/1 mask accepted
     assert zero_one.max() == 1 and set(np.unique(zero_one)) == {0, 1}
     for folder, suffix in (("images", ".npy"), ("masks", ".npy"), ("meta", ".json")):

@@ -324,8 +324,7 @@ def prepare_dataset(
 
     Returns the manifest: {"format", "size", "source", "split", "counts", "items", "skipped",
     "run"}; "run": pairs read ("decoded", skipped ones included), reused, and the time.
-    With `folds`, every non-test item also has a "fold" (see `dermaseg.data.splits`) and the
-    manifest "folds": the number of folds.
+    With `folds`, each non-test item has a "fold" and the manifest "folds": their number.
     Items of a manifest already in `out` (or in `split_from`, a prepared folder or manifest)
     keep their split and fold; `redraw_split` draws anew (see `dermaseg.data.stable_splits`).
 
@@ -380,20 +379,22 @@ def summary_lines(manifest: dict, out: str | os.PathLike, shown: int = 20) -> li
     rate = run["decoded"] / max(run["seconds"], 1e-6)
     speed = f"{rate:.1f} pairs/s, {run['workers']} workers" if run["decoded"] else "all reused"
     split = manifest["split"]
-    split_kind = stable_splits.split_kind(split)
     lines = [
         f"prepared {len(items)} pairs at {manifest['size']} px into {display_path(out)} "
         f"({run['decoded']} read, {run['reused']} reused) in {run['seconds']:.1f} s ({speed})",
-        "split (" + split_kind + "): " + ", ".join(f"{k} {counts[k]}" for k in SPLITS),
+        f"split ({stable_splits.split_kind(split)}): "
+        + ", ".join(f"{k} {counts[k]}" for k in SPLITS),
         *stable_splits.origin_lines(split),
     ]
     if manifest.get("folds"):
         lines.append(f"folds ({manifest['folds']}, of train + val): "
                      + ", ".join(f"{k} {n}" for k, n in enumerate(fold_counts(manifest))))
     if skipped:
-        lines.append(f"skipped {len(skipped)}: {_reasons(skipped)}")
+        pairs = sum(entry["id"] is not None for entry in skipped)
+        lines.append(f"skipped {pairs} pair(s) and {len(skipped) - pairs} unpaired file(s): "
+                     f"{_reasons(skipped)}")
         lines += _problem_lines(skipped, shown)
         if len(skipped) > shown:
-            where = display_path(Path(out) / MANIFEST)
-            lines.append(f"  ... {len(skipped) - shown} more in {where}")
+            lines.append(f"  ... {len(skipped) - shown} more in "
+                         f"{display_path(Path(out) / MANIFEST)}")
     return lines
