@@ -175,6 +175,19 @@ def test_official_split_is_kept(tmp_path):
     assert shuffled["counts"] == {"train": 6, "val": 2, "test": 2}
 
 
+def test_a_broken_mask_has_the_reason_data_check_gives(synth_dir, tmp_path):
+    from dermaseg.data.check import check_dataset
+
+    source = tmp_path / "raw"
+    shutil.copytree(synth_dir, source)
+    (source / "synth_0007_segmentation.png").write_bytes(b"")
+    manifest = prepare_dataset(source, tmp_path / "out", size=SIZE, workers=1, progress=False)
+    prepared = {p["path"]: p["detail"] for e in manifest["skipped"] for p in e["problems"]}
+    checked = {str(p.path): p.detail for p in check_dataset(source, workers=1).problems}
+    mask = str(source / "synth_0007_segmentation.png")
+    assert prepared[mask] == checked[mask] == "empty file (0 bytes)"
+
+
 def test_training_folders_alone_are_not_an_official_split(tmp_path):
     root = tmp_path / "ISIC2018"
     image, mask = np.full((40, 60, 3), 120, np.uint8), _disc(40, 60)

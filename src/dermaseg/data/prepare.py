@@ -34,7 +34,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from dermaseg.data import stable_splits
-from dermaseg.data.check import FIXABLE, check_mask, default_workers, mask_array
+from dermaseg.data.check import FIXABLE, check_mask, default_workers, mask_array, read_checked
 from dermaseg.data.discover import Pair, Problem, discover, display_path
 from dermaseg.data.geometry import Letterbox, letterbox_image
 from dermaseg.data.splits import MANIFEST, SPLITS, check_folds, fold_counts, official_split
@@ -85,12 +85,12 @@ def decode_image(path: Path, size: int) -> tuple[Image.Image, tuple[int, int]]:
 def _read(path: Path, size: int | None):
     """(decoded image, original (width, height)) or (None, a Problem saying why not).
 
-    Images are decoded with `decode_image`; masks (`size` None) in full, as stored."""
+    Images are decoded with `decode_image`; masks (`size` None) in full, as stored, with
+    `data check`'s reader (the same reasons for the same broken files)."""
+    if size is None:
+        mask, problem = read_checked(path, draft=False)
+        return (None, problem) if mask is None else ((mask.image, mask.image.size), None)
     try:
-        if size is None:
-            with Image.open(path) as mask:
-                mask.load()
-                return (mask, mask.size), None
         return decode_image(path, size), None
     except DermasegError as exc:  # "<file>: why"; the Problem names the file itself
         return None, Problem("unreadable", path, str(exc).removeprefix(f"{file_label(path)}: "))
