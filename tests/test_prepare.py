@@ -183,7 +183,8 @@ def test_a_broken_mask_has_the_reason_data_check_gives(synth_dir, tmp_path):
     (source / "synth_0007_segmentation.png").write_bytes(b"")
     manifest = prepare_dataset(source, tmp_path / "out", size=SIZE, workers=1, progress=False)
     prepared = {p["path"]: p["detail"] for e in manifest["skipped"] for p in e["problems"]}
-    checked = {str(p.path): p.detail for p in check_dataset(source, workers=1).problems}
+    report = check_dataset(source, workers=1, progress=False)
+    checked = {str(p.path): p.detail for p in report.problems}
     mask = str(source / "synth_0007_segmentation.png")
     assert prepared[mask] == checked[mask] == "empty file (0 bytes)"
 
