@@ -201,6 +201,22 @@ def test_late_freeze_stops_backbone_training(tiny_prepared, tmp_path, setting):
     assert not changed(record.states[1], record.states[2])
 
 
+def test_plateau_warm_up_is_no_lr_drop_and_keeps_a_cut(tiny_prepared, tmp_path):
+    """The warm-up's rising LR was counted as a drop (the backbone froze in epoch 1), the
+    lr column showed the full LR for epoch 0, and a cut during warm-up was overwritten."""
+    record = RecordBackbone()
+    warm = ["optim.warmup_epochs=2", "train.freeze_after_lr_drops=1"]
+    train(tiny(*warm), tiny_prepared, tmp_path / "warm", progress=False, callbacks=[record])
+    assert record.trainable == [True, True, True]
+    lr = [float(row["lr"]) for row in read_rows(tmp_path / "warm" / "metrics.csv")]
+    steps = 2 * STEPS_PER_EPOCH  # each epoch starts at the LR of its first step
+    assert lr == pytest.approx([1e-3 / steps, 1e-3 * (STEPS_PER_EPOCH + 1) / steps, 1e-3])
+    train(tiny("optim.warmup_epochs=2"), tiny_prepared, tmp_path / "cut", progress=False,
+          callbacks=[HalveLR()])  # a cut at each epoch end, the first one during warm-up
+    lr = [float(row["lr"]) for row in read_rows(tmp_path / "cut" / "metrics.csv")]
+    assert lr == pytest.approx([1e-3 / steps, 0.5e-3 * (STEPS_PER_EPOCH + 1) / steps, 0.25e-3])
+
+
 def nan_loader(bad_batches: set[int], batches: int = 4) -> DataLoader:
     generator = torch.Generator().manual_seed(0)
     images = torch.randn(batches * 2, 3, 32, 32, generator=generator)

@@ -87,6 +87,7 @@ class SegmentationModule(L.LightningModule):
         return self.batches.after_transfer(batch, self.device)
 
     def on_train_start(self) -> None:
+        self._warmup_plateau()  # epoch 0 starts at the first warm-up LR, not the full one
         if self._rng_to_restore is not None:
             torch.set_rng_state(self._rng_to_restore["torch"])
             if torch.cuda.is_available() and len(self._rng_to_restore.get("cuda", [])):
@@ -103,6 +104,9 @@ class SegmentationModule(L.LightningModule):
                 if self.trainer.world_size > 1:  # one LR on every process: rank 0's clock
                     spent = self.trainer.strategy.broadcast(spent)
                 self._lr_shape.time_progress = spent
+
+    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
+        self._warmup_plateau()  # the next step's LR: what the next epoch's start records
 
     def training_step(self, batch, batch_idx: int):
         images, masks, indices = batch
@@ -153,9 +157,16 @@ class SegmentationModule(L.LightningModule):
         if optim.scheduler != "plateau" or optim.warmup_epochs <= 0:
             return
         warmup = optim.warmup_epochs * self.trainer.num_training_batches
-        if self.global_step < warmup:
-            for group in self.trainer.optimizers[0].param_groups:
-                group["lr"] = optim.lr * (self.global_step + 1) / warmup
+        if self.global_step >= warmup:
+            return
+        for group in self.trainer.optimizers[0].param_groups:
+            # a plateau cut since the last step lowers the LR the warm-up climbs to (the keys
+            # travel in the optimizer's state: a resumed run goes on the same)
+            target = group.get("warmup_target", optim.lr)
+            if "warmup_lr" in group and group["lr"] < group["warmup_lr"]:
+                target *= group["lr"] / group["warmup_lr"]
+            group["warmup_target"] = target
+            group["lr"] = group["warmup_lr"] = target * (self.global_step + 1) / warmup
 
     def configure_optimizers(self):
         optim = self.config.optim
