@@ -376,6 +376,8 @@ def test_progress_lines_show_val_metrics_only_for_validated_epochs(tiny_prepared
     assert row["epoch"] == "1"
     assert f"loss {float(row['train_loss']):.4f}, val_loss" in lines["epoch 1/2"]
     assert f"lr {float(row['lr']):.2e}" in lines["epoch 1/2"]
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["epochs"] == 3 and summary["last_epoch"] == 2  # one validated, three trained
 
 
 def test_progress_lines_inside_a_long_epoch(tiny_prepared, tmp_path, caplog):

@@ -329,6 +329,8 @@ def _finish(trainer: L.Trainer, config: Config, out_dir: Path, seconds: float,
         last_ckpt=str(out_dir / "last.ckpt"), fold=config.data.fold,
         data=data_identity(data_dir),
     )
+    # epochs trained, validated or not (metrics.csv has a row per validation: train.val_every)
+    summary |= {"epochs": trainer.current_epoch, "last_epoch": trainer.current_epoch - 1}
     summary = _json_safe(summary)
     if trainer.is_global_zero:
         write_json_atomic(out_dir / "summary.json", summary)
