@@ -217,6 +217,12 @@ def test_plateau_warm_up_is_no_lr_drop_and_keeps_a_cut(tiny_prepared, tmp_path):
     assert lr == pytest.approx([1e-3 / steps, 0.5e-3 * (STEPS_PER_EPOCH + 1) / steps, 0.25e-3])
 
 
+def test_an_edge_head_without_its_loss_is_said(tiny_prepared, tmp_path, capsys):
+    train(tiny("model.edge_head=true", "train.max_epochs=1"), tiny_prepared, tmp_path / "run",
+          progress=False)
+    assert "the edge head gets no training signal" in capsys.readouterr().err
+
+
 def nan_loader(bad_batches: set[int], batches: int = 4) -> DataLoader:
     generator = torch.Generator().manual_seed(0)
     images = torch.randn(batches * 2, 3, 32, 32, generator=generator)

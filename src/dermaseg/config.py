@@ -103,7 +103,7 @@ class TrainConfig:
     early_stop_patience: int = 10  # epochs without val-loss improvement
     precision: str = "auto"  # auto (bf16 on GPU, 32 on CPU) | 32 | bf16 | 16
     channels_last: bool = True  # on GPU only
-    compile: bool = False  # torch.compile the model (GPU), in compile_mode
+    compile: bool = False  # torch.compile the model, in compile_mode (made for a GPU)
     compile_mode: str = "default"  # or reduce-overhead (CUDA graphs), max-autotune...
     seed: int = 42
     freeze_backbone_epoch: int | None = None  # from this epoch, train only ASPP + decoder

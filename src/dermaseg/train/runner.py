@@ -5,8 +5,8 @@ last.ckpt (the whole state for --resume: at epoch ends and every `train.checkpoi
 steps, at most once per `train.checkpoint_every_minutes`, and at the end), metrics.csv,
 curves.png and summary.json.
 
-Precision: `train.precision=auto` is bf16 autocast on CUDA, fp32 on CPU; channels_last and
-`torch.compile` (`train.compile`) apply on GPU.
+Precision: `train.precision=auto` is bf16 autocast on CUDA, fp32 on CPU; channels_last
+applies on GPU; `torch.compile` (`train.compile`) wherever it is asked for (made for a GPU).
 
 Several GPUs / machines (DDP): `devices=4` trains on 4 GPUs of this machine, one process each
 (the command is relaunched per GPU); `num_nodes=2` with `devices=4` expects the same command on
@@ -34,6 +34,7 @@ import torch
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
 from lightning.pytorch.strategies import DDPStrategy
+from lightning.pytorch.utilities import rank_zero_only
 
 from dermaseg.config import Config, load_config, save_config, validate_config
 from dermaseg.data.dataset import read_manifest
@@ -290,9 +291,7 @@ def train(config: Config, data_dir: str | os.PathLike, out_dir: str | os.PathLik
     if datamodule.gather_on_device:  # the loader yields indices alone: no workers needed
         warnings.filterwarnings("ignore", message="The 'train_dataloader' does not have many")
     trainer = build_trainer(config, out_dir, devices, num_nodes, callbacks, progress)
-    if trainer.is_global_zero and count > 1 and not torch.cuda.is_available():
-        print(f"note: no GPU here: {count} processes train on the CPU (DDP over gloo), sharing "
-              f"its {os.cpu_count()} cores", file=sys.stderr)
+    _notes(config, count)
     if trainer.is_global_zero:
         out_dir.mkdir(parents=True, exist_ok=True)
         save_config(config, out_dir / "config.yaml")
@@ -301,6 +300,18 @@ def train(config: Config, data_dir: str | os.PathLike, out_dir: str | os.PathLik
     start = time.perf_counter()
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
     return _finish(trainer, config, out_dir, time.perf_counter() - start, data_dir)
+
+
+def _notes(config: Config, processes: int) -> None:
+    """What a run would otherwise do without saying (rank 0 says it)."""
+    if rank_zero_only.rank != 0:
+        return
+    if processes > 1 and not torch.cuda.is_available():
+        print(f"note: no GPU here: {processes} processes train on the CPU (DDP over gloo), "
+              f"sharing its {os.cpu_count()} cores", file=sys.stderr)
+    if config.model.edge_head and config.loss.boundary == 0:
+        print("note: model.edge_head is on but loss.boundary is 0: the edge head gets no "
+              "training signal (set loss.boundary, e.g. 0.5)", file=sys.stderr)
 
 
 def _stop_reason(trainer: L.Trainer) -> str:
