@@ -91,7 +91,7 @@ def test_probe_measures_each_batch_and_follows_the_rule(probed_plan):
     for probe in probes:
         assert f"batch {probe.batch:>3}: {probe.images_per_s:.1f} images/s" in output
     chosen = load_config(out).data.batch_size
-    assert chosen in batches and chosen == choose_batch(probes, gpu=False)[0]
+    assert chosen in batches and chosen == choose_batch(probes, gpu=False, items=TRAIN_ITEMS)[0]
     assert record["images_per_s"] == next(p.images_per_s for p in probes if p.batch == chosen)
     # the probe stopped where the rule says: the last batch gained <= 5 %, or the list ended
     assert not keep_probing(probes, gpu=False) or len(batches) == len(CPU_BATCHES)
@@ -144,7 +144,7 @@ def test_gpu_rule_caps_the_batch_at_5_percent_of_the_training_items():
     assert batch == 4 and "5 % of the 136 training items" in reason
     assert choose_batch(probes, gpu=True, items=2594)[0] == 64  # ISIC 2018: no cap
     assert choose_batch(probes, gpu=True, items=20)[0] == 2  # never below the smallest
-    assert choose_batch(probes, gpu=False, items=136)[0] == 64  # the CPU rule has no cap
+    assert choose_batch(probes, gpu=False, items=136)[0] == 32  # CPU: 25 %, 4 steps an epoch
 
 
 def test_gpu_workers_say_when_the_split_stays_on_the_gpu():
@@ -169,6 +169,8 @@ def test_cpu_rule_takes_the_smallest_near_the_best():
     probes = gpu((2, 9.3, None, True), (4, 11.1, None, True), (8, 11.8, None, True),
                  (16, 11.6, None, True))
     assert choose_batch(probes, gpu=False)[0] == 8
+    batch, reason = choose_batch(probes, gpu=False, items=26)  # 16 would be 1 step an epoch
+    assert batch == 4 and "at most 25 % of the 26 training items (batch 8, 16 would" in reason
 
 
 def test_smallest_batch_out_of_memory_is_refused():

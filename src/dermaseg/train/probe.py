@@ -25,13 +25,14 @@ CPU_BATCHES = (2, 4, 8, 16)
 MEMORY_LIMIT = 0.85  # largest share of GPU memory a chosen batch may use (peak allocated)
 TOLERANCE = 0.05  # batches within 5 % of the best images/s count as equally fast
 DATASET_SHARE = 0.05  # GPU: a batch holds at most 5 % of the training items (as nnU-Net)
+CPU_DATASET_SHARE = 0.25  # CPU: at least 4 optimiser steps per epoch
 AUTOCAST = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}
 
 
-def _cap_to_dataset(ok: list[Probe], items: int) -> tuple[list[Probe], str]:
-    """The probes whose batch is at most 5 % of `items` (always the smallest one), and what
-    the cap removed ("" when nothing)."""
-    cap = max(min(p.batch for p in ok), int(DATASET_SHARE * items))
+def _cap_to_dataset(ok: list[Probe], items: int, share: float) -> tuple[list[Probe], str]:
+    """The probes whose batch is at most `share` of `items` (always the smallest one), and
+    what the cap removed ("" when nothing)."""
+    cap = max(min(p.batch for p in ok), int(share * items))
     kept = [p for p in ok if p.batch <= cap]
     dropped = [p for p in ok if p.batch > cap]
     if not dropped:
@@ -59,7 +60,7 @@ def choose_batch(probes: list[Probe] | list[tuple], gpu: bool, items: int | None
     the fastest batch that stays within 85 %; and no batch above 5 % of the `items` training
     items (at least the smallest probed), so that a small set still gets enough optimiser
     updates per epoch. CPU: the smallest batch within 5 % of the best images/s (more updates
-    per epoch for the same time).
+    per epoch for the same time), and at most 25 % of the items (4 steps per epoch).
 
     Args:
         probes: (batch, images/s, peak_fraction or None, ok) per probed batch size.
@@ -75,11 +76,13 @@ def choose_batch(probes: list[Probe] | list[tuple], gpu: bool, items: int | None
         smallest = min((p.batch for p in probes), default=GPU_BATCHES[0])
         raise DermasegError(f"batch {smallest} does not fit in memory at this image size; "
                             "lower data.image_size or choose a smaller model (--base)")
-    if gpu and items is not None:
-        ok, capped = _cap_to_dataset(ok, items)
+    if items is not None:
+        share = DATASET_SHARE if gpu else CPU_DATASET_SHARE
+        ok, capped = _cap_to_dataset(ok, items, share)
         if capped:
-            batch, reason = choose_batch(ok, gpu=True)
-            return batch, f"{reason}; at most 5 % of the {items} training items ({capped})"
+            batch, reason = choose_batch(ok, gpu=gpu)
+            return batch, (f"{reason}; at most {share * 100:g} % of the {items} training items "
+                           f"({capped})")
     best = max(p.images_per_s for p in ok)
     near = [p for p in ok if p.images_per_s >= (1 - TOLERANCE) * best]
     if not gpu:
