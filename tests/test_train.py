@@ -283,6 +283,9 @@ def test_atomic_checkpoint_write_keeps_the_old_file(tmp_path):
         io.save_checkpoint({"state_dict": {"w": torch.zeros(3)}, "bad": lambda: 0}, path)
     assert torch.equal(io.load_checkpoint(path)["state_dict"]["w"], torch.ones(3))
     assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]
+    with pytest.warns(UserWarning, match="not written: the weights are no longer finite"):
+        io.save_checkpoint({"state_dict": {"w": torch.tensor([1.0, float("nan"), 2.0])}}, path)
+    assert torch.equal(io.load_checkpoint(path)["state_dict"]["w"], torch.ones(3))
 
 
 def test_cli_reports_bad_input(monkeypatch, capsys, tiny_prepared, run, tmp_path):

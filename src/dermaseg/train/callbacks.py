@@ -35,6 +35,12 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options=None) -> None:
         from dermaseg.checkpoint import torch_save_atomic
 
+        weights = [v for v in checkpoint.get("state_dict", {}).values()
+                   if torch.is_tensor(v) and v.is_floating_point()]
+        if weights and not bool(torch.stack([torch.isfinite(v).all() for v in weights]).all()):
+            rank_zero_warn(f"{path}: not written: the weights are no longer finite (NaN/inf, "
+                           "an exploding step); the earlier file is kept")
+            return
         torch_save_atomic(checkpoint, path)
 
     def load_checkpoint(self, path, map_location=None, weights_only=None) -> dict[str, Any]:
