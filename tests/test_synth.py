@@ -89,6 +89,23 @@ def test_bad_arguments(tmp_path):
         synth_dataset(1, tmp_path, options=SynthOptions(size=(8, 8)))
 
 
+@pytest.mark.parametrize(("options", "message"), [
+    (["--seed", "-1"], "--seed must be >= 0, got -1"),
+    (["--size", "100000x16"], "--size 100000x16: each side 16..65500"),
+    (["--size", "20000x20000"], "at most 100 Mpx"),
+    (["--max-side", "70000"], "--max-side <= 65500"),
+])
+def test_out_of_range_values_are_refused_before_writing(tmp_path, options, message):
+    """--seed -1 and a side over JPEG's limit crashed with a traceback, leaving an empty
+    folder; a fixed --size no longer trips over the default --min-side/--max-side."""
+    code, output = run_cli("data", "synth", "-n", "1", "-o", tmp_path / "s", *options)
+    assert code == 2 and message in output and "Traceback" not in output, output
+    assert not (tmp_path / "s").exists()
+    code, output = run_cli("data", "synth", "-n", "1", "-o", tmp_path / "ok", "--size", "64x48",
+                           "--max-side", "100")  # the sides are not drawn: not checked
+    assert code == 0, output
+
+
 def test_cli(tmp_path):
     result = CliRunner().invoke(
         app, ["data", "synth", "-n", "2", "-o", str(tmp_path), "--seed", "1", "--size", "90x60"]

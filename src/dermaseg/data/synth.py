@@ -21,7 +21,7 @@ from PIL import Image, ImageDraw, ImageFilter
 from tqdm import tqdm
 
 from dermaseg.errors import UsageError
-from dermaseg.fileio import atomic_path, make_folder, save_png_atomic
+from dermaseg.fileio import MAX_PIXELS, atomic_path, make_folder, save_png_atomic
 
 WORK_SIDE = 800  # images larger than this are drawn at this size and upscaled
 SKIN_TONES = np.array([[228, 186, 166], [214, 160, 134], [196, 144, 112], [236, 200, 182]])
@@ -236,6 +236,9 @@ def _item_size(rng: np.random.Generator, options: SynthOptions) -> tuple[int, in
     return (long_side, short_side) if rng.random() < 0.7 else (short_side, long_side)
 
 
+JPEG_MAX_SIDE = 65500  # libjpeg's largest side
+
+
 def synth_dataset(
     n: int,
     out: str | os.PathLike,
@@ -249,18 +252,23 @@ def synth_dataset(
         The image paths written, in order.
 
     Raises:
-        UsageError: n < 1, or a size that is not positive.
+        UsageError: n < 1, a negative seed, or a size out of range (nothing is written).
         DermasegError: `out` is a file or cannot be created.
     """
     options = options or SynthOptions()
     if n < 1:
         raise UsageError(f"-n must be at least 1, got {n}")
-    if options.size is not None and min(options.size) < 16:
-        raise UsageError(f"--size must be at least 16x16, got {options.size}")
-    if not 16 <= options.min_side <= options.max_side:
-        raise UsageError(
-            f"need 16 <= min side <= max side, got {options.min_side}, {options.max_side}"
-        )
+    if seed < 0:
+        raise UsageError(f"--seed must be >= 0, got {seed}")
+    if options.size is not None:
+        width, height = options.size
+        if min(width, height) < 16 or max(width, height) > JPEG_MAX_SIDE \
+                or width * height > MAX_PIXELS:
+            raise UsageError(f"--size {width}x{height}: each side 16..{JPEG_MAX_SIDE} (JPEG's "
+                             f"limit) and at most {MAX_PIXELS // 10**6} Mpx")
+    elif not 16 <= options.min_side <= options.max_side <= JPEG_MAX_SIDE:
+        raise UsageError(f"need 16 <= --min-side <= --max-side <= {JPEG_MAX_SIDE}, got "
+                         f"{options.min_side}, {options.max_side}")
     out = Path(out)
     make_folder(out)
     digits = max(4, len(str(n)))
