@@ -9,13 +9,14 @@ import threading
 import time
 import zipfile
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
 
 from badinputs import run_cli
 from dermaseg.cli import app
-from dermaseg.data.download import Unreachable, download_dataset, fetch, safe_extract
+from dermaseg.data.download import Unreachable, _receive, download_dataset, fetch, safe_extract
 from dermaseg.errors import DermasegError
 
 
@@ -283,3 +284,10 @@ def test_download_into_a_file_is_a_clear_error(tmp_path, server):
                            server.base, "--split", "training", "--no-checksum")
     assert code == 1 and "a-file: not a folder" in output and "Traceback" not in output, output
     assert server.log == []
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full (Linux)")
+def test_a_full_disk_is_not_reported_as_a_broken_transfer():
+    """ENOSPC was caught as a network break: retried 3 times, then "run again to resume"."""
+    with pytest.raises(DermasegError, match="/dev/full: cannot write .*free some space"):
+        _receive(io.BytesIO(b"x" * 4096), Path("/dev/full"), 1, None, progress=False)

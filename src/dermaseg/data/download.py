@@ -197,13 +197,21 @@ def _receive(response, part: Path, start: int, total: int | None, progress: bool
         desc=Path(part.stem).name,
         disable=not progress,
     )
-    with bar, open(part, "ab" if start else "wb") as handle:
-        try:
-            while chunk := response.read(CHUNK):
+    with bar, open(part, "ab" if start else "wb", buffering=0) as handle:  # errors at write
+        while True:
+            try:
+                chunk = response.read(CHUNK)
+            except (OSError, http.client.HTTPException) as exc:
+                raise _Broken(f"{type(exc).__name__}: {exc}") from exc
+            if not chunk:
+                return
+            try:
                 handle.write(chunk)
-                bar.update(len(chunk))
-        except (OSError, http.client.HTTPException) as exc:
-            raise _Broken(f"{type(exc).__name__}: {exc}") from exc
+            except OSError as exc:  # the disk, not the network: retrying cannot help
+                raise DermasegError(f"{part}: cannot write ({exc.strerror or exc}); free some "
+                                    "space (or choose another -o), then run the same command "
+                                    "again: it resumes from what is there") from exc
+            bar.update(len(chunk))
 
 
 def _check_unsized_zip(url: str, part: Path) -> None:
