@@ -283,4 +283,7 @@ def test_one_image_has_no_interval(tmp_path):
     assert stored["images"] == 1 and stored["ci95"] is None
     assert "no interval" in stored["bootstrap"]["note"]
     assert "(no CI: 1 image)" in result.output
-    assert "no confidence interval" in (tmp_path / "e" / "report.md").read_text()
+    report = (tmp_path / "e" / "report.md").read_text()
+    assert "no confidence interval" in report and "1 image. " in report
+    assert "Worst cases" not in report  # one image is the best case; no empty heading
+    assert "Worst cases" not in (tmp_path / "e" / "report.html").read_text()

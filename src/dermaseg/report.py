@@ -187,12 +187,12 @@ def write_reports(out: Path, title: str, per_image: dict[str, dict[str, float]],
     """
     rows = metric_rows(per_image, overall, ci95)
     md = [f"# {_md_text(title)}", "", *[f"- {_md_text(n)}" for n in notes], "",
-          f"{len(per_image)} images. {_about_means(ci95)}", "",
+          f"{_images(len(per_image))}. {_about_means(ci95)}", "",
           "| metric | mean | 95% CI | median | min |", "|---|---:|---:|---:|---:|"]
     md += [f"| {label} | {mean:.4f} | {ci} | {med:.4f} | {low:.4f} |"
            for label, mean, ci, med, low in rows]
     md += ["", f"![Per-image Jaccard]({histogram})", ""]
-    for group in ("best", "worst"):
+    for group in (g for g in ("best", "worst") if gallery[g]):
         md += [f"## {group.capitalize()} cases (green: truth, red: prediction)", ""]
         md += [f"![{_md_text(e['id'])} J={e['jaccard']:.3f}]({quote(e['file'])}) "
                f"{_md_text(e['id'])} J={e['jaccard']:.3f}" for e in gallery[group]]
@@ -200,6 +200,10 @@ def write_reports(out: Path, title: str, per_image: dict[str, dict[str, float]],
     write_bytes_atomic(out / "report.md", "\n".join(md).encode())
     write_bytes_atomic(out / "report.html", _html(title, rows, per_image, histogram, gallery,
                                                   notes, ci95).encode())
+
+
+def _images(count: int) -> str:
+    return f"{count} image{'' if count == 1 else 's'}"
 
 
 def _about_means(ci95) -> str:
@@ -226,13 +230,13 @@ def _html(title, rows, per_image, histogram, gallery, notes, ci95=None) -> str:
         "padding:4px 10px;text-align:right}td:first-child{text-align:left}"
         "figure{display:inline-block;margin:6px;text-align:center}</style></head><body>",
         f"<h1>{esc(title)}</h1>", *[f"<p>{esc(n)}</p>" for n in notes],
-        f"<p>{len(per_image)} images. {esc(_about_means(ci95))}</p>",
+        f"<p>{_images(len(per_image))}. {esc(_about_means(ci95))}</p>",
         "<table><tr><th>metric</th><th>mean</th><th>95% CI</th><th>median</th><th>min</th>"
         "</tr>",
         table, "</table>",
         f"<h2>Per-image Jaccard</h2><img src='{esc(histogram)}' alt='Jaccard histogram'>",
     ]
-    for group in ("best", "worst"):
+    for group in (g for g in ("best", "worst") if gallery[g]):
         parts.append(f"<h2>{group.capitalize()} cases</h2><p>green: truth, red: prediction</p>")
         parts += [f"<figure><img src='{esc(quote(e['file']))}' alt='{esc(e['id'])}'><figcaption>"
                   f"{esc(e['id'])} J={e['jaccard']:.3f}</figcaption></figure>"
