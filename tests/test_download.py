@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import shutil
 import socket
 import threading
 import time
@@ -126,6 +127,16 @@ def test_download_resumes_unpacks_and_checks(tmp_path, server, synth_dir):
         "isic2018", tmp_path, server.base, ("training",), verify_checksum=False, progress=False
     )
     assert again.ok and len(server.log) == 3  # nothing fetched or unpacked twice
+    # the unpacked folders and the zips deleted, the hidden markers left: fetched and unpacked
+    for path in tmp_path.iterdir():
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif not path.name.startswith("."):
+            path.unlink()
+    anew = download_dataset(
+        "isic2018", tmp_path, server.base, ("training",), verify_checksum=False, progress=False
+    )
+    assert anew.ok and anew.pairs == 3 and len(server.log) == 5
 
 
 def test_broken_transfer_resumes_on_next_run(tmp_path, server):

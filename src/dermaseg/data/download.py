@@ -355,6 +355,8 @@ def download_dataset(
     for archive in archives:
         url = archive_url(archive, url_base)
         sha = archive.sha256 if verify_checksum else None
+        if not (out / archive.name).exists():  # fetched anew: unpacked anew
+            (out / f".{archive.name}.unpacked").unlink(missing_ok=True)
         try:
             fetch(url, out / archive.name, sha, timeout=timeout, progress=progress)
         except Unreachable as exc:
