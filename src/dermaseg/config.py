@@ -337,10 +337,9 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
     try:
         return config_from_dict(merged, where)
     except DermasegError:
-        named = _override_error(data, overrides or []) if _error_of(data, where) is None else None
-        if named is None:
-            raise
-        raise named from None
+        if _error_of(data, where) is None and (named := _override_error(data, overrides or [])):
+            raise named from None  # the recipe alone is valid: that --set is wrong
+        raise
 
 
 def _error_of(data: dict[str, Any], where: str) -> DermasegError | None:
