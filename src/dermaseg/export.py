@@ -132,10 +132,13 @@ def save_onnx(proto, path: str | os.PathLike) -> Path:
     return path
 
 
-def check_opset(opset: int) -> None:
-    """Raises: UsageError for an opset below 13 or above what the installed onnx knows."""
+def check_export_options(opset: int, exporter: str) -> None:
+    """Raises: UsageError for an unknown exporter, or an opset below 13 or above what the
+    installed onnx knows."""
     import onnx
 
+    if exporter not in ("auto", "dynamo", "legacy"):
+        raise UsageError(f"--exporter {exporter}: use auto, dynamo or legacy")
     newest = onnx.defs.onnx_opset_version()
     if not 13 <= opset <= newest:
         raise UsageError(f"--opset {opset}: dermaseg exports opsets 13 to {newest} (the newest "
@@ -151,12 +154,10 @@ def export_onnx(model: torch.nn.Module, meta: ModelMeta, path: str | os.PathLike
             (TorchScript tracing), or "auto": dynamo, falling back to legacy if it fails.
 
     Raises:
-        UsageError: an unknown exporter or an opset out of range (check_opset).
+        UsageError: an unknown exporter or an opset out of range (check_export_options).
         DermasegError: neither exporter handles the model, or the file cannot be written.
     """
-    if exporter not in ("auto", "dynamo", "legacy"):
-        raise UsageError(f"--exporter {exporter}: use auto, dynamo or legacy")
-    check_opset(opset)
+    check_export_options(opset, exporter)
     wrapped = LogitsOnly(model).eval()
     sample = torch.zeros(1, 3, meta.image_size, meta.image_size)
     path = Path(path)

@@ -117,12 +117,10 @@ def _int8_siblings(output: Path) -> tuple[Path, Path]:
 
 def _check_options(fmt: str, opset: int, exporter: str, calib_count: int) -> None:
     """The option errors export_onnx and calibration_images would raise, before any work."""
-    from dermaseg.export import check_opset
+    from dermaseg.export import check_export_options
 
     if fmt == "onnx":
-        check_opset(opset)
-        if exporter not in ("auto", "dynamo", "legacy"):
-            raise UsageError(f"--exporter {exporter}: use auto, dynamo or legacy")
+        check_export_options(opset, exporter)
     if calib_count < 2:
         raise UsageError(f"--calib-count must be at least 2, got {calib_count}")
 
