@@ -1,16 +1,22 @@
-"""Data pipeline speed: `prepare` against a plain full decode + resize, and the training loader.
+"""Data pipeline speed: `prepare` against a plain full decode + resize, and the training loader
+against the model it feeds.
 
-    python bench/bench_data.py            # real set from $DERMASEG_REAL or ../shared/data/derm-real
+    python bench/bench_data.py                # real set: $DERMASEG_REAL, ../shared/data/derm-real
+    python bench/bench_data.py --loader-only  # only the loader table
 
 Prepare: images per second on the real set and on 8 synthetic 6000x4000 JPEGs (ISIC's largest
 size), each against a plain Pillow open + full decode + resize of the same files in the same run
-(no draft, no writing). Loader: batches per second the training pipeline (PreparedDataset +
-augmentation) delivers, batch 8 at 256 px, with 0 and 2 DataLoader workers, plus the cost of each
-transform per sample.
+(no draft, no writing). Loader: batches per second of the training DataLoader as `dermaseg
+train` builds it, the batched augmentation (`dermaseg.data.augment`) applied to each batch in
+its workers: batch 8 at 256 px with 0 and 2 workers, and the cpu_small recipe, against the
+training step rate of the cpu_small model (and of a small DeepLab-v3); the cost of each
+augmentation step per batch; and the CPU time per batch on each side of `data.augment_on` for
+the GPU recipe (8 at 512 px).
 """
 
 from __future__ import annotations
 
+import argparse
 import os
 import shutil
 import sys
@@ -22,20 +28,19 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
-from torch.utils.data import DataLoader
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
 from common import median_time, report
-from dermaseg.config import AugmentConfig
+from dermaseg.config import AugmentConfig, load_config
+from dermaseg.data.augment import BatchAugment
 from dermaseg.data.check import default_workers
-from dermaseg.data.dataset import PreparedDataset
-from dermaseg.data.device_augment import DeviceAugment
 from dermaseg.data.discover import discover
-from dermaseg.data.geometry import Letterbox
 from dermaseg.data.prepare import prepare_dataset
 from dermaseg.data.synth import SynthOptions, synth_dataset
-from dermaseg.data.transforms import BrightnessContrast, SegmentationTransform
+from dermaseg.data.transforms import SegmentationTransform
+from dermaseg.geometry import Letterbox
+from dermaseg.train.datamodule import BatchCollate, SegmentationDataModule
 
 DEFAULT_REAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "derm-real"
 REAL = Path(os.environ.get("DERMASEG_REAL", DEFAULT_REAL))
@@ -79,89 +84,133 @@ def prepare_rows(name: str, folder: Path, workers: int) -> list[dict]:
     return rows
 
 
-def loader_rows(prepared: Path) -> list[dict]:
-    transform = SegmentationTransform(augment=AugmentConfig(), as_uint8=True)  # as in training
-    data = PreparedDataset(prepared, "train", image_size=256, transform=transform)
+def recipe(name: str | None, *overrides: str):
+    """A shipped recipe (None: the defaults) with `overrides`, random weights."""
+    return load_config(name, ["model.pretrained=null", *overrides])
+
+
+def loader_rate(config, prepared: Path, epochs: int = 3) -> float:
+    """Batches per second of the training DataLoader as `dermaseg train` builds it (the
+    augmentation where `config` puts it), over `epochs` epochs after the first batch (which
+    pays for starting the workers)."""
+    module = SegmentationDataModule(config, prepared)
+    module.setup("fit")
+    loader = module.train_dataloader()
+    batches, start = 0, None
+    for epoch in range(epochs):
+        module.train_sampler.set_epoch(epoch)
+        for _batch in loader:
+            if start is None:
+                start = time.perf_counter()
+                continue
+            batches += 1
+    return batches / (time.perf_counter() - start)
+
+
+def loader_rows(prepared: Path, prepared_small: Path) -> list[dict]:
+    """The training loader, the batched augmentation in its workers: batch 8 at 256 px with
+    the default augmentation and 0 or 2 workers, and the cpu_small recipe as it trains."""
     rows = []
     for workers in (0, 2):
-        loader = DataLoader(data, batch_size=8, shuffle=True, num_workers=workers,
-                            drop_last=True, persistent_workers=workers > 0)
-        batches, start = 0, None
-        for _ in range(3):
-            for _batch in loader:
-                if start is None:  # the first batch pays for starting the workers
-                    start = time.perf_counter()
-                    continue
-                batches += 1
-        rows.append({"pipeline": f"PreparedDataset + augment (uint8 out), batch 8 @ 256 px, "
-                                 f"{workers} workers",
-                     "batches/s": batches / (time.perf_counter() - start)})
+        config = recipe(None, "data.image_size=256", "data.batch_size=8",
+                        f"data.num_workers={workers}", "data.augment_on=loader")
+        rows.append({"pipeline": f"training loader, default augmentation in the loader, batch 8 "
+                                 f"@ 256 px, {workers} workers",
+                     "batches/s": loader_rate(config, prepared)})
+    small = recipe("cpu_small", "data.augment_on=loader")
+    rows.append({"pipeline": f"training loader, cpu_small recipe (its augmentation, batch "
+                             f"{small.data.batch_size} @ {small.data.image_size} px, "
+                             f"{small.data.num_workers} worker)",
+                 "batches/s": loader_rate(small, prepared_small)})
     return rows
 
 
-def transform_rows() -> list[dict]:
-    image = np.random.default_rng(0).integers(0, 256, (256, 256, 3), dtype=np.uint8)
-    mask = np.zeros((256, 256), np.uint8)
-    mask[64:192, 80:200] = 1
+def sample_batch(size: int, batch: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
+    """A batch of real-looking uint8 noise: images N x 3 x S x S, lesion masks N x 1 x S x S."""
+    rng = np.random.default_rng(0)
+    images = torch.from_numpy(rng.integers(0, 256, (batch, 3, size, size), dtype=np.uint8))
+    masks = torch.zeros(batch, 1, size, size, dtype=torch.uint8)
+    masks[..., size // 4: 3 * size // 4, size // 3: 3 * size // 4] = 1
+    return images, masks
+
+
+def augment_rows(size: int = 256, batch: int = 8) -> list[dict]:
+    """CPU time of the batched augmentation per batch: each step alone (drawn for every
+    sample), the default and the cpu_small settings; on the CPU only the drawn samples are
+    computed, `branchless` computes every sample (as on a GPU)."""
+    images, masks = sample_batch(size, batch)
     off = dict(hflip=0.0, vflip=0.0, brightness=0.0, contrast=0.0, elastic_p=0.0)
     cases = {
-        "normalise only": SegmentationTransform(),
-        "flips + brightness/contrast, uint8 out": SegmentationTransform(
-            augment=AugmentConfig(elastic_p=0.0), as_uint8=True),
-        "default augment (elastic p=0.25), uint8 out (the training loader)":
-            SegmentationTransform(augment=AugmentConfig(), as_uint8=True),
-        "elastic p=1 (dermaseg control grid)": SegmentationTransform(
-            augment=AugmentConfig(**(off | {"elastic_p": 1.0}))),
+        "flips (p=1)": AugmentConfig(**(off | {"hflip": 1.0, "vflip": 1.0})),
+        "rotate90 (p=1)": AugmentConfig(**(off | {"rotate90": 1.0})),
+        "brightness + contrast": AugmentConfig(**(off | {"brightness": 0.2, "contrast": 0.2})),
+        "elastic (p=1)": AugmentConfig(**(off | {"elastic_p": 1.0})),
+        "default (elastic p=0.25)": AugmentConfig(),
+        "cpu_small (flips, rotate90, brightness/contrast)": recipe("cpu_small").data.augment,
     }
-    rows = [{"pipeline": f"transform per sample @ 256 px: {name}",
-             "ms": 1000 * median_time(lambda t=t: t(image, mask), repeats=30)}
-            for name, t in cases.items()]
-    pair = (tv_tensors.Image(torch.from_numpy(image).permute(2, 0, 1)),
-            tv_tensors.Mask(torch.from_numpy(mask)[None]))
-    ours = BrightnessContrast(brightness=0.2, contrast=0.2)
-    jitter = v2.ColorJitter(brightness=0.2, contrast=0.2)
+    rows = []
+    for name, config in cases.items():
+        augment = BatchAugment(config, size, size)
+        params = augment.draw(range(batch))
+        for branchless in (False, True):
+            mode = "every sample + where (as on a GPU)" if branchless else "drawn samples only"
+            rows.append({"pipeline": f"augment batch {batch} @ {size} px: {name}, {mode}",
+                         "ms": 1000 * median_time(lambda a=augment, p=params, b=branchless:
+                                                  a.apply(images, masks, p, branchless=b),
+                                                  repeats=20)})
+    augment = BatchAugment(AugmentConfig(), size, size)
+    rows.append({"pipeline": f"augment batch {batch} @ {size} px: draw the parameters",
+                 "ms": 1000 * median_time(lambda: augment.draw(range(batch)), repeats=20)})
     elastic = v2.ElasticTransform(alpha=50.0, sigma=5.0)  # torchvision's defaults
-    for name, fn, repeats in (("dermaseg BrightnessContrast (lookup table)", ours, 30),
-                              ("torchvision v2.ColorJitter(brightness, contrast)", jitter, 30),
-                              ("torchvision v2.ElasticTransform", elastic, 10)):
-        rows.append({"pipeline": f"transform per sample @ 256 px: {name}",
-                     "ms": 1000 * median_time(lambda f=fn: f(*pair), repeats=repeats)})
+    pairs = [(tv_tensors.Image(image), tv_tensors.Mask(mask)) for image, mask in
+             zip(images, masks, strict=True)]
+    rows.append({"pipeline": f"reference: torchvision v2.ElasticTransform, {batch} samples @ "
+                             f"{size} px one by one",
+                 "ms": 1000 * median_time(lambda: [elastic(*pair) for pair in pairs],
+                                          repeats=3, warmup=1)})
     return rows
 
 
 def placement_rows(size: int = 512, batch: int = 8) -> list[dict]:
     """CPU time per batch of the GPU recipe (8 @ 512 px) on each side of `data.augment_on`:
-    what the loader workers do, and the batched device augmentation (timed here on the CPU;
-    a GPU runs it far faster)."""
+    what a loader worker does (collate the uint8 samples, augment or not), and the batched
+    augmentation as the GPU runs it (every sample + where), timed here on the CPU."""
     rng = np.random.default_rng(0)
     image = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
     mask = np.zeros((size, size), np.uint8)
     mask[128:384, 160:400] = 1
-    in_workers = SegmentationTransform(augment=AugmentConfig(), as_uint8=True)
-    gather_only = SegmentationTransform(as_uint8=True)
-    device = DeviceAugment(AugmentConfig(), size, size)
-    images = torch.from_numpy(np.stack([image] * batch)).permute(0, 3, 1, 2).contiguous()
-    masks = torch.from_numpy(np.stack([mask] * batch))[:, None]
-    params = device.draw(list(range(batch)))
+    to_tensors = SegmentationTransform(as_uint8=True)
+    items = [(*to_tensors(image, mask), index, index) for index in range(batch)]
+    augment = BatchAugment(AugmentConfig(), size, size)
+    in_workers, gather_only = BatchCollate(augment), BatchCollate()
+    images, masks, _ = gather_only(items)
+    params = augment.draw(range(batch))
     cases = {
-        "loader side, augment_on loader (augment in the workers)":
-            lambda: [in_workers(image, mask) for _ in range(batch)],
-        "loader side, augment_on device (the workers only convert)":
-            lambda: [gather_only(image, mask) for _ in range(batch)],
+        "loader side, augment_on loader (collate + augment in the workers)":
+            lambda: in_workers(items),
+        "loader side, augment_on device (the workers only collate)": lambda: gather_only(items),
         "device side, augment_on device: draw the parameters":
-            lambda: device.draw(list(range(batch))),
-        "device side, augment_on device: apply, timed on this CPU":
-            lambda: device.apply(images, masks, params),
+            lambda: augment.draw(range(batch)),
+        "device side, augment_on device: apply every sample + where, timed on this CPU":
+            lambda: augment.apply(images, masks, params, branchless=True),
     }
     return [{"pipeline": f"per batch {batch} @ {size} px: {name}",
              "ms": 1000 * median_time(fn, repeats=10)} for name, fn in cases.items()]
 
 
-def model_step_row(threads: int) -> dict:
-    """The consumer: one training step of a small DeepLab-v3 (MobileNetV3) on a batch 8 @ 256."""
+def step_rows(threads: int) -> list[dict]:
+    """The consumers: a training step of the cpu_small recipe (the model the CPU loader
+    feeds) and of a small DeepLab-v3 (MobileNetV3) on a batch 8 @ 256, all threads."""
     from torchvision.models.segmentation import deeplabv3_mobilenet_v3_large
 
+    from bench_train import step_time
+
     torch.set_num_threads(threads)
+    small = recipe("cpu_small")
+    seconds = step_time(small, small.data.batch_size, torch.device("cpu"), repeats=3)
+    rows = [{"pipeline": f"consumer: cpu_small train step, batch {small.data.batch_size} @ "
+                         f"{small.data.image_size} px, {threads} threads",
+             "batches/s": 1 / seconds}]
     model = deeplabv3_mobilenet_v3_large(weights=None, weights_backbone=None, num_classes=1)
     optimiser = torch.optim.Adam(model.parameters())
     images, masks = torch.randn(8, 3, 256, 256), torch.rand(8, 1, 256, 256).round()
@@ -172,9 +221,10 @@ def model_step_row(threads: int) -> dict:
         torch.nn.functional.binary_cross_entropy_with_logits(logits, masks).backward()
         optimiser.step()
 
-    seconds = median_time(step, repeats=1, warmup=1)
-    return {"pipeline": f"consumer: DeepLabV3-MobileNetV3 train step, batch 8 @ 256 px, "
-                        f"{threads} threads", "batches/s": 1 / seconds}
+    rows.append({"pipeline": f"consumer: DeepLabV3-MobileNetV3 train step, batch 8 @ 256 px, "
+                             f"{threads} threads",
+                 "batches/s": 1 / median_time(step, repeats=1, warmup=1)})
+    return rows
 
 
 def make_big(folder: Path, count: int = 8) -> None:
@@ -193,34 +243,62 @@ def make_big(folder: Path, count: int = 8) -> None:
     shutil.rmtree(folder / "base")
 
 
-def main() -> None:
+def prepare_report(work: Path) -> Path:
+    """The `data prepare` table; returns the folder the loader is timed on (the real set, or
+    the synthetic large JPEGs without it)."""
     workers = default_workers()
     rows, notes = [], [f"prepare at {SIZE} px; plain = Pillow open + full decode + resize, "
                        "no draft, nothing written; same process pool size"]
+    big = work / "big"
+    start = time.perf_counter()
+    make_big(big)
+    notes.append(f"8 synthetic 6000x4000 JPEGs generated in {time.perf_counter() - start:.0f} s")
+    if REAL.is_dir():
+        rows += prepare_rows(f"real ({REAL.name})", REAL, workers)
+    else:
+        notes.append(f"real set not found at {REAL} (set DERMASEG_REAL): skipped")
+    rows += prepare_rows("synthetic 6000x4000 JPEG", big, workers)
+    report("data_prepare", "dermaseg data prepare: images per second", rows, notes)
+    return REAL if REAL.is_dir() else big
+
+
+def loader_report(source: Path, work: Path) -> None:
+    """The training loader (batched augmentation in its workers) against the model's step."""
+    prepared, prepared_small = work / "prepared256", work / "prepared192"
+    prepare_dataset(source, prepared, size=256, progress=False)
+    prepare_dataset(source, prepared_small, size=192, val=0.15, progress=False)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as in DataLoader workers; avoids thread-spin under load
+    loaders = loader_rows(prepared, prepared_small)
+    rows = loaders + augment_rows() + placement_rows()
+    steps = step_rows(threads)
+    loader_bps, step_bps = loaders[-1]["batches/s"], steps[0]["batches/s"]  # cpu_small's
+    report("data_loader", "Training data pipeline (CPU): the loader against the model",
+           rows + steps, [
+               f"data from {source.name}; loaders and augmentation timed with 1 torch thread "
+               "(DataLoader workers use 1), the training steps with all",
+               "the augmentation is one batched implementation (dermaseg.data.augment), here "
+               "applied to each batch in the loader workers",
+               f"cpu_small: the loader delivers {loader_bps:.0f} batches/s, the model trains "
+               f"{step_bps:.2f} steps/s: the loader is {loader_bps / step_bps:.0f}x faster "
+               "than needed (it keeps up when its batches/s exceed the consumer's)"])
+
+
+def main(argv: list[str]) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--loader-only", action="store_true",
+                        help="only the training loader table (skip `data prepare`)")
+    args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as work:
-        big = Path(work) / "big"
-        start = time.perf_counter()
-        make_big(big)
-        seconds = time.perf_counter() - start
-        notes.append(f"8 synthetic 6000x4000 JPEGs generated in {seconds:.0f} s")
-        if REAL.is_dir():
-            rows += prepare_rows(f"real ({REAL.name})", REAL, workers)
+        if args.loader_only:
+            source = REAL if REAL.is_dir() else None
+            if source is None:
+                source = Path(work) / "synth"
+                synth_dataset(64, source, seed=0, progress=False)
         else:
-            notes.append(f"real set not found at {REAL} (set DERMASEG_REAL): skipped")
-        rows += prepare_rows("synthetic 6000x4000 JPEG", big, workers)
-        report("data_prepare", "dermaseg data prepare: images per second", rows, notes)
-        source = REAL if REAL.is_dir() else big
-        prepared = Path(work) / "prepared"
-        prepare_dataset(source, prepared, size=256, progress=False)
-        threads = torch.get_num_threads()
-        torch.set_num_threads(1)  # as in DataLoader workers; avoids thread-spin under load
-        loader = loader_rows(prepared) + transform_rows() + placement_rows()
-    loader.append(model_step_row(threads))
-    report("data_loader", "Training data pipeline (CPU)", loader,
-           [f"data from {source.name}, prepared at 256 px; loader and transforms timed with "
-            "1 torch thread (DataLoader workers use 1)",
-            "the loader keeps up when its batches/s exceed the consumer's"])
+            source = prepare_report(Path(work))
+        loader_report(source, Path(work))
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main(sys.argv[1:])

@@ -51,14 +51,13 @@ def make_models(folder: Path) -> tuple[Path, Path]:
 
     from dermaseg.checkpoint import save_checkpoint
     from dermaseg.config import Config
-    from dermaseg.export import export_onnx
+    from dermaseg.export.onnx import export_onnx
     from dermaseg.model_meta import ModelMeta
     from dermaseg.models.factory import build_model
 
     torch.manual_seed(0)
-    config = Config()
-    config.model.arch, config.model.backbone, config.data.image_size = (
-        "deeplabv3plus", "resnet18", 256)
+    config = Config().updated({"model.arch": "deeplabv3plus", "model.backbone": "resnet18",
+                               "data.image_size": 256})
     model, meta = build_model(config.model).eval(), ModelMeta.from_config(config)
     save_checkpoint(folder / "model.ckpt", model, meta)
     return folder / "model.ckpt", export_onnx(model, meta, folder / "model.onnx",

@@ -31,11 +31,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import report  # noqa: E402
 from dermaseg.checkpoint import load_model  # noqa: E402
 from dermaseg.config import Config  # noqa: E402
-from dermaseg.export import export_onnx, max_probability_difference  # noqa: E402
+from dermaseg.export.int8 import Int8Options, mask_dice, quantize_int8  # noqa: E402
+from dermaseg.export.onnx import export_onnx  # noqa: E402
+from dermaseg.export.parity import max_probability_difference  # noqa: E402
+from dermaseg.infer.onnx_backend import INPUT_NAME  # noqa: E402
 from dermaseg.model_meta import ModelMeta  # noqa: E402
 from dermaseg.models.factory import build_model  # noqa: E402
-from dermaseg.onnx_model import INPUT_NAME  # noqa: E402
-from dermaseg.quantize import Int8Options, mask_dice, quantize_int8  # noqa: E402
 
 FIT_SIZE = 256
 REAL = Path(os.environ.get("DERMASEG_REAL", Path(__file__).resolve().parents[2] / "shared"
@@ -64,8 +65,8 @@ def the_model(checkpoint: str | None, size: int, fit_steps: int, train_pairs: li
         model, meta = load_model(checkpoint)
         return model, meta, f"trained checkpoint {checkpoint}"
     torch.manual_seed(0)
-    config = Config()
-    config.model.arch, config.model.backbone, config.data.image_size = "deeplabv3", "resnet50", size
+    config = Config().updated({"model.arch": "deeplabv3", "model.backbone": "resnet50",
+                               "data.image_size": size})
     model, meta = build_model(config.model), ModelMeta.from_config(config)
     if fit_steps <= 0:
         return model.eval(), meta, "random weights"
@@ -80,11 +81,11 @@ def quick_fit(model, meta: ModelMeta, pairs: list, steps: int) -> None:
     from PIL import Image
     from tqdm import tqdm
 
-    from dermaseg.data.geometry import letterbox_image
-    from dermaseg.infer.predictor import Predictor
+    from dermaseg.geometry import letterbox_image
+    from dermaseg.preprocessing import Preprocessing
 
     small = dataclasses.replace(meta, image_size=FIT_SIZE)  # a quarter of the cost per step
-    prepare = Predictor(None, small).prepare
+    prepare = Preprocessing.from_meta(small)
     images = torch.from_numpy(np.stack([prepare(image)[0] for image, _ in pairs]))
     masks = torch.from_numpy(np.stack([
         letterbox_image(Image.fromarray(mask), FIT_SIZE, is_mask=True)[0] > 127
@@ -115,7 +116,7 @@ def interleaved_medians(fns: dict, repeats: int) -> dict[str, float]:
 
 
 def runner(path: Path, side: int):
-    from dermaseg.onnx_model import onnx_session
+    from dermaseg.infer.onnx_backend import onnx_session
 
     session = onnx_session(path, spin=False)
     x = np.random.default_rng(0).standard_normal((1, 3, side, side)).astype(np.float32)

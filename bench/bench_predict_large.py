@@ -31,12 +31,12 @@ from scipy import ndimage
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import report  # noqa: E402
-from dermaseg.data.geometry import letterbox_image, restore_probability  # noqa: E402
 from dermaseg.fileio import read_rgb, read_rgb_reduced  # noqa: E402
+from dermaseg.geometry import letterbox_image, restore_probability  # noqa: E402
 from dermaseg.infer import batch as infer_batch  # noqa: E402
 from dermaseg.infer import postprocess as pp  # noqa: E402
-from dermaseg.measure import contour_polygon, measure_in_box, measure_lesion  # noqa: E402
-from dermaseg.report import draw_overlay  # noqa: E402
+from dermaseg.infer.measure import contour_polygon, measure_in_box, measure_lesion  # noqa: E402
+from dermaseg.infer.overlay import draw_overlay  # noqa: E402
 from dermaseg.serve import work  # noqa: E402
 
 PAGE_MB = 4096 / 2**20
@@ -126,7 +126,7 @@ def network_input(path: Path, size: int, reduced: bool) -> np.ndarray:
     if not reduced:
         return letterbox_image(Image.fromarray(read_rgb(path)), size)[0]
     image, (height, width) = read_rgb_reduced(path, size)
-    from dermaseg.data.geometry import Letterbox
+    from dermaseg.geometry import Letterbox
 
     return letterbox_image(Image.fromarray(image), size, box=Letterbox.fit(height, width, size))[0]
 
@@ -155,8 +155,7 @@ def stage_pairs(path: Path, truth: np.ndarray, size: int) -> list:
         ("keep-largest", lambda: old_keep_largest(mask),
          lambda: pp.keep_largest_component(mask)),
         ("fill-holes", lambda: ndimage.binary_fill_holes(mask), lambda: pp.fill_holes(mask)),
-        ("overlay: draw contour", lambda: draw_overlay(image, [(mask, colour)]),
-         lambda: infer_batch.draw_contour(image, mask)),
+        ("overlay: draw contour", lambda: draw_overlay(image, [(mask, colour)]), None),
         ("overlay: JPEG q90", lambda: _jpeg(image), None),
         ("measure (colours too)", lambda: measure_lesion(mask, image),
          lambda: measure_in_box(mask, image)),
@@ -166,8 +165,7 @@ def stage_pairs(path: Path, truth: np.ndarray, size: int) -> list:
          lambda: _png_pixels(infer_batch.probability_png(prob), 1)),
         ("server: mask PNG", lambda: _png(np.where(mask, 255, 0).astype(np.uint8)),
          lambda: work.mask_png(mask)),
-        ("server: contour polygon", lambda: contour_polygon(mask),
-         lambda: work.contour_polygon_in_box(mask)),
+        ("contour polygon (in the lesion box)", lambda: contour_polygon(mask), None),
     ]
 
 
@@ -212,7 +210,7 @@ def network_row(label: str, checkpoint: str | None, size: int, repeats: int) -> 
         model, _ = load_model(checkpoint)
     else:
         torch.manual_seed(0)
-        config = load_config(Path(__file__).resolve().parents[1] / "configs" / "cpu_small.yaml")
+        config = load_config("cpu_small")
         model = build_model(config.model).eval()
         ModelMeta.from_config(config)
     batch = torch.zeros((1, 3, size, size))

@@ -1,4 +1,4 @@
-"""Quality within a time budget on the real images: configs/cpu_small.yaml with and without
+"""Quality within a time budget on the real images: the cpu_small recipe with and without
 the attention block + edge head, beside a peer (segmentation_models_pytorch's DeepLabV3
 ResNet-50 with the tutorial's recipe) and a classical Otsu baseline, all on one prepared split.
 
@@ -44,7 +44,7 @@ PEERS = ("smp", "otsu")
 QUICK_MINUTES = 1.0  # per trained variant with --quick (make bench): proves the runs, not quality
 
 
-def run_variant(name: str, data: Path, out: Path, minutes: float | None, recipe: Path,
+def run_variant(name: str, data: Path, out: Path, minutes: float | None, recipe: str,
                 extra: list[str]) -> dict:
     overrides = VARIANTS[name] + extra + ([f"train.max_minutes={minutes}"] if minutes else [])
     config = load_config(recipe, overrides)
@@ -91,7 +91,8 @@ def run(name: str, data: Path, work: Path, args: argparse.Namespace, minutes: fl
 def parse(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, help="prepared folder (default: prepare REAL)")
-    parser.add_argument("--recipe", type=Path, default=ROOT / "configs" / "cpu_small.yaml")
+    parser.add_argument("--recipe", default="cpu_small",
+                        help="a recipe file or a shipped recipe's name")
     parser.add_argument("--minutes", type=float, help="budget per trained variant "
                         "(default: the recipe's train.max_minutes)")
     parser.add_argument("--quick", action="store_true",
@@ -135,7 +136,7 @@ def main(argv: list[str]) -> None:
 
 
 def report(args: argparse.Namespace, data: Path, minutes: float, rows: list[dict]) -> None:
-    common.report("quality", f"{args.recipe.name}: val quality within {minutes:g} min per "
+    common.report("quality", f"{Path(args.recipe).stem}: val quality within {minutes:g} min per "
                   "trained variant, from random weights", rows, [
                       f"Data: {data} (its own split, 15 % val). Curves: "
                       "bench/results/quality_*.png. Rows merged across invocations by variant.",

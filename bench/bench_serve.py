@@ -38,13 +38,12 @@ def default_model(folder: Path) -> Path:
     import torch
 
     from dermaseg.config import Config
-    from dermaseg.export import export_onnx
+    from dermaseg.export.onnx import export_onnx
     from dermaseg.model_meta import ModelMeta
     from dermaseg.models.factory import build_model
 
     torch.manual_seed(0)
-    config = Config()
-    config.model.backbone, config.data.image_size = "resnet18", 256
+    config = Config().updated({"model.backbone": "resnet18", "data.image_size": 256})
     model = build_model(config.model).eval()
     return export_onnx(model, ModelMeta.from_config(config), folder / "r18_256.onnx",
                        exporter="legacy")

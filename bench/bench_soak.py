@@ -37,13 +37,13 @@ def tiny_model(folder: Path) -> Path:
     import torch
 
     from dermaseg.config import Config
-    from dermaseg.export import export_onnx
+    from dermaseg.export.onnx import export_onnx
     from dermaseg.model_meta import ModelMeta
     from dermaseg.models.factory import build_model
 
     torch.manual_seed(0)
-    config = Config()
-    config.model.backbone, config.model.aspp_channels, config.data.image_size = "resnet18", 16, 64
+    config = Config().updated({"model.backbone": "resnet18", "model.aspp_channels": 16,
+                               "data.image_size": 64})
     model = build_model(config.model).eval()
     return export_onnx(model, ModelMeta.from_config(config), folder / "r18_64.onnx",
                        exporter="legacy")

@@ -3,7 +3,7 @@
     python bench/bench_train.py              # CPU; on a GPU machine it measures the GPU too
     python bench/bench_train.py --quick      # fewer repeats
 
-For each recipe (configs/cpu_small.yaml and the tutorial's configs/deeplabv3_resnet50_isic.yaml,
+For each shipped recipe (cpu_small and the tutorial's deeplabv3_resnet50_isic,
 random weights, no download): one training step (forward, loss, backward, optimiser step) on a
 batch of the recipe's size, median over a few repeats -> images/s; and the training
 DataLoader of the recipe (PreparedDataset + augmentation, the recipe's workers) on a synthetic
@@ -30,7 +30,6 @@ from dermaseg.data.synth import SynthOptions, synth_dataset
 from dermaseg.train.datamodule import SegmentationDataModule, loader_workers
 from dermaseg.train.module import SegmentationModule
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 RECIPES = [("cpu_small", None), ("deeplabv3_resnet50_isic", 2)]  # (recipe, CPU batch)
 
 
@@ -85,7 +84,7 @@ def main(argv: list[str]) -> None:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for name, cpu_batch in RECIPES:
-            config = load_config(CONFIGS / f"{name}.yaml", ["model.pretrained=null"])
+            config = load_config(name, ["model.pretrained=null"])
             data_dir = synthetic_prepared(Path(tmp), config.data.image_size, 40)
             loader_bps = loader_rate(config, data_dir, batches=3 if args.quick else 6)
             for device in devices:

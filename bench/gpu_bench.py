@@ -37,7 +37,7 @@ from pathlib import Path
 import torch
 
 from common import RESULTS, machine, markdown_table
-from dermaseg.data.upload import sync_sites
+from dermaseg.upload import sync_sites
 from gpu_loader import stage_loader
 from gpu_monitor import TrainingPhase, UtilizationSampler
 from gpu_steps import (
@@ -51,7 +51,7 @@ from gpu_steps import (
 )
 
 ROOT = Path(__file__).resolve().parents[1]
-RECIPE = ROOT / "configs" / "deeplabv3_resnet50_isic.yaml"
+RECIPE = "deeplabv3_resnet50_isic"  # a shipped recipe, by name
 # fp32: PyTorch's defaults (cuDNN may run convolutions in TF32); fp32_strict: TF32 off;
 # bf16_cl_graphs: torch.compile(mode="reduce-overhead"), the model replayed as CUDA graphs.
 MODES = ("fp32", "fp32_strict", "bf16_cl", "bf16_cl_compile", "bf16_cl_graphs")

@@ -3,7 +3,6 @@ recipe's DataLoader and batch hooks, against the same steps on a fixed on-device
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 
 import torch
@@ -26,12 +25,12 @@ def _loader_batches(datamodule, loader, device: torch.device, config):
     """The loader's batches finished on the device by the training module's batch hooks
     (`TrainingBatches`: gathered from the split on the device with `data.gather_on`, augmented
     there with `data.augment_on`, normalised)."""
-    from dermaseg.data.device_augment import DeviceAugment, augment_on_device
+    from dermaseg.data.augment import BatchAugment, augment_on_device
     from dermaseg.train.datamodule import sample_seed
     from dermaseg.train.device_batches import DeviceSplit, TrainingBatches
 
     size, seed = config.data.image_size, config.train.seed
-    augment = DeviceAugment(config.data.augment, size, size) \
+    augment = BatchAugment(config.data.augment, size, size) \
         if augment_on_device(config.data.augment_on, device.type == "cuda") else None
     split = DeviceSplit(datamodule.train_set.base, device) \
         if datamodule.gather_on_device else None
@@ -51,7 +50,7 @@ def _fed_row(config, data: Path, device: torch.device, step, compute: float, ste
              warmup: int) -> dict:
     """Steps fed by the recipe's DataLoader (`config.data.num_workers`), then the loader alone
     (with the batch hooks' device work: gathering, augmentation, normalisation)."""
-    from dermaseg.data.device_augment import augment_on_device
+    from dermaseg.data.augment import augment_on_device
     from dermaseg.train.datamodule import SegmentationDataModule
 
     module = SegmentationDataModule(config, data)
@@ -87,8 +86,7 @@ def stage_loader(config, device: torch.device, data: Path, steps: int, warmup: i
     compute = timed(step, fixed, steps, device)
 
     def variant(label: str, **data_fields) -> dict:
-        changed = dataclasses.replace(config, data=dataclasses.replace(config.data,
-                                                                       **data_fields))
+        changed = config.updated({f"data.{name}": value for name, value in data_fields.items()})
         return {"mode": f"{mode}, {label}",
                 **_fed_row(changed, data, device, step, compute, steps, warmup)}
 

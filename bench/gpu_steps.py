@@ -6,7 +6,7 @@ import time
 
 import torch
 
-from dermaseg.data.upload import count_syncs
+from dermaseg.upload import count_syncs
 
 # bf16_cl_compile: torch.compile's default mode; bf16_cl_graphs: mode="reduce-overhead", the
 # model's kernels replayed as CUDA graphs.
@@ -25,8 +25,8 @@ def synchronize(device: torch.device) -> None:
 def step_fn(config, device: torch.device, mode: str):
     """A training step (forward, Dice+BCE, backward, Adam as training builds it: fused on a
     GPU) of the recipe's model in `mode`."""
-    from dermaseg.losses import SegmentationLoss
     from dermaseg.models.factory import build_model
+    from dermaseg.train.losses import SegmentationLoss
     from dermaseg.train.module import build_optimizer
 
     if mode == "fp32_strict":

@@ -2,9 +2,10 @@
 
 * `run_smp`: segmentation_models_pytorch's DeepLabV3 (ResNet-50, random weights, output
   stride 16, ASPP 6/12/18) trained with the tutorial's recipe (256x256, Adam 1e-4, batch 8,
-  Dice + BCE, flips) in a plain loop, for the same wall-clock budget; val metrics each epoch,
-  per image and macro-averaged (`dermaseg.torch_metrics.batch_metrics`), at the prepared resolution,
-  as dermaseg's own validation computes them;
+  Dice + BCE, flips: dermaseg's batched augmentation in the loader) in a plain loop, for the
+  same wall-clock budget; val metrics each epoch, per image and macro-averaged
+  (`dermaseg.train.torch_metrics.batch_metrics`), at the prepared resolution, as dermaseg's own
+  validation computes them;
 * `run_otsu`: a classical baseline, Otsu's threshold on the blue (and the grey) channel inside
   the letterbox content, then the largest component and hole filling.
 """
@@ -21,14 +22,16 @@ from scipy import ndimage
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from dermaseg.config import AugmentConfig, DataConfig
+from dermaseg.config import IMAGENET_MEAN, IMAGENET_STD, AugmentConfig
+from dermaseg.data.augment import BatchAugment
 from dermaseg.data.dataset import PreparedDataset
-from dermaseg.data.transforms import build_transform
+from dermaseg.data.transforms import SegmentationTransform, normalise_images
+from dermaseg.evaluation.metrics import METRIC_NAMES
 from dermaseg.fileio import write_bytes_atomic
 from dermaseg.infer.postprocess import PostprocessConfig, postprocess
-from dermaseg.metrics import METRIC_NAMES
-from dermaseg.torch_metrics import batch_metrics
+from dermaseg.train.datamodule import BatchCollate, EpochSampler, KeyedDataset
 from dermaseg.train.history import plot_curves
+from dermaseg.train.torch_metrics import batch_metrics
 
 TARGETS = (0.87, 0.90)
 
@@ -49,13 +52,16 @@ def smp_model() -> torch.nn.Module:
 
 
 def _loaders(data: Path, size: int, batch: int) -> tuple[DataLoader, DataLoader, PreparedDataset]:
-    flips = DataConfig(image_size=size, augment=AugmentConfig(
-        hflip=0.5, vflip=0.5, brightness=0.0, contrast=0.0, elastic_p=0.0, rotate90=0.0))
-    train = PreparedDataset(data, "train", size, build_transform(flips, train=True))
-    val = PreparedDataset(data, "val", size, build_transform(flips, train=False))
+    """Training batches (uint8 images and masks, flipped in the loader, indices; the loop
+    normalises), validation batches (normalised images, masks) and the val split."""
+    flips = AugmentConfig(hflip=0.5, vflip=0.5, brightness=0.0, contrast=0.0, elastic_p=0.0,
+                          rotate90=0.0)
+    train = PreparedDataset(data, "train", size, SegmentationTransform(as_uint8=True))
+    val = PreparedDataset(data, "val", size, SegmentationTransform())
     truth = PreparedDataset(data, "val")  # masks at the prepared resolution
-    generator = torch.Generator().manual_seed(42)
-    return (DataLoader(train, batch_size=batch, shuffle=True, drop_last=True, generator=generator),
+    sampler = EpochSampler(len(train), shuffle=True, seed=42)
+    return (DataLoader(KeyedDataset(train, seed=42), batch_size=batch, sampler=sampler,
+                       drop_last=True, collate_fn=BatchCollate(BatchAugment(flips, size, size))),
             DataLoader(val, batch_size=batch), truth)
 
 
@@ -81,8 +87,10 @@ def evaluate(model: torch.nn.Module, val: DataLoader, truth: PreparedDataset) ->
 
 def _train_epoch(model, loader, optimizer, loss_fn, deadline: float, epoch: int) -> float:
     losses = []
-    for images, masks in tqdm(loader, desc=f"smp epoch {epoch}", leave=False):
-        loss = loss_fn(model(images), masks)
+    loader.sampler.set_epoch(epoch)
+    for images, masks, _ in tqdm(loader, desc=f"smp epoch {epoch}", leave=False):
+        images = normalise_images(images, IMAGENET_MEAN, IMAGENET_STD)
+        loss = loss_fn(model(images), masks.float())
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

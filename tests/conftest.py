@@ -36,10 +36,8 @@ def tiny_ckpt(tmp_path_factory, synth_dir) -> Path:
     from dermaseg.model_meta import ModelMeta
     from dermaseg.models.factory import build_model
 
-    config = Config()
-    config.model.backbone = "resnet18"
-    config.model.aspp_channels = 16
-    config.data.image_size = 64
+    config = Config().updated({"model.backbone": "resnet18", "model.aspp_channels": 16,
+                               "data.image_size": 64})
     torch.manual_seed(0)
     model = build_model(config.model).eval()
     meta = ModelMeta.from_config(config)

@@ -30,15 +30,14 @@ def fitted_checkpoint(path: Path, arch: str = "deeplabv3", backbone: str = "resn
                       size: int = 64, steps: int = 40, seed: int = 0) -> Path:
     """Train `arch`/`backbone` at `size` px for `steps` Adam steps on 16 synthetic pairs
     (letterboxed and normalised exactly like the Predictor) and save a checkpoint."""
-    from dermaseg.infer.predictor import Predictor
+    from dermaseg.preprocessing import Preprocessing
 
     torch.manual_seed(seed)
-    config = Config()
-    config.model.arch, config.model.backbone = arch, backbone
-    config.data.image_size = size
+    config = Config().updated({"model.arch": arch, "model.backbone": backbone,
+                               "data.image_size": size})
     meta = ModelMeta.from_config(config)
     model = build_model(config.model)
-    prepare = Predictor(None, meta).prepare
+    prepare = Preprocessing.from_meta(meta)
     pairs = synth_images(16, seed)
     images = torch.from_numpy(np.stack([prepare(image)[0] for image, _ in pairs]))
     masks = []

@@ -1,5 +1,6 @@
-"""`dermaseg compare` and dermaseg.stats: paired statistics of two real evaluations, checked
-against independent computations from their metrics.csv; bad inputs; the bootstrap itself."""
+"""`dermaseg compare` and dermaseg.evaluation.stats: paired statistics of two real evaluations,
+checked against independent computations from their metrics.csv; bad inputs; the bootstrap
+itself."""
 
 from __future__ import annotations
 
@@ -14,8 +15,8 @@ from PIL import Image
 from scipy import ndimage, stats
 
 from badinputs import run_cli
-from dermaseg import stats as dstats
-from dermaseg.metrics import METRIC_NAMES
+from dermaseg.evaluation import stats as dstats
+from dermaseg.evaluation.metrics import METRIC_NAMES
 
 
 def _predictions(truth: Path, out: Path, change) -> Path:

@@ -10,10 +10,10 @@ import pytest
 import torch
 
 from dermaseg.config import AugmentConfig, Config, load_config
-from dermaseg.data.device_augment import DeviceAugment
+from dermaseg.data.augment import BatchAugment
 from dermaseg.data.transforms import normalise_images
-from dermaseg.data.upload import count_syncs, sync_sites, upload
-from dermaseg.losses import SegmentationLoss
+from dermaseg.train.losses import SegmentationLoss
+from dermaseg.upload import count_syncs, sync_sites, upload
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 SIZE = 64
@@ -29,12 +29,15 @@ def batch(n: int = 4, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def test_device_augmentation_on_the_gpu_matches_the_cpu():
+    """The GPU runs every step on every sample (`torch.where`), the CPU only the drawn ones:
+    the same pixels, up to a rounding to the other uint8 level."""
     images, masks = batch()
-    augment = DeviceAugment(EVERYTHING, SIZE, SIZE)
+    augment = BatchAugment(EVERYTHING, SIZE, SIZE)
     params = augment.draw([11, 12, 13, 14])
     cpu_images, cpu_masks = augment.apply(images, masks, params)
     gpu_images, gpu_masks = augment.apply(images.cuda(), masks.cuda(), params)
-    torch.testing.assert_close(gpu_images.cpu(), cpu_images, atol=0.05, rtol=0)
+    difference = (gpu_images.cpu().float() - cpu_images.float()).abs()
+    assert difference.max() <= 1 and (difference > 0).float().mean() < 1e-2
     # nearest-neighbour resampling may round a pixel exactly between two the other way
     assert (gpu_masks.cpu() != cpu_masks).float().mean() < 1e-3
 
@@ -42,10 +45,9 @@ def test_device_augmentation_on_the_gpu_matches_the_cpu():
 def test_training_batch_path_never_waits_for_the_gpu():
     """Augmentation, normalisation and the loss (with pos_weight) queue their work without a
     host-device synchronisation, after a first call has copied the constants."""
-    config = Config()
-    config.loss.pos_weight = 3.0
+    config = Config().updated({"loss.pos_weight": 3.0})
     criterion = SegmentationLoss(config.loss)
-    augment = DeviceAugment(EVERYTHING, SIZE, SIZE)
+    augment = BatchAugment(EVERYTHING, SIZE, SIZE)
 
     def one_batch(seed: int) -> torch.Tensor:
         images, masks = batch(seed=seed)
@@ -108,7 +110,7 @@ def test_bf16_training_on_the_gpu_waits_once_per_step(prepared, tmp_path):
 
 
 def test_upload_and_constant_give_the_values():
-    from dermaseg.data.upload import constant
+    from dermaseg.upload import constant
 
     values = torch.arange(6, dtype=torch.float32)
     assert torch.equal(upload(values, "cuda").cpu(), values)

@@ -12,11 +12,12 @@ import torch
 from torch.utils.data import DataLoader
 
 from dermaseg.config import AugmentConfig
+from dermaseg.data.augment import BatchAugment
 from dermaseg.data.dataset import PreparedDataset, read_manifest
-from dermaseg.data.geometry import Letterbox
 from dermaseg.data.prepare import prepare_dataset
 from dermaseg.data.transforms import SegmentationTransform
 from dermaseg.errors import DermasegError
+from dermaseg.geometry import Letterbox
 
 SIZE = 48
 
@@ -69,11 +70,16 @@ def test_cache_and_loader(prepared):
     assert cached._cache is not None and lazy._cache is None
     for index in range(len(cached)):
         assert all(torch.equal(a, b) for a, b in zip(cached[index], lazy[index], strict=True))
-    augmenting = PreparedDataset(prepared, "train",
-                                 transform=SegmentationTransform(augment=AugmentConfig()))
-    images, masks = next(iter(DataLoader(augmenting, batch_size=4, shuffle=True)))
+    from dermaseg.train.datamodule import BatchCollate, KeyedDataset
+
+    as_bytes = PreparedDataset(prepared, "train", transform=SegmentationTransform(as_uint8=True))
+    collate = BatchCollate(BatchAugment(AugmentConfig(), SIZE, SIZE))
+    loader = DataLoader(KeyedDataset(as_bytes, seed=0), batch_size=4, collate_fn=collate,
+                        sampler=[(0, index) for index in range(len(as_bytes))])
+    images, masks, indices = next(iter(loader))
     assert images.shape == (4, 3, SIZE, SIZE) and masks.shape == (4, 1, SIZE, SIZE)
-    assert set(masks.unique().tolist()) <= {0.0, 1.0}
+    assert images.dtype == masks.dtype == torch.uint8 and indices.tolist() == [0, 1, 2, 3]
+    assert set(masks.unique().tolist()) <= {0, 1}
 
 
 def test_clear_errors(prepared, tmp_path):

@@ -10,18 +10,18 @@ import torch
 from badinputs import run_cli
 from dermaseg.config import Config
 from dermaseg.errors import DermasegError
-from dermaseg.export import PARITY_TOLERANCE, export_onnx, torch_probabilities
+from dermaseg.export.onnx import export_onnx
+from dermaseg.export.parity import PARITY_TOLERANCE, torch_probabilities
+from dermaseg.infer.onnx_backend import onnx_probabilities, onnx_session
 from dermaseg.model_meta import ModelMeta
 from dermaseg.models.factory import build_model
-from dermaseg.onnx_model import onnx_probabilities, onnx_session
 
 
 @pytest.fixture(scope="module")
 def small_model():
     torch.manual_seed(0)
-    config = Config()
-    config.model.backbone, config.model.aspp_channels = "resnet18", 32
-    config.data.image_size = 64
+    config = Config().updated({"model.backbone": "resnet18", "model.aspp_channels": 32,
+                               "data.image_size": 64})
     return build_model(config.model).eval(), ModelMeta.from_config(config)
 
 
@@ -101,13 +101,13 @@ def test_logits_of_a_model_returning_its_edge_map_are_the_mask(tmp_path):
 def test_an_interrupted_parity_check_leaves_no_unchecked_model(tmp_path, small_model,
                                                               monkeypatch):
     """Ctrl-C (or an ONNX Runtime error) during the check used to leave the unverified file."""
-    from dermaseg import export as export_module
-    from dermaseg.commands.export import export_onnx_checked
+    from dermaseg.export import parity
+    from dermaseg.export.parity import export_onnx_checked
 
     def interrupted(*_args, **_kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(export_module, "max_probability_difference", interrupted)
+    monkeypatch.setattr(parity, "max_probability_difference", interrupted)
     model, meta = small_model
     images = [np.zeros((40, 60, 3), np.uint8)]
     with pytest.raises(KeyboardInterrupt):

@@ -1,5 +1,6 @@
-"""The training split kept on the device (`data.gather_on`) and the batch hooks
-(`dermaseg.train.device_batches`), on CPU: the GPU case is tests/test_cuda.py."""
+"""The training split kept on the device (`data.gather_on`), the batch hooks
+(`dermaseg.train.device_batches`) and the augmentation on either side of them, on CPU: the GPU
+case is tests/test_cuda.py."""
 
 from __future__ import annotations
 
@@ -10,10 +11,12 @@ import pytest
 import torch
 
 from dermaseg.config import load_config
+from dermaseg.data.augment import BatchAugment
 from dermaseg.data.dataset import PreparedDataset
 from dermaseg.data.prepare import prepare_dataset
+from dermaseg.data.transforms import normalise_images
 from dermaseg.errors import DermasegError
-from dermaseg.train.datamodule import SegmentationDataModule
+from dermaseg.train.datamodule import SegmentationDataModule, sample_seed
 from dermaseg.train.device_batches import (
     DeviceSplit,
     TrainingBatches,
@@ -78,6 +81,54 @@ def test_gather_on_device_loader_yields_indices_alone(prepared):
     assert not loader.gather_on_device  # auto, on a CPU: the loader gathers
     images, masks, indices = next(iter(loader.train_dataloader()))
     assert images.dtype == torch.uint8 and images.shape == (3, 3, 40, 40)
+
+
+EVERYTHING = ["data.augment.hflip=0.5", "data.augment.vflip=0.5", "data.augment.rotate90=0.5",
+              "data.augment.brightness=0.2", "data.augment.contrast=0.2",
+              "data.augment.elastic_p=0.5", "data.augment.elastic_sigma=16"]
+
+
+def batches_seen(prepared, place: str, workers: int, epochs: int = 2) -> list[tuple]:
+    """Two epochs of training batches as the model receives them, the augmentation in the
+    loader workers (`place` loader) or in the batch hooks (device: here the CPU)."""
+    setting = config(f"data.augment_on={place}", f"data.num_workers={workers}", *EVERYTHING)
+    module = SegmentationDataModule(setting, prepared)
+    module.setup("fit")
+    size = setting.data.image_size
+    augment = BatchAugment(setting.data.augment, size, size) if place == "device" else None
+    hooks, loader, seen = TrainingBatches(setting, augment), module.train_dataloader(), []
+    for epoch in range(epochs):
+        module.train_sampler.set_epoch(epoch)
+
+        def seeds(indices: list[int], epoch: int = epoch) -> list[int]:
+            return [sample_seed(setting.train.seed, epoch, index) for index in indices]
+
+        for batch in loader:
+            seen.append(hooks.after_transfer(hooks.before_transfer(batch, seeds),
+                                             torch.device("cpu")))
+    return seen
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_loader_and_device_augmentation_give_the_same_batches(prepared, workers):
+    """The same (seed, epoch, index) gives the same augmented sample whether a loader worker
+    (one thread) or the batch hooks (the training process's threads) augment it."""
+    in_loader = batches_seen(prepared, "loader", workers)
+    on_device = batches_seen(prepared, "device", workers)
+    assert len(in_loader) == len(on_device) > 2
+    for (images, masks, indices), (d_images, d_masks, d_indices) in zip(in_loader, on_device,
+                                                                        strict=True):
+        assert torch.equal(indices, d_indices)
+        assert torch.equal(images, d_images) and torch.equal(masks, d_masks)
+    dataset = PreparedDataset(prepared, "train", cache=False)
+    setting = config()
+    changed = 0
+    for images, _, indices in in_loader:  # and it did augment
+        for image, index in zip(images, indices.tolist(), strict=True):
+            plain = torch.from_numpy(dataset.arrays(index)[0]).permute(2, 0, 1)
+            plain = normalise_images(plain, setting.data.mean, setting.data.std)
+            changed += not torch.equal(image, plain)
+    assert changed == sum(len(indices) for *_, indices in in_loader)
 
 
 def test_a_batch_of_indices_without_a_split_is_refused():

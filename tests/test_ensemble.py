@@ -29,10 +29,8 @@ SIZES = [(101, 67), (37, 123), (1, 9), (64, 64)]
 
 def _untrained(seed: int, size: int = 64):
     """An untrained resnet18 DeepLab (ASPP 16 channels) at `size` px and its ModelMeta."""
-    config = Config()
-    config.model.backbone = "resnet18"
-    config.model.aspp_channels = 16
-    config.data.image_size = size
+    config = Config().updated({"model.backbone": "resnet18", "model.aspp_channels": 16,
+                               "data.image_size": size})
     torch.manual_seed(seed)
     return build_model(config.model).eval(), ModelMeta.from_config(config)
 
@@ -105,7 +103,7 @@ def test_one_model_is_unchanged_and_a_one_member_ensemble_equals_it(models):
 
 def test_mixed_checkpoint_and_onnx_members(models, tmp_path):
     from dermaseg.checkpoint import load_model
-    from dermaseg.export import export_onnx
+    from dermaseg.export.onnx import export_onnx
 
     net, meta = load_model(models["b"])
     onnx_path = export_onnx(net, meta, tmp_path / "b.onnx", exporter="legacy")

@@ -1,4 +1,5 @@
-"""`dermaseg evaluate`: numbers equal dermaseg.metrics and the official ISIC scorer; reports."""
+"""`dermaseg evaluate`: numbers equal dermaseg.evaluation.metrics and the official ISIC
+scorer; reports."""
 
 from __future__ import annotations
 
@@ -15,11 +16,11 @@ import pytest
 from PIL import Image
 
 from dermaseg.errors import DermasegError
-from dermaseg.evaluate import evaluate_folders, evaluate_model, split_items
-from dermaseg.evaluation_files import write_evaluation
+from dermaseg.evaluation.evaluate import evaluate_folders, evaluate_model, split_items
+from dermaseg.evaluation.files import write_evaluation
+from dermaseg.evaluation.metrics import METRIC_NAMES, image_metrics, summarize
 from dermaseg.infer.batch import PredictOptions, list_inputs, predict_files
 from dermaseg.infer.predictor import Predictor
-from dermaseg.metrics import METRIC_NAMES, image_metrics, summarize
 
 
 def run_cli(*args: str):
@@ -248,7 +249,7 @@ def test_rewriting_a_report_replaces_the_old_gallery_pictures_only(tmp_path):
 
 
 def test_means_have_bootstrap_intervals_in_json_reports_and_output(tmp_path):
-    from dermaseg.stats import bootstrap_mean_ci
+    from dermaseg.evaluation.stats import bootstrap_mean_ci
 
     pred_dir, truth_dir, cases = _mask_folders(tmp_path)
     result = run_cli("evaluate", "--pred", str(pred_dir), "--truth", str(truth_dir), "-o",

@@ -14,8 +14,8 @@ import pytest
 from PIL import Image
 
 from dermaseg.errors import DermasegError
-from dermaseg.evaluate import evaluate_folders
-from dermaseg.evaluation_files import write_evaluation
+from dermaseg.evaluation.evaluate import evaluate_folders
+from dermaseg.evaluation.files import write_evaluation
 
 isic_segmentation = pytest.importorskip("isic_challenge_scoring.segmentation")
 isic_load = pytest.importorskip("isic_challenge_scoring.load_image")

@@ -16,17 +16,13 @@ from dermaseg.checkpoint import load_model, save_checkpoint
 from dermaseg.cli import app
 from dermaseg.config import Config
 from dermaseg.errors import DermasegError
-from dermaseg.export import (
-    PARITY_TOLERANCE,
-    export_onnx,
-    export_tflite,
-    parity_batches,
-    torch_probabilities,
-)
+from dermaseg.export.onnx import export_onnx
+from dermaseg.export.parity import PARITY_TOLERANCE, parity_batches, torch_probabilities
+from dermaseg.export.tflite import export_tflite
+from dermaseg.infer.onnx_backend import META_KEY, check_onnx, onnx_probabilities, onnx_session
 from dermaseg.infer.predictor import Predictor
 from dermaseg.model_meta import ModelMeta
 from dermaseg.models.factory import build_model
-from dermaseg.onnx_model import META_KEY, check_onnx, onnx_probabilities, onnx_session
 from fitted import shared_fitted, synth_images
 
 SIZES = [(2, 64, 64), (1, 80, 48), (1, 33, 57)]  # (batch, height, width): square, portrait, odd
@@ -34,9 +30,8 @@ SIZES = [(2, 64, 64), (1, 80, 48), (1, 33, 57)]  # (batch, height, width): squar
 
 def _untrained(path, arch: str, size: int = 64):
     torch.manual_seed(0)
-    config = Config()
-    config.model.arch, config.model.backbone = arch, "resnet18"
-    config.data.image_size = size
+    config = Config().updated({"model.arch": arch, "model.backbone": "resnet18",
+                               "data.image_size": size})
     save_checkpoint(path, build_model(config.model).eval(), ModelMeta.from_config(config))
     return path
 
@@ -111,11 +106,39 @@ def test_export_int8_cli_agrees_with_fp32(tmp_path, fitted):
     assert 2 * (a & b).sum() / (a.sum() + b.sum()) >= 0.95
 
 
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_parity_refuses_non_finite_probabilities(bad):
+    from dermaseg.export.parity import probability_difference
+
+    ours, theirs = np.full((1, 1, 2, 2), 0.5), np.full((1, 1, 2, 2), 0.5)
+    assert probability_difference(ours, theirs, "m.onnx", "ONNX Runtime") == 0.0
+    ours[0, 0, 1, 1] = theirs[0, 0, 1, 1] = bad  # NaN against NaN is no match
+    with pytest.raises(DermasegError, match=r"m.onnx: non-finite probabilities .* input "
+                                            r"\(1, 1, 2, 2\), of 4 values: ONNX Runtime 1, "
+                                            r"PyTorch 1"):
+        probability_difference(ours, theirs, "m.onnx", "ONNX Runtime")
+
+
+def test_export_of_a_model_giving_nan_fails_and_removes_the_file(tmp_path):
+    """Before, max(0.0, nan) is 0.0: a model giving NaN everywhere passed its check."""
+    from dermaseg.export.parity import export_onnx_checked
+
+    model, meta = load_model(_untrained(tmp_path / "m.ckpt", "deeplabv3"))
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.fill_(float("nan"))
+    images = [image for image, _ in synth_images(2, seed=3)]
+    out = tmp_path / "m.onnx"
+    with pytest.raises(DermasegError, match=r"m.onnx: non-finite probabilities"):
+        export_onnx_checked(model, meta, out, images, 18, "legacy", say=lambda line: None)
+    assert not out.exists()
+
+
 def test_export_fails_and_removes_the_file_over_tolerance(tmp_path, monkeypatch):
-    import dermaseg.export
+    from dermaseg.export import parity
 
     checkpoint = _untrained(tmp_path / "m.ckpt", "deeplabv3")
-    monkeypatch.setattr(dermaseg.export, "PARITY_TOLERANCE", -1.0)  # nothing can pass
+    monkeypatch.setattr(parity, "PARITY_TOLERANCE", -1.0)  # nothing can pass
     out = tmp_path / "m.onnx"
     result = CliRunner().invoke(app, ["export", str(checkpoint), "-o", str(out),
                                       "--exporter", "legacy", "--calib-count", "2"])
@@ -163,13 +186,13 @@ def test_int8_failure_after_quantizing_removes_its_files(tmp_path):
 
 
 def test_int8_unexpected_failure_is_a_clear_error_and_removes_its_files(tmp_path):
-    from dermaseg.commands.export import _int8
+    from dermaseg.export.int8 import export_int8
 
     model, meta = load_model(_untrained(tmp_path / "m.ckpt", "deeplabv3"))
     images = [image for image, _ in synth_images(2, seed=3)]
     with pytest.raises(DermasegError, match="m.int8.onnx: INT8 export failed.*Statistics"):
-        _int8(model, meta, tmp_path / "m.int8.onnx", images, 18, "legacy", holdout=1,
-              per_tensor=False, repeats=0)  # no timed run: the median fails
+        export_int8(model, meta, tmp_path / "m.int8.onnx", images, opset=18,
+                    exporter="legacy", holdout=1, repeats=0)  # no timed run: no median
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.ckpt"]
 
 
@@ -230,8 +253,8 @@ def test_tflite_without_the_extra_names_the_pip_command(tmp_path):
 
 
 def test_calibration_reads_a_prepared_train_split_or_a_folder(tmp_path, synth_dir):
-    from dermaseg.commands.export import calibration_images
     from dermaseg.data.prepare import prepare_dataset
+    from dermaseg.export.calibration import calibration_images
 
     prepare_dataset(synth_dir, tmp_path / "prep", size=64, workers=1, progress=False)
     images, source = calibration_images(tmp_path / "prep", 5, 64, progress=False)

@@ -123,12 +123,12 @@ def fold_runs(prepared, tmp_path_factory) -> list[Path]:
     out, manifest = prepared
     runs = tmp_path_factory.mktemp("cv")
     sets = [arg for setting in TINY for arg in ("--set", setting)]
-    code, output = run_cli("train", "-c", "configs/cpu_small.yaml", *sets, "-d", out,
+    code, output = run_cli("train", "-c", "cpu_small", *sets, "-d", out,
                            "-o", runs / "fold0", "--fold", "0", "-q")
     assert code == 0, output
     assert json.loads(output.strip().splitlines()[-1])["fold"] == 0
     record = RecordIds()
-    config = load_config("configs/cpu_small.yaml", [*TINY, "data.fold=1"])
+    config = load_config("cpu_small", [*TINY, "data.fold=1"])
     summary = train(config, out, runs / "fold1", callbacks=[record], progress=False)
     assert summary["fold"] == 1 and summary["data"]["folds"] == 5
     assert record.val == fold_ids(manifest, 1)
@@ -149,7 +149,7 @@ def test_fold_errors_name_the_option_and_the_manifest(raw, prepared, fold_runs, 
     out, _ = prepared
     plain = tmp_path / "plain"
     prepare_dataset(raw, plain, **SETTINGS)
-    base = ["train", "-c", "configs/cpu_small.yaml", "--set", "data.image_size=48"]
+    base = ["train", "-c", "cpu_small", "--set", "data.image_size=48"]
     cases = [
         (plain, "0", "--fold 0", f"{plain / 'manifest.json'} has no cross-validation folds"),
         (out, "5", "--fold 5: out of range", f"{out / 'manifest.json'} has folds 0..4"),

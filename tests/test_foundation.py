@@ -15,9 +15,9 @@ from PIL import Image
 from dermaseg import __version__
 from dermaseg.checkpoint import load_model, read_checkpoint, save_checkpoint
 from dermaseg.config import Config, ModelConfig, load_config
-from dermaseg.data.geometry import Letterbox, letterbox_image, restore_probability
 from dermaseg.errors import DermasegError, UsageError
 from dermaseg.fileio import atomic_path, read_rgb
+from dermaseg.geometry import Letterbox, letterbox_image, restore_probability
 from dermaseg.model_meta import ModelMeta
 
 

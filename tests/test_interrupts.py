@@ -82,7 +82,7 @@ def test_train_killed_then_resumed_completes_every_epoch_once(synth_dir, tmp_pat
     data, run = tmp_path / "data", tmp_path / "run"
     prepare_dataset(synth_dir, data, size=48, workers=1, progress=False)
     sets = [x for s in TINY for x in ("-s", s)]
-    command = [sys.executable, "-m", "dermaseg", "train", "-c", "configs/cpu_small.yaml",
+    command = [sys.executable, "-m", "dermaseg", "train", "-c", "cpu_small",
                "-d", str(data), "-o", str(run), "-q", *sets]
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                cwd=Path(__file__).resolve().parents[1])

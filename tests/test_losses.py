@@ -9,7 +9,7 @@ import torch
 
 from dermaseg.config import LossConfig
 from dermaseg.errors import DermasegError
-from dermaseg.losses import (
+from dermaseg.train.losses import (
     SegmentationLoss,
     bce_loss,
     boundary_loss,

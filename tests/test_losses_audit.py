@@ -7,7 +7,7 @@ import torch
 
 from dermaseg.config import LossConfig
 from dermaseg.errors import DermasegError
-from dermaseg.losses import SegmentationLoss
+from dermaseg.train.losses import SegmentationLoss
 
 
 def test_negative_focal_gamma_is_refused():

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from dermaseg.errors import DermasegError
-from dermaseg.measure import ISIC_COLORS, contour_polygon, measure_lesion
+from dermaseg.infer.measure import ISIC_COLORS, contour_polygon, measure_lesion
 
 YY, XX = np.mgrid[:121, :141]
 

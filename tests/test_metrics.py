@@ -14,7 +14,7 @@ import torch.multiprocessing as mp
 from PIL import Image
 
 from dermaseg.errors import DermasegError
-from dermaseg.metrics import (
+from dermaseg.evaluation.metrics import (
     METRIC_NAMES,
     Confusion,
     confusion,
@@ -22,7 +22,7 @@ from dermaseg.metrics import (
     pooled_metrics,
     summarize,
 )
-from dermaseg.torch_metrics import SegmentationMetrics
+from dermaseg.train.torch_metrics import SegmentationMetrics
 
 isic_segmentation = pytest.importorskip("isic_challenge_scoring.segmentation")
 isic_load = pytest.importorskip("isic_challenge_scoring.load_image")

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import socket
 import time
-from pathlib import Path
 
 import pytest
 import timm
@@ -85,11 +84,10 @@ def test_atrous_rates_and_output_stride(stride, rates, expected):
 
 @pytest.mark.parametrize("recipe", ["deeplabv3_resnet50_isic", "deeplabv3plus_resnet50_isic"])
 def test_shipped_recipes_double_the_rates_at_output_stride_8(recipe):
-    path = Path(__file__).resolve().parents[1] / "configs" / f"{recipe}.yaml"
     small = ["model.backbone=resnet18", "model.pretrained=null", "model.aspp_channels=8",
              "model.decoder_channels=8"]
     for stride, rates in ((16, (6, 12, 18)), (8, (12, 24, 36))):
-        config = load_config(path, [*small, f"model.output_stride={stride}"])
+        config = load_config(recipe, [*small, f"model.output_stride={stride}"])
         assert build_model(config.model).head.aspp.rates == rates
 
 

@@ -17,7 +17,7 @@ from badinputs import run_cli
 from dermaseg.config import load_config
 from dermaseg.data.prepare import prepare_dataset
 from dermaseg.data.synth import SynthOptions, synth_dataset
-from dermaseg.train.plan import VALIDATION_SHARE, configs_folder, make_plan, plan_workers
+from dermaseg.train.plan import VALIDATION_SHARE, make_plan, plan_workers
 from dermaseg.train.probe import CPU_BATCHES, Probe, choose_batch, keep_probing
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -64,11 +64,11 @@ def probed_plan(prepared, tmp_path_factory) -> tuple[Path, str]:
 
 def test_no_probe_plan_is_the_cpu_recipe_capped_at_the_prepared_size(no_probe_plan):
     out, output = no_probe_plan
-    recipe = load_config(configs_folder() / "cpu_small.yaml")
+    recipe = load_config("cpu_small")
     planned = load_config(out)  # the whole file: comments + YAML
     assert planned.data.image_size == 48 and recipe.data.image_size == 192
-    recipe.data.image_size = 48
-    assert planned == recipe  # all else is the recipe's (lesions are large: no pos_weight)
+    # all else is the recipe's (lesions are large: no pos_weight)
+    assert planned == recipe.updated({"data.image_size": 48})
     comments = [line for line in out.read_text().splitlines() if line.startswith("#")]
     assert any("prepare at 192 px for this recipe" in line for line in comments)
     assert any("not measured (--no-probe)" in line for line in comments)
@@ -150,19 +150,18 @@ def test_gpu_rule_caps_the_batch_at_5_percent_of_the_training_items():
 def test_gpu_workers_say_when_the_split_stays_on_the_gpu():
     """The H100 plan of the real set said 8 workers keep the GPU fed, although data.gather_on
     auto kept its 136 items (0.13 GiB at 512 px) on the GPU and the loader had no workers."""
-    config = load_config(configs_folder() / "deeplabv3plus_resnet50_isic.yaml")
-    config.data.image_size = 512
+    config = load_config("deeplabv3plus_resnet50_isic", ["data.image_size=512"])
     on_gpu = plan_workers(config, "cuda", 16, items=136, gpu_memory_gib=79.2)
     assert on_gpu.value == 8 and "unused while data.gather_on: auto keeps the 136" in on_gpu.reason
     assert "0.13 GiB" in on_gpu.reason
     too_big = plan_workers(config, "cuda", 16, items=136, gpu_memory_gib=0.4)  # > 1/4 of it
     assert too_big.value == 8 and "unused" not in too_big.reason
-    config.data.gather_on = "loader"
-    assert "unused" not in plan_workers(config, "cuda", 16, 136, 79.2).reason
-    config.data.gather_on, config.data.augment_on = "auto", "loader"
-    assert "unused" not in plan_workers(config, "cuda", 16, 136, 79.2).reason
-    config.data.num_workers = 3
-    assert plan_workers(config, "cpu", 2, 136).value == 3  # CPU: the recipe's
+    loader = config.updated({"data.gather_on": "loader"})
+    assert "unused" not in plan_workers(loader, "cuda", 16, 136, 79.2).reason
+    augment_in_loader = config.updated({"data.gather_on": "auto", "data.augment_on": "loader"})
+    assert "unused" not in plan_workers(augment_in_loader, "cuda", 16, 136, 79.2).reason
+    three = config.updated({"data.num_workers": 3})
+    assert plan_workers(three, "cpu", 2, 136).value == 3  # CPU: the recipe's
 
 
 def test_cpu_rule_takes_the_smallest_near_the_best():

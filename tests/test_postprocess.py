@@ -9,6 +9,7 @@ import pytest
 from scipy import ndimage
 
 from dermaseg.errors import DermasegError
+from dermaseg.evaluation.metrics import image_metrics
 from dermaseg.infer.postprocess import (
     PostprocessConfig,
     crf_refine,
@@ -17,7 +18,6 @@ from dermaseg.infer.postprocess import (
     postprocess,
     remove_small_objects,
 )
-from dermaseg.metrics import image_metrics
 
 YY, XX = np.mgrid[:80, :100]
 

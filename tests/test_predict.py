@@ -317,7 +317,7 @@ def test_identity_tta_does_not_resample_at_a_size_not_a_multiple_of_8(predictor)
 
 def test_onnx_model_predicts_like_the_checkpoint(tiny_ckpt, predictor, tmp_path):
     from dermaseg.checkpoint import load_model
-    from dermaseg.export import export_onnx
+    from dermaseg.export.onnx import export_onnx
 
     model, meta = load_model(tiny_ckpt)
     onnx_path = export_onnx(model, meta, tmp_path / "tiny.onnx", exporter="legacy")
@@ -360,7 +360,7 @@ def test_onnx_model_under_torchrun_on_a_gpu_with_cpu_onnxruntime(tiny_ckpt, synt
     import torch
 
     from dermaseg.checkpoint import load_model
-    from dermaseg.export import export_onnx
+    from dermaseg.export.onnx import export_onnx
 
     if "CUDAExecutionProvider" in onnxruntime.get_available_providers():
         pytest.skip("this onnxruntime has CUDA: cuda:N is right for it")
@@ -378,7 +378,7 @@ def test_onnx_model_under_torchrun_on_a_gpu_with_cpu_onnxruntime(tiny_ckpt, synt
 
 
 def test_onnx_device_names(monkeypatch):
-    import dermaseg.onnx_model as onnx_model
+    import dermaseg.infer.onnx_backend as onnx_model
     from dermaseg.errors import UsageError
 
     monkeypatch.setattr(onnx_model, "onnxruntime_has_cuda", lambda: False)

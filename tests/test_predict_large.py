@@ -14,14 +14,14 @@ import pytest
 from PIL import Image
 from scipy import ndimage
 
-from dermaseg.data.geometry import mask_box
 from dermaseg.data.prepare import prepare_dataset
 from dermaseg.fileio import read_rgb, read_rgb_reduced
+from dermaseg.geometry import mask_box
 from dermaseg.infer import postprocess as pp
-from dermaseg.infer.batch import draw_contour, probability_png
-from dermaseg.measure import contour_polygon, measure_in_box, measure_lesion
-from dermaseg.report import draw_overlay
-from dermaseg.serve.work import contour_polygon_in_box, mask_png
+from dermaseg.infer.batch import probability_png
+from dermaseg.infer.measure import contour_polygon, measure_in_box, measure_lesion
+from dermaseg.infer.overlay import draw_overlay
+from dermaseg.serve.work import mask_png
 
 
 def _masks(count: int = 300, seed: int = 0):
@@ -74,18 +74,25 @@ def test_keep_largest_tie_keeps_the_first_in_raster_order():
     assert pp.keep_largest_component(mask).sum() == 9
 
 
-def test_overlay_equals_draw_overlay():
+def test_overlay_draws_the_traced_contour_on_the_border():
+    """The overlay is the measurements' contour, drawn across the lesion's border: every
+    coloured pixel lies within the line width of the border, and each region is outlined."""
     rng = np.random.default_rng(1)
-    for mask in _masks(60, seed=2):
-        image = rng.integers(0, 256, (*mask.shape, 3), dtype=np.uint8)
-        expected = draw_overlay(image, [(mask, (255, 40, 40))])
-        np.testing.assert_array_equal(draw_contour(image, mask), expected)
-    big = np.zeros((700, 900), bool)  # a contour width of 3 pixels
+    big = np.zeros((700, 900), bool)  # a line width of 3 pixels
     big[100:400, 200:800] = True
-    big[150:200, 300:350] = False
-    image = rng.integers(0, 256, (700, 900, 3), dtype=np.uint8)
-    np.testing.assert_array_equal(draw_contour(image, big),
-                                  draw_overlay(image, [(big, (255, 40, 40))]))
+    big[150:200, 300:350] = False  # a hole: outlined too
+    for mask in [*_masks(60, seed=2), big]:
+        image = rng.integers(0, 200, (*mask.shape, 3), dtype=np.uint8)
+        drawn = np.all(draw_overlay(image, [(mask, (255, 40, 40))]) == (255, 40, 40), axis=-1)
+        border = mask ^ ndimage.binary_erosion(mask, border_value=0)
+        width = max(1, round(max(mask.shape) / 300))
+        near = ndimage.binary_dilation(border, iterations=width + 1)
+        assert not (drawn & ~near).any()
+        if mask.any():
+            labels, count = ndimage.label(border, structure=np.ones((3, 3)))
+            assert len(set(np.unique(labels[drawn])) - {0}) == count
+        empty = draw_overlay(image, [(np.zeros_like(mask), (255, 40, 40))])
+        np.testing.assert_array_equal(empty, image)
 
 
 def _close(a, b):
@@ -119,9 +126,22 @@ def test_measurements_in_box_equal_the_whole_image():
         _close(measure_in_box(mask), measure_lesion(mask))
 
 
-def test_contour_polygon_in_box_is_the_same_polygon():
+def test_contour_polygon_is_traced_in_the_lesion_box():
+    """The polygon traced inside the bounding box is the one traced on the whole mask."""
+    from dermaseg.infer.measure import contours
+
+    def area(line):
+        x, y = line[:, 0], line[:, 1]
+        return abs(np.dot(x, np.roll(y, 1)) - np.dot(y, np.roll(x, 1))) / 2
+
     for mask in list(_masks(40, seed=4)):
-        assert contour_polygon_in_box(mask) == contour_polygon(mask)
+        lines = contours(mask)
+        if not lines:
+            assert contour_polygon(mask) == []
+            continue
+        whole = max(lines, key=area)[:-1]
+        got = np.asarray(contour_polygon(mask, max_points=10**6))
+        np.testing.assert_allclose(got, whole, atol=0.006)
 
 
 def test_probability_png_equals_round_clip():
@@ -148,10 +168,12 @@ def _jpeg(path, width, height, orientation=1):
 
 @pytest.mark.parametrize("orientation", [1, 6])
 def test_reduced_decode_gives_the_network_input_of_prepare(tmp_path, orientation):
-    """predict and serve letterbox the same pixels as `data prepare` (training data)."""
-    from dermaseg.config import Config
-    from dermaseg.infer.predictor import Predictor
-    from dermaseg.model_meta import ModelMeta
+    """predict and serve feed the network exactly the tensor training feeds it for the same
+    image: `data prepare`'s pixels, normalised by the one Preprocessing."""
+    import torch
+
+    from dermaseg.config import IMAGENET_MEAN, IMAGENET_STD
+    from dermaseg.preprocessing import Normalisation, Preprocessing
 
     source = tmp_path / "src"
     source.mkdir()
@@ -164,13 +186,11 @@ def test_reduced_decode_gives_the_network_input_of_prepare(tmp_path, orientation
     prepared = np.load(tmp_path / "prep" / "images" / "big.npy")
     image, original = read_rgb_reduced(source / "big.jpg", 64)
     assert original == shown[::-1] and image.shape[0] < original[0]  # reduced decode
-    config = Config()
-    config.data.image_size = 64
-    predictor = Predictor(None, ModelMeta.from_config(config))
-    network_input, box = predictor.prepare(image, original)
-    expected = (prepared.transpose(2, 0, 1).astype(np.float32) - predictor._mean) \
-        / predictor._std
-    np.testing.assert_array_equal(network_input, expected)
+    preprocessing = Preprocessing(64, Normalisation.of(IMAGENET_MEAN, IMAGENET_STD))
+    network_input, box = preprocessing(image, original)
+    # what training feeds the network: the prepared array, normalised on the device
+    trained_on = preprocessing.normalise_tensor(torch.from_numpy(prepared).permute(2, 0, 1))
+    np.testing.assert_array_equal(network_input, trained_on.numpy())
     assert (box.orig_height, box.orig_width) == original
 
 

@@ -15,10 +15,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dermaseg.data.geometry import Letterbox
 from dermaseg.data.prepare import decode_image, prepare_dataset, summary_lines
 from dermaseg.data.splits import assign_splits
 from dermaseg.errors import UsageError
+from dermaseg.geometry import Letterbox
 
 SIZE = 64
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 import socket
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -17,7 +18,7 @@ from PIL import Image
 
 from badinputs import png_bomb, run_cli
 from dermaseg.checkpoint import load_model
-from dermaseg.export import export_onnx
+from dermaseg.export.onnx import export_onnx
 from fitted import shared_fitted, synth_images
 from serving import Server
 
@@ -296,6 +297,55 @@ def test_probes_metrics_and_openapi(servers):
     page = httpx.get(f"{url}/")
     assert page.status_code == 200 and "/static/app.js" in page.text
     assert httpx.get(f"{url}/static/../../../etc/passwd").status_code == 404
+
+
+POSTPROCESS_QUERY = {"tta": "true", "keep_largest": "true", "fill_holes": "true",
+                     "min_area": "40"}
+POSTPROCESS_FLAGS = ["--tta", "--keep-largest", "--fill-holes", "--min-area", "40"]
+
+
+@pytest.mark.parametrize("query,flags", [({}, []), (POSTPROCESS_QUERY, POSTPROCESS_FLAGS)],
+                         ids=["plain", "tta-postprocess"])
+def test_the_service_gives_predict_s_masks_and_measurements(servers, models, tmp_path, query,
+                                                            flags):
+    """One `segment` behind both: the same options give the same mask pixels and the same
+    measurements over HTTP as from `dermaseg predict`."""
+    _, onnx_path, _ = models
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for seed, (width, height) in enumerate([(150, 110), (97, 131), (64, 64)]):
+        image = synth_images(1, seed=40 + seed, width=width, height=height)[0][0]
+        Image.fromarray(image).save(folder / f"case{seed}.jpg", quality=92)
+    code, output = run_cli("predict", str(onnx_path), str(folder), "-o", str(tmp_path / "out"),
+                           "--measure", "-q", *flags)
+    assert code == 0, output
+    measured = {}
+    for line in (tmp_path / "out" / "measurements.jsonl").read_text().splitlines():
+        record = json.loads(line)
+        measured[record.pop("id")] = record
+    for path in sorted(folder.glob("*.jpg")):
+        response = post(servers["open"], path.read_bytes(), path.name, params=query)
+        assert response.status_code == 200, response.text
+        body = response.json()
+        served = np.asarray(Image.open(io.BytesIO(base64.b64decode(body["mask_png_base64"]))))
+        predicted = np.asarray(Image.open(tmp_path / "out" / f"{path.stem}_segmentation.png"))
+        np.testing.assert_array_equal(served, predicted)
+        del measured[path.stem]["image"]
+        assert body["measurements"] == measured[path.stem]
+        assert bool(body["postprocess"]) == bool(query)
+        if query:
+            assert body["postprocess"] == {"largest_component": True, "fill_holes": True,
+                                           "min_area": 40}
+
+
+def test_the_postprocessing_options_are_in_the_openapi_schema(servers):
+    schema = httpx.get(f"{servers['open']}/openapi.json").json()
+    for path in ("/v1/segment", "/v1/segment/batch"):
+        names = {p["name"] for p in schema["paths"][path]["post"]["parameters"]}
+        assert {"tta", "keep_largest", "fill_holes", "min_area", "pixel_size_mm"} <= names
+    response = post(servers["open"], encode(synth_images(1, seed=2)[0][0], "PNG"),
+                    params={"min_area": -1})
+    assert response.status_code == 422 and "min_area" in response.text
 
 
 def test_no_5xx_was_ever_answered_by_the_open_server(servers):

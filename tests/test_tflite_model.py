@@ -28,7 +28,8 @@ def tflite_pair(tmp_path_factory):
     """(checkpoint, its .tflite export) of the shared fitted model."""
     pytest.importorskip("litert_torch", reason="extra dermaseg[tflite] (litert-torch) missing")
     from dermaseg.checkpoint import load_model
-    from dermaseg.export import export_tflite, parity_batches
+    from dermaseg.export.parity import parity_batches
+    from dermaseg.export.tflite import export_tflite
 
     checkpoint = shared_fitted()
     model, meta = load_model(checkpoint)

@@ -41,7 +41,7 @@ ONNX_PYTHON = os.environ.get("DERMASEG_ONNX_PYTHON")
 @pytest.fixture(scope="module")
 def onnx_model(tiny_ckpt, tmp_path_factory):
     from dermaseg.checkpoint import load_model
-    from dermaseg.export import export_onnx
+    from dermaseg.export.onnx import export_onnx
 
     model, meta = load_model(tiny_ckpt)
     return export_onnx(model, meta, tmp_path_factory.mktemp("onnx") / "tiny.onnx",

@@ -289,7 +289,7 @@ def test_atomic_checkpoint_write_keeps_the_old_file(tmp_path):
 
 
 def test_cli_reports_bad_input(monkeypatch, capsys, tiny_prepared, run, tmp_path):
-    code, err = run_cli(monkeypatch, capsys, "-c", "configs/cpu_small.yaml", "-d",
+    code, err = run_cli(monkeypatch, capsys, "-c", "cpu_small", "-d",
                         str(tmp_path / "missing"), "-o", str(tmp_path / "r"))
     assert code == 2 and "missing: no such folder" in err
     recipe = tmp_path / "bad.yaml"
@@ -320,7 +320,7 @@ def test_cli_reports_bad_input(monkeypatch, capsys, tiny_prepared, run, tmp_path
     assert code == 2 and "at most once per train.checkpoint_every_minutes" in err, err
     for option, words in ((["--minutes", "-1"], "--minutes -1.0 (train.max_minutes): must be"),
                           (["-s", "train.max_minute=1"], "did you mean train.max_minutes?")):
-        code, err = run_cli(monkeypatch, capsys, "-c", "configs/cpu_small.yaml", "-d",
+        code, err = run_cli(monkeypatch, capsys, "-c", "cpu_small", "-d",
                             str(tiny_prepared), "-o", str(tmp_path / "r2"), *option)
         assert code == 2 and words in err and "cpu_small.yaml" not in err, err
         assert not (tmp_path / "r2").exists()

@@ -17,8 +17,8 @@ from onnx import TensorProto, helper
 
 from badinputs import run_cli
 from dermaseg.config import Config
+from dermaseg.infer.onnx_backend import META_KEY
 from dermaseg.model_meta import ModelMeta
-from dermaseg.onnx_model import META_KEY
 
 
 class Exploit:

@@ -10,8 +10,6 @@ import pytest
 
 from badinputs import run_cli
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
-
 
 @pytest.fixture(scope="module")
 def prep(synth_dir, tmp_path_factory) -> Path:
@@ -57,15 +55,22 @@ def test_a_run_folder_given_as_model_names_its_checkpoint(tiny_ckpt, synth_dir, 
 
 
 def test_a_recipe_name_typo_suggests_the_recipe(prep, tmp_path):
-    code, output = run_cli("train", "--config", CONFIGS / "cpu_smal.yaml", "--data", prep,
+    code, output = run_cli("train", "--config", "cpu_smal", "--data", prep,
                            "-o", tmp_path / "run")
-    assert code == 2 and "no such recipe file" in output, output
-    assert f"did you mean {CONFIGS / 'cpu_small.yaml'}?" in output
-    assert "deeplabv3_resnet50_isic.yaml" in output and not (tmp_path / "run").exists()
+    assert code == 2 and "no such recipe file, nor a shipped recipe" in output, output
+    assert "did you mean cpu_small?" in output
+    assert "deeplabv3_resnet50_isic" in output and not (tmp_path / "run").exists()
+    mine = tmp_path / "recipes"
+    mine.mkdir()
+    (mine / "fast.yaml").write_text("train:\n  max_epochs: 1\n")
+    code, output = run_cli("train", "--config", mine / "fats.yaml", "--data", prep,
+                           "-o", tmp_path / "run")
+    assert code == 2 and f"did you mean {mine / 'fast.yaml'}?" in output, output
+    assert f"recipes in {mine}: fast.yaml" in output and not (tmp_path / "run").exists()
 
 
 def test_train_minutes_is_the_time_budget(prep, tmp_path):
-    code, output = run_cli("train", "--config", CONFIGS / "cpu_small.yaml", "--data", prep,
+    code, output = run_cli("train", "--config", "cpu_small", "--data", prep,
                            "-o", tmp_path / "run", "--minutes", "0")
     assert code != 0 and "train.max_minutes" in output and "Traceback" not in output, output
     assert not (tmp_path / "run").exists()

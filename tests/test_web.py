@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from dermaseg.checkpoint import load_model
-from dermaseg.export import export_onnx
+from dermaseg.export.onnx import export_onnx
 from fitted import shared_fitted, synth_images
 from serving import Server
 
@@ -81,6 +81,35 @@ def test_upload_shows_contour_measurements_and_downloads_mask(server, tmp_path):
     assert saved.name == "lesion_segmentation.png"
     mask = np.asarray(Image.open(saved))
     assert mask.shape == (240, 320) and set(np.unique(mask)) == {0, 255}
+
+
+def test_the_options_panel_sends_predict_s_postprocessing(server, tmp_path):
+    """The page's Options reach the service as its query parameters, and the answer says
+    which post-processing was applied."""
+    from playwright.sync_api import sync_playwright
+
+    image = synth_images(1, seed=22, width=200, height=150)[0][0]
+    upload = tmp_path / "lesion.png"
+    Image.fromarray(image).save(upload)
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1100, "height": 700})
+            page.goto(server)
+            page.click("summary")
+            page.check("#keep-largest")
+            page.check("#fill-holes")
+            page.fill("#min-area", "25")
+            with page.expect_response(lambda r: "/v1/segment" in r.url) as answer:
+                page.set_input_files("#file", str(upload))
+            page.wait_for_selector("#result:not([hidden])", timeout=60_000)
+            url, body = answer.value.url, answer.value.json()
+        finally:
+            browser.close()
+    assert "keep_largest=true" in url and "fill_holes=true" in url and "min_area=25" in url
+    assert "tta" not in url
+    assert body["postprocess"] == {"largest_component": True, "fill_holes": True,
+                                   "min_area": 25}
 
 
 def _contour_pixel_js() -> str:

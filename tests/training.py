@@ -13,6 +13,7 @@ import pytest
 from dermaseg.config import load_config
 from dermaseg.data.prepare import prepare_dataset
 from dermaseg.data.synth import SynthOptions, synth_dataset
+from dermaseg.recipes import shipped_recipe
 from dermaseg.train.runner import train
 
 TINY = [
@@ -22,7 +23,7 @@ TINY = [
     "train.max_epochs=3", "train.checkpoint_every_steps=2", "train.checkpoint_every_minutes=0",
     "train.seed=7",
 ]
-RECIPE = Path(__file__).resolve().parents[1] / "configs" / "cpu_small.yaml"
+RECIPE = shipped_recipe("cpu_small")
 STEPS_PER_EPOCH = 4  # 16 training images, batch 4
 TIMING_COLUMNS = {"seconds", "minutes", "train_seconds", "images_per_s"}
 

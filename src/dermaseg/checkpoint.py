@@ -93,9 +93,7 @@ def load_model(path: str | Path, device: str | torch.device = "cpu"):
 
     checkpoint = read_checkpoint(path)
     meta = ModelMeta.from_dict(checkpoint["dermaseg"], str(path))
-    model_config = meta.config.model
-    model_config.pretrained = None
-    model_config.weights = None
+    model_config = meta.config.model.updated(pretrained=None, weights=None)  # never fetched
     model = build_model(model_config)
     state = model_state_dict(checkpoint)
     misfit = _misfit(model.state_dict(), state)

@@ -17,6 +17,7 @@ from dermaseg.commands import evaluate as evaluate_command
 from dermaseg.commands import export as export_command
 from dermaseg.commands import plan as plan_command
 from dermaseg.commands import predict as predict_command
+from dermaseg.commands import recipes as recipes_commands
 from dermaseg.commands import serve as serve_command
 from dermaseg.commands import train as train_command
 from dermaseg.commands.demo import demo
@@ -31,6 +32,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 app.add_typer(data_commands.app, name="data")
+app.add_typer(recipes_commands.app, name="recipes")
 app.command("train")(train_command.train)
 app.command("cv-summary")(train_command.cv_summary)
 app.command("plan")(plan_command.plan)

@@ -1,140 +1,271 @@
-"""Typed configuration: dataclasses, YAML in and out, `key=value` overrides.
+"""The recipe as pydantic models: validated once, immutable; YAML in and out; `--set` overrides.
 
-A recipe in `configs/` is a YAML file with the sections below; anything left out takes the
-default here. The resolved config is saved with every run and inside every checkpoint.
+A recipe is a YAML file (or a shipped one by name, `dermaseg recipes list`) with the sections
+below; anything left out takes the default here. A model refuses unknown keys (with a
+did-you-mean) and out-of-range values, naming the field path: `optim.lr: must be > 0, got 0.0`.
+Configs are immutable: `config.updated({"data.batch_size": 4})` returns a new, validated one.
+The resolved config is saved with every run and inside every checkpoint.
 """
 
 from __future__ import annotations
 
-import contextlib
 import copy
-import dataclasses
-from dataclasses import asdict, dataclass, field, fields
+import difflib
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, get_type_hints
+from typing import Annotated, Any, ClassVar, Literal, TypeVar, get_args
 
 import yaml
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    model_validator,
+)
 
+from dermaseg.config_errors import describe_errors, section_at
 from dermaseg.errors import DermasegError, UsageError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-OPTIMIZERS = ("adam", "adamw", "sgd")
-SCHEDULERS = ("plateau", "cosine", "poly", "none")
+Optimizer = Literal["adam", "adamw", "sgd"]
+Scheduler = Literal["plateau", "cosine", "poly", "none"]
+Place = Literal["auto", "loader", "device"]
+# torch.compile's modes; reduce-overhead replays the model's kernels as CUDA graphs.
+CompileMode = Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"]
+OPTIMIZERS, SCHEDULERS, COMPILE_MODES = get_args(Optimizer), get_args(Scheduler), \
+    get_args(CompileMode)
 
 
-@dataclass
-class ModelConfig:
-    arch: str = "deeplabv3"  # "deeplabv3" or "deeplabv3plus" (adds the low-level decoder)
-    backbone: str = "resnet50"  # a timm name, see dermaseg.models.backbones.BACKBONES
-    output_stride: int = 16  # 16 or 8
-    atrous_rates: list[int] | None = None  # None: 6/12/18 at OS16, 12/24/36 at OS8
-    aspp_channels: int = 256
-    aspp_dropout: float = 0.1
-    decoder_channels: int = 256  # v3+ decoder width
-    attention: str | None = None  # None or "scse": channel+spatial attention after ASPP/decoder
-    edge_head: bool = False  # auxiliary boundary head (training only unless asked)
-    pretrained: str | None = None  # None or "imagenet" (timm weights; needs network)
-    weights: str | None = None  # local backbone weights: .safetensors or a state dict
-    freeze_stages: int = 0  # freeze the first N of 5 backbone stages (stem, /4, /8, /16, last;
-    # -1: the whole backbone); their BatchNorm stays in eval mode
+def _number_as_text(value: Any) -> Any:
+    """YAML reads `precision: 16` as a number: take it as the text it means."""
+    return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
 
 
-@dataclass
-class AugmentConfig:
-    hflip: float = 0.5  # probability
-    vflip: float = 0.5
-    brightness: float = 0.2  # +/- fraction
-    contrast: float = 0.2  # factor in [1 - c, 1 + c]
-    elastic_p: float = 0.25  # probability of an elastic deformation
-    elastic_alpha: float = 8.0  # largest shift of a control point, pixels of the network input
-    elastic_sigma: float = 32.0  # spacing of the random control points, pixels (larger: smoother)
-    rotate90: float = 0.0  # probability of a random multiple-of-90 rotation (square inputs)
+Probability = Annotated[float, Field(ge=0, le=1)]
+Precision = Annotated[Literal["auto", "32", "bf16", "16"], BeforeValidator(_number_as_text)]
+RGB = Annotated[list[float], Field(min_length=3, max_length=3)]
+PositiveRGB = Annotated[list[Annotated[float, Field(gt=0)]], Field(min_length=3, max_length=3)]
+
+S = TypeVar("S", bound="Section")
 
 
-@dataclass
-class DataConfig:
-    image_size: int = 512  # side of the square network input (resize keeping aspect + pad)
-    # RGB in 0..1; None: what the backbone's ImageNet weights expect (0.5/0.5 for xception65,
-    # ImageNet's mean/std for the others), filled in by Config
-    mean: list[float] | None = None
-    std: list[float] | None = None
-    batch_size: int = 8
-    num_workers: int = -1  # -1: one per CPU core, up to 8
-    augment: AugmentConfig = field(default_factory=AugmentConfig)
-    augment_on: str = "auto"  # auto (device on a GPU, loader on CPU) | loader | device
-    # where training batches are gathered: auto (device: the split copied to the GPU once, when
-    # the augmentation runs there and it takes <= 1/4 of the GPU's memory) | loader | device
-    gather_on: str = "auto"
-    # cross-validation: train on the other folds of `data prepare --folds`, validate on this one
-    fold: int | None = None
+class Section(BaseModel):
+    """A recipe section: unknown keys refused, immutable; errors name the field's path."""
 
+    model_config = ConfigDict(extra="forbid", frozen=True, coerce_numbers_to_str=True)
+    section_path: ClassVar[str] = ""  # where the section sits in Config ("data.augment")
 
-@dataclass
-class LossConfig:
-    dice: float = 1.0  # weight of soft Dice
-    bce: float = 1.0  # weight of binary cross-entropy
-    focal: float = 0.0  # weight of focal loss
-    focal_gamma: float = 2.0
-    pos_weight: float | None = None  # BCE weight of lesion pixels (class imbalance)
-    label_smoothing: float = 0.0  # targets become t * (1 - a) + a / 2
-    boundary: float = 0.0  # weight of the edge-head loss (needs model.edge_head)
-    boundary_width: int = 3  # width in pixels of the boundary band target
+    def __init__(self, **data: Any) -> None:
+        """Raises: DermasegError naming each wrong field ("data.batch_size: must be >= 1...")."""
+        try:
+            super().__init__(**data)
+        except ValidationError as exc:
+            raise DermasegError(validation_message(exc, data, self.section_path)) from None
 
-
-@dataclass
-class OptimConfig:
-    name: str = "adam"  # adam | adamw | sgd
-    lr: float = 1e-4
-    weight_decay: float = 0.0
-    scheduler: str = "plateau"  # plateau | cosine | poly | none
-    plateau_factor: float = 0.5
-    plateau_patience: int = 3
-    warmup_epochs: int = 0
-    # cosine/poly: progress = max(step / total steps, elapsed / train.max_minutes), so the
-    # schedule ends within the time budget (runs are then not bit-reproducible)
-    anneal_by_time: bool = False
-
-
-@dataclass
-class TrainConfig:
-    max_epochs: int = 100
-    max_minutes: float | None = None  # wall-clock budget; stops cleanly when reached
-    early_stop_patience: int = 10  # epochs without val-loss improvement
-    precision: str = "auto"  # auto (bf16 on GPU, 32 on CPU) | 32 | bf16 | 16
-    channels_last: bool = True  # on GPU only
-    compile: bool = False  # torch.compile the model, in compile_mode (made for a GPU)
-    compile_mode: str = "default"  # or reduce-overhead (CUDA graphs), max-autotune...
-    seed: int = 42
-    freeze_backbone_epoch: int | None = None  # from this epoch, train only ASPP + decoder
-    freeze_after_lr_drops: int | None = None  # or after the plateau scheduler cut the LR k times
-    val_every: int = 1
-    devices: str = "auto"
-    num_nodes: int = 1
-    threshold: float = 0.5
-    nan_tolerance: int = 3  # skip up to N non-finite-loss batches in a row, then stop
-    checkpoint_every_steps: int = 50  # also write last.ckpt every N optimizer steps (0: off)
-    # but at most once per this many minutes (each epoch's end is a save point too; 0: every
-    # save point); always at the end of the run
-    checkpoint_every_minutes: float = 1.0
-
-
-@dataclass
-class Config:
-    model: ModelConfig = field(default_factory=ModelConfig)
-    data: DataConfig = field(default_factory=DataConfig)
-    loss: LossConfig = field(default_factory=LossConfig)
-    optim: OptimConfig = field(default_factory=OptimConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
-
-    def __post_init__(self) -> None:
-        if self.data.mean is None or self.data.std is None:
-            mean, std = backbone_normalisation(self.model.backbone)
-            self.data.mean = list(mean) if self.data.mean is None else self.data.mean
-            self.data.std = list(std) if self.data.std is None else self.data.std
+    # A section inside another is validated by pydantic itself (not through this __init__),
+    # so the outer model reports all the errors at once (pydantic's RootModel does the same).
+    __init__.__pydantic_base_init__ = True  # type: ignore[attr-defined]
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return self.model_dump()
+
+    def updated(self: S, changes: Mapping[str, Any] | None = None, /, **fields: Any) -> S:
+        """A new validated copy with fields replaced; dotted keys ("data.batch_size") reach
+        into the sections. `fields` are plain names (`loss.updated(boundary=0.0)`). data.mean
+        and std keep the values filled in when the config was first built.
+
+        Raises:
+            DermasegError: naming the field path: an unknown key or a wrong value.
+        """
+        data = self.model_dump()
+        for key, value in {**(changes or {}), **fields}.items():
+            _set_path(data, key, value.model_dump() if isinstance(value, BaseModel) else value,
+                      self.section_path)
+        return type(self)(**data)
+
+
+def _set_path(data: dict[str, Any], key: str, value: Any, prefix: str) -> None:
+    """Raises: DermasegError when a part of `key` before the last names a value."""
+    *sections, name = key.split(".")
+    node = data
+    for depth, part in enumerate(sections):
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            where = ".".join(filter(None, [prefix, *sections[:depth + 1]]))
+            raise DermasegError(f"{where} is a value, not a section (setting {key})")
+    node[name] = value
+
+
+class ModelConfig(Section):
+    section_path: ClassVar[str] = "model"
+
+    arch: Literal["deeplabv3", "deeplabv3plus"] = Field(
+        "deeplabv3", description="deeplabv3plus adds the low-level decoder")
+    backbone: str = Field("resnet50", description="a timm name, see "
+                          "dermaseg.models.backbones.BACKBONES")
+    output_stride: Literal[8, 16] = 16
+    atrous_rates: list[int] | None = Field(
+        None, description="ASPP rates; null: 6/12/18 at output stride 16, 12/24/36 at 8")
+    aspp_channels: int = Field(256, ge=1)
+    aspp_dropout: float = Field(0.1, ge=0, lt=1)
+    decoder_channels: int = Field(256, ge=1, description="v3+ decoder width")
+    attention: Literal["scse"] | None = Field(
+        None, description="scse: channel+spatial attention after ASPP/decoder")
+    edge_head: bool = Field(False, description="auxiliary boundary head (training only)")
+    pretrained: Literal["imagenet"] | None = Field(
+        None, description="imagenet: timm's ImageNet weights (needs network once)")
+    weights: str | None = Field(None, description="local backbone weights: .safetensors or a "
+                                "state dict")
+    freeze_stages: int = Field(
+        0, ge=-1, description="freeze the first N of 5 backbone stages (stem, /4, /8, /16, "
+        "last; -1: the whole backbone); their BatchNorm stays in eval mode")
+
+
+class AugmentConfig(Section):
+    section_path: ClassVar[str] = "data.augment"
+
+    hflip: Probability = Field(0.5, description="probability of a horizontal flip")
+    vflip: Probability = Field(0.5, description="probability of a vertical flip")
+    brightness: float = Field(0.2, ge=0, le=1, description="+/- fraction")
+    contrast: float = Field(0.2, ge=0, le=1, description="factor in [1 - c, 1 + c]")
+    elastic_p: Probability = Field(0.25, description="probability of an elastic deformation")
+    elastic_alpha: float = Field(8.0, ge=0, description="largest shift of a control point, "
+                                 "pixels of the network input")
+    elastic_sigma: float = Field(32.0, gt=0, description="spacing of the random control "
+                                 "points, pixels (larger: smoother)")
+    rotate90: Probability = Field(0.0, description="probability of a random multiple-of-90 "
+                                  "rotation (square inputs)")
+
+
+class DataConfig(Section):
+    section_path: ClassVar[str] = "data"
+
+    image_size: int = Field(512, ge=1, description="side of the square network input "
+                            "(resize keeping aspect + pad)")
+    mean: RGB | None = Field(None, description="RGB in 0..1; null: what the backbone's "
+                             "ImageNet weights expect (filled in by Config)")
+    std: PositiveRGB | None = Field(None, description="RGB in 0..1; null: as mean")
+    batch_size: int = Field(8, ge=1)
+    num_workers: int = Field(-1, ge=-1, description="-1: one per CPU core, up to 8")
+    augment: AugmentConfig = Field(default_factory=AugmentConfig)
+    augment_on: Place = Field("auto", description="auto: the device on a GPU, the loader "
+                              "workers on CPU")
+    gather_on: Place = Field(
+        "auto", description="where training batches are gathered; auto: the split copied to "
+        "the GPU once, when the augmentation runs there and it takes <= 1/4 of its memory")
+    fold: int | None = Field(None, ge=0, description="cross-validation: train on the other "
+                             "folds of `data prepare --folds`, validate on this one")
+
+
+class LossConfig(Section):
+    """Weights and shapes of the loss terms (checked by `dermaseg.train.losses`, which uses
+    them)."""
+
+    section_path: ClassVar[str] = "loss"
+
+    dice: float = Field(1.0, description="weight of soft Dice")
+    bce: float = Field(1.0, description="weight of binary cross-entropy")
+    focal: float = Field(0.0, description="weight of focal loss")
+    focal_gamma: float = 2.0
+    pos_weight: float | None = Field(None, description="BCE weight of lesion pixels")
+    label_smoothing: float = Field(0.0, description="targets become t * (1 - a) + a / 2")
+    boundary: float = Field(0.0, description="weight of the edge-head loss (needs "
+                            "model.edge_head)")
+    boundary_width: int = Field(3, description="width in pixels of the boundary band target")
+
+
+class OptimConfig(Section):
+    section_path: ClassVar[str] = "optim"
+
+    name: Optimizer = "adam"
+    lr: float = Field(1e-4, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    scheduler: Scheduler = "plateau"
+    plateau_factor: float = Field(0.5, gt=0, lt=1)
+    plateau_patience: int = Field(3, ge=0)
+    warmup_epochs: int = Field(0, ge=0)
+    anneal_by_time: bool = Field(
+        False, description="cosine/poly: progress = max(step / total steps, elapsed / "
+        "train.max_minutes), so the schedule ends within the time budget")
+
+
+class TrainConfig(Section):
+    section_path: ClassVar[str] = "train"
+
+    max_epochs: int = Field(100, ge=1)
+    max_minutes: float | None = Field(None, gt=0, description="wall-clock budget; stops "
+                                      "cleanly when reached")
+    early_stop_patience: int = Field(10, ge=0, description="epochs without val-loss "
+                                     "improvement")
+    precision: Precision = Field("auto", description="auto: bf16 on GPU, 32 on CPU")
+    channels_last: bool = Field(True, description="on GPU only")
+    compile: bool = Field(False, description="torch.compile the model, in compile_mode")
+    compile_mode: CompileMode = "default"
+    seed: int = 42
+    freeze_backbone_epoch: int | None = Field(None, ge=0, description="from this epoch, "
+                                              "train only ASPP + decoder")
+    freeze_after_lr_drops: int | None = Field(None, ge=0, description="or after the plateau "
+                                              "scheduler cut the LR k times")
+    val_every: int = Field(1, ge=1)
+    devices: str = "auto"
+    num_nodes: int = Field(1, ge=1)
+    threshold: float = Field(0.5, gt=0, lt=1)
+    nan_tolerance: int = Field(3, ge=0, description="skip up to N non-finite-loss batches "
+                               "in a row, then stop")
+    checkpoint_every_steps: int = Field(50, ge=0, description="also write last.ckpt every N "
+                                        "optimizer steps (0: off)")
+    checkpoint_every_minutes: float = Field(
+        1.0, ge=0, description="but at most once per this many minutes (0: at every save "
+        "point); always at the end of the run")
+
+
+class Config(Section):
+    """The whole recipe. data.mean/std left null are filled in from model.backbone."""
+
+    model_config = ConfigDict(title="dermaseg recipe")
+
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    loss: LossConfig = Field(default_factory=LossConfig)
+    optim: OptimConfig = Field(default_factory=OptimConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _fill_normalisation(cls, data: Any) -> Any:
+        """data.mean/std left out: what model.backbone's pretrained weights expect."""
+        if not isinstance(data, dict):
+            return data
+        section = data.get("data", {})
+        section = section.model_dump() if isinstance(section, BaseModel) else section
+        model = data.get("model", {})
+        backbone = model.backbone if isinstance(model, ModelConfig) else \
+            model.get("backbone", "resnet50") if isinstance(model, dict) else None
+        if not isinstance(section, dict) or not isinstance(backbone, str) or (
+                section.get("mean") is not None and section.get("std") is not None):
+            return data  # complete, or malformed: validation names what is wrong
+        mean, std = backbone_normalisation(backbone)
+        filled = {"mean": list(mean) if section.get("mean") is None else section["mean"],
+                  "std": list(std) if section.get("std") is None else section["std"]}
+        return {**data, "data": {**section, **filled}}
+
+    @model_validator(mode="after")
+    def _agree(self, info: ValidationInfo) -> Config:
+        """Settings that contradict each other (not checked for a checkpoint's inference)."""
+        if info.context and info.context.get("fields") is not None:
+            return self
+        if self.train.freeze_after_lr_drops is not None and self.optim.scheduler != "plateau":
+            raise ValueError(
+                "train.freeze_after_lr_drops: counts the LR cuts of optim.scheduler=plateau, "
+                f"got optim.scheduler={self.optim.scheduler!r}; use train.freeze_backbone_epoch")
+        if self.loss.boundary > 0 and not self.model.edge_head:
+            raise ValueError(f"loss.boundary={self.loss.boundary} needs model.edge_head=true "
+                             "(the edge head's logits), or set loss.boundary=0")
+        return self
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
@@ -142,7 +273,7 @@ class Config:
 
 def backbone_normalisation(backbone: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """(mean, std) the backbone's pretrained weights expect; ImageNet's for an unknown name
-    (validation reports the name)."""
+    (building the model reports the name)."""
     from dermaseg.models.backbones import pretrained_normalisation
 
     try:
@@ -151,79 +282,26 @@ def backbone_normalisation(backbone: str) -> tuple[tuple[float, ...], tuple[floa
         return IMAGENET_MEAN, IMAGENET_STD
 
 
-def _build(cls, data: dict[str, Any], where: str):
-    if not isinstance(data, dict):
-        raise DermasegError(f"{where}: expected a mapping, got {type(data).__name__}")
-    hints = get_type_hints(cls)
-    known = {f.name for f in fields(cls)}
-    unknown = sorted(set(data) - known)
-    if unknown:
-        raise DermasegError(
-            f"{where}: unknown field(s) {', '.join(unknown)}; valid: {', '.join(sorted(known))}"
-        )
-    kwargs = {}
-    for name, value in data.items():
-        hint = hints[name]
-        if dataclasses.is_dataclass(hint):
-            kwargs[name] = _build(hint, value, f"{where}.{name}")
-        else:
-            kwargs[name] = _coerce(value, hint, f"{where}.{name}")
-    return cls(**kwargs)
+# The rule of a field when its constraints alone do not say it well.
+RULES: dict[str, str] = {
+    "data.num_workers": ">= 0, or -1 (one per CPU core)",
+    "data.fold": ">= 0 (or null: the plain train/val split)",
+    "data.mean": "3 values (R, G, B)",
+    "data.std": "3 values (R, G, B), each > 0",
+    **{f"data.augment.{name}": "a probability in [0, 1]"
+       for name in ("hflip", "vflip", "elastic_p", "rotate90")},
+    "model.freeze_stages": ">= 0 (stages), or -1 (the whole backbone)",
+    "train.max_minutes": "> 0 (or null: no time budget)",
+    "train.freeze_backbone_epoch": ">= 0 (or null)",
+    "train.freeze_after_lr_drops": ">= 0 (or null)",
+    "train.checkpoint_every_steps": ">= 0 (0: only at epoch ends)",
+    "train.checkpoint_every_minutes": ">= 0 (0: at every save point)",
+}
 
 
-def _coerce(value: Any, hint: Any, where: str) -> Any:
-    text = str(hint)
-    if value is None:
-        if "None" in text:
-            return None
-        raise DermasegError(f"{where}: must not be empty")
-    for kind in (bool, int, float, str):
-        if text.startswith(kind.__name__) or text == f"<class '{kind.__name__}'>":
-            return _as_kind(value, kind, where)
-    if text.startswith("list"):
-        if not isinstance(value, list | tuple):
-            raise DermasegError(f"{where}: expected a list, got {value!r}")
-        item_kind = float if "float" in text else int if "int" in text else str
-        return [_as_kind(v, item_kind, where) for v in value]
-    return value
-
-
-def _as_kind(value: Any, kind: type, where: str) -> Any:
-    if kind is bool:
-        if isinstance(value, bool):
-            return value
-        if str(value).lower() in ("true", "false", "1", "0", "yes", "no"):
-            return str(value).lower() in ("true", "1", "yes")
-        raise DermasegError(f"{where}: expected true/false, got {value!r}")
-    if kind is float and isinstance(value, int | float) and not isinstance(value, bool):
-        return float(value)
-    if kind is float and isinstance(value, str):
-        # YAML 1.1 reads `1e-4` (no dot) as a string; accept it as the number it means.
-        with contextlib.suppress(ValueError):
-            return float(value)
-    if kind is int and isinstance(value, int) and not isinstance(value, bool):
-        return value
-    if kind is str and isinstance(value, str):
-        return value
-    if kind is str and isinstance(value, int) and not isinstance(value, bool):
-        return str(value)  # `precision: 16`, `devices: 2` read as numbers by YAML
-    raise DermasegError(f"{where}: expected {kind.__name__}, got {value!r}")
-
-
-def config_from_dict(data: dict[str, Any] | None, where: str = "config",
-                     fields: tuple[str, ...] | None = None) -> Config:
-    """Build a Config from a nested dict and validate it (`validate_config`; `fields`: only
-    those, e.g. INFERENCE_FIELDS for a checkpoint's config).
-
-    Raises:
-        DermasegError: naming `where` and the field when a field is unknown or a value wrong.
-    """
-    config = _build(Config, data or {}, where)
-    try:
-        validate_config(config, fields)
-    except DermasegError as exc:
-        raise DermasegError(f"{where}: {exc}" if where != "config" else str(exc)) from None
-    return config
+def validation_message(exc: ValidationError, data: Any, prefix: str = "") -> str:
+    """One line per wrong field of `data` (validated as the section at `prefix`)."""
+    return describe_errors(exc, data, Config, RULES, prefix)
 
 
 # What inference reads from a checkpoint's config: training settings that a later release
@@ -231,106 +309,90 @@ def config_from_dict(data: dict[str, Any] | None, where: str = "config",
 INFERENCE_FIELDS = ("model.", "data.image_size", "data.mean", "data.std", "train.threshold")
 
 
-def _probability(v: float) -> bool:
-    return 0 <= v <= 1
+def config_from_dict(data: dict[str, Any] | None, where: str = "config",
+                     fields: tuple[str, ...] | None = None) -> Config:
+    """Build a validated Config from a nested dict (a recipe, a checkpoint's config).
 
-
-def _optional(minimum: float) -> Any:
-    return lambda v: v is None or v >= minimum
-
-
-# torch.compile's modes; reduce-overhead replays the model's kernels as CUDA graphs.
-COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
-
-# (field, test, what the value must be). Names, rates and stride are checked where they are
-# used (models, losses, device augmentation), also before anything is written.
-RULES: list[tuple[str, Any, str]] = [
-    ("data.image_size", lambda v: v >= 1, ">= 1"),
-    ("data.batch_size", lambda v: v >= 1, ">= 1"),
-    ("data.num_workers", lambda v: v >= -1, ">= 0, or -1 (one per CPU core)"),
-    ("data.fold", _optional(0), ">= 0 (or null: the plain train/val split)"),
-    ("data.gather_on", lambda v: v in ("auto", "loader", "device"), "auto, loader or device"),
-    ("data.mean", lambda v: len(v) == 3, "3 values (R, G, B)"),
-    ("data.std", lambda v: len(v) == 3 and all(s > 0 for s in v), "3 values (R, G, B), each > 0"),
-    *((f"data.augment.{name}", _probability, "a probability in [0, 1]")
-      for name in ("hflip", "vflip", "elastic_p", "rotate90")),
-    ("data.augment.brightness", lambda v: 0 <= v <= 1, "in [0, 1]"),
-    ("data.augment.contrast", lambda v: 0 <= v <= 1, "in [0, 1]"),
-    ("data.augment.elastic_alpha", lambda v: v >= 0, ">= 0"),
-    ("data.augment.elastic_sigma", lambda v: v > 0, "> 0"),
-    ("model.aspp_channels", lambda v: v >= 1, ">= 1"),
-    ("model.decoder_channels", lambda v: v >= 1, ">= 1"),
-    ("model.aspp_dropout", lambda v: 0 <= v < 1, "in [0, 1)"),
-    ("model.freeze_stages", lambda v: v >= -1, ">= 0 (stages), or -1 (the whole backbone)"),
-    ("optim.name", lambda v: v in OPTIMIZERS, f"one of {', '.join(OPTIMIZERS)}"),
-    ("optim.scheduler", lambda v: v in SCHEDULERS, f"one of {', '.join(SCHEDULERS)}"),
-    ("optim.lr", lambda v: v > 0, "> 0"),
-    ("optim.weight_decay", lambda v: v >= 0, ">= 0"),
-    ("optim.plateau_factor", lambda v: 0 < v < 1, "in (0, 1)"),
-    ("optim.plateau_patience", lambda v: v >= 0, ">= 0"),
-    ("optim.warmup_epochs", lambda v: v >= 0, ">= 0"),
-    ("train.max_epochs", lambda v: v >= 1, ">= 1"),
-    ("train.max_minutes", lambda v: v is None or v > 0, "> 0 (or null: no time budget)"),
-    ("train.early_stop_patience", lambda v: v >= 0, ">= 0"),
-    ("train.freeze_backbone_epoch", _optional(0), ">= 0 (or null)"),
-    ("train.freeze_after_lr_drops", _optional(0), ">= 0 (or null)"),
-    ("train.val_every", lambda v: v >= 1, ">= 1"),
-    ("train.num_nodes", lambda v: v >= 1, ">= 1"),
-    ("train.threshold", lambda v: 0 < v < 1, "in (0, 1)"),
-    ("train.nan_tolerance", lambda v: v >= 0, ">= 0"),
-    ("train.compile_mode", lambda v: v in COMPILE_MODES, f"one of {', '.join(COMPILE_MODES)}"),
-    ("train.checkpoint_every_steps", lambda v: v >= 0, ">= 0 (0: only at epoch ends)"),
-    ("train.checkpoint_every_minutes", lambda v: v >= 0, ">= 0 (0: at every save point)"),
-]
-
-
-def validate_config(config: Config, fields: tuple[str, ...] | None = None) -> None:
-    """Refuse values out of range, and settings that contradict each other; with `fields`
-    (names or prefixes) only the rules of those fields.
+    With `fields` (names or prefixes, e.g. INFERENCE_FIELDS for a checkpoint's config) only
+    those are held to today's rules: a value elsewhere that this release refuses, or a key it
+    no longer knows, takes the default instead (inference does not read them), and the rules
+    across fields are not applied.
 
     Raises:
-        DermasegError: "<section.field>: must be ..., got VALUE" for the first bad field.
+        DermasegError: naming `where` and the field when a field is unknown or a value wrong.
     """
-    for name, test, rule in RULES:
-        if fields is not None and not name.startswith(fields):
-            continue
-        section, *rest = name.split(".")
-        value = getattr(config, section)
-        for part in rest:
-            value = getattr(value, part)
-        if not test(value):
-            raise DermasegError(f"{name}: must be {rule}, got {value!r}")
-    if fields is not None:
-        return
-    if config.train.freeze_after_lr_drops is not None and config.optim.scheduler != "plateau":
-        raise DermasegError(
-            "train.freeze_after_lr_drops: counts the LR cuts of optim.scheduler=plateau, got "
-            f"optim.scheduler={config.optim.scheduler!r}; use train.freeze_backbone_epoch")
-    if config.loss.boundary > 0 and not config.model.edge_head:
-        raise DermasegError(f"loss.boundary={config.loss.boundary} needs model.edge_head=true "
-                            "(the edge head's logits), or set loss.boundary=0")
+    data = data or {}
+    context = {"fields": fields} if fields is not None else None
+    try:
+        return Config.model_validate(data, context=context)
+    except ValidationError as exc:
+        error = exc
+    if fields is not None:  # once more without the values outside `fields`
+        lenient = copy.deepcopy(data)
+        for problem in error.errors():
+            if not _among(problem["loc"], fields):
+                _drop(lenient, problem["loc"])
+        try:
+            return Config.model_validate(lenient, context=context)
+        except ValidationError as exc:
+            error, data = exc, lenient
+    message = validation_message(error, data)
+    raise DermasegError(message if where == "config" else f"{where}: {message}") from None
+
+
+def _among(loc: tuple[Any, ...], fields: tuple[str, ...]) -> bool:
+    """Whether the error at `loc` concerns one of `fields` (or the section holding one)."""
+    path = ".".join(str(part) for part in loc if not isinstance(part, int))
+    return any(path.startswith(f) or f.startswith(f"{path}.") for f in fields if path)
+
+
+def _drop(data: Any, loc: tuple[Any, ...]) -> None:
+    """Remove the key at `loc` (up to its first list index) from nested dicts."""
+    names = [part for part in loc if isinstance(part, str)]
+    *parents, name = names if names else [""]
+    for part in parents:
+        data = data.get(part) if isinstance(data, dict) else None
+    if isinstance(data, dict):
+        data.pop(name, None)
+
+
+def read_recipe(path: str | Path) -> dict[str, Any]:
+    """The mapping in a YAML recipe file (empty file: {}).
+
+    Raises:
+        UsageError: no such file.
+        DermasegError: naming the file: unreadable, not UTF-8, not valid YAML.
+    """
+    try:
+        data = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+    except FileNotFoundError as exc:
+        raise UsageError(f"{path}: no such recipe file") from exc
+    except OSError as exc:
+        raise DermasegError(f"{path}: cannot read ({exc.strerror or exc})") from exc
+    except UnicodeDecodeError as exc:
+        raise DermasegError(f"{path}: not a YAML text file (not UTF-8: {exc.reason} at "
+                            f"byte {exc.start})") from exc
+    except yaml.YAMLError as exc:
+        raise DermasegError(f"{path}: not valid YAML ({exc})") from exc
+    return data
 
 
 def load_config(path: str | Path | None, overrides: list[str] | None = None) -> Config:
-    """Read a YAML recipe (or defaults when `path` is None) and apply `section.key=value` overrides.
+    """Read a recipe (a YAML file, or a shipped recipe's name such as "cpu_small"; defaults
+    when `path` is None) and apply `section.key=value` overrides; validated once.
 
     Raises:
-        DermasegError: naming the file (or the --set) and field: bad YAML, a wrong value.
+        UsageError: no such file nor shipped recipe (the message lists the shipped names), or
+            a wrong --set (named as given).
+        DermasegError: naming the file and field: bad YAML, an unknown key, a wrong value.
     """
     data: dict[str, Any] = {}
-    where = "config" if path is None else str(path)
+    where = "config"
     if path is not None:
-        try:
-            data = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
-        except FileNotFoundError as exc:
-            raise UsageError(f"{path}: no such recipe file") from exc
-        except OSError as exc:
-            raise DermasegError(f"{path}: cannot read ({exc.strerror or exc})") from exc
-        except UnicodeDecodeError as exc:
-            raise DermasegError(f"{path}: not a YAML text file (not UTF-8: {exc.reason} at "
-                                f"byte {exc.start})") from exc
-        except yaml.YAMLError as exc:
-            raise DermasegError(f"{path}: not valid YAML ({exc})") from exc
+        from dermaseg.recipes import recipe_path
+
+        file = recipe_path(path)
+        data, where = read_recipe(file), str(file)
     merged = copy.deepcopy(data)
     for item in overrides or []:
         apply_override(merged, item)
@@ -357,12 +419,17 @@ def _override_error(data: dict[str, Any], overrides: list[str]) -> UsageError | 
         apply_override(alone, item)
         error = _error_of(alone, "config")
         if error is not None:
-            return UsageError(f"--set {item}: {str(error).removeprefix('config.')}")
+            return UsageError(f"--set {item}: {error}")
     return None
 
 
 def apply_override(data: dict[str, Any], item: str) -> None:
-    """Set `a.b.c=value` in a nested dict; the value is parsed as YAML (numbers, lists, null)."""
+    """Set `a.b.c=value` in a nested dict; the value is parsed as YAML (numbers, lists, null).
+
+    Raises:
+        UsageError: naming the override: no `=`, a key that is not a field (with a
+            did-you-mean), or a part of the key that is a value.
+    """
     key, sep, raw = item.partition("=")
     if not sep or not key.strip():
         raise UsageError(f"--set {item}: expected section.key=value")
@@ -378,23 +445,28 @@ def apply_override(data: dict[str, Any], item: str) -> None:
 
 def _check_override_key(item: str, parts: list[str]) -> None:
     """Raises UsageError naming the override when its key is not a field of Config."""
-    import difflib
-
-    section = Config
     for depth, part in enumerate(parts):
         where = ".".join(parts[:depth])
-        if not dataclasses.is_dataclass(section):
+        section = section_at(Config, parts[:depth])
+        if section is None:
             raise UsageError(f"--set {item}: {where} is a value, not a section")
-        names = sorted(f.name for f in fields(section))
+        names = sorted(section.model_fields)
         if part not in names:
             close = difflib.get_close_matches(part, names, n=1)
             hint = f"; did you mean {'.'.join([*parts[:depth], close[0]])}?" if close else ""
             raise UsageError(f"--set {item}: no field {part!r} in {where or 'the config'}{hint}"
                              f" (valid: {', '.join(names)})")
-        section = get_type_hints(section)[part]
 
 
 def save_config(config: Config, path: str | Path) -> None:
+    """Write the resolved config as YAML, atomically."""
     from dermaseg.fileio import write_bytes_atomic
 
     write_bytes_atomic(path, config.to_yaml().encode())
+
+
+def recipe_schema() -> dict[str, Any]:
+    """The JSON Schema of a recipe (pydantic's, of `Config`), for editors that complete and
+    check YAML."""
+    return {"$schema": "https://json-schema.org/draft/2020-12/schema",
+            **Config.model_json_schema()}

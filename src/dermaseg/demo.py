@@ -40,10 +40,8 @@ class DemoResult:
 
 def demo_config(minutes: float, seed: int) -> Config:
     """A ResNet-18 DeepLab-v3+ at 128 px trained for `minutes` with a cosine schedule."""
-    config = config_from_dict(DEMO_RECIPE, "demo recipe")
-    config.train.max_minutes = minutes
-    config.train.seed = seed
-    return config
+    return config_from_dict(DEMO_RECIPE, "demo recipe").updated(
+        {"train.max_minutes": minutes, "train.seed": seed})
 
 
 def run_demo(out: str | Path, data: str | Path | None = None, *, images: int = 160,
@@ -67,7 +65,7 @@ def run_demo(out: str | Path, data: str | Path | None = None, *, images: int = 1
     _stage(result, "prepare", say, lambda: _prepare(source, prepared, seed))
     run_dir = result.out / "run"
     config = demo_config(minutes, seed)
-    config.data.batch_size = _batch_size(prepared, config.data.batch_size)
+    config = config.updated({"data.batch_size": _batch_size(prepared, config.data.batch_size)})
     _stage(result, "train", say, lambda: _train(config, prepared, run_dir, say))
     summary = _stage(result, "evaluate", say,
                      lambda: _evaluate(run_dir / "best.ckpt", prepared, result.out / "eval"))
@@ -146,8 +144,8 @@ def _train(config: Config, prepared: Path, run_dir: Path, say: Callable[[str], N
 
 
 def _evaluate(checkpoint: Path, prepared: Path, out: Path) -> dict:
-    from dermaseg.evaluate import evaluate_model, split_items
-    from dermaseg.evaluation_files import write_evaluation
+    from dermaseg.evaluation.evaluate import evaluate_model, split_items
+    from dermaseg.evaluation.files import write_evaluation
     from dermaseg.infer.predictor import Predictor
 
     predictor = Predictor.load(checkpoint)
@@ -161,7 +159,7 @@ def _evaluate(checkpoint: Path, prepared: Path, out: Path) -> dict:
 
 
 def _predict(checkpoint: Path, prepared: Path, out: Path) -> None:
-    from dermaseg.evaluate import split_items
+    from dermaseg.evaluation.evaluate import split_items
     from dermaseg.infer.batch import PredictOptions, predict_files
     from dermaseg.infer.predictor import Predictor
 
@@ -172,7 +170,8 @@ def _predict(checkpoint: Path, prepared: Path, out: Path) -> None:
 
 def _export(checkpoint: Path, onnx_path: Path, source: Path) -> None:
     from dermaseg.checkpoint import load_model
-    from dermaseg.commands.export import calibration_images, export_onnx_checked
+    from dermaseg.export.calibration import calibration_images
+    from dermaseg.export.parity import export_onnx_checked
 
     model, meta = load_model(checkpoint)
     images, _ = calibration_images(source, 4, meta.image_size, progress=False)

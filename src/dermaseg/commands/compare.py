@@ -7,12 +7,12 @@ from pathlib import Path
 import typer
 
 from dermaseg.errors import UsageError
-from dermaseg.metrics import METRIC_NAMES
-from dermaseg.stats import RESAMPLES, SEED
+from dermaseg.evaluation.metrics import METRIC_NAMES
+from dermaseg.evaluation.stats import RESAMPLES, SEED
 
 
 def _print_table(summary: dict, results: dict, out: Path) -> None:
-    from dermaseg.compare import TABLE_HEADER, table_rows
+    from dermaseg.evaluation.compare import TABLE_HEADER, table_rows
 
     typer.echo(f"A: {summary['a']['folder']} ({summary['a']['images']} images)")
     typer.echo(f"B: {summary['b']['folder']} ({summary['b']['images']} images)")
@@ -51,7 +51,7 @@ def compare(
     Writes compare.json, compare.md and compare.png (METRIC of B against A per image, and the
     histogram of the differences) to OUT.
     """
-    from dermaseg.compare import (
+    from dermaseg.evaluation.compare import (
         common_ids,
         compare_scores,
         default_out,

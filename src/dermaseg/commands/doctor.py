@@ -53,26 +53,10 @@ def _onnx_providers() -> list[str]:
     return [name.removesuffix("ExecutionProvider") for name in providers]
 
 
-def memory_bytes() -> tuple[int, int] | None:
-    """(available, total) memory in bytes, available being MemAvailable (free plus reclaimable
-    cache) on Linux and the free pages elsewhere; None when neither can be read."""
-    try:
-        fields = dict(line.split(":", 1) for line in
-                      Path("/proc/meminfo").read_text().splitlines() if ":" in line)
-        available, total = (int(fields[key].split()[0]) * 1024 for key in
-                            ("MemAvailable", "MemTotal"))
-    except (OSError, KeyError, ValueError):
-        try:  # not Linux: the free pages only
-            page = os.sysconf("SC_PAGE_SIZE")
-            available = os.sysconf("SC_AVPHYS_PAGES") * page
-            total = os.sysconf("SC_PHYS_PAGES") * page
-        except (ValueError, OSError, AttributeError):
-            return None
-    return available, total
-
-
 def _memory_gib() -> str:
     """Available memory (MemAvailable: free plus reclaimable cache) of the total."""
+    from dermaseg.train.plan import memory_bytes
+
     memory = memory_bytes()
     if memory is None:
         return "unknown"

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import typer
 
-from dermaseg.commands.predict import (
+from dermaseg.commands.options import (
     BATCH_SIZE,
     CRF,
     DEVICE,
@@ -75,10 +75,10 @@ def _training_images_note(predictor, split: str) -> str | None:
 def _model_evaluation(model: str, data: Path, split: str, out: Path | None, post, tta: bool,
                       batch_size: int, device: str, quiet: bool, overwrite: bool):
     """(Evaluation, notes, report folder) of MODEL on a prepared split or a raw pair folder."""
-    from dermaseg.commands.predict import tta_config
-    from dermaseg.evaluate import evaluate_model, source_items
-    from dermaseg.evaluation_files import check_output
+    from dermaseg.evaluation.evaluate import evaluate_model, source_items
+    from dermaseg.evaluation.files import check_output
     from dermaseg.infer.ensemble import describe_model, load_predictor
+    from dermaseg.infer.tta import tta_config
 
     items, unpaired = source_items(data, split)
     predictor = load_predictor(model, device=device, tta=tta_config(tta, None),
@@ -137,8 +137,8 @@ def evaluate(
     an evaluation of another model, data or settings already in OUT is kept unless --overwrite;
     every mean comes with its 95% bootstrap interval over images (2000 resamples, seed 0).
     """
-    from dermaseg.evaluate import evaluate_folders
-    from dermaseg.evaluation_files import check_output, write_evaluation
+    from dermaseg.evaluation.evaluate import evaluate_folders
+    from dermaseg.evaluation.files import check_output, write_evaluation
 
     if (pred is None) != (truth is None):
         raise UsageError("--pred and --truth go together")
@@ -153,7 +153,7 @@ def evaluate(
     else:
         if model is None or data is None:
             raise UsageError("give MODEL --data DIR, or --pred PRED --truth TRUTH")
-        from dermaseg.commands.predict import postprocess_config
+        from dermaseg.infer.postprocess import postprocess_config
 
         post = postprocess_config(keep_largest, fill_holes, min_area, crf)
         result, notes, out = _model_evaluation(model, data, split, out, post, tta,

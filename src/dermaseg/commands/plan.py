@@ -104,8 +104,8 @@ def plan(
     device: str = typer.Option("auto", "--device",
                                help="auto (what training would use) | cuda | mps | cpu."),
     base: Path | None = typer.Option(
-        None, "--base", help="Start from this recipe (default: the GPU or the CPU recipe of "
-        "configs/)."),
+        None, "--base", help="Start from this recipe: a YAML file or a shipped recipe's name "
+        "(default: the shipped GPU or CPU recipe; `dermaseg recipes list`)."),
     probe: bool = typer.Option(True, "--probe/--no-probe",
                                help="Measure training steps to choose the batch size."),
     force: bool = typer.Option(False, "--force", help="Replace an existing -o / plan.json."),

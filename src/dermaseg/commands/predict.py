@@ -7,35 +7,18 @@ from pathlib import Path
 
 import typer
 
+from dermaseg.commands.options import (
+    BATCH_SIZE,
+    CRF,
+    DEVICE,
+    FILL_HOLES,
+    KEEP_LARGEST,
+    MIN_AREA,
+    MODEL_HELP,
+    QUIET,
+    TTA,
+)
 from dermaseg.errors import DermasegError, UsageError
-
-
-def postprocess_config(keep_largest: bool, fill_holes: bool, min_area: int, crf: bool):
-    """The PostprocessConfig for these flags, or None when none is asked for."""
-    if not (keep_largest or fill_holes or min_area > 0 or crf):
-        return None
-    from dermaseg.infer.postprocess import PostprocessConfig, _import_crf
-
-    if crf:
-        _import_crf()  # fail before predicting anything when the extra is missing
-    return PostprocessConfig(largest_component=keep_largest, fill_holes=fill_holes,
-                             min_area=min_area, crf=crf)
-
-
-def tta_config(tta: bool, scales: str | None):
-    """--tta (the four flips) and --tta-scales "0.75,1,1.25" -> TTAConfig, or None."""
-    if not tta and scales is None:
-        return None
-    from dermaseg.infer.tta import TTAConfig
-
-    flips = ("none", "h", "v", "hv") if tta else ("none",)
-    if scales is None:
-        return TTAConfig(flips=flips)
-    try:
-        values = tuple(float(v) for v in scales.split(",") if v.strip())
-    except ValueError as exc:
-        raise UsageError(f"--tta-scales {scales}: expected numbers like 0.75,1,1.25") from exc
-    return TTAConfig(flips=flips, scales=values)
 
 
 def prediction_settings(model: str, tta, options) -> dict:
@@ -68,19 +51,6 @@ def refuse_prepared_inputs(inputs: list[str]) -> None:
                 f"{text}: a prepared dataset (written by `dermaseg data prepare`), not images; "
                 f"predict the original image files, or score the model on it with `dermaseg "
                 f"evaluate MODEL --data {text}`")
-
-
-# Options `predict` and `evaluate MODEL` share.
-MODEL_HELP = ("A checkpoint (.ckpt) or an exported .onnx or .tflite model; several separated by "
-              "commas (a,b,c) predict with their ensemble (mean probability).")
-TTA = typer.Option(False, "--tta", help="Average over the four flips.")
-KEEP_LARGEST = typer.Option(False, "--keep-largest", help="Keep the largest lesion.")
-FILL_HOLES = typer.Option(False, "--fill-holes", help="Fill holes inside the lesion.")
-MIN_AREA = typer.Option(0, "--min-area", min=0, help="Remove specks under N pixels.")
-CRF = typer.Option(False, "--crf", help="Dense-CRF refinement (extra: dermaseg\\[crf]).")
-BATCH_SIZE = typer.Option(8, "--batch-size", min=1, help="Images per forward pass.")
-DEVICE = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:1 ...")
-QUIET = typer.Option(False, "--quiet", "-q", help="No progress bar.")
 
 
 def predict(
@@ -117,6 +87,8 @@ def predict(
     """
     from dermaseg.infer.batch import PredictOptions, list_inputs, parse_shard, predict_files
     from dermaseg.infer.ensemble import Ensemble, load_predictor
+    from dermaseg.infer.postprocess import postprocess_config
+    from dermaseg.infer.tta import tta_config
 
     if pixel_size is not None and not (math.isfinite(pixel_size) and pixel_size > 0):
         raise UsageError(f"--pixel-size {pixel_size}: must be a finite number > 0 (mm per "

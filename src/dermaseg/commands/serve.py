@@ -30,6 +30,15 @@ def serve(
                                          help="Seconds for a whole upload to arrive (408)."),
     threads: int = typer.Option(0, "--threads", help="Requests run on the model at once "
                                 "(0: min(--max-concurrency, CPU cores))."),
+    keep_alive_s: float = typer.Option(5.0, "--keep-alive", help="Seconds an idle connection "
+                                       "stays open after a response."),
+    header_timeout_s: float = typer.Option(10.0, "--header-timeout", help="Seconds for a "
+                                           "request's headers to arrive, from the connection "
+                                           "or the previous response; then it is closed."),
+    max_connections: int = typer.Option(100, "--max-connections", help="Open connections per "
+                                        "process; more are answered 503 and closed."),
+    max_header_kb: int = typer.Option(16, "--max-header-kb", help="KiB of a request line + "
+                                      "headers held while they arrive (more: 400)."),
     log_level: str = typer.Option("info", "--log-level", help="uvicorn log level."),
 ) -> None:
     """Serve MODEL over HTTP: POST /v1/segment, a web page at /, /docs, /metrics."""
@@ -37,6 +46,7 @@ def serve(
 
     from dermaseg.infer.ensemble import refuse_model_list
     from dermaseg.serve.app import ServeSettings, check_token, load_predictor, settings_json
+    from dermaseg.serve.connections import uvicorn_options
 
     refuse_model_list(model, "serve")
     if workers < 1:
@@ -47,6 +57,8 @@ def serve(
                              max_concurrency, timeout_s, threads=threads,
                              body_timeout_s=body_timeout_s)
     settings.check()
+    limits = uvicorn_options(keep_alive_s=keep_alive_s, header_timeout_s=header_timeout_s,
+                             max_connections=max_connections, max_header_kb=max_header_kb)
     check_token(token or os.environ.get("DERMASEG_TOKEN"))
     load_predictor(settings)  # fail here, with a clear message, rather than in every worker
     os.environ["DERMASEG_SERVE"] = settings_json(settings)
@@ -55,4 +67,4 @@ def serve(
     typer.echo(f"serving {model} on http://{host}:{port}/ (API docs at /docs)"
                + (", bearer token required" if os.environ.get("DERMASEG_TOKEN") else ""))
     uvicorn.run("dermaseg.serve.app:app_from_env", factory=True, host=host, port=port,
-                workers=workers, log_level=log_level, timeout_graceful_shutdown=5)
+                workers=workers, log_level=log_level, timeout_graceful_shutdown=5, **limits)

@@ -11,40 +11,22 @@ import typer
 from dermaseg.errors import UsageError
 
 
-def check_recipe(config: Path, option: str = "--config") -> None:
-    """A missing recipe file: list the recipes beside it and suggest the closest name
-    (the message names the recipe as `option`, e.g. --base for `dermaseg plan`)."""
-    import difflib
-
-    if config.is_file():
-        return
-    folder = config.parent if config.parent.is_dir() else None
-    names = sorted(p.name for p in folder.glob("*.y*ml")) if folder else []
-    message = f"{option} {config}: no such recipe file"
-    close = difflib.get_close_matches(config.name, names, n=1, cutoff=0.5)
-    if close:
-        message += f"; did you mean {folder / close[0]}?"
-    if names:
-        message += f" (recipes in {folder}: {', '.join(names)})"
-    else:
-        message += " (the recipes are in the repository's configs/ folder)"
-    raise UsageError(message)
-
-
 def _resolve_config(config: Path | None, out: Path, overrides: list[str], resume: bool):
     """The run's config: the recipe + overrides, or (--resume) the run's saved config."""
     from dermaseg.config import load_config
+    from dermaseg.recipes import recipe_path
     from dermaseg.train.runner import check_resume_config, load_run_config
 
     if config is not None:
-        check_recipe(config)
+        config = recipe_path(config, "--config")
     if resume:
         resolved = load_run_config(out, overrides)
         if config is not None:
             check_resume_config(load_config(config, overrides), resolved, out)
         return resolved
     if config is None:
-        raise UsageError("--config: a recipe is needed (e.g. configs/cpu_small.yaml)")
+        raise UsageError("--config: a recipe is needed: a YAML file or a shipped recipe's name "
+                         "(e.g. --config cpu_small; `dermaseg recipes list`)")
     return load_config(config, overrides)
 
 
@@ -64,7 +46,8 @@ def _with_options(overrides: list[str], minutes: float | None, fold: int | None)
 
 def train(
     config: Path | None = typer.Option(
-        None, "--config", "-c", help="YAML recipe (configs/*.yaml); optional with --resume."),
+        None, "--config", "-c", help="Recipe: a YAML file or a shipped recipe's name "
+        "(`dermaseg recipes list`); optional with --resume."),
     data: Path = typer.Option(..., "--data", "-d",
                               help="Folder written by `dermaseg data prepare`."),
     out: Path = typer.Option(..., "--out", "-o", help="Run folder (checkpoints, curves, ...)."),

@@ -29,7 +29,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from dermaseg.data.discover import Discovery, Pair, Problem, discover, display_path
-from dermaseg.fileio import MAX_PIXELS
+from dermaseg.fileio import MAX_PIXELS, declared_problem
 from dermaseg.parallel import parallel_map
 
 # Every kind of problem, in report order, with what it means.
@@ -37,6 +37,7 @@ KINDS = {
     "no_pairs": "no image/mask pair found in the folder",
     "missing_mask": "image without a mask",
     "orphan_mask": "mask without an image",
+    "bad_name": "name that cannot become an id (a newline or other control character in it)",
     "misnamed_mask": "mask not named NAME_segmentation.png (ISIC) or NAME_lesion.bmp (PH2)",
     "unreadable": "empty, truncated, too large or not an image",
     "size_mismatch": "mask size differs from the image size",
@@ -146,6 +147,9 @@ def _decode(path: Path, draft: bool) -> Decoded:
         width, height = image.size
         if width * height > MAX_PIXELS:
             raise ValueError(f"too large ({width}x{height} is over {MAX_PIXELS} pixels)")
+        problem = declared_problem(image, path)  # what `predict` and the service refuse too
+        if problem is not None:
+            raise ValueError(problem)
         orientation = image.getexif().get(EXIF_ORIENTATION, 1)
         drafted = False
         if draft and image.format == "JPEG" and max(width, height) > DRAFT_SIDE:

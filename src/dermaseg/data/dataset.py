@@ -12,10 +12,10 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from dermaseg.data.geometry import Letterbox
 from dermaseg.data.prepare import MANIFEST, SPLITS
 from dermaseg.data.transforms import SegmentationTransform
 from dermaseg.errors import DermasegError
+from dermaseg.geometry import Letterbox, letterbox_image
 
 CACHE_LIMIT_BYTES = 1 << 30  # cache=None keeps a split in RAM when its arrays fit in 1 GiB
 ITEM_KEYS = ("id", "split", "image", "mask", "orig_height", "orig_width", "letterbox")
@@ -70,18 +70,11 @@ def reletterbox(image: np.ndarray, mask: np.ndarray, box: Letterbox, size: int
     """Re-fit prepared arrays (letterboxed by `box`) to a `size` canvas with the geometry
     `Letterbox.fit` gives the original image at `size`, as the Predictor will use it."""
     target = Letterbox.fit(box.orig_height, box.orig_width, size)
-    shape = (target.new_width, target.new_height)
     content = Image.fromarray(np.ascontiguousarray(box.crop(image.transpose(2, 0, 1))
                                                    .transpose(1, 2, 0)))
     lesion = Image.fromarray(np.ascontiguousarray(box.crop(mask)))
-    resized_image = np.asarray(content.resize(shape, Image.Resampling.BILINEAR, reducing_gap=2.0))
-    resized_mask = np.asarray(lesion.resize(shape, Image.Resampling.NEAREST))
-    out_image = np.zeros((size, size, 3), np.uint8)
-    out_mask = np.zeros((size, size), np.uint8)
-    rows = slice(target.pad_top, target.pad_top + target.new_height)
-    cols = slice(target.pad_left, target.pad_left + target.new_width)
-    out_image[rows, cols] = resized_image
-    out_mask[rows, cols] = resized_mask
+    out_image, _ = letterbox_image(content, size, box=target)
+    out_mask, _ = letterbox_image(lesion, size, is_mask=True, box=target)
     return out_image, out_mask
 
 

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from dermaseg.errors import UsageError
+from dermaseg.fileio import name_problem
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"})
 # `<id>_segmentation` (ISIC, any case) or `<id>_lesion` (PH2)
@@ -120,6 +121,8 @@ def _walk_files(root: Path, problems: list[Problem]) -> list[Path]:
             elif path.suffix.lower() in IMAGE_SUFFIXES and not IGNORED_STEM.search(path.stem):
                 if _is_special(entry):  # a FIFO or device would block or never end when read
                     problems.append(Problem("unreadable", path, "not a regular file"))
+                elif (problem := name_problem(entry.name)) is not None:  # a newline in it ...
+                    problems.append(Problem("bad_name", path, f"{entry.name!r}: {problem}"))
                 else:
                     files.append(path)
     return files
@@ -206,6 +209,11 @@ def _match(images: dict[str, list[Path]], masks: dict[str, list[Path]], root: Pa
                                                             masks.get(key, []))
         for image, mask in pairs:
             pair_id = _unique_id(key, image, root, taken)
+            problem = name_problem(f"{pair_id}_segmentation.png")  # the longest name it gets
+            if problem is not None:  # a newline in it, say: rename the files
+                detail = f"its id {pair_id!r} cannot become a file name: {problem}"
+                found.problems.append(Problem("bad_name", image, detail))
+                continue
             taken.add(pair_id)
             found.pairs.append(Pair(pair_id, image, mask))
         for image in lonely_images:

@@ -36,16 +36,17 @@ from tqdm import tqdm
 from dermaseg.data import stable_splits
 from dermaseg.data.check import FIXABLE, check_mask, default_workers, mask_array, read_checked
 from dermaseg.data.discover import Pair, Problem, discover, display_path
-from dermaseg.data.geometry import Letterbox, letterbox_image
 from dermaseg.data.splits import MANIFEST, SPLITS, check_folds, fold_counts, official_split
 from dermaseg.errors import DermasegError, UsageError
 from dermaseg.fileio import (
     atomic_path,
     file_label,
+    safe_child,
     to_rgb_array,
     write_json_atomic,
 )
 from dermaseg.fileio import decode_image as fileio_decode_image
+from dermaseg.geometry import Letterbox, letterbox_image
 from dermaseg.parallel import parallel_map
 
 FORMAT = "dermaseg-prepared/1"
@@ -100,6 +101,13 @@ def _read(path: Path, size: int | None):
         return None, Problem("unreadable", path, str(exc) or type(exc).__name__)
 
 
+def item_file(out: Path, folder: str, item_id: str) -> Path:
+    """OUT/images|masks/<id>.npy or OUT/meta/<id>.json, the id checked by fileio.safe_child
+    (discover gives no other ids; this is the last guard)."""
+    suffix = ".json" if folder == "meta" else ".npy"
+    return safe_child(out / folder, f"{item_id}{suffix}", "prepared item id")
+
+
 def _save_npy(path: Path, array: np.ndarray) -> None:
     try:
         with atomic_path(path) as tmp, open(tmp, "wb") as handle:
@@ -133,8 +141,8 @@ def prepare_pair(pair: Pair, out: Path, size: int) -> PrepareResult:
     # nearest-neighbour resizing commutes with thresholding: resize first, at full speed
     resized, _ = letterbox_image(Image.fromarray(values), size, is_mask=True, box=box)
     mask_out = (resized > threshold).astype(np.uint8)
-    _save_npy(out / "images" / f"{pair.id}.npy", image_array)
-    _save_npy(out / "masks" / f"{pair.id}.npy", mask_out)
+    _save_npy(item_file(out, "images", pair.id), image_array)
+    _save_npy(item_file(out, "masks", pair.id), mask_out)
     record = {
         "id": pair.id, "size": size,
         "source_image": display_path(pair.image), "source_mask": display_path(pair.mask),
@@ -144,7 +152,7 @@ def prepare_pair(pair: Pair, out: Path, size: int) -> PrepareResult:
         "hash": hashlib.blake2b(rgb.tobytes(), digest_size=16).hexdigest(),  # decoded pixels
         "notes": [p.to_dict() for p in problems],
     }
-    write_json_atomic(out / "meta" / f"{pair.id}.json", record)
+    write_json_atomic(item_file(out, "meta", pair.id), record)
     return PrepareResult(pair, record, problems)
 
 
@@ -161,7 +169,7 @@ def _prepare_safely(pair: Pair, out: Path, size: int) -> PrepareResult:
 def reusable_record(pair: Pair, out: Path, size: int) -> dict | None:
     """The meta record of an item already prepared from the same sources at `size`, else None."""
     try:
-        record = json.loads((out / "meta" / f"{pair.id}.json").read_text())
+        record = json.loads(item_file(out, "meta", pair.id).read_text())
         stamps = {"image": _stamp(pair.image), "mask": _stamp(pair.mask)}
     except (OSError, ValueError):
         return None
@@ -170,7 +178,7 @@ def reusable_record(pair: Pair, out: Path, size: int) -> dict | None:
         and record.get("source_image") == display_path(pair.image)
         and record.get("source_mask") == display_path(pair.mask)
     )
-    files = [out / "images" / f"{pair.id}.npy", out / "masks" / f"{pair.id}.npy"]
+    files = [item_file(out, "images", pair.id), item_file(out, "masks", pair.id)]
     return record if same and all(f.is_file() for f in files) else None
 
 
@@ -212,8 +220,8 @@ def _prepare_all(pairs: list[Pair], out: Path, size: int, workers: int, progress
 
 
 def _remove_item(out: Path, item_id: str) -> None:
-    for path in (out / "images" / f"{item_id}.npy", out / "masks" / f"{item_id}.npy",
-                 out / "meta" / f"{item_id}.json"):
+    for path in (item_file(out, "images", item_id), item_file(out, "masks", item_id),
+                 item_file(out, "meta", item_id)):
         with contextlib.suppress(FileNotFoundError):
             path.unlink()
 

@@ -22,6 +22,7 @@ Several processes split the list with `shard=(i, n)`: image k goes to process k 
 
 from __future__ import annotations
 
+import functools
 import glob
 import io
 import json
@@ -38,15 +39,18 @@ from tqdm import tqdm
 
 from dermaseg.data import discover
 from dermaseg.data.discover import IMAGE_SUFFIXES, MASK_STEM, display_path
-from dermaseg.data.geometry import mask_box, restore_probability
 from dermaseg.errors import DermasegError, UsageError
 from dermaseg.fileio import (
+    name_problem,
     read_rgb,
     read_rgb_reduced,
+    safe_child,
     save_png_atomic,
     write_bytes_atomic,
     write_json_atomic,
 )
+from dermaseg.infer.overlay import draw_overlay
+from dermaseg.infer.segment import Decoded, Segmentation, SegmentOptions, segment
 
 MASK_SUFFIX = "_segmentation.png"
 
@@ -78,19 +82,20 @@ RECORD = "predict.json"  # the settings of the masks in OUT
 
 
 def mask_path(out: Path, image_id: str) -> Path:
-    return out / f"{image_id}{MASK_SUFFIX}"
+    """OUT/<id>_segmentation.png; like every output path, checked by fileio.safe_child."""
+    return safe_child(out, f"{image_id}{MASK_SUFFIX}", "predicted mask")
 
 
 def _prob_path(out: Path, image_id: str) -> Path:
-    return out / "prob" / f"{image_id}_prob.png"
+    return safe_child(out / "prob", f"{image_id}_prob.png", "probability map")
 
 
 def _overlay_path(out: Path, image_id: str) -> Path:
-    return out / "overlay" / f"{image_id}_overlay.jpg"
+    return safe_child(out / "overlay", f"{image_id}_overlay.jpg", "overlay")
 
 
 def _measurement_path(out: Path, image_id: str) -> Path:
-    return out / "measurements" / f"{image_id}.json"
+    return safe_child(out / "measurements", f"{image_id}.json", "measurements")
 
 
 def is_done(out: Path, image_id: str, options: PredictOptions) -> bool:
@@ -232,11 +237,16 @@ def parse_shard(text: str | None) -> tuple[int, int]:
 
 
 def assign_ids(files: list[Path]) -> tuple[list[tuple[str, Path]], list[str]]:
-    """Each file's id is its stem; a second file with the same stem is a failure."""
+    """Each file's id is its stem; a second file with the same stem is a failure, and so is
+    a stem that cannot name its mask (a newline in it, too long: fileio.name_problem)."""
     seen: dict[str, Path] = {}
     items, failed = [], []
     for path in files:
-        if path.stem in seen:
+        problem = name_problem(f"{path.stem}{MASK_SUFFIX}")
+        if problem is not None:
+            failed.append(f"{display_path(path)!r}: its mask {path.stem + MASK_SUFFIX!r} "
+                          f"cannot be a file name: {problem}")
+        elif path.stem in seen:
             failed.append(f"{display_path(path)}: same id {path.stem!r} as {seen[path.stem]}")
         else:
             seen[path.stem] = path
@@ -277,19 +287,6 @@ def iter_decoded(items: list[tuple[str, Path]], ahead: int,
 OVERLAY_COLOUR = (255, 40, 40)
 
 
-def draw_contour(image: np.ndarray, mask: np.ndarray, colour=OVERLAY_COLOUR) -> np.ndarray:
-    """report.draw_overlay(image, [(mask, colour)]), with the erosion done inside the mask's
-    bounding box (the contour band lies in the mask; outside the box there is nothing)."""
-    from dermaseg.report import contour
-
-    out = np.array(image, dtype=np.uint8, copy=True)
-    width = max(1, round(max(out.shape[:2]) / 300))
-    box = mask_box(mask, margin=1)
-    if box is not None:
-        out[box][contour(mask[box], width)] = colour
-    return out
-
-
 def probability_png(prob: np.ndarray) -> np.ndarray:
     """Probability x 255, rounded half to even, as uint8; in place in one float32 buffer."""
     scaled = np.multiply(prob, 255, dtype=np.float32)
@@ -298,49 +295,41 @@ def probability_png(prob: np.ndarray) -> np.ndarray:
     return scaled.astype(np.uint8)
 
 
-def _write_outputs(out: Path, image_id: str, path: Path, image, prob, mask, options) -> None:
+def _write_outputs(out: Path, image_id: str, path: Path, result: Segmentation,
+                   options: PredictOptions) -> None:
     """Every output asked for, the mask last (a resumed run redoes an image without one)."""
     if options.save_prob:  # zlib level 1: 3x faster than 6 on a smooth map, ~30 % bigger
-        save_png_atomic(_prob_path(out, image_id), probability_png(prob), compress_level=1)
+        save_png_atomic(_prob_path(out, image_id), probability_png(result.probability),
+                        compress_level=1)
     if options.overlay:
         buffer = io.BytesIO()
-        Image.fromarray(draw_contour(image, mask)).save(buffer, format="JPEG", quality=90)
+        overlay = draw_overlay(result.image, [(result.mask, OVERLAY_COLOUR)])
+        Image.fromarray(overlay).save(buffer, format="JPEG", quality=90)
         write_bytes_atomic(_overlay_path(out, image_id), buffer.getvalue())
     if options.measure:
-        from dermaseg.measure import measure_in_box
-
-        record = {"id": image_id, "image": display_path(path),
-                  **measure_in_box(mask, image, options.pixel_size_mm)}
+        record = {"id": image_id, "image": display_path(path), **(result.measurements or {})}
         write_json_atomic(_measurement_path(out, image_id), record)
-    save_png_atomic(mask_path(out, image_id), mask.astype(np.uint8) * 255)
+    save_png_atomic(mask_path(out, image_id), result.mask.astype(np.uint8) * 255)
 
 
-def _needs_full_image(options: PredictOptions) -> bool:
-    """The overlay, the colour measurements and the CRF read the image at its own size."""
-    return options.overlay or options.measure or bool(getattr(options.postprocess, "crf", 0))
-
-
-def _full_image(path: Path, decoded: np.ndarray, original: tuple[int, int]) -> np.ndarray:
-    """The image at its original size: `decoded` itself unless that was a reduced decode."""
-    return decoded if decoded.shape[:2] == tuple(original) else read_rgb(path)
+def segment_options(options: PredictOptions) -> SegmentOptions:
+    """What `segment` must do for the outputs `options` asks for."""
+    return SegmentOptions(options.postprocess, describe=options.measure,
+                          pixel_size_mm=options.pixel_size_mm, need_image=options.overlay)
 
 
 def _flush(predictor, batch, out, options, summary, bar) -> None:
-    """Predict a batch of (id, path, (reduced image, original size)); each image's maps are
-    restored to full size (96 MB of float32 at 6000x4000) and written one image at a time."""
-    results = predictor.predict_letterboxed([image for _, _, (image, _) in batch],
-                                            [original for _, _, (_, original) in batch])
-    for (image_id, path, (decoded, original)), (small, box) in zip(batch, results, strict=True):
-        try:
-            image = _full_image(path, decoded, original) if _needs_full_image(options) else None
-        except DermasegError as exc:
-            summary.failed.append(str(exc))
-            bar.update(1)
-            continue
-        prob = restore_probability(small, box)
-        mask = predictor.to_mask(prob, image, options.postprocess)
-        _write_outputs(out, image_id, path, image, prob, mask, options)
-        summary.written.append(image_id)
+    """Segment a batch of (id, path, (reduced image, original size)) and write each image's
+    outputs as soon as it is done (its maps at 6000x4000 are 96 MB of float32)."""
+    decoded = [Decoded(image, original, functools.partial(read_rgb, path))
+               for _, path, (image, original) in batch]
+    results = segment(predictor, decoded, segment_options(options))
+    for (image_id, path, _), result in zip(batch, results, strict=True):
+        if isinstance(result, DermasegError):
+            summary.failed.append(str(result))
+        else:
+            _write_outputs(out, image_id, path, result, options)
+            summary.written.append(image_id)
         bar.update(1)
     batch.clear()
 

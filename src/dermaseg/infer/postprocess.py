@@ -22,8 +22,8 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
-from dermaseg.data.geometry import mask_box
 from dermaseg.errors import DermasegError
+from dermaseg.geometry import mask_box
 
 __all__ = [
     "PostprocessConfig",
@@ -31,6 +31,7 @@ __all__ = [
     "fill_holes",
     "keep_largest_component",
     "postprocess",
+    "postprocess_config",
     "remove_small_objects",
 ]
 
@@ -133,6 +134,22 @@ def _import_crf():
             "pip install dermaseg[crf] (it builds from source; needs a C++ compiler)"
         ) from exc
     return dcrf, unary_from_softmax
+
+
+def postprocess_config(keep_largest: bool, fill_holes: bool, min_area: int,
+                       crf: bool) -> PostprocessConfig | None:
+    """The PostprocessConfig for these flags, or None when none is asked for.
+
+    Raises:
+        DermasegError: `crf` and pydensecrf2 is not installed (raised here, before any image
+            is predicted).
+    """
+    if not (keep_largest or fill_holes or min_area > 0 or crf):
+        return None
+    if crf:
+        _import_crf()
+    return PostprocessConfig(largest_component=keep_largest, fill_holes=fill_holes,
+                             min_area=min_area, crf=crf)
 
 
 def crf_refine(prob: np.ndarray, image: np.ndarray, config: PostprocessConfig) -> np.ndarray:

@@ -4,7 +4,7 @@
     probs = predictor.predict_proba([image_a, image_b])   # HxWx3 uint8 -> HxW float32 in [0, 1]
     mask = predictor.predict(image_a)                     # HxW bool, meta threshold
 
-The input geometry is dermaseg.data.geometry's letterbox (resize keeping aspect, centred zero
+The input geometry is dermaseg.geometry's letterbox (resize keeping aspect, centred zero
 padding); the probability map is cropped out of the padding and resized back bilinearly, then
 thresholded, so a mask always has exactly the image's height and width.
 """
@@ -14,28 +14,27 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
 from dermaseg.data.discover import IMAGE_SUFFIXES
-from dermaseg.data.geometry import Letterbox, letterbox_image, restore_probability
 from dermaseg.errors import DermasegError, UsageError
+from dermaseg.geometry import Letterbox, restore_probability
+from dermaseg.infer.backend import Backend
+from dermaseg.infer.onnx_backend import OnnxBackend, check_onnx
 from dermaseg.infer.tta import TTAConfig, scaled_side, sigmoid, tta_probability
 from dermaseg.model_meta import ModelMeta, folder_error, model_kind
-from dermaseg.onnx_model import OnnxBackend, check_onnx
+from dermaseg.preprocessing import Preprocessing
 
 
 class Predictor:
     """Letterbox, normalise, run (with optional TTA), undo the letterbox, threshold."""
 
-    def __init__(self, backend, meta: ModelMeta, *, tta: TTAConfig | None = None,
+    def __init__(self, backend: Backend, meta: ModelMeta, *, tta: TTAConfig | None = None,
                  batch_size: int = 8) -> None:
         self.backend = backend
         self.meta = meta
         self.tta = tta
         self.batch_size = max(1, batch_size)
-        mean = np.asarray(meta.mean, dtype=np.float32).reshape(3, 1, 1)
-        std = np.asarray(meta.std, dtype=np.float32).reshape(3, 1, 1)
-        self._mean, self._std = mean * 255.0, std * 255.0
+        self.preprocessing = Preprocessing.from_meta(meta)
         fixed = getattr(backend, "fixed_side", None)
         if fixed is not None and fixed != meta.image_size:
             raise DermasegError(f"the model's input is {fixed} px but its metadata says "
@@ -66,7 +65,7 @@ class Predictor:
             meta = check_onnx(path)  # graph, names, ranks and metadata, before onnxruntime
             return cls(OnnxBackend(path, device), meta, **kwargs)
         if model_kind(path) == "tflite":
-            from dermaseg.tflite_model import TfliteBackend, read_tflite_meta
+            from dermaseg.infer.tflite_backend import TfliteBackend, read_tflite_meta
 
             meta = read_tflite_meta(path)
             return cls(TfliteBackend(path, device), meta, **kwargs)
@@ -77,27 +76,13 @@ class Predictor:
         model, meta = load_model(path, device)
         return cls(TorchBackend(model, device), meta, **kwargs)
 
+    def with_tta(self, tta: TTAConfig | None) -> Predictor:
+        """The same model and backend, with another test-time augmentation."""
+        return Predictor(self.backend, self.meta, tta=tta, batch_size=self.batch_size)
+
     @property
     def threshold(self) -> float:
         return self.meta.threshold
-
-    def prepare(self, image: np.ndarray, original: tuple[int, int] | None = None
-                ) -> tuple[np.ndarray, Letterbox]:
-        """HxWx3 uint8 -> normalised float32 (3, S, S) and its Letterbox.
-
-        `original` is the (height, width) of the original when `image` is a reduced decode of
-        it (fileio.read_rgb_reduced): the geometry is then that of the original, exactly as in
-        `data prepare`, and the probability is restored to the original size.
-
-        Raises:
-            DermasegError: the array is not HxWx3 uint8.
-        """
-        if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
-            raise DermasegError(f"expected an HxWx3 uint8 image, got {image.dtype} {image.shape}")
-        box = Letterbox.fit(*original, self.meta.image_size) if original else None
-        canvas, box = letterbox_image(Image.fromarray(image), self.meta.image_size, box=box)
-        chw = canvas.transpose(2, 0, 1).astype(np.float32)
-        return (chw - self._mean) / self._std, box
 
     def _run(self, batch: np.ndarray) -> np.ndarray:
         """Normalised (N, 3, S, S) -> probabilities (N, S, S)."""
@@ -109,12 +94,14 @@ class Predictor:
                             originals: list | None = None) -> list[tuple[np.ndarray, Letterbox]]:
         """(S x S probability, Letterbox) per image, not yet restored to the original size:
         `restore_probability(prob, box)` does that, one image at a time to bound memory (a
-        6000x4000 map is 96 MB). `originals`: see `prepare`."""
+        6000x4000 map is 96 MB).
+        `originals`: each image's original (height, width) when it is a reduced decode (see
+        Preprocessing.letterbox)."""
         originals = originals or [None] * len(images)
         results: list[tuple[np.ndarray, Letterbox]] = []
         for start in range(0, len(images), self.batch_size):
             chunk = slice(start, start + self.batch_size)
-            prepared = [self.prepare(image, original)
+            prepared = [self.preprocessing(image, original)
                         for image, original in zip(images[chunk], originals[chunk], strict=True)]
             probs = self._run(np.stack([array for array, _ in prepared]))
             results += [(p, box) for p, (_, box) in zip(probs, prepared, strict=True)]

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from dermaseg.errors import UsageError
-from dermaseg.onnx_model import local_rank
+from dermaseg.infer.onnx_backend import local_rank
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:

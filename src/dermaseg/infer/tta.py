@@ -36,6 +36,24 @@ class TTAConfig:
         return len(self.flips) * len(self.scales)
 
 
+def tta_config(tta: bool, scales: str | None) -> TTAConfig | None:
+    """--tta (the four flips) and --tta-scales "0.75,1,1.25" -> TTAConfig, or None.
+
+    Raises:
+        UsageError: `scales` is not a comma list of numbers, or a value out of range.
+    """
+    if not tta and scales is None:
+        return None
+    flips = ("none", "h", "v", "hv") if tta else ("none",)
+    if scales is None:
+        return TTAConfig(flips=flips)
+    try:
+        values = tuple(float(v) for v in scales.split(",") if v.strip())
+    except ValueError as exc:
+        raise UsageError(f"--tta-scales {scales}: expected numbers like 0.75,1,1.25") from exc
+    return TTAConfig(flips=flips, scales=values)
+
+
 def sigmoid(logits: np.ndarray) -> np.ndarray:
     """float32 probabilities, computed in float64: each is the correctly rounded value, so
     logits that differ in the last bits (another batch size) rarely cross the threshold."""

@@ -7,16 +7,18 @@ The network (`DeepLab`) = `backbone` (timm feature extractor, dilated to output 
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
-from dermaseg.config import ModelConfig
 from dermaseg.errors import DermasegError
 from dermaseg.models.aspp import default_rates
 from dermaseg.models.backbones import Backbone, create_backbone
 from dermaseg.models.heads import DeepLabV3Head, DeepLabV3PlusHead, EdgeHead, resize
+
+if TYPE_CHECKING:
+    from dermaseg.config import ModelConfig
 
 ARCHS = ("deeplabv3", "deeplabv3plus")
 

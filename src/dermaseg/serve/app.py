@@ -1,4 +1,4 @@
-"""The HTTP service: `create_app(model_path, ...)` -> a FastAPI app (run it with uvicorn).
+"""The HTTP service: `create_app(ServeSettings(model_path, ...))` -> a FastAPI app (uvicorn).
 
     POST /v1/segment          multipart `file` -> SegmentResponse JSON, or ?format=png the mask
     POST /v1/segment/batch    multipart `files` (several) -> BatchResponse
@@ -35,6 +35,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from dermaseg import __version__
 from dermaseg.errors import UsageError
+from dermaseg.infer.postprocess import PostprocessConfig
+from dermaseg.infer.segment import SegmentOptions
+from dermaseg.infer.tta import TTAConfig
 from dermaseg.model_meta import model_kind
 from dermaseg.serve.guard import Guard, Metrics, Slots
 from dermaseg.serve.schemas import (
@@ -148,18 +151,12 @@ def _install_handlers(app: FastAPI) -> None:
         return _error(500, "internal error (logged on the server)")
 
 
-def create_app(model_path: str | os.PathLike, backend: str = "auto", token: str | None = None,
-               max_upload_mb: float = 20.0, max_pixels: int = 40_000_000,
-               max_concurrency: int = 8, timeout_s: float = 60.0, max_batch: int = 16,
-               threads: int = 0, body_timeout_s: float = 60.0) -> FastAPI:
-    """The FastAPI app serving one model (see the module docstring).
+def create_app(settings: ServeSettings) -> FastAPI:
+    """The FastAPI app serving `settings.model_path` (see the module docstring).
 
     Raises:
         UsageError: a setting out of range or a backend that does not fit the file.
     """
-    settings = ServeSettings(str(model_path), backend, token or None, max_upload_mb, max_pixels,
-                             max_concurrency, timeout_s, max_batch=max_batch, threads=threads,
-                             body_timeout_s=body_timeout_s)
     settings.check()
     slots = Slots(settings.max_concurrency)
     metrics = Metrics(ENDPOINTS)
@@ -197,7 +194,7 @@ def app_from_env() -> FastAPI:
 
     data = json.loads(os.environ["DERMASEG_SERVE"])
     data["token"] = os.environ.get("DERMASEG_TOKEN") or None
-    return create_app(**data)
+    return create_app(ServeSettings(**data))
 
 
 def settings_json(settings: ServeSettings) -> str:
@@ -208,16 +205,36 @@ def settings_json(settings: ServeSettings) -> str:
     return json.dumps(data)
 
 
-async def _run(request: Request, uploads, pixel_size_mm, want_json: bool) -> list:
+@dataclass(frozen=True)
+class RequestOptions:
+    """The per-request options of /v1/segment and /v1/segment/batch: `predict`'s TTA and
+    post-processing, and the pixel size for measurements in mm."""
+
+    pixel_size_mm: float | None = PIXEL_SIZE
+    tta: bool = Query(False, description="average over the four flips (4x the model time)")
+    keep_largest: bool = Query(False, description="keep only the largest lesion region")
+    fill_holes: bool = Query(False, description="fill holes inside the lesion")
+    min_area: int = Query(0, ge=0, le=10**9, description="remove regions under N pixels")
+
+    def segment_options(self, describe: bool) -> SegmentOptions:
+        post = PostprocessConfig(largest_component=self.keep_largest,
+                                 fill_holes=self.fill_holes, min_area=self.min_area)
+        return SegmentOptions(None if post == PostprocessConfig() else post, describe=describe,
+                              pixel_size_mm=self.pixel_size_mm)
+
+
+async def _run(request: Request, uploads, options: RequestOptions, want_json: bool) -> list:
     """Run segment_images in the pool with the timeout; the job is registered with the Guard
     so that the request's slot is freed only when the work has really stopped."""
     app = request.app
     predictor = app.state.predictor
     if predictor is None:
         raise ApiError(503, "model not loaded yet; see /readyz")
+    if options.tta:
+        predictor = predictor.with_tta(TTAConfig())
     settings: ServeSettings = app.state.settings
     job = app.state.pool.submit(segment_images, predictor, uploads, settings.max_pixels,
-                                pixel_size_mm, want_json)
+                                options.segment_options(want_json))
     request.state.jobs.append(job)
     start = time.perf_counter()
     try:
@@ -246,13 +263,13 @@ def _add_segment_routes(app: FastAPI) -> None:
         dependencies=bearer)
     async def segment(request: Request, file: UploadFile = File(..., description="the image"),
                       format: str = Query("json", pattern="^(json|png)$"),
-                      pixel_size_mm: float | None = PIXEL_SIZE):
+                      options: RequestOptions = Depends()):
         """Segment one image (JPEG, PNG, BMP, TIFF or WebP)."""
         if len((await request.form()).getlist("file")) > 1:  # parsed once: starlette caches it
             raise ApiError(422, "several 'file' fields: one image per request here; send "
                                 "several as 'files' to /v1/segment/batch")
         name, data = await _read(file)
-        (result,) = await _run(request, [(name, data)], pixel_size_mm, format == "json")
+        (result,) = await _run(request, [(name, data)], options, format == "json")
         if isinstance(result, ApiError):
             raise result
         if format == "png":
@@ -266,13 +283,13 @@ def _add_segment_routes(app: FastAPI) -> None:
               dependencies=bearer)
     async def segment_batch(request: Request,
                             files: list[UploadFile] = File(..., description="the images"),
-                            pixel_size_mm: float | None = PIXEL_SIZE):
+                            options: RequestOptions = Depends()):
         """Segment several images; each gets its own status (200 or the 4xx of its problem)."""
         limit = app.state.settings.max_batch
         if len(files) > limit:
             raise ApiError(413, f"{len(files)} files: at most {limit} per batch request")
         uploads = [await _read(upload) for upload in files]
-        results = await _run(request, uploads, pixel_size_mm, True)
+        results = await _run(request, uploads, options, True)
         items = []
         for (name, _), result in zip(uploads, results, strict=True):
             if isinstance(result, ApiError):

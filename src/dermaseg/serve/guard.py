@@ -1,7 +1,9 @@
 """The server's front door (a plain ASGI middleware): metrics, auth, admission, body size.
 
 For every HTTP request it records the count by endpoint and status and the latency (exposed at
-/metrics in the Prometheus text format). For the API paths (/v1/...) it also, in this order:
+/metrics in the Prometheus text format); a client that left before any response is counted as
+status 499 (DISCONNECTED), as nginx does, not as a server error. For the API paths
+(/v1/...) it also, in this order:
 
 1. checks the bearer token when one is set (hmac.compare_digest) -> 401;
 2. refuses a body over `max_body` bytes (Content-Length first, then counted while it arrives)
@@ -28,6 +30,9 @@ from fastapi import HTTPException
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 API_PREFIX = "/v1/"
 UPLOADS_PER_SLOT = 4
+# The status counted for a request whose client closed the connection before any response
+# (mid-upload, say): nginx's 499 "client closed request", not a server error.
+DISCONNECTED = 499
 
 
 class BodyTooLarge(HTTPException):
@@ -176,20 +181,26 @@ class Guard:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        start, status = time.perf_counter(), [500]
+        start, status, gone = time.perf_counter(), [0], [False]
 
         async def send_status(message) -> None:
             if message["type"] == "http.response.start":
                 status[0] = message["status"]
             await send(message)
 
+        async def receive_status():
+            message = await receive()
+            gone[0] = gone[0] or message["type"] == "http.disconnect"
+            return message
+
         try:
             if scope["path"].startswith(API_PREFIX):
-                await self._api(scope, receive, send_status)
+                await self._api(scope, receive_status, send_status)
             else:
-                await self.app(scope, receive, send_status)
-        finally:
-            self.metrics.observe(scope["path"], status[0], time.perf_counter() - start)
+                await self.app(scope, receive_status, send_status)
+        finally:  # no response: the client left first (DISCONNECTED), else uvicorn sends 500
+            code = status[0] or (DISCONNECTED if gone[0] else 500)
+            self.metrics.observe(scope["path"], code, time.perf_counter() - start)
 
     async def _api(self, scope, receive, send) -> None:
         if self.token is not None:

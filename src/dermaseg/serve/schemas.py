@@ -32,7 +32,10 @@ class SegmentResponse(BaseModel):
     contour: list[list[float]] = Field(
         description="outer contour of the largest lesion region, [[x, y], ...] in pixels"
     )
-    measurements: dict[str, Any] = Field(description="dermaseg.measure.measure_lesion output")
+    measurements: dict[str, Any] = Field(description="dermaseg.infer.measure.measure_lesion output")
+    postprocess: dict[str, Any] = Field(
+        default_factory=dict,
+        description="the post-processing steps applied, by name (empty: none)")
     mask_png_base64: str = Field(description="8-bit PNG, 0 = skin, 255 = lesion, image size")
     model: ModelInfo
     inference_ms: float = Field(description="model time (preprocess + network + resize back)")

@@ -7,19 +7,25 @@ with a 4xx status and a message that names the upload, never a 500.
 from __future__ import annotations
 
 import base64
+import functools
 import io
-import re
-import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 from fastapi import HTTPException
 from PIL import Image, UnidentifiedImageError
 
-from dermaseg.data.geometry import mask_box, restore_probability
 from dermaseg.errors import DermasegError
-from dermaseg.fileio import ImageTooLarge, open_header, read_rgb, read_rgb_reduced
+from dermaseg.fileio import (
+    ImageRefused,
+    ImageTooLarge,
+    check_declared,
+    clean_name,
+    open_header,
+    read_rgb,
+    read_rgb_reduced,
+)
+from dermaseg.infer.segment import Decoded, SegmentOptions, segment
 
 # Formats a dermoscope or a phone produces; PIL reads many more (EPS, ICNS, PSD ...), which we
 # refuse rather than expose their parsers to the network.
@@ -39,15 +45,15 @@ class ApiError(HTTPException):
 
 
 def safe_name(name: str | None) -> str:
-    """An upload's file name reduced to a harmless label (no path, no control characters)."""
-    base = Path(str(name or "upload")).name
-    return re.sub(r"[^A-Za-z0-9._ -]", "_", base)[:100] or "upload"
+    """An upload's file name reduced to a harmless label (no path, no control characters):
+    fileio.clean_name, the rule every name that becomes a path follows."""
+    return clean_name(name)
 
 
 def _probe(data: bytes, name: str) -> Image.Image:
     """Identify the format and size from the header without decoding the pixels."""
     try:
-        return open_header(io.BytesIO(data), name)
+        return open_header(io.BytesIO(data), name, declared=False)
     except ImageTooLarge as exc:
         raise ApiError(413, str(exc)) from exc
     except UnidentifiedImageError as exc:
@@ -65,7 +71,8 @@ def check_upload(data: bytes, name: str, max_pixels: int) -> int:
 
     Raises:
         ApiError: 400 empty; 415 not an image or a refused format; 413 more than `max_pixels`
-            pixels; 422 a damaged header or no pixels.
+            pixels; 422 a damaged header, no pixels, or what fileio.check_declared refuses
+            (sides over 50:1, too little data for the pixels).
     """
     if not data:
         raise ApiError(400, f"{name}: empty upload")
@@ -79,6 +86,10 @@ def check_upload(data: bytes, name: str, max_pixels: int) -> int:
                             f"limit of {max_pixels}")
     if width < 1 or height < 1:
         raise ApiError(422, f"{name}: image has no pixels ({width}x{height})")
+    try:  # as the commands refuse them
+        check_declared(probe, io.BytesIO(data), name)
+    except ImageRefused as exc:  # absurd proportions, or too little data for its pixels
+        raise ApiError(422, str(exc)) from exc
     return width * height
 
 
@@ -113,31 +124,6 @@ class Segmented:
 
     png: bytes
     fields: dict
-
-
-def contour_polygon_in_box(mask: np.ndarray) -> list[list[float]]:
-    """measure.contour_polygon of a bool mask, traced inside the lesion's bounding box: the
-    same points (half-pixel multiples, moved back exactly), without a full-size float copy."""
-    from dermaseg.measure import contour_polygon
-
-    box = mask_box(mask, margin=1)
-    if box is None:
-        return []
-    top, left = box[0].start, box[1].start
-    return [[x + left, y + top] for x, y in contour_polygon(mask[box])]
-
-
-def describe(mask: np.ndarray, image: np.ndarray, pixel_size_mm: float | None) -> dict:
-    """Measurements, bbox, contour and area fraction of a bool mask."""
-    from dermaseg.measure import measure_in_box
-
-    measurements = measure_in_box(mask, image, pixel_size_mm)
-    return {
-        "width": int(mask.shape[1]), "height": int(mask.shape[0]),
-        "area_fraction": float(mask.mean()) if mask.size else 0.0,
-        "bbox": measurements.get("bbox"), "contour": contour_polygon_in_box(mask),
-        "measurements": measurements,
-    }
 
 
 def _check_all(uploads: list[tuple[str, bytes]], max_pixels: int) -> list:
@@ -177,18 +163,21 @@ def _decode_all(uploads: list[tuple[str, bytes]], checked: list, draft_size: int
     return results, images
 
 
-def _full_size(upload: tuple[str, bytes], decoded: np.ndarray, original) -> np.ndarray:
-    """The upload at its own size: `decoded` itself unless that was a reduced decode."""
-    name, data = upload
-    return decoded if decoded.shape[:2] == tuple(original) else decode_upload(data, name)
+def _reread(name: str, data: bytes) -> np.ndarray:
+    """The upload decoded at its own size.
+
+    Raises:
+        DermasegError: it cannot be decoded (the 422 of `decode_upload`)."""
+    try:
+        return decode_upload(data, name)
+    except ApiError as exc:
+        raise DermasegError(str(exc.detail)) from exc
 
 
 def segment_images(predictor, uploads: list[tuple[str, bytes]], max_pixels: int,
-                   pixel_size_mm: float | None, want_json: bool = True) -> list:
-    """Decode every upload, predict the good ones as one batch, describe each.
-
-    The network input comes from a reduced decode (as in `data prepare`); the full-size image
-    is decoded only for the JSON's colour measurements, one image at a time.
+                   options: SegmentOptions) -> list:
+    """Decode every upload, segment the good ones as one batch (`dermaseg.infer.segment`, as
+    `predict` does), and give each its mask PNG and, when `options.describe`, its JSON fields.
 
     Returns:
         One entry per upload, in order: a Segmented, or the ApiError that upload caused.
@@ -198,23 +187,17 @@ def segment_images(predictor, uploads: list[tuple[str, bytes]], max_pixels: int,
     """
     checked = _check_all(uploads, max_pixels)
     results, images = _decode_all(uploads, checked, predictor.meta.image_size)
-    if not images:
-        return results
-    start = time.perf_counter()
-    boxed = predictor.predict_letterboxed([image for _, (image, _) in images],
-                                          [original for _, (_, original) in images])
-    elapsed_ms = 1000.0 * (time.perf_counter() - start) / len(images)
-    for (index, (decoded, original)), (small, box) in zip(images, boxed, strict=True):
-        mask = predictor.to_mask(restore_probability(small, box))
-        png = mask_png(mask)
-        fields: dict = {"inference_ms": round(elapsed_ms, 2)}
-        if want_json:
-            try:
-                image = _full_size(uploads[index], decoded, original)
-            except ApiError as exc:
-                results[index] = exc
-                continue
-            fields.update(describe(mask, image, pixel_size_mm))
+    decoded = [Decoded(reduced, original, functools.partial(_reread, *uploads[index]))
+               for index, (reduced, original) in images]
+    for (index, _), result in zip(images, segment(predictor, decoded, options), strict=True):
+        if isinstance(result, DermasegError):
+            results[index] = ApiError(422, str(result))
+            continue
+        png = mask_png(result.mask)
+        fields: dict = {"inference_ms": result.inference_ms}
+        if options.describe:
+            fields.update(result.summary())
+            fields["postprocess"] = result.postprocess
             fields["mask_png_base64"] = base64.b64encode(png).decode("ascii")
         results[index] = Segmented(png, fields)
     return results

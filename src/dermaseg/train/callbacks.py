@@ -21,9 +21,9 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint, TQDMProgressB
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
-from dermaseg.data.upload import count_syncs
 from dermaseg.errors import DermasegError
 from dermaseg.train.history import History
+from dermaseg.upload import count_syncs
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -249,7 +249,7 @@ class NonFiniteGuard:
 class SyncCounter(Callback):
     """Counts host-device synchronisations over `steps` whole training iterations (fetch,
     batch hooks, step, logging) after `skip` warm-up ones: `per_step` afterwards, and
-    `stacks` where each happened (`dermaseg.data.upload.sync_sites` sums them up). A
+    `stacks` where each happened (`dermaseg.upload.sync_sites` sums them up). A
     diagnostic for GPU runs (the GPU benchmark, the CUDA tests); nothing on CPU."""
 
     def __init__(self, skip: int = 2, steps: int = 3) -> None:

@@ -5,14 +5,15 @@ Reproducibility and exact resume rest on two choices:
 * the training order is a function of (seed, epoch) only (`EpochSampler`), sharded by rank
   under DDP, and it can skip the batches an interrupted epoch already trained on;
 * each sample's augmentation is drawn from a torch generator seeded by (seed, epoch, index)
-  (`KeyedDataset`), so it does not depend on which worker loads it, on the number of workers,
-  or on where in an epoch a run was resumed.
+  (`sample_seed`), so it does not depend on which worker loads it, on the number of workers,
+  on where in an epoch a run was resumed, or on where the augmentation runs.
 
-Batches are (images (N, 3, H, W) uint8, masks (N, 1, H, W) uint8 {0, 1}, indices (N,) int64);
-the training module normalises them on the device, and there applies the augmentation too when
-`data.augment_on` puts it there (`dermaseg.data.device_augment`, the default on a GPU). With
-`data.gather_on` on the device, training batches are the indices alone and the module gathers
-the samples from the split it keeps there (`dermaseg.train.device_batches`).
+Batches are (images (N, 3, H, W) uint8, masks (N, 1, H, W) uint8 {0, 1}, indices (N,) int64).
+The batched augmentation (`dermaseg.data.augment`) runs in the loader workers on each batch
+they collate (`BatchCollate`), or on the device in the training module's batch hooks when
+`data.augment_on` puts it there (the default on a GPU); the module normalises on the device.
+With `data.gather_on` on the device, training batches are the indices alone and the module
+gathers the samples from the split it keeps there (`dermaseg.train.device_batches`).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from dermaseg.config import Config
+from dermaseg.data.augment import BatchAugment, augment_on_device
 from dermaseg.data.dataset import CACHE_LIMIT_BYTES, PreparedDataset, Transform
 from dermaseg.data.prepare import MANIFEST
 from dermaseg.data.splits import fold_members
@@ -54,10 +56,8 @@ def sample_seed(seed: int, epoch: int, index: int) -> int:
 
 
 class KeyedDataset(Dataset):
-    """Wraps a dataset; item `(epoch, index)` -> (image, mask, index) with seeded augmentation.
-
-    The global torch RNG is forked around the call, so loading in the main process
-    (`num_workers=0`) leaves the training RNG (dropout) untouched.
+    """Wraps a dataset of uint8 (image 3 x H x W, mask 1 x H x W) items; item `(epoch, index)`
+    -> (image, mask, index, the sample's augmentation seed `sample_seed(seed, epoch, index)`).
     """
 
     def __init__(self, base: Dataset, seed: int) -> None:
@@ -69,10 +69,24 @@ class KeyedDataset(Dataset):
 
     def __getitem__(self, key: tuple[int, int]):
         epoch, index = key
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(sample_seed(self.seed, epoch, index))
-            image, mask = self.base[index]
-        return image, mask, index
+        image, mask = self.base[index]
+        return image, mask, index, sample_seed(self.seed, epoch, index)
+
+
+class BatchCollate:
+    """The loaders' `collate_fn`: `KeyedDataset` items -> (images N x 3 x H x W uint8, masks
+    N x 1 x H x W uint8, indices (N,) int64), augmented by `augment` when given, in the
+    loader worker that collates the batch (drawing from no global RNG)."""
+
+    def __init__(self, augment: BatchAugment | None = None) -> None:
+        self.augment = augment
+
+    def __call__(self, items: list[tuple]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        images, masks, indices, seeds = zip(*items, strict=True)
+        images, masks = torch.stack(images), torch.stack(masks)
+        if self.augment is not None:
+            images, masks = self.augment(images, masks, seeds)
+        return images, masks, torch.tensor(indices, dtype=torch.int64)
 
 
 class EpochSampler(Sampler):
@@ -170,24 +184,26 @@ class SegmentationDataModule(L.LightningDataModule):
         self.val_set: KeyedDataset | None = None
         self.train_sampler: EpochSampler | None = None
         self.gather_on_device = False  # data.gather_on, decided by setup
+        # the training loader's collate_fn: augments in the workers unless on the device
+        self.train_collate = BatchCollate()
 
     def setup(self, stage: str | None = None) -> None:
-        from dermaseg.data.device_augment import augment_on_device
         from dermaseg.data.transforms import build_transform
 
         data, seed = self.config.data, self.config.train.seed
         if self.train_set is None:
             on_device = augment_on_device(data.augment_on, torch.cuda.is_available())
-            train_transform = build_transform(data, train=not on_device, as_uint8=True)
-            val_transform = build_transform(data, train=False, as_uint8=True)
+            if not on_device:
+                self.train_collate = BatchCollate(
+                    BatchAugment(data.augment, data.image_size, data.image_size))
+            transform = build_transform(data, as_uint8=True)
             if data.fold is None:
-                train = PreparedDataset(self.data_dir, "train", data.image_size, train_transform)
-                val = PreparedDataset(self.data_dir, "val", data.image_size, val_transform)
+                train = PreparedDataset(self.data_dir, "train", data.image_size, transform)
+                val = PreparedDataset(self.data_dir, "val", data.image_size, transform)
             else:
                 train = FoldDataset(self.data_dir, data.fold, "train", data.image_size,
-                                    train_transform)
-                val = FoldDataset(self.data_dir, data.fold, "val", data.image_size,
-                                  val_transform)
+                                    transform)
+                val = FoldDataset(self.data_dir, data.fold, "val", data.image_size, transform)
             for name, split in (("train", train), ("val", val)):
                 if len(split) == 0:
                     raise DermasegError(f"{self.data_dir}: the {name} split is empty; prepare "
@@ -229,14 +245,15 @@ class SegmentationDataModule(L.LightningDataModule):
         trainer = self.trainer
         return (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
 
-    def _loader(self, dataset: KeyedDataset, sampler: EpochSampler, drop_last: bool):
+    def _loader(self, dataset: KeyedDataset, sampler: EpochSampler, drop_last: bool,
+                collate: BatchCollate):
         workers = loader_workers(self.config.data.num_workers)
         on_gpu = torch.cuda.is_available()
         extra = {"persistent_workers": True, "prefetch_factor": 4 if on_gpu else 2,
                  "worker_init_fn": seed_worker} if workers > 0 else {}
         return DataLoader(
             dataset, batch_size=self.config.data.batch_size, sampler=sampler,
-            num_workers=workers, pin_memory=on_gpu, drop_last=drop_last,
+            num_workers=workers, pin_memory=on_gpu, drop_last=drop_last, collate_fn=collate,
             # Its own generator: creating an iterator never draws from the global RNG.
             generator=torch.Generator().manual_seed(self.config.train.seed), **extra,
         )
@@ -254,13 +271,14 @@ class SegmentationDataModule(L.LightningDataModule):
                               # its own generator: an iterator draws nothing from the global
                               # RNG (dropout), as the workers' loader
                               generator=torch.Generator().manual_seed(self.config.train.seed))
-        return self._loader(self.train_set, self.train_sampler, drop_last=True)
+        return self._loader(self.train_set, self.train_sampler, drop_last=True,
+                            collate=self.train_collate)
 
     def val_dataloader(self) -> DataLoader:
         rank, world = self._rank_world()
         sampler = EpochSampler(len(self.val_set), shuffle=False, seed=0, rank=rank,
                                world=world, even=False)
-        return self._loader(self.val_set, sampler, drop_last=False)
+        return self._loader(self.val_set, sampler, drop_last=False, collate=BatchCollate())
 
     def _position_for_resume(self, sampler: EpochSampler) -> None:
         """After a restore, start where the interrupted run stopped.

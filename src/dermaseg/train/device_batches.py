@@ -1,9 +1,11 @@
 """Training batches finished on the device, and the training split kept there.
 
-A training batch leaves the loader as uint8 arrays; around its transfer to the device
-(`TrainingBatches`, called by the training module's batch hooks and by `bench/gpu_bench.py`)
-each sample's augmentation parameters are drawn on the CPU, then the batch is augmented,
-made channels_last and normalised on the device.
+A training batch leaves the loader as uint8 arrays (augmented there with `data.augment_on`
+loader); around its transfer to the device (`TrainingBatches`, called by the training module's
+batch hooks and by `bench/gpu_bench.py`) each sample's augmentation parameters are drawn on the
+CPU when the augmentation runs on the device, then the batch is augmented there
+(`dermaseg.data.augment`, the same implementation as the loader's), made channels_last and
+normalised on the device.
 
 With `data.gather_on: device` (auto: on a GPU, when the augmentation runs there too and the
 split takes at most a quarter of the GPU's memory) the whole training split is copied to the
@@ -19,8 +21,8 @@ import torch
 from torch.utils.data import Dataset
 
 from dermaseg.config import Config
+from dermaseg.data.augment import PLACES, BatchAugment
 from dermaseg.data.dataset import PreparedDataset
-from dermaseg.data.device_augment import PLACES, DeviceAugment
 from dermaseg.data.transforms import normalise_images
 from dermaseg.errors import DermasegError
 
@@ -92,7 +94,7 @@ class TrainingBatches:
     the device. Loader batches are (images, masks, indices) uint8, or indices alone when the
     split is on the device (`split`)."""
 
-    def __init__(self, config: Config, augment: DeviceAugment | None,
+    def __init__(self, config: Config, augment: BatchAugment | None,
                  split: DeviceSplit | None = None) -> None:
         self.config, self.augment, self.split = config, augment, split
 
@@ -110,7 +112,8 @@ class TrainingBatches:
         return images, masks, indices, params
 
     def after_transfer(self, batch, device: torch.device) -> tuple:
-        """(normalised float images, float masks, indices) on `device`."""
+        """(normalised float images N x 3 x H x W, float masks N x 1 x H x W, indices) on
+        `device`."""
         images, masks, indices, *params = batch
         if images is None:
             if self.split is None:
@@ -120,6 +123,6 @@ class TrainingBatches:
             images, masks = self.augment.apply(images, masks, params[0])
         if device.type == "cuda" and self.config.train.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
-        if params or images.dtype == torch.uint8:
+        if images.dtype == torch.uint8:  # the loader's and the augmentation's output
             images = normalise_images(images, self.config.data.mean, self.config.data.std)
         return images, masks.float(), indices

@@ -2,14 +2,14 @@
 
 Batches are (images (N, 3, H, W), masks (N, 1, H, W) in {0, 1}, indices (N,)). Logged per
 epoch: `train_loss` (the module's running mean, see `pop_train_loss`), `val_loss` and
-`val_<metric>` for every metric of `dermaseg.torch_metrics.SegmentationMetrics` (`val_iou` is the
-Jaccard index). Checkpoints carry {"dermaseg": ModelMeta dict} for `dermaseg.checkpoint` and
-the global RNG state for an exact resume; no pickled objects, no hyper-parameters.
+`val_<metric>` for every metric of `dermaseg.train.torch_metrics.SegmentationMetrics`
+(`val_iou` is the Jaccard index). Checkpoints carry {"dermaseg": ModelMeta dict} for
+`dermaseg.checkpoint` and the global RNG state for an exact resume; no pickled
+objects, no hyper-parameters.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from typing import Any
 
@@ -18,34 +18,34 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info
 from torchmetrics import MeanMetric
 
-from dermaseg.config import Config, OptimConfig, validate_config
-from dermaseg.data.device_augment import DeviceAugment, augment_on_device
-from dermaseg.losses import SegmentationLoss
+from dermaseg.config import Config, OptimConfig
+from dermaseg.data.augment import BatchAugment, augment_on_device
 from dermaseg.model_meta import ModelMeta
 from dermaseg.models.factory import build_model
-from dermaseg.torch_metrics import SegmentationMetrics
 from dermaseg.train.callbacks import NonFiniteGuard
 from dermaseg.train.datamodule import sample_seed
 from dermaseg.train.device_batches import DeviceSplit, TrainingBatches
+from dermaseg.train.losses import SegmentationLoss
+from dermaseg.train.torch_metrics import SegmentationMetrics
 
 LOG_NAMES = {"jaccard": "iou"}  # metric name -> logged name (val_iou)
 
 
 class SegmentationModule(L.LightningModule):
-    """Trains `build_model(config.model)` with `SegmentationLoss(config.loss)`.
+    """Trains `build_model(config.model)` with `SegmentationLoss(config.loss)`; `config` was
+    validated when it was built (`dermaseg.config`).
 
     Raises:
-        DermasegError: a config value out of range (`dermaseg.config.validate_config`).
+        DermasegError: a model or loss setting that the code using it refuses.
     """
 
     def __init__(self, config: Config) -> None:
         super().__init__()
-        validate_config(config)
         self.config = config
         self.model = build_model(config.model)
         self.criterion = SegmentationLoss(config.loss)
         # The eval-mode model returns mask logits only: validate without the boundary term.
-        self.val_criterion = (SegmentationLoss(dataclasses.replace(config.loss, boundary=0.0))
+        self.val_criterion = (SegmentationLoss(config.loss.updated(boundary=0.0))
                               if config.loss.boundary > 0 else self.criterion)
         self.val_metrics = SegmentationMetrics(threshold=config.train.threshold)
         # the guard keeps non-finite losses out; torchmetrics' own check would wait for the GPU
@@ -53,7 +53,7 @@ class SegmentationModule(L.LightningModule):
         self.train_loss_avg.persistent(True)  # in last.ckpt: a mid-epoch resume keeps the mean
         self.guard = NonFiniteGuard(config.train.nan_tolerance)
         size = config.data.image_size
-        augment = DeviceAugment(config.data.augment, size, size) \
+        augment = BatchAugment(config.data.augment, size, size) \
             if augment_on_device(config.data.augment_on, torch.cuda.is_available()) else None
         self.batches = TrainingBatches(config, augment)
         self._rng_to_restore: dict[str, Any] | None = None

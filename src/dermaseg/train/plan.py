@@ -16,12 +16,12 @@ from typing import Any
 
 import numpy as np
 
-from dermaseg.config import Config, load_config, validate_config
+from dermaseg.config import Config, load_config
 from dermaseg.data.splits import MANIFEST, SPLITS, fold_counts, fold_members
 from dermaseg.errors import DermasegError, UsageError
 
-GPU_RECIPE = "deeplabv3plus_resnet50_isic.yaml"
-CPU_RECIPE = "cpu_small.yaml"
+GPU_RECIPE = "deeplabv3plus_resnet50_isic"  # shipped recipes (dermaseg.recipes)
+CPU_RECIPE = "cpu_small"
 DEVICES = ("auto", "cpu", "cuda", "mps")
 VALIDATION_SHARE = 0.15  # of the time budget kept for validation, loading, checkpoints
 FEW_EPOCHS = 10
@@ -128,6 +128,24 @@ def cpu_cores() -> int:
         return os.cpu_count() or 1
 
 
+def memory_bytes() -> tuple[int, int] | None:
+    """(available, total) memory in bytes, available being MemAvailable (free plus reclaimable
+    cache) on Linux and the free pages elsewhere; None when neither can be read."""
+    try:
+        fields = dict(line.split(":", 1) for line in
+                      Path("/proc/meminfo").read_text().splitlines() if ":" in line)
+        available, total = (int(fields[key].split()[0]) * 1024 for key in
+                            ("MemAvailable", "MemTotal"))
+    except (OSError, KeyError, ValueError):
+        try:  # not Linux: the free pages only
+            page = os.sysconf("SC_PAGE_SIZE")
+            available = os.sysconf("SC_AVPHYS_PAGES") * page
+            total = os.sysconf("SC_PHYS_PAGES") * page
+        except (ValueError, OSError, AttributeError):
+            return None
+    return available, total
+
+
 def resolve_device(device: str) -> str:
     """"cuda", "mps" or "cpu": what `device` ("auto": what training would use) means here.
 
@@ -157,8 +175,6 @@ def machine_fingerprint(device: str) -> dict[str, Any]:
     """The training device ("cuda": name and memory; "mps"; "cpu"), CPU cores and RAM."""
     import torch
 
-    from dermaseg.commands.doctor import memory_bytes
-
     info: dict[str, Any] = {"device": device, "cpu_cores": cpu_cores()}
     if device == "cuda":
         props = torch.cuda.get_device_properties(0)
@@ -176,37 +192,23 @@ def machine_fingerprint(device: str) -> dict[str, Any]:
     return info
 
 
-def configs_folder() -> Path | None:
-    """The repository's configs/ folder: ./configs when it holds the recipes, else the one
-    beside the source tree (src/dermaseg/../../configs); None when neither exists."""
-    here = Path("configs")
-    source = Path(__file__).resolve().parents[3] / "configs"
-    for folder in (here, source):
-        if (folder / CPU_RECIPE).is_file() or (folder / GPU_RECIPE).is_file():
-            return folder
-    return None
-
-
 def base_recipe(base: Path | None, device: str) -> tuple[Path, str]:
-    """(recipe path, reason): --base, else the GPU recipe on CUDA, the small one elsewhere.
+    """(recipe file, reason): --base (a file or a shipped recipe's name), else the shipped GPU
+    recipe on CUDA, the small one elsewhere.
 
     Raises:
-        UsageError: --base missing, or the configs/ folder not found (then --base is needed).
+        UsageError: --base is neither a file nor a shipped recipe (the message lists them).
     """
-    if base is not None:
-        from dermaseg.commands.train import check_recipe
+    from dermaseg.recipes import recipe_path, shipped_recipe
 
-        check_recipe(base, "--base")
-        return base, "given with --base"
-    name = GPU_RECIPE if device == "cuda" else CPU_RECIPE
-    folder = configs_folder()
-    if folder is None or not (folder / name).is_file():
-        raise UsageError(f"configs/{name}: recipe not found (run from the repository, or give "
-                         "a recipe with --base RECIPE.yaml)")
+    if base is not None:
+        return recipe_path(base, "--base"), "given with --base"
     if device == "cuda":
-        return folder / name, "CUDA GPU: DeepLab-v3+ ResNet-50 with decoder, scSE and edge head"
+        return (shipped_recipe(GPU_RECIPE),
+                "CUDA GPU: DeepLab-v3+ ResNet-50 with decoder, scSE and edge head")
     where = "Apple MPS (a laptop GPU)" if device == "mps" else "CPU"
-    return folder / name, f"{where}: the small ResNet-18 recipe made for a CPU time budget"
+    return shipped_recipe(CPU_RECIPE), f"{where}: the small ResNet-18 recipe made for a CPU time " \
+        "budget"
 
 
 def plan_image_size(config: Config, prepared: int) -> Decision:
@@ -341,25 +343,30 @@ def make_plan(prep: Path, *, device: str = "auto", base: Path | None = None,
     device = resolve_device(device)
     machine = machine_fingerprint(device)
     recipe, why = base_recipe(base, device)
-    config = load_config(recipe)
-    plan = Plan(config, dataset, machine, str(recipe), decisions=[Decision("recipe", str(recipe),
-                                                                           why)])
+    config = load_config(recipe)  # a bad recipe is named before minutes of probing
+    name = _recipe_name(recipe)
+    plan = Plan(config, dataset, machine, name, decisions=[Decision("recipe", name, why)])
     size = plan_image_size(config, dataset["prepared_size"])
-    config.data.image_size = size.value
-    validate_config(config)  # a bad recipe is named before minutes of probing
+    config = config.updated({"data.image_size": size.value})
     items = training_items(prep, config)
     if items < 1:
         raise UsageError(f"{prep / MANIFEST}: no training items; prepare more data")
     batch, plan.probes, plan.images_per_s = plan_batch(config, device, items, probe, report)
-    config.data.batch_size = batch.value
+    config = config.updated({"data.batch_size": batch.value})
     workers = plan_workers(config, device, machine["cpu_cores"], items,
                            machine.get("gpu_memory_gib"))
-    config.data.num_workers = workers.value
+    config = config.updated({"data.num_workers": workers.value})
     weight = plan_pos_weight(config, dataset["lesion_fraction"])
-    config.loss.pos_weight = weight.value
+    config = config.updated({"loss.pos_weight": weight.value})
     budget, plan.estimate, plan.warnings = plan_time(config, minutes, items, plan.images_per_s)
     plan.warnings += busy_warning(machine, probe)
-    config.train.max_minutes = budget.value
+    plan.config = config.updated({"train.max_minutes": budget.value})
     plan.decisions += [size, batch, workers, weight, budget]
-    validate_config(config)
     return plan
+
+
+def _recipe_name(recipe: Path) -> str:
+    """A shipped recipe by its name ("cpu_small"), any other by its path."""
+    from dermaseg.recipes import RECIPES_DIR
+
+    return recipe.stem if recipe.resolve().parent == RECIPES_DIR else str(recipe)

@@ -10,7 +10,6 @@ validation (the plan keeps ~15 % of the time for those), `torch.compile`.
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from collections.abc import Callable
 from typing import NamedTuple
@@ -130,8 +129,8 @@ class StepRunner:
     """
 
     def __init__(self, config: Config, device: torch.device) -> None:
-        from dermaseg.losses import SegmentationLoss
         from dermaseg.models.factory import build_model
+        from dermaseg.train.losses import SegmentationLoss
         from dermaseg.train.module import build_optimizer
         from dermaseg.train.runner import resolve_precision
 
@@ -139,7 +138,7 @@ class StepRunner:
         self.cuda = device.type == "cuda"
         if self.cuda:  # as the runner: fp32 matmuls may use TF32
             torch.set_float32_matmul_precision("high")
-        model_config = dataclasses.replace(config.model, pretrained=None, weights=None)
+        model_config = config.model.updated(pretrained=None, weights=None)
         self.model = build_model(model_config).to(device).train()
         self.channels_last = self.cuda and config.train.channels_last
         if self.channels_last:

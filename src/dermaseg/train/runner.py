@@ -36,7 +36,7 @@ from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
 from lightning.pytorch.strategies import DDPStrategy
 from lightning.pytorch.utilities import rank_zero_only
 
-from dermaseg.config import Config, load_config, save_config, validate_config
+from dermaseg.config import Config, load_config, save_config
 from dermaseg.data.dataset import read_manifest
 from dermaseg.data.splits import split_fingerprint
 from dermaseg.errors import DermasegError, UsageError
@@ -273,7 +273,6 @@ def train(config: Config, data_dir: str | os.PathLike, out_dir: str | os.PathLik
         DermasegError: invalid config values, unreadable data, non-finite losses.
     """
     data_dir, out_dir = Path(data_dir), Path(out_dir)
-    validate_config(config)
     ckpt_path = _check_paths(data_dir, out_dir, resume)
     _, count, nodes = resolve_processes(config, devices, num_nodes)
     datamodule = SegmentationDataModule(config, data_dir, world_size=count * nodes)

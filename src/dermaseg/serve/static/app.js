@@ -102,6 +102,20 @@ function decode(blob, options) {
   return createImageBitmap(blob, options).catch(() => null);
 }
 
+// The Options panel as the query string of /v1/segment (the same options as `predict`).
+function options() {
+  const query = new URLSearchParams();
+  const size = $("pixel-size").value;
+  if (size && Number(size) > 0) query.set("pixel_size_mm", size);
+  for (const [id, name] of [["tta", "tta"], ["keep-largest", "keep_largest"], ["fill-holes", "fill_holes"]]) {
+    if ($(id).checked) query.set(name, "true");
+  }
+  const area = Math.floor(Number($("min-area").value));
+  if (area > 0) query.set("min_area", String(area));
+  const text = query.toString();
+  return text ? `?${text}` : "";
+}
+
 let latest = 0; // number of the latest choice: only its result is ever shown
 
 async function segment(file) {
@@ -113,10 +127,8 @@ async function segment(file) {
   const headers = {};
   const token = $("token").value.trim();
   if (token) headers.Authorization = `Bearer ${token}`;
-  const size = $("pixel-size").value;
-  const query = size && Number(size) > 0 ? `?pixel_size_mm=${encodeURIComponent(size)}` : "";
   try {
-    const response = await fetch(`/v1/segment${query}`, { method: "POST", body, headers });
+    const response = await fetch(`/v1/segment${options()}`, { method: "POST", body, headers });
     const data = await response.json().catch(() => ({ detail: response.statusText }));
     if (request !== latest) return;
     if (!response.ok) {

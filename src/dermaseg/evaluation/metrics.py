@@ -4,7 +4,7 @@ Two implementations of the same definitions:
 
 * numpy, for evaluation of mask files (`confusion`, `image_metrics`, `summarize`): equal to
   `isic_challenge_scoring.SegmentationScore` (version 5.x) per image and overall;
-* torch / torchmetrics, for training and validation (`dermaseg.torch_metrics`): the same
+* torch / torchmetrics, for training and validation (`dermaseg.train.torch_metrics`): the same
   per-image values from logits, accumulated across batches and DDP processes.
 
 Conventions of the official scorer (isic_challenge_scoring/segmentation.py, metrics.py):

@@ -6,11 +6,11 @@ Two entry points:
   mask at the original size: what the ISIC challenge scores.
 - `evaluate_folders`: masks made elsewhere (`<id>_segmentation.png`), paired with the truth by id.
 
-Both are written to OUT by `dermaseg.evaluation_files.write_evaluation`: metrics.csv (one
+Both are written to OUT by `dermaseg.evaluation.files.write_evaluation`: metrics.csv (one
 row per image), metrics.json (overall + per image), report.md, report.html, jaccard_hist.png
 and gallery/ (best and worst cases, truth in green, prediction in red); each mean has a 95 %
-percentile bootstrap interval over images (dermaseg.stats). Per-image values and
-their macro average come from dermaseg.metrics, which
+percentile bootstrap interval over images (dermaseg.evaluation.stats). Per-image values and
+their macro average come from dermaseg.evaluation.metrics, which
 equals `isic-challenge-scoring` (masks are lesion where > 128).
 """
 
@@ -23,7 +23,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 from tqdm import tqdm
 
 from dermaseg.data.check import mask_array
@@ -35,19 +34,22 @@ from dermaseg.data.discover import (
     path_from_display,
 )
 from dermaseg.errors import DermasegError, UsageError
-from dermaseg.fileio import (
-    read_rgb,
-)
-from dermaseg.metrics import (
+from dermaseg.evaluation.metrics import (
     Confusion,
     binarize,
     confusion,
     metrics_from_confusion,
     summarize,
 )
-from dermaseg.report import (
+from dermaseg.evaluation.report import (
     GalleryCollector,
     thumbnail,
+)
+from dermaseg.fileio import (
+    UnsafeName,
+    name_problem,
+    open_header,
+    read_rgb,
 )
 
 
@@ -80,10 +82,11 @@ def read_mask(path: Path) -> np.ndarray:
     """A mask file as (H, W) uint8 0..255, exactly as stored (no EXIF rotation, like the scorer).
 
     Raises:
-        DermasegError: unreadable, or not single-channel.
+        DermasegError: unreadable, too large, truncated (fileio.open_header), or not
+            single-channel.
     """
     try:
-        with Image.open(path) as handle:
+        with open_header(path, f"{display_path(path)}: not a readable mask") as handle:
             handle.load()
             array, issue = mask_array(handle)
     except (OSError, ValueError, SyntaxError) as exc:
@@ -129,6 +132,20 @@ def _shown(names: list[str]) -> str:
     return ", ".join(names[:20]) + (f" ... ({len(names)} in all)" if len(names) > 20 else "")
 
 
+def check_ids(ids, origin: str) -> None:
+    """Refuse, before any work, ids that cannot become file names (the report's gallery
+    pictures are named by id): a path such as ../../x, a newline ... (fileio.name_problem).
+
+    Raises:
+        UnsafeName: listing them, named by `origin` (the manifest or folder they come from).
+    """
+    bad = [f"{image_id!r} ({problem})" for image_id in ids
+           if (problem := name_problem(display_path(image_id))) is not None]
+    if bad:
+        raise UnsafeName(f"{origin}: {len(bad)} id(s) cannot become file names: "
+                         f"{_shown(bad)}; nothing was written")
+
+
 def _find_image(image_id: str, folders: list[Path]) -> Path | None:
     for folder in folders:
         for suffix in (*IMAGE_EXTENSIONS, *(s.upper() for s in IMAGE_EXTENSIONS)):
@@ -148,6 +165,7 @@ def evaluate_folders(pred_dir: Path, truth_dir: Path, images_dir: Path | None = 
         DermasegError: a truth mask has no prediction (all missing ids listed), or sizes differ.
     """
     truths = _masks_by_id(truth_dir, "truth")
+    check_ids(truths, display_path(truth_dir))
     preds = _masks_by_id(pred_dir, "prediction")
     missing = sorted(set(truths) - set(preds))
     if missing:
@@ -241,6 +259,7 @@ def source_items(data_dir: Path, split: str) -> tuple[list[tuple[str, Path, Path
             raise UsageError(f"{display_path(data_dir)}: neither a prepared dataset "
                              "(manifest.json) nor a folder with image/mask pairs")
         unpaired = [p.path for p in found.problems if p.kind == "missing_mask"]
+        check_ids([p.id for p in found.pairs], display_path(data_dir))
         return [(p.id, p.image, p.mask) for p in found.pairs], unpaired
     manifest = _read_manifest(data_dir)
     items = []
@@ -253,6 +272,7 @@ def source_items(data_dir: Path, split: str) -> tuple[list[tuple[str, Path, Path
         except KeyError as exc:
             raise DermasegError(f"{display_path(data_dir / 'manifest.json')}: item "
                                 f"{item.get('id')!r} has no {exc}") from exc
+    check_ids([image_id for image_id, _, _ in items], display_path(data_dir / "manifest.json"))
     if not items:
         counts = Counter(str(i.get("split")) for i in manifest["items"] if isinstance(i, dict))
         counts.update(f"fold{i['fold']}" for i in manifest["items"]

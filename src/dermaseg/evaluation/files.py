@@ -10,16 +10,16 @@ from pathlib import Path
 
 from dermaseg.data.discover import display_path
 from dermaseg.errors import DermasegError
-from dermaseg.evaluate import Evaluation
+from dermaseg.evaluation.evaluate import Evaluation
+from dermaseg.evaluation.metrics import METRIC_NAMES, pooled_metrics
+from dermaseg.evaluation.report import plot_jaccard_histogram, save_gallery, write_reports
+from dermaseg.evaluation.stats import CONFIDENCE, RESAMPLES, SEED, bootstrap_mean_ci
 from dermaseg.fileio import (
     check_output_files,
     staged_outputs,
     write_bytes_atomic,
     write_json_atomic,
 )
-from dermaseg.metrics import METRIC_NAMES, pooled_metrics
-from dermaseg.report import plot_jaccard_histogram, save_gallery, write_reports
-from dermaseg.stats import CONFIDENCE, RESAMPLES, SEED, bootstrap_mean_ci
 
 OUTPUT_FILES = ("metrics.csv", "metrics.json", "jaccard_hist.png", "report.md", "report.html")
 GALLERY = "gallery"

@@ -17,8 +17,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from dermaseg.config import LossConfig
-from dermaseg.data.upload import constant
 from dermaseg.errors import DermasegError
+from dermaseg.upload import constant
 
 __all__ = [
     "SegmentationLoss",

@@ -1,34 +1,29 @@
-"""Export a trained model to ONNX (float32 and static INT8) or TFLite, each checked against PyTorch.
+"""Export a trained model to ONNX with the dermaseg metadata (float32; INT8 in `int8`).
 
-The ONNX contract is `dermaseg.onnx_model`'s (which reads and runs the files without PyTorch):
+The ONNX contract is `dermaseg.infer.onnx_backend`'s (which reads and runs the files without
+PyTorch):
 input "image" (N, H and W dynamic; the model was trained at `image_size`, its natural input),
 output "logits", and metadata_props["dermaseg"] (architecture config, input size, mean/std and
-threshold), so that the `.onnx` file alone is enough to predict.
-The INT8 path (static QDQ calibration) lives in `dermaseg.quantize`.
+threshold), so that the `.onnx` file alone is enough to predict. The check against PyTorch is
+`dermaseg.export.parity`'s.
 """
 
 from __future__ import annotations
 
-import copy
 import json
 import os
 import tempfile
-import types
 import warnings
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from dermaseg.errors import DermasegError, UsageError
 from dermaseg.fileio import atomic_path
+from dermaseg.infer.onnx_backend import INPUT_NAME, META_KEY, OUTPUT_NAME
 from dermaseg.model_meta import ModelMeta
-from dermaseg.onnx_model import INPUT_NAME, META_KEY, OUTPUT_NAME, onnx_probabilities, onnx_session
-from dermaseg.tflite_model import file_sha256
 
-PARITY_TOLERANCE = 1e-4  # largest allowed |p_onnx - p_torch| after the sigmoid
 DEFAULT_OPSET = 18
-TFLITE_INSTALL = 'pip install "dermaseg[tflite]"  (or: pip install litert-torch)'
 
 
 class LogitsOnly(torch.nn.Module):
@@ -174,99 +169,3 @@ def export_onnx(model: torch.nn.Module, meta: ModelMeta, path: str | os.PathLike
     _rename_dims(proto)
     set_metadata(proto, meta)
     return save_onnx(proto, path)
-
-
-def torch_probabilities(model: torch.nn.Module, batch: np.ndarray) -> np.ndarray:
-    """Normalised (N, 3, H, W) float32 -> sigmoid probabilities (N, 1, H, W) from PyTorch."""
-    with torch.inference_mode():
-        return torch.sigmoid(LogitsOnly(model).eval()(torch.from_numpy(batch))).numpy()
-
-
-def parity_batches(images: list[np.ndarray], meta: ModelMeta) -> list[np.ndarray]:
-    """Inputs for the parity check: the images prepared exactly like the Predictor does, at
-    the model's size, plus one non-square batch of another size to exercise dynamic axes."""
-    from dermaseg.infer.predictor import Predictor
-
-    prepared = np.stack([Predictor(None, meta).prepare(image)[0] for image in images])
-    side = meta.image_size
-    odd = torch.nn.functional.interpolate(
-        torch.from_numpy(prepared[:2]), size=(side - side // 4 + 1, side + side // 8 + 3),
-        mode="bilinear", align_corners=False,
-    ).numpy()
-    return [prepared, odd]
-
-
-def max_probability_difference(model: torch.nn.Module, onnx_path: str | os.PathLike,
-                               batches: list[np.ndarray]) -> float:
-    """Largest |sigmoid(onnx) - sigmoid(torch)| over every pixel of every batch."""
-    session = onnx_session(onnx_path)
-    worst = 0.0
-    for batch in batches:
-        ours = onnx_probabilities(session, batch)
-        theirs = torch_probabilities(model, batch)
-        if ours.shape != theirs.shape:
-            raise DermasegError(f"{onnx_path}: output shape {ours.shape} != PyTorch "
-                                f"{theirs.shape} for input {batch.shape}")
-        worst = max(worst, float(np.abs(ours - theirs).max()))
-    return worst
-
-
-def _broadcast_by_multiply(self, x: torch.Tensor) -> torch.Tensor:
-    pooled = self.act(self.conv(x.mean(dim=(2, 3), keepdim=True)))
-    return pooled * torch.ones_like(x[:, :1])
-
-
-def tflite_friendly(model: torch.nn.Module) -> torch.nn.Module:
-    """A copy of `model` whose ASPP image pooling broadcasts with a multiply instead of
-    `expand`: LiteRT's BROADCAST_TO kernel rejects the shape litert-torch gives it (NHWC
-    rewrite). The values are identical."""
-    from dermaseg.models.aspp import ImagePooling
-
-    model = copy.deepcopy(model)
-    for module in model.modules():
-        if isinstance(module, ImagePooling):
-            module.forward = types.MethodType(_broadcast_by_multiply, module)
-    return model
-
-
-def require_litert():
-    """The litert_torch module.
-
-    Raises:
-        DermasegError: litert-torch is not installed (with the pip command)."""
-    try:
-        import litert_torch
-    except ImportError as exc:
-        raise DermasegError(f"--format tflite needs litert-torch: {TFLITE_INSTALL}") from exc
-    return litert_torch
-
-
-def export_tflite(model: torch.nn.Module, meta: ModelMeta, path: str | os.PathLike,
-                  batch: np.ndarray) -> float:
-    """Float TFLite via litert-torch (fixed input (1, 3, S, S)); returns the largest
-    probability difference against PyTorch on `batch`. Writes `path` and `path`.json (meta).
-
-    Raises:
-        DermasegError: litert-torch is not installed (with the pip command), or conversion fails.
-    """
-    litert_torch = require_litert()
-    path = Path(path)
-    wrapped = LogitsOnly(tflite_friendly(model)).eval()
-    sample = torch.from_numpy(batch[:1])
-    try:
-        edge = litert_torch.convert(wrapped, (sample,))
-    except Exception as exc:
-        raise DermasegError(f"{path}: TFLite conversion failed ({exc})") from exc
-    worst = 0.0
-    for item in batch:
-        x = torch.from_numpy(item[None])
-        logits = np.asarray(edge(x), dtype=np.float64)
-        ours = 1.0 / (1.0 + np.exp(-logits))
-        worst = max(worst, float(np.abs(ours - torch_probabilities(model, item[None])).max()))
-    with atomic_path(path) as tmp:
-        edge.export(str(tmp))
-    meta_path = path.with_name(path.name + ".json")
-    side = meta.to_dict() | {"tflite_sha256": file_sha256(path)}
-    with atomic_path(meta_path) as tmp:
-        tmp.write_text(json.dumps(side, indent=2) + "\n")
-    return worst

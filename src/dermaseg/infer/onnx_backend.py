@@ -1,6 +1,6 @@
 """An exported model in use: validate an `.onnx` file and run it with ONNX Runtime.
 
-The contract (written by `dermaseg.export`):
+The contract (written by `dermaseg.export.onnx`):
 
 - input  "image":  float32 (N, 3, H, W), letterboxed and normalised like `Predictor.prepare`;
 - output "logits": float32 (N, 1, H, W), before the sigmoid;

@@ -41,8 +41,8 @@ import numpy as np
 from scipy import ndimage
 from scipy.spatial import ConvexHull, QhullError
 
-from dermaseg.data.geometry import mask_box
 from dermaseg.errors import DermasegError
+from dermaseg.geometry import mask_box
 
 __all__ = ["ISIC_COLORS", "contour_polygon", "contours", "measure_in_box", "measure_lesion"]
 
@@ -250,20 +250,23 @@ def contour_polygon(mask: np.ndarray, max_points: int = 200) -> list[list[float]
     """Outer contour of the biggest lesion region as [[x, y], ...] (pixel units), for drawing.
 
     The closed line that encloses the largest area, without its repeated last point, thinned
-    to at most `max_points` points by taking evenly spaced vertices. Empty mask: [].
+    to at most `max_points` points by taking evenly spaced vertices; traced inside the
+    lesion's bounding box (a 6000x4000 mask is not copied to floats). Empty mask: [].
 
     Raises:
         DermasegError: when max_points < 3.
     """
     if max_points < 3:
         raise DermasegError(f"max_points: must be >= 3, got {max_points}")
-    lines = contours(mask)
-    if not lines:
+    m = _as_bool(mask)
+    box = mask_box(m, margin=1)
+    if box is None:
         return []
-    line = max(lines, key=_polygon_area)[:-1]
+    line = max(contours(m[box]), key=_polygon_area)[:-1]
     if len(line) > max_points:
         line = line[np.linspace(0, len(line) - 1, max_points).round().astype(int)]
-    return [[round(float(x), 2), round(float(y), 2)] for x, y in line]
+    top, left = box[0].start, box[1].start
+    return [[round(float(x), 2) + left, round(float(y), 2) + top] for x, y in line]
 
 
 def measure_in_box(mask: np.ndarray, image: np.ndarray | None = None,

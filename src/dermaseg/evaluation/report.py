@@ -16,35 +16,13 @@ from urllib.parse import quote
 
 import numpy as np
 from PIL import Image
-from scipy import ndimage
 
-from dermaseg.fileio import write_bytes_atomic
+from dermaseg.fileio import safe_child, write_bytes_atomic
+from dermaseg.infer.overlay import draw_overlay
 
 TRUTH_COLOUR = (40, 220, 40)
 PRED_COLOUR = (255, 40, 40)
 THUMB_SIDE = 256
-
-
-def contour(mask: np.ndarray, width: int = 1) -> np.ndarray:
-    """The inner boundary band of a (H, W) bool mask, `width` pixels thick, as a bool mask."""
-    mask = np.asarray(mask, dtype=bool)
-    if not mask.any():
-        return mask.copy()
-    inner = ndimage.binary_erosion(mask, iterations=width, border_value=0)
-    return mask & ~inner
-
-
-def draw_overlay(image: np.ndarray, masks: Sequence[tuple[np.ndarray, tuple[int, int, int]]],
-                 width: int | None = None) -> np.ndarray:
-    """The image (H, W, 3 uint8) with each mask's contour drawn in its colour.
-
-    `width` defaults to about 1/300 of the longer side (at least 1 pixel).
-    """
-    out = np.array(image, dtype=np.uint8, copy=True)
-    width = width or max(1, round(max(out.shape[:2]) / 300))
-    for mask, colour in masks:
-        out[contour(mask, width)] = colour
-    return out
 
 
 def thumbnail(image: np.ndarray, truth: np.ndarray | None, pred: np.ndarray,
@@ -139,14 +117,19 @@ class GalleryCollector:
 
 
 def save_gallery(collector: GalleryCollector, folder: Path) -> dict[str, list[dict]]:
-    """Write each kept thumbnail as folder/<best|worst>_<rank>_<id>.png; returns their entries."""
+    """Write each kept thumbnail as folder/<best|worst>_<rank>_<id>.png; returns their entries.
+
+    Raises:
+        UnsafeName: an id that cannot be part of a file name (fileio.safe_child).
+    """
     entries: dict[str, list[dict]] = {"best": [], "worst": []}
     for group, cases in (("best", collector.best()), ("worst", collector.worst())):
         for rank, case in enumerate(cases, 1):
             name = f"{group}_{rank:02d}_{case.image_id}.png"
+            path = safe_child(folder, name, f"gallery picture of image id {case.image_id!r}:")
             buffer = io.BytesIO()
             Image.fromarray(case.picture).save(buffer, format="PNG")
-            write_bytes_atomic(folder / name, buffer.getvalue())
+            write_bytes_atomic(path, buffer.getvalue())
             entries[group].append({"id": case.image_id, "jaccard": case.jaccard,
                                    "file": f"{folder.name}/{name}"})
     return entries
@@ -186,7 +169,7 @@ def write_reports(out: Path, title: str, per_image: dict[str, dict[str, float]],
     `ci95`: metric -> [low, high] bootstrap interval of the mean (None: none, e.g. 1 image).
     """
     rows = metric_rows(per_image, overall, ci95)
-    md = [f"# {_md_text(title)}", "", *[f"- {_md_text(n)}" for n in notes], "",
+    md = [f"# {md_text(title)}", "", *[f"- {md_text(n)}" for n in notes], "",
           f"{_images(len(per_image))}. {_about_means(ci95)}", "",
           "| metric | mean | 95% CI | median | min |", "|---|---:|---:|---:|---:|"]
     md += [f"| {label} | {mean:.4f} | {ci} | {med:.4f} | {low:.4f} |"
@@ -194,8 +177,8 @@ def write_reports(out: Path, title: str, per_image: dict[str, dict[str, float]],
     md += ["", f"![Per-image Jaccard]({histogram})", ""]
     for group in (g for g in ("best", "worst") if gallery[g]):
         md += [f"## {group.capitalize()} cases (green: truth, red: prediction)", ""]
-        md += [f"![{_md_text(e['id'])} J={e['jaccard']:.3f}]({quote(e['file'])}) "
-               f"{_md_text(e['id'])} J={e['jaccard']:.3f}" for e in gallery[group]]
+        md += [f"![{md_text(e['id'])} J={e['jaccard']:.3f}]({quote(e['file'])}) "
+               f"{md_text(e['id'])} J={e['jaccard']:.3f}" for e in gallery[group]]
         md.append("")
     write_bytes_atomic(out / "report.md", "\n".join(md).encode())
     write_bytes_atomic(out / "report.html", _html(title, rows, per_image, histogram, gallery,
@@ -213,7 +196,7 @@ def _about_means(ci95) -> str:
     return text + "; 95% CI = percentile bootstrap over images."
 
 
-def _md_text(text: str) -> str:
+def md_text(text: str) -> str:
     """Text for Markdown: HTML special characters, backslash, backtick, * and brackets escaped."""
     return "".join(f"\\{c}" if c in "\\`*[]" else c for c in html.escape(text))
 

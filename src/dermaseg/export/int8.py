@@ -1,4 +1,5 @@
-"""Static INT8 quantization with ONNX Runtime, and how the INT8 model compares with float32.
+"""Static INT8 quantization with ONNX Runtime, how the INT8 model compares with float32, and
+the whole INT8 export (float32 export and check, quantization, comparison, report).
 
 Static (calibrated) QDQ quantization: per-channel int8 weights, uint8 activations whose ranges
 come from running the float model on the user's images, prepared exactly like the Predictor
@@ -9,6 +10,9 @@ run time and ONNX Runtime has no fast dynamic path for convolutions (slower than
 The comparison reports file sizes, median CPU latency of both models at the model's input size
 and the Dice agreement between float32 and INT8 masks (at the original image size) on images
 that were NOT used for calibration.
+
+Importing this module imports no PyTorch (`int8_siblings` serves the command's checks before
+any model is loaded); the functions that write ONNX files import it.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import os
 import statistics
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -24,9 +29,8 @@ import numpy as np
 from tqdm import tqdm
 
 from dermaseg.errors import DermasegError, UsageError
-from dermaseg.export import save_onnx, set_metadata
+from dermaseg.infer.onnx_backend import INPUT_NAME, onnx_session
 from dermaseg.model_meta import ModelMeta
-from dermaseg.onnx_model import INPUT_NAME, onnx_session
 
 
 @dataclass
@@ -42,9 +46,9 @@ class ImageCalibrationReader:
     """onnxruntime CalibrationDataReader over HxWx3 uint8 images, one (1, 3, S, S) at a time."""
 
     def __init__(self, images: list[np.ndarray], meta: ModelMeta, progress: bool = True) -> None:
-        from dermaseg.infer.predictor import Predictor
+        from dermaseg.preprocessing import Preprocessing
 
-        self._prepare = Predictor(None, meta).prepare
+        self._prepare = Preprocessing.from_meta(meta)
         self._images = images
         self._bar = tqdm(total=len(images), desc="calibrate", unit="image", disable=not progress)
         self._index, self._end = 0, len(images)
@@ -112,6 +116,8 @@ def quantize_int8(fp32_path: str | os.PathLike, out_path: str | os.PathLike,
     import onnx
     from onnxruntime.quantization import QuantType, quant_pre_process, quantize_static
 
+    from dermaseg.export.onnx import save_onnx, set_metadata
+
     options = options or Int8Options()
     if not images:
         raise UsageError("int8: no calibration image (give --calib DIR with images)")
@@ -166,7 +172,7 @@ class Int8Comparison:
 
 def mask_dice(a: np.ndarray, b: np.ndarray) -> float:
     """Dice of two boolean masks (the ISIC convention: 1.0 when both are empty)."""
-    from dermaseg.metrics import image_metrics
+    from dermaseg.evaluation.metrics import image_metrics
 
     return float(image_metrics(a, b)["dice"])
 
@@ -199,3 +205,55 @@ def compare_int8(fp32_path: str | os.PathLike, int8_path: str | os.PathLike,
         float(np.mean(dices)) if dices else float("nan"),
         float(np.min(dices)) if dices else float("nan"), len(images),
     )
+
+
+def int8_siblings(output: Path) -> tuple[Path, Path]:
+    """The float32 model and the report written beside an INT8 model OUT: STEM.fp32.onnx and
+    STEM.report.json, STEM being OUT's name without .onnx and .int8.
+
+    Raises:
+        UsageError: OUT's name does not end in .onnx.
+    """
+    if output.suffix != ".onnx":
+        raise UsageError(f"-o {output}: the INT8 model needs a name ending in .onnx")
+    stem = output.name.removesuffix(".onnx").removesuffix(".int8")
+    return output.with_name(stem + ".fp32.onnx"), output.with_name(stem + ".report.json")
+
+
+def export_int8(model, meta: ModelMeta, output: Path, images: list[np.ndarray], *,
+                opset: int, exporter: str, holdout: int = 8,
+                options: Int8Options | None = None, repeats: int = 10,
+                say: Callable[[str], None] = print) -> Int8Comparison:
+    """Float32 export checked against PyTorch (int8_siblings), INT8 quantization calibrated
+    on `images` but the last `holdout` (at most half), comparison on those, report.
+
+    Raises:
+        UsageError: an unknown exporter, an opset out of range, or OUT not ending in .onnx.
+        DermasegError: any step fails; the files this run wrote are then removed (an
+            unexpected error is wrapped, naming OUT and the original error).
+    """
+    from dermaseg.export.parity import discard, export_onnx_checked
+    from dermaseg.fileio import write_json_atomic
+
+    fp32_path, report = int8_siblings(output)
+    export_onnx_checked(model, meta, fp32_path, images, opset, exporter, say=say)
+    written = [fp32_path]
+    try:
+        held_out = max(1, min(holdout, len(images) // 2))
+        calib, test = images[:-held_out], images[-held_out:]
+        say(f"calibrating on {len(calib)} images, comparing on {len(test)} others")
+        quantize_int8(fp32_path, output, calib, meta, options)
+        written.append(output)
+        comparison = compare_int8(fp32_path, output, test, repeats=repeats)
+        for line in comparison.lines():
+            say(line)
+        write_json_atomic(report, {"fp32": str(fp32_path), "int8": str(output),
+                                   **comparison.to_dict()})
+    except BaseException as exc:
+        discard(*written)
+        if isinstance(exc, DermasegError) or not isinstance(exc, Exception):
+            raise
+        raise DermasegError(f"{output}: INT8 export failed, its files removed "
+                            f"({type(exc).__name__}: {exc})") from exc
+    say(f"wrote {output} (INT8), {fp32_path} (float32), {report}")
+    return comparison

@@ -1,6 +1,7 @@
-"""The ISIC metrics of `dermaseg.metrics` (same definitions and conventions) on torch tensors,
-for training and validation: per batch (`batch_metrics`) and accumulated over batches and DDP
-processes (`SegmentationMetrics`). Kept apart so that scoring mask files never imports torch.
+"""The ISIC metrics of `dermaseg.evaluation.metrics` (same definitions and conventions) on
+torch tensors, for training and validation: per batch (`batch_metrics`) and accumulated over
+batches and DDP processes (`SegmentationMetrics`). Kept apart so that scoring mask files
+never imports torch.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from torch import Tensor
 from torchmetrics import Metric
 
 from dermaseg.errors import DermasegError
-from dermaseg.metrics import JACCARD_THRESHOLD, METRIC_NAMES
+from dermaseg.evaluation.metrics import JACCARD_THRESHOLD, METRIC_NAMES
 
 
 def _safe_ratio(num: Tensor, den: Tensor) -> Tensor:

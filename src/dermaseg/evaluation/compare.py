@@ -1,7 +1,7 @@
 """Compare two evaluations (`dermaseg evaluate` folders) image by image: is B better than A?
 
 Reads each folder's metrics.csv (one row per image), pairs the images by id and, for every
-metric, computes the paired statistics of `dermaseg.stats.paired_comparison`. Writes
+metric, computes the paired statistics of `dermaseg.evaluation.stats.paired_comparison`. Writes
 compare.json, compare.md and compare.png (scatter of one metric, A vs B, and the histogram of
 the paired differences with the interval) through a hidden folder in OUT, so a failure leaves
 OUT as it was.
@@ -21,10 +21,10 @@ import numpy as np
 
 from dermaseg.data.discover import display_path
 from dermaseg.errors import DermasegError, UsageError
+from dermaseg.evaluation.metrics import METRIC_NAMES
+from dermaseg.evaluation.report import LABELS, md_text
+from dermaseg.evaluation.stats import CONFIDENCE, PairedResult, paired_comparison
 from dermaseg.fileio import staged_outputs, write_bytes_atomic, write_json_atomic
-from dermaseg.metrics import METRIC_NAMES
-from dermaseg.report import LABELS, _md_text
-from dermaseg.stats import CONFIDENCE, PairedResult, paired_comparison
 
 OUTPUT_FILES = ("compare.json", "compare.md", "compare.png")
 COUNTS = ("tp", "fp", "fn", "tn")  # the confusion counts metrics.csv also holds
@@ -270,8 +270,8 @@ TABLE_HEADER = ("metric", "mean A", "mean B", "B - A", "95% CI of B - A", "p (Wi
 def markdown(summary: dict, results: dict[str, PairedResult]) -> str:
     """compare.md: what was compared, the table, the picture."""
     lines = ["# dermaseg comparison", "",
-             f"- A: {_md_text(summary['a']['folder'])} ({summary['a']['images']} images)",
-             f"- B: {_md_text(summary['b']['folder'])} ({summary['b']['images']} images)",
+             f"- A: {md_text(summary['a']['folder'])} ({summary['a']['images']} images)",
+             f"- B: {md_text(summary['b']['folder'])} ({summary['b']['images']} images)",
              f"- {summary['images']} images in both; difference = B - A per image, then the "
              "mean over images.",
              f"- CI: {summary['ci']} ({summary['resamples']} resamples, seed {summary['seed']})"

@@ -1,0 +1,1 @@
+"""Scoring against the official ISIC metrics, statistics, reports and comparisons."""
