@@ -173,22 +173,27 @@ def augment_rows(size: int = 256, batch: int = 8) -> list[dict]:
 
 def placement_rows(size: int = 512, batch: int = 8) -> list[dict]:
     """CPU time per batch of the GPU recipe (8 @ 512 px) on each side of `data.augment_on`:
-    what a loader worker does (collate the uint8 samples, augment or not), and the batched
-    augmentation as the GPU runs it (every sample + where), timed here on the CPU."""
+    what a loader worker does (convert the prepared arrays, collate, augment or not; seeds
+    0-7 draw 4 elastic deformations), and the batched augmentation as the GPU runs it (every
+    sample + where), timed here on the CPU."""
     rng = np.random.default_rng(0)
     image = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
     mask = np.zeros((size, size), np.uint8)
     mask[128:384, 160:400] = 1
     to_tensors = SegmentationTransform(as_uint8=True)
-    items = [(*to_tensors(image, mask), index, index) for index in range(batch)]
+
+    def items() -> list[tuple]:  # what KeyedDataset gives the worker's collate_fn
+        return [(*to_tensors(image, mask), index, index) for index in range(batch)]
+
     augment = BatchAugment(AugmentConfig(), size, size)
     in_workers, gather_only = BatchCollate(augment), BatchCollate()
-    images, masks, _ = gather_only(items)
+    images, masks, _ = gather_only(items())
     params = augment.draw(range(batch))
     cases = {
-        "loader side, augment_on loader (collate + augment in the workers)":
-            lambda: in_workers(items),
-        "loader side, augment_on device (the workers only collate)": lambda: gather_only(items),
+        "loader side, augment_on loader (convert, collate, augment in the workers)":
+            lambda: in_workers(items()),
+        "loader side, augment_on device (the workers only convert and collate)":
+            lambda: gather_only(items()),
         "device side, augment_on device: draw the parameters":
             lambda: augment.draw(range(batch)),
         "device side, augment_on device: apply every sample + where, timed on this CPU":

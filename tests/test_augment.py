@@ -218,10 +218,11 @@ def test_default_config_augments_a_batch():
     assert all(changed)  # brightness/contrast alone changes every image
 
 
-@pytest.mark.parametrize("size", [32, 48])
+@pytest.mark.parametrize("size", [32, 48, 160])
 def test_drawn_samples_only_or_every_sample_give_the_same_batch(size):
-    """The CPU computes only the drawn samples, a GPU every sample (no synchronisation): the
-    same bits, for batches where none, one, some or all samples were drawn for a step."""
+    """The CPU computes only the drawn samples, a few samples at a time (6 at 160 px), a GPU
+    every sample (no synchronisation): the same bits, for batches where none, one, some or
+    all samples were drawn for a step."""
     augment = BatchAugment(AugmentConfig(**EVERYTHING), size, size)
     for n in (1, 2, 5, 8):
         for start in range(0, 60, 12):
