@@ -46,8 +46,8 @@ $(TFLITE_VENV)/.installed: pyproject.toml
 	touch $@
 
 test-tflite: $(TFLITE_VENV)/.installed
-	$(TFLITE_VENV)/bin/python -m pytest -q -p no:cacheprovider tests/test_export.py \
-	  tests/test_tflite_model.py -k tflite
+	$(TFLITE_VENV)/bin/python -m pytest -q -p no:cacheprovider tests/export/test_export.py \
+	  tests/infer/test_tflite_backend.py -k tflite
 
 # Exported models run without PyTorch: an environment of requirements-onnx.txt alone (~0.5 GB,
 # ~30 s to build) runs predict, evaluate and serve on an .onnx file (tests/test_torch_free.py).

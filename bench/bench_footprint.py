@@ -29,7 +29,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "tests"))
 from common import report  # noqa: E402
-from serving import Server  # noqa: E402
+from helpers.serving import Server  # noqa: E402
 
 SITECUSTOMIZE = """import atexit, os
 if os.environ.get("BENCH_IMPORT_TORCH"):

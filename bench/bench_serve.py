@@ -29,7 +29,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "tests"))
 from common import report  # noqa: E402
-from serving import Server  # noqa: E402
+from helpers.serving import Server  # noqa: E402
 
 REAL = Path(os.environ.get("DERMASEG_REAL", HERE.parents[1] / "shared" / "data" / "derm-real"))
 

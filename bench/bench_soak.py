@@ -30,7 +30,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "tests"))
 from common import RESULTS, report  # noqa: E402
-from serving import Server  # noqa: E402
+from helpers.serving import Server  # noqa: E402
 
 
 def tiny_model(folder: Path) -> Path:
@@ -53,8 +53,8 @@ def request_mix() -> list[tuple[str, dict]]:
     """(label, httpx.post keyword arguments) of every request kind, good ones first."""
     from PIL import Image
 
-    from badinputs import png_bomb
     from dermaseg.data.synth import SynthOptions, synth_pair
+    from helpers.badinputs import png_bomb
 
     rng = np.random.default_rng(0)
     mix = []

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The GPU benchmark, for a machine with one NVIDIA GPU and PyTorch, timm, Lightning installed,
-# and no network. Runs the CUDA tests (tests/test_cuda.py), the benchmark (at most 8 minutes;
+# and no network. Runs the CUDA tests (tests/train/test_cuda.py), the benchmark (at most 8 minutes;
 # bench/results/gpu.json, gpu.md), then `dermaseg plan`'s batch-size probe on the real set
 # (gpu_plan.yaml, gpu_plan.json); all within $DEADLINE_S seconds (default 570).
 #
@@ -34,8 +34,8 @@ print(f"torch {torch.__version__}, CUDA {torch.version.cuda}, "
 print("missing modules: " + (", ".join(missing) if missing else "none"))
 PYEOF
 
-echo; echo "== CUDA tests (tests/test_cuda.py)"
-timeout 150 "$PY" -m pytest -q -p no:cacheprovider tests/test_cuda.py
+echo; echo "== CUDA tests (tests/train/test_cuda.py)"
+timeout 150 "$PY" -m pytest -q -p no:cacheprovider tests/train/test_cuda.py
 tests_status=$?
 
 # The benchmark gets what is left before the deadline, less 100 s for the plan, at most 470 s.

@@ -51,8 +51,8 @@ def tiny_ckpt(tmp_path_factory, synth_dir) -> Path:
 
 @pytest.fixture(scope="module")
 def tiny_prepared(tmp_path_factory):
-    """The training tests' prepared dataset (tests/training.py), made once per module."""
-    from training import prepare_small
+    """The training tests' prepared dataset (tests/helpers/training.py), made once per module."""
+    from helpers.training import prepare_small
 
     return prepare_small(tmp_path_factory)
 

@@ -1,5 +1,5 @@
 """Every command that takes files, run through the real CLI (`dermaseg.cli.main`) over the
-bad-input corpus of tests/badinputs.py: each case is converted and used, or refused with a
+bad-input corpus of tests/helpers/badinputs.py: each case is converted and used, or refused with a
 message naming the file; never a traceback, never a half-written output, never a hang."""
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from badinputs import build_corpus, leftovers, run_cli
 from dermaseg.data.discover import display_path
+from helpers.badinputs import build_corpus, leftovers, run_cli
 
 TRAIN_TINY = ["-s", "model.arch=deeplabv3plus", "-s", "model.backbone=mobilenetv3_large_100",
               "-s", "model.aspp_channels=16", "-s", "model.decoder_channels=16",

@@ -11,7 +11,6 @@ import pytest
 import yaml
 from pydantic import ValidationError
 
-from badinputs import run_cli
 from dermaseg.config import (
     INFERENCE_FIELDS,
     AugmentConfig,
@@ -23,6 +22,7 @@ from dermaseg.config import (
 )
 from dermaseg.errors import DermasegError, UsageError
 from dermaseg.recipes import recipe_path, shipped_recipes
+from helpers.badinputs import run_cli
 
 SHIPPED = ["cpu_small", "deeplabv3_resnet50_isic", "deeplabv3plus_resnet50_isic"]
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from badinputs import run_cli
 from dermaseg.data.synth import SynthOptions, synth_dataset
 from dermaseg.demo import run_demo
+from helpers.badinputs import run_cli
 
 
 @pytest.mark.parametrize(("args", "words"), [

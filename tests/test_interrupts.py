@@ -1,6 +1,6 @@
 """Interrupted work for real: `predict` and `train` killed with SIGKILL at a random moment in a
 subprocess, then run again; a full disk (a 1 MiB tmpfs) while writing a checkpoint or a mask.
-(`data prepare` killed with SIGKILL: tests/test_prepare.py.)"""
+(`data prepare` killed with SIGKILL: tests/data/test_prepare.py.)"""
 
 from __future__ import annotations
 
@@ -20,7 +20,6 @@ import pytest
 import torch
 from PIL import Image
 
-from badinputs import leftovers, run_cli
 from dermaseg.checkpoint import read_checkpoint, save_checkpoint
 from dermaseg.config import Config
 from dermaseg.data.synth import SynthOptions, synth_dataset
@@ -28,6 +27,7 @@ from dermaseg.errors import DermasegError
 from dermaseg.fileio import save_png_atomic
 from dermaseg.model_meta import ModelMeta
 from dermaseg.train.callbacks import AtomicCheckpointIO
+from helpers.badinputs import leftovers, run_cli
 
 
 def kill_when(process: subprocess.Popen, ready, timeout: float = 300.0) -> bool:

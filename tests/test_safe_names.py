@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from badinputs import run_cli
 from dermaseg.fileio import UnsafeName, clean_name, name_problem, safe_child
+from helpers.badinputs import run_cli
 
 HOSTILE = ["../../../../../../outside/x", "/tmp/dermaseg-absolute/x", "two\nlines", "..",
            "tab\there", ".hidden"]

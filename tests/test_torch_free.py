@@ -23,7 +23,7 @@ from dermaseg.cli import TORCH_STACK
 from dermaseg.infer.batch import PredictOptions, list_inputs, predict_files
 from dermaseg.infer.predictor import Predictor
 from dermaseg.infer.tta import TTAConfig, resize_bilinear
-from serving import Server
+from helpers.serving import Server
 
 ROOT = Path(__file__).resolve().parents[1]
 BLOCK_TORCH = """import sys

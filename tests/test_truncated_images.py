@@ -1,6 +1,6 @@
 """Tiny files declaring huge images are refused before decoding (issue 18, item 7): a 69-byte
 PNG declaring 1 x 40,000,000 pixels was decoded as a black image. The service's side is in
-test_serve_limits.py."""
+test_connections.py."""
 
 from __future__ import annotations
 
@@ -13,26 +13,10 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFile
 
-from badinputs import png_bomb, run_cli
 from dermaseg.errors import DermasegError
-from dermaseg.fileio import ImageRefused, read_rgb
-
-
-def encode(image: np.ndarray, fmt: str, **options) -> bytes:
-    buffer = io.BytesIO()
-    Image.fromarray(image).save(buffer, format=fmt, **options)
-    return buffer.getvalue()
-
-
-def short_scan_jpeg(width: int = 3000, height: int = 4000) -> bytes:
-    """A whole JPEG header, 20 bytes of its scan, then the end marker: libjpeg fills the rest
-    grey without an error."""
-    noise = np.random.default_rng(0).integers(0, 255, (height, width, 3), dtype=np.uint8)
-    data = encode(noise, "JPEG")
-    scan = data.index(b"\xff\xda")
-    header_end = scan + 2 + int.from_bytes(data[scan + 2:scan + 4], "big")
-    return data[:header_end + 20] + b"\xff\xd9"
-
+from dermaseg.fileio import read_rgb
+from dermaseg.image_checks import ImageRefused
+from helpers.badinputs import png_bomb, run_cli, short_scan_jpeg
 
 CASES = {
     "aspect.png": (png_bomb(1, 40_000_000), "one side is over 50 times the other"),

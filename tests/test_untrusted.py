@@ -15,10 +15,10 @@ import pytest
 import torch
 from onnx import TensorProto, helper
 
-from badinputs import run_cli
 from dermaseg.config import Config
 from dermaseg.infer.onnx_backend import META_KEY
 from dermaseg.model_meta import ModelMeta
+from helpers.badinputs import run_cli
 
 
 class Exploit:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from badinputs import run_cli
+from helpers.badinputs import run_cli
 
 
 @pytest.fixture(scope="module")

@@ -29,7 +29,8 @@ from PIL import Image
 from tqdm import tqdm
 
 from dermaseg.data.discover import Discovery, Pair, Problem, discover, display_path
-from dermaseg.fileio import MAX_PIXELS, declared_problem
+from dermaseg.fileio import MAX_PIXELS
+from dermaseg.image_checks import declared_problem
 from dermaseg.parallel import parallel_map
 
 # Every kind of problem, in report order, with what it means.

@@ -16,15 +16,8 @@ from fastapi import HTTPException
 from PIL import Image, UnidentifiedImageError
 
 from dermaseg.errors import DermasegError
-from dermaseg.fileio import (
-    ImageRefused,
-    ImageTooLarge,
-    check_declared,
-    clean_name,
-    open_header,
-    read_rgb,
-    read_rgb_reduced,
-)
+from dermaseg.fileio import ImageTooLarge, clean_name, open_header, read_rgb, read_rgb_reduced
+from dermaseg.image_checks import ImageRefused, check_declared
 from dermaseg.infer.segment import Decoded, SegmentOptions, segment
 
 # Formats a dermoscope or a phone produces; PIL reads many more (EPS, ICNS, PSD ...), which we
@@ -71,7 +64,7 @@ def check_upload(data: bytes, name: str, max_pixels: int) -> int:
 
     Raises:
         ApiError: 400 empty; 415 not an image or a refused format; 413 more than `max_pixels`
-            pixels; 422 a damaged header, no pixels, or what fileio.check_declared refuses
+            pixels; 422 a damaged header, no pixels, or what image_checks.check_declared refuses
             (sides over 50:1, too little data for the pixels).
     """
     if not data:

@@ -54,6 +54,16 @@ def encode(image: Image.Image | np.ndarray, fmt: str, **options) -> bytes:
     return buffer.getvalue()
 
 
+def short_scan_jpeg(width: int = 3000, height: int = 4000) -> bytes:
+    """A whole JPEG header, 20 bytes of its scan, then the end marker: libjpeg fills the rest
+    grey without an error."""
+    noise = np.random.default_rng(0).integers(0, 255, (height, width, 3), dtype=np.uint8)
+    data = encode(noise, "JPEG")
+    scan = data.index(b"\xff\xda")
+    header_end = scan + 2 + int.from_bytes(data[scan + 2:scan + 4], "big")
+    return data[:header_end + 20] + b"\xff\xd9"
+
+
 def png_bomb(width: int, height: int) -> bytes:
     """A valid PNG header claiming width x height pixels with ~100 bytes of data: a
     decompression bomb that costs nothing to make (and must never be decoded)."""

@@ -14,9 +14,9 @@ import pytest
 from PIL import Image
 from scipy import ndimage, stats
 
-from badinputs import run_cli
 from dermaseg.evaluation import stats as dstats
 from dermaseg.evaluation.metrics import METRIC_NAMES
+from helpers.badinputs import run_cli
 
 
 def _predictions(truth: Path, out: Path, change) -> Path:

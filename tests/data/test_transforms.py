@@ -1,5 +1,5 @@
 """The (non-augmenting) conversion of prepared arrays to tensors, and normalisation; the
-augmentation is tests/test_augment.py."""
+augmentation is tests/data/test_augment.py."""
 
 from __future__ import annotations
 

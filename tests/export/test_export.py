@@ -11,7 +11,6 @@ import torch
 from onnx import TensorProto, helper
 from typer.testing import CliRunner
 
-from badinputs import run_cli
 from dermaseg.checkpoint import load_model, save_checkpoint
 from dermaseg.cli import app
 from dermaseg.config import Config
@@ -23,7 +22,8 @@ from dermaseg.infer.onnx_backend import META_KEY, check_onnx, onnx_probabilities
 from dermaseg.infer.predictor import Predictor
 from dermaseg.model_meta import ModelMeta
 from dermaseg.models.factory import build_model
-from fitted import shared_fitted, synth_images
+from helpers.badinputs import run_cli
+from helpers.fitted import shared_fitted, synth_images
 
 SIZES = [(2, 64, 64), (1, 80, 48), (1, 33, 57)]  # (batch, height, width): square, portrait, odd
 

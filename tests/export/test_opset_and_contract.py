@@ -7,7 +7,6 @@ import onnx
 import pytest
 import torch
 
-from badinputs import run_cli
 from dermaseg.config import Config
 from dermaseg.errors import DermasegError
 from dermaseg.export.onnx import export_onnx
@@ -15,6 +14,7 @@ from dermaseg.export.parity import PARITY_TOLERANCE, torch_probabilities
 from dermaseg.infer.onnx_backend import onnx_probabilities, onnx_session
 from dermaseg.model_meta import ModelMeta
 from dermaseg.models.factory import build_model
+from helpers.badinputs import run_cli
 
 
 @pytest.fixture(scope="module")

@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from badinputs import run_cli
 from dermaseg.data.prepare import prepare_dataset, summary_lines
 from dermaseg.data.splits import split_fingerprint
 from dermaseg.data.stable_splits import EarlierSplit, keep_splits, place_folds
 from dermaseg.data.synth import SynthOptions, synth_dataset
+from helpers.badinputs import run_cli
 
 SETTINGS = {"size": 32, "val": 0.2, "test": 0.2, "seed": 0, "workers": 1, "progress": False}
 OPTIONS = ["--size", "32", "--val", "0.2", "--test", "0.2", "--seed", "0", "-j", "1"]

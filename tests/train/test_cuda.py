@@ -1,5 +1,5 @@
 """Checks that need an NVIDIA GPU (skipped elsewhere; run by `bench/gpu.sh`'s machine as
-`python3 -m pytest tests/test_cuda.py`): the device augmentation gives the CPU's result, the
+`python3 -m pytest tests/train/test_cuda.py`): the device augmentation gives the CPU's result, the
 training batch path never makes the CPU wait for the GPU, and a short bf16 training run on
 the GPU trains and predicts like the CPU."""
 

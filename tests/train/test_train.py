@@ -25,7 +25,7 @@ from dermaseg.errors import DermasegError
 from dermaseg.train.callbacks import AtomicCheckpointIO
 from dermaseg.train.module import LRShape, SegmentationModule
 from dermaseg.train.runner import train
-from training import (
+from helpers.training import (
     RECIPE,
     STEPS_PER_EPOCH,
     TINY,

@@ -12,9 +12,8 @@ import time
 import httpx
 import pytest
 
-from badinputs import png_bomb, run_cli
-from serving import Server
-from test_truncated_images import short_scan_jpeg
+from helpers.badinputs import png_bomb, run_cli, short_scan_jpeg
+from helpers.serving import Server
 
 KEEP_ALIVE, HEADER_TIMEOUT, MAX_CONNECTIONS = 1, 2, 20
 

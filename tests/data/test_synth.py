@@ -8,11 +8,11 @@ from PIL import Image
 from scipy import ndimage
 from typer.testing import CliRunner
 
-from badinputs import run_cli
 from dermaseg.cli import app
 from dermaseg.data.check import check_dataset
 from dermaseg.data.synth import SynthOptions, synth_dataset, synth_pair
 from dermaseg.errors import UsageError
+from helpers.badinputs import run_cli
 
 
 def _pairs(folder):

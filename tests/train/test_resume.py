@@ -12,7 +12,7 @@ import torch
 from dermaseg.checkpoint import model_state_dict, read_checkpoint
 from dermaseg.errors import UsageError
 from dermaseg.train.runner import train
-from training import (
+from helpers.training import (
     STEPS_PER_EPOCH,
     TIMING_COLUMNS,
     Interrupt,

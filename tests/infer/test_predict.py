@@ -13,7 +13,6 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from badinputs import run_cli
 from dermaseg.errors import DermasegError, UsageError
 from dermaseg.fileio import read_rgb
 from dermaseg.infer.batch import (
@@ -24,6 +23,7 @@ from dermaseg.infer.batch import (
 )
 from dermaseg.infer.predictor import Predictor
 from dermaseg.infer.tta import TTAConfig
+from helpers.badinputs import run_cli
 
 SIZE = 64
 

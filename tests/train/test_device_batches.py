@@ -1,6 +1,6 @@
 """The training split kept on the device (`data.gather_on`), the batch hooks
 (`dermaseg.train.device_batches`) and the augmentation on either side of them, on CPU: the GPU
-case is tests/test_cuda.py."""
+case is tests/train/test_cuda.py."""
 
 from __future__ import annotations
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from dermaseg.checkpoint import read_checkpoint
-from training import RECIPE, TINY, run_cli
+from helpers.training import RECIPE, TINY, run_cli
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

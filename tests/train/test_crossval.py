@@ -1,6 +1,6 @@
 """Cross-validation: `data prepare --folds`, `train --fold`, `cv-summary` (synthetic data).
 
-The training runs are one epoch of the tiny model of test_train.py, on one torch thread.
+The training runs are one epoch of the tiny model of tests/helpers/training.py, on one torch thread.
 """
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ from pathlib import Path
 import lightning as L
 import pytest
 
-from badinputs import run_cli
 from dermaseg.config import load_config
 from dermaseg.data.prepare import prepare_dataset, summary_lines
 from dermaseg.data.splits import assign_folds
@@ -20,7 +19,8 @@ from dermaseg.data.synth import SynthOptions, synth_dataset
 from dermaseg.errors import UsageError
 from dermaseg.train.datamodule import SegmentationDataModule
 from dermaseg.train.runner import train
-from test_train import TINY as TRAIN_TINY
+from helpers.badinputs import run_cli
+from helpers.training import TINY as TRAIN_TINY
 
 # test_train.py's TINY settings, one epoch
 TINY = [*(item for item in TRAIN_TINY if "max_epochs" not in item), "train.max_epochs=1"]

@@ -12,7 +12,6 @@ import pytest
 import torch
 from PIL import Image
 
-from badinputs import run_cli
 from dermaseg.checkpoint import save_checkpoint
 from dermaseg.config import Config
 from dermaseg.errors import UsageError
@@ -23,6 +22,7 @@ from dermaseg.infer.torch_backend import TorchBackend
 from dermaseg.infer.tta import TTAConfig
 from dermaseg.model_meta import ModelMeta
 from dermaseg.models.factory import build_model
+from helpers.badinputs import run_cli
 
 SIZES = [(101, 67), (37, 123), (1, 9), (64, 64)]
 

@@ -139,7 +139,7 @@ def test_official_scorer_reads_predictions_and_agrees(tiny_ckpt, synth_dir, tmp_
 def test_a_split_of_a_raw_folder_is_refused_not_ignored(tiny_ckpt, synth_dir, tmp_path):
     """A raw folder has no splits or folds: `--split fold0` (or val) scored every pair, the
     fold model's training images included, under the split's name."""
-    from badinputs import run_cli
+    from helpers.badinputs import run_cli
 
     for split in ("fold0", "val"):
         code, output = run_cli("evaluate", tiny_ckpt, "--data", synth_dir, "--split", split,

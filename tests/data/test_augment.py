@@ -1,7 +1,7 @@
 """The batched training augmentation (`dermaseg.data.augment`), on CPU: against torchvision's
 kernels, image and mask moving together, the draws, and the same result on every path (only
 the drawn samples computed, or every sample and `torch.where`; any batch; any thread count).
-The GPU case is tests/test_cuda.py."""
+The GPU case is tests/train/test_cuda.py."""
 
 from __future__ import annotations
 

@@ -13,12 +13,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-from badinputs import run_cli
 from dermaseg.config import load_config
 from dermaseg.data.prepare import prepare_dataset
 from dermaseg.data.synth import SynthOptions, synth_dataset
 from dermaseg.train.plan import VALIDATION_SHARE, make_plan, plan_workers
 from dermaseg.train.probe import CPU_BATCHES, Probe, choose_batch, keep_probing
+from helpers.badinputs import run_cli
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

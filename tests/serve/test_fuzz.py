@@ -12,11 +12,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from badinputs import build_corpus, encode
 from dermaseg.checkpoint import load_model
 from dermaseg.data.discover import display_path
 from dermaseg.export.onnx import export_onnx
-from serving import Server
+from helpers.badinputs import build_corpus, encode
+from helpers.serving import Server
 
 SMALL_PNG = encode(np.full((20, 30, 3), 120, np.uint8), "PNG")  # a valid body, 1 in 10
 

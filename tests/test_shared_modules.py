@@ -158,7 +158,7 @@ def test_checkpoint_weights_for_another_model_are_summarised(tmp_path):
 def test_old_checkpoint_training_settings_do_not_stop_inference(tmp_path):
     """A checkpoint's config may hold training settings this release refuses (written by an
     older one): inference loads it; the fields inference reads are still checked."""
-    from fitted import fitted_checkpoint
+    from helpers.fitted import fitted_checkpoint
 
     path = fitted_checkpoint(tmp_path / "old.ckpt", steps=1)
     checkpoint = torch.load(path, weights_only=True)

@@ -16,11 +16,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from badinputs import png_bomb, run_cli
 from dermaseg.checkpoint import load_model
 from dermaseg.export.onnx import export_onnx
-from fitted import shared_fitted, synth_images
-from serving import Server
+from helpers.badinputs import png_bomb, run_cli
+from helpers.fitted import shared_fitted, synth_images
+from helpers.serving import Server
 
 TOKEN = "s3cret-token"
 

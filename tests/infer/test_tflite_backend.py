@@ -11,14 +11,14 @@ import httpx
 import numpy as np
 import pytest
 
-from badinputs import run_cli
 from dermaseg.config import Config
 from dermaseg.errors import DermasegError, UsageError
 from dermaseg.infer.predictor import Predictor
 from dermaseg.infer.tta import TTAConfig
 from dermaseg.model_meta import ModelMeta
-from fitted import shared_fitted, synth_images
-from serving import Server
+from helpers.badinputs import run_cli
+from helpers.fitted import shared_fitted, synth_images
+from helpers.serving import Server
 
 HAS_LITERT = importlib.util.find_spec("ai_edge_litert") is not None
 

@@ -13,8 +13,8 @@ from PIL import Image
 
 from dermaseg.checkpoint import load_model
 from dermaseg.export.onnx import export_onnx
-from fitted import shared_fitted, synth_images
-from serving import Server
+from helpers.fitted import shared_fitted, synth_images
+from helpers.serving import Server
 
 pytestmark = pytest.mark.browser
 CHROMIUM = os.environ.get("DERMASEG_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"

@@ -15,10 +15,10 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from badinputs import run_cli
 from dermaseg.cli import app
 from dermaseg.data.download import Unreachable, _receive, download_dataset, fetch, safe_extract
 from dermaseg.errors import DermasegError
+from helpers.badinputs import run_cli
 
 
 class RangeHandler(BaseHTTPRequestHandler):

@@ -1,0 +1,1 @@
+"""Helpers shared by the tests: data, fitted models, servers, bad inputs."""
