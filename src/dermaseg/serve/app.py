@@ -35,9 +35,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from dermaseg import __version__
 from dermaseg.errors import UsageError
-from dermaseg.infer.postprocess import PostprocessConfig
+from dermaseg.infer.postprocess import postprocess_config
 from dermaseg.infer.segment import SegmentOptions
-from dermaseg.infer.tta import TTAConfig
+from dermaseg.infer.tta import tta_config
 from dermaseg.model_meta import model_kind
 from dermaseg.serve.guard import Guard, Metrics, Slots
 from dermaseg.serve.schemas import (
@@ -217,10 +217,9 @@ class RequestOptions:
     min_area: int = Query(0, ge=0, le=10**9, description="remove regions under N pixels")
 
     def segment_options(self, describe: bool) -> SegmentOptions:
-        post = PostprocessConfig(largest_component=self.keep_largest,
-                                 fill_holes=self.fill_holes, min_area=self.min_area)
-        return SegmentOptions(None if post == PostprocessConfig() else post, describe=describe,
-                              pixel_size_mm=self.pixel_size_mm)
+        """What `segment` does for this request, built as `predict` builds it."""
+        post = postprocess_config(self.keep_largest, self.fill_holes, self.min_area, crf=False)
+        return SegmentOptions(post, describe=describe, pixel_size_mm=self.pixel_size_mm)
 
 
 async def _run(request: Request, uploads, options: RequestOptions, want_json: bool) -> list:
@@ -231,7 +230,7 @@ async def _run(request: Request, uploads, options: RequestOptions, want_json: bo
     if predictor is None:
         raise ApiError(503, "model not loaded yet; see /readyz")
     if options.tta:
-        predictor = predictor.with_tta(TTAConfig())
+        predictor = predictor.with_tta(tta_config(tta=True, scales=None))
     settings: ServeSettings = app.state.settings
     job = app.state.pool.submit(segment_images, predictor, uploads, settings.max_pixels,
                                 options.segment_options(want_json))
