@@ -54,10 +54,12 @@ def _check_container(path: Path) -> None:
 
 
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
-    """torch.load with weights_only=True: a file that would run code is refused.
+    """torch.load with weights_only=True: a file that would run code is refused, and so is
+    one whose weights or optimiser state hold NaN or infinite values (damaged bytes).
 
     Raises:
-        DermasegError: the file is missing, not a checkpoint, or contains pickled code.
+        DermasegError: the file is missing, not a checkpoint, contains pickled code, or is
+            damaged (non-finite tensors).
     """
     path = Path(path)
     if not path.exists():
@@ -76,7 +78,28 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
         raise DermasegError(f"{path}: not a readable checkpoint ({exc})") from exc
     if not isinstance(data, dict) or "state_dict" not in data or "dermaseg" not in data:
         raise DermasegError(f"{path}: not a dermaseg checkpoint (no 'state_dict'/'dermaseg')")
+    bad = non_finite_tensors({key: data.get(key) for key in FINITE_PARTS})
+    if bad:
+        shown = ", ".join(bad[:3]) + (", ..." if len(bad) > 3 else "")
+        raise DermasegError(f"{path}: damaged checkpoint: {len(bad)} tensor(s) hold NaN or "
+                            f"infinite values ({shown}); the file was corrupted, or saved "
+                            "from a run that diverged. Use another checkpoint")
     return data
+
+
+FINITE_PARTS = ("state_dict", "optimizer_states")  # Lightning's callback states may hold inf
+
+
+def non_finite_tensors(value: Any, name: str = "") -> list[str]:
+    """Names ("state_dict/conv.weight") of the floating-point tensors in nested dicts and
+    lists whose values are not all finite."""
+    if torch.is_tensor(value):
+        finite = not value.is_floating_point() or bool(torch.isfinite(value).all())
+        return [] if finite else [name]
+    items = value.items() if isinstance(value, dict) else (
+        enumerate(value) if isinstance(value, (list, tuple)) else ())
+    return [bad for key, inner in items
+            for bad in non_finite_tensors(inner, f"{name}/{key}" if name else str(key))]
 
 
 def model_state_dict(checkpoint: dict[str, Any]) -> dict[str, torch.Tensor]:

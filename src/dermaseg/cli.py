@@ -22,6 +22,8 @@ from dermaseg.commands import serve as serve_command
 from dermaseg.commands import train as train_command
 from dermaseg.commands.demo import demo
 from dermaseg.commands.doctor import doctor
+from dermaseg.commands.helpstyle import Group
+from dermaseg.commands.helpstyle import apply as apply_help_style
 from dermaseg.errors import DermasegError
 
 app = typer.Typer(
@@ -30,6 +32,7 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    cls=Group,
 )
 app.add_typer(data_commands.app, name="data")
 app.add_typer(recipes_commands.app, name="recipes")
@@ -43,6 +46,7 @@ app.command("evaluate")(evaluate_command.evaluate)
 app.command("compare")(compare_command.compare)
 app.command("export")(export_command.export)
 app.command("serve")(serve_command.serve)
+apply_help_style(app)  # listed in the order of the pipeline (helpstyle.COMMAND_ORDER)
 
 
 def _version(value: bool) -> None:

@@ -34,6 +34,7 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 Optimizer = Literal["adam", "adamw", "sgd"]
 Scheduler = Literal["plateau", "cosine", "poly", "none"]
 Place = Literal["auto", "loader", "device"]
+Tracker = Literal["tensorboard", "mlflow", "wandb"]
 # torch.compile's modes; reduce-overhead replays the model's kernels as CUDA graphs.
 CompileMode = Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"]
 OPTIMIZERS, SCHEDULERS, COMPILE_MODES = get_args(Optimizer), get_args(Scheduler), \
@@ -221,6 +222,13 @@ class TrainConfig(Section):
     checkpoint_every_minutes: float = Field(
         1.0, ge=0, description="but at most once per this many minutes (0: at every save "
         "point); always at the end of the run")
+    loggers: list[Tracker] = Field(
+        default_factory=list, description="experiment trackers that also receive the run "
+        "(each an extra: pip install 'dermaseg[tensorboard]'); see dermaseg.train.tracking")
+    tracking_uri: str | None = Field(None, description="MLflow tracking URI; null: a local "
+                                     "store in RUN_DIR/mlruns/")
+    experiment: str = Field("dermaseg", min_length=1, description="MLflow experiment and W&B "
+                            "project name")
 
 
 class Config(Section):

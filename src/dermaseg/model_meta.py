@@ -13,7 +13,7 @@ from typing import Any
 
 from dermaseg import __version__
 from dermaseg.config import INFERENCE_FIELDS, Config, config_from_dict
-from dermaseg.errors import DermasegError
+from dermaseg.errors import DermasegError, UsageError
 
 
 @dataclass
@@ -70,6 +70,19 @@ def folder_error(path: Path, what: str) -> DermasegError:
     return DermasegError(f"{path}: a folder, not a {what}; {hint}")
 
 
+MODEL_SUFFIXES = {".onnx": "onnx", ".tflite": "tflite"}  # anything else: a checkpoint
+
+
 def model_kind(path: str | Path) -> str:
     """"onnx", "tflite" or "torch" (a checkpoint), from the model file's suffix."""
-    return {".onnx": "onnx", ".tflite": "tflite"}.get(Path(path).suffix.lower(), "torch")
+    return MODEL_SUFFIXES.get(Path(path).suffix.lower(), "torch")
+
+
+def check_export_name(path: str | Path, kind: str) -> None:
+    """Raises UsageError unless `path` is named so that every command reads it as a `kind`
+    ("onnx" or "tflite") model: a model's kind is told by its suffix."""
+    if model_kind(path) != kind:
+        suffix = next(s for s, k in MODEL_SUFFIXES.items() if k == kind)
+        raise UsageError(f"-o {path}: an {kind.upper()} export is named *{suffix} (predict, "
+                         f"evaluate and serve tell a model by its suffix); e.g. -o "
+                         f"{Path(path).with_suffix(suffix).name}")

@@ -3,6 +3,7 @@ scorer; reports."""
 
 from __future__ import annotations
 
+import base64
 import csv
 import json
 import re
@@ -92,14 +93,18 @@ def test_report_files_exist_and_html_references_the_images(tmp_path):
     for name in ("metrics.csv", "metrics.json", "report.md", "report.html", "jaccard_hist.png"):
         assert (out / name).is_file(), name
     html = (out / "report.html").read_text()
-    sources = re.findall(r"<img src='([^']+)'", html)
-    assert "jaccard_hist.png" in sources and any(s.startswith("gallery/") for s in sources)
-    for source in sources:
-        with Image.open(out / source) as picture:
-            assert picture.format == "PNG"
+    pictures = re.findall(r"<img src='data:image/png;base64,([^']+)' data-file='([^']+)'", html)
+    files = [file for _, file in pictures]
+    assert "jaccard_hist.png" in files and any(f.startswith("gallery/") for f in files)
+    for data, file in pictures:  # self-contained: each picture is in the page itself
+        assert base64.b64decode(data) == (out / file).read_bytes()
+    assert "src='gallery" not in html and "src='jaccard" not in html
     assert "Threshold-Jaccard" in html and "ISIC_0000004" in html
+    assert "counted as 0 below 0.65" in html and "ground truth" in html  # definitions, legend
+    assert "Jaccard 0." in html and " J=" not in html
     markdown = (out / "report.md").read_text()
     assert "| Dice |" in markdown and "](jaccard_hist.png)" in markdown
+    assert "**Sensitivity**: TP / (TP + FN)" in markdown
 
 
 def _isic_inputs(synth_dir: Path, root: Path) -> tuple[Path, Path]:
@@ -242,7 +247,7 @@ def test_rewriting_a_report_replaces_the_old_gallery_pictures_only(tmp_path):
                                [])
     assert summary["images"] == 5
     html = (out / "report.html").read_text()
-    shown = {s.removeprefix("gallery/") for s in re.findall(r"<img src='(gallery/[^']+)'", html)}
+    shown = {s.removeprefix("gallery/") for s in re.findall(r"data-file='(gallery/[^']+)'", html)}
     assert {p.name for p in (out / "gallery").iterdir()} == shown | {"notes.txt"}
     assert mine.read_text() == "the user's own file"  # only dermaseg's thumbnails are replaced
     assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no staging folder left

@@ -140,7 +140,7 @@ def test_report_links_reach_the_gallery_pictures(tmp_path, image_id):
     write_evaluation(evaluate_folders(pred, truth, progress=False), out, "t", [])
     page = (out / "report.html").read_text()
     assert "<script>" not in page
-    sources = re.findall(r"<img src='(gallery/[^']+)'", page)
+    sources = re.findall(r"data-file='(gallery/[^']+)'", page)
     markdown = re.findall(r"\]\((gallery/[^)\s]+)\)", (out / "report.md").read_text())
     assert len(sources) == len(markdown) == 1
     for link in (html.unescape(sources[0]), markdown[0]):  # URL paths: '#', '?', ' ' encoded

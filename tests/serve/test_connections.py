@@ -133,8 +133,8 @@ def test_a_request_head_growing_over_the_limit_is_400(server):
 def _statuses(server: Server) -> dict[str, int]:
     text = httpx.get(f"{server.url}/metrics", timeout=5).text
     prefix = 'dermaseg_requests_total{endpoint="/v1/segment",status="'
-    return {line[len(prefix):][:3]: int(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-            if line.startswith(prefix)}
+    return {line[len(prefix):][:3]: int(float(line.rsplit(" ", 1)[1]))
+            for line in text.splitlines() if line.startswith(prefix)}
 
 
 def test_a_client_leaving_mid_upload_is_counted_as_499_not_500(server):

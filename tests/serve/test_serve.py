@@ -291,6 +291,7 @@ def test_probes_metrics_and_openapi(servers):
     assert 'dermaseg_requests_total{endpoint="/v1/segment",status="200"}' in text
     assert 'dermaseg_request_duration_seconds_bucket{endpoint="/v1/segment",le="+Inf"}' in text
     assert "dermaseg_model_ready 1" in text
+    assert "process_resident_memory_bytes" in text  # one worker: its own process metrics
     schema = httpx.get(f"{url}/openapi.json").json()
     assert {"/v1/segment", "/v1/segment/batch", "/readyz"} <= set(schema["paths"])
     assert httpx.get(f"{url}/docs").status_code == 200

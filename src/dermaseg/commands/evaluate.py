@@ -72,11 +72,16 @@ def _training_images_note(predictor, split: str) -> str | None:
     return None
 
 
-def _model_evaluation(model: str, data: Path, split: str, out: Path | None, post, tta: bool,
+def _report_folder(model: str, data: Path, split: str) -> Path:
+    """MODEL's folder / eval-SPLIT (eval-FOLDER for a raw pair folder)."""
+    prepared = (data / "manifest.json").is_file()
+    return _default_out(model, f"eval-{split}" if prepared else f"eval-{data.resolve().name}")
+
+
+def _model_evaluation(model: str, data: Path, split: str, out: Path, post, tta: bool,
                       batch_size: int, device: str, quiet: bool, overwrite: bool):
-    """(Evaluation, notes, report folder) of MODEL on a prepared split or a raw pair folder."""
+    """(Evaluation, notes) of MODEL on a prepared split or a raw pair folder."""
     from dermaseg.evaluation.evaluate import evaluate_model, source_items
-    from dermaseg.evaluation.files import check_output
     from dermaseg.infer.ensemble import describe_model, load_predictor
     from dermaseg.infer.tta import tta_config
 
@@ -84,9 +89,6 @@ def _model_evaluation(model: str, data: Path, split: str, out: Path | None, post
     predictor = load_predictor(model, device=device, tta=tta_config(tta, None),
                                batch_size=batch_size)
     prepared = (data / "manifest.json").is_file()
-    out = out or _default_out(model, f"eval-{split}" if prepared
-                              else f"eval-{data.resolve().name}")
-    check_output(out)
     notes = [describe_model(predictor, model),
              f"data: {data}" + (f" (split {split})" if prepared else ""),
              f"threshold {predictor.threshold}, TTA {'on' if tta else 'off'}, "
@@ -100,7 +102,7 @@ def _model_evaluation(model: str, data: Path, split: str, out: Path | None, post
         shown = ", ".join(p.name for p in unpaired[:5]) + (", ..." if len(unpaired) > 5 else "")
         notes.append(f"{len(unpaired)} image(s) without a mask not scored: {shown}")
         typer.echo(f"note: {notes[-1]} (see `dermaseg data check {data}`)", err=True)
-    return evaluate_model(predictor, items, post, progress=not quiet), notes, out
+    return evaluate_model(predictor, items, post, progress=not quiet), notes
 
 
 def evaluate(
@@ -139,27 +141,30 @@ def evaluate(
     """
     from dermaseg.evaluation.evaluate import evaluate_folders
     from dermaseg.evaluation.files import check_output, write_evaluation
+    from dermaseg.fileio import output_lock
 
     if (pred is None) != (truth is None):
         raise UsageError("--pred and --truth go together")
-    if pred is not None:
-        if model is not None or data is not None:
-            raise UsageError("give either MODEL --data DIR, or --pred and --truth, not both")
-        out = out or pred.parent / f"{pred.name}-eval"
-        check_output(out)
-        notes = [f"predictions: {pred}", f"truth: {truth}"]
-        _refuse_another_evaluation(out, notes, overwrite)
-        result = evaluate_folders(pred, truth, images, progress=not quiet)
-    else:
-        if model is None or data is None:
-            raise UsageError("give MODEL --data DIR, or --pred PRED --truth TRUTH")
-        from dermaseg.infer.postprocess import postprocess_config
+    if pred is not None and (model is not None or data is not None):
+        raise UsageError("give either MODEL --data DIR, or --pred and --truth, not both")
+    if pred is None and (model is None or data is None):
+        raise UsageError("give MODEL --data DIR, or --pred PRED --truth TRUTH")
+    out = out or (pred.parent / f"{pred.name}-eval" if pred is not None
+                  else _report_folder(model, data, split))
+    check_output(out)
+    with output_lock(out, "evaluation"):
+        if pred is not None:
+            notes = [f"predictions: {pred}", f"truth: {truth}"]
+            _refuse_another_evaluation(out, notes, overwrite)
+            result = evaluate_folders(pred, truth, images, progress=not quiet)
+        else:
+            from dermaseg.infer.postprocess import postprocess_config
 
-        post = postprocess_config(keep_largest, fill_holes, min_area, crf)
-        result, notes, out = _model_evaluation(model, data, split, out, post, tta,
-                                               batch_size, device, quiet, overwrite)
-    for warning in result.warnings:
-        notes.append(warning)
-        typer.echo(f"note: {warning}", err=True)
-    summary = write_evaluation(result, out, "dermaseg evaluation", notes)
+            post = postprocess_config(keep_largest, fill_holes, min_area, crf)
+            result, notes = _model_evaluation(model, data, split, out, post, tta, batch_size,
+                                              device, quiet, overwrite)
+        for warning in result.warnings:
+            notes.append(warning)
+            typer.echo(f"note: {warning}", err=True)
+        summary = write_evaluation(result, out, "dermaseg evaluation", notes)
     _print_overall(summary, out)

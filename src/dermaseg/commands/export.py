@@ -25,13 +25,18 @@ def _check_options(fmt: str, opset: int, exporter: str, calib_count: int) -> Non
 
 
 def _check_outputs(model: Path, output: Path, fmt: str, int8: bool, overwrite: bool) -> None:
-    """Refuse to write over the checkpoint, and over earlier files unless `overwrite`."""
+    """Refuse a name no command reads as this kind of model, to write over the checkpoint, and
+    over earlier files unless `overwrite`."""
     from dermaseg.export.int8 import int8_siblings
+    from dermaseg.model_meta import check_export_name
 
+    if output.resolve() == model.resolve():
+        raise UsageError(f"-o {output}: that is the checkpoint being exported")
+    if output.is_dir():
+        raise UsageError(f"{output}: a folder; -o takes the file to write")
+    check_export_name(output, fmt)
     paths = [output, *(int8_siblings(output) if int8 else ()),
              *([output.with_name(output.name + ".json")] if fmt == "tflite" else [])]
-    if any(path.resolve() == model.resolve() for path in paths):
-        raise UsageError(f"-o {output}: that is the checkpoint being exported")
     folders = [str(path) for path in paths if path.is_dir()]
     if folders:
         raise UsageError(f"{', '.join(folders)}: a folder; -o takes the file to write")
@@ -69,8 +74,7 @@ def export(
     being OUT's name without .onnx and .int8 (-o model.int8.onnx: model.fp32.onnx).
     Files already there are kept unless --overwrite.
     """
-    from dermaseg.checkpoint import load_model
-    from dermaseg.export.calibration import calibration_images
+    from dermaseg.fileio import output_lock
     from dermaseg.infer.ensemble import refuse_model_list
 
     refuse_model_list(model, "export")
@@ -85,8 +89,19 @@ def export(
 
         require_litert()  # before loading the model and making calibration images
     output = output or _default_output(model, fmt, int8)
-    _check_outputs(model, output, fmt, int8, overwrite)
     _check_options(fmt, opset, exporter, calib_count)
+    with output_lock(output.parent, "export", name=f".{output.name[:100]}.lock"):
+        _check_outputs(model, output, fmt, int8, overwrite)
+        _export(model, fmt, int8, calib, output, opset, exporter, calib_count, holdout,
+                per_tensor, repeats)
+
+
+def _export(model: Path, fmt: str, int8: bool, calib: Path | None, output: Path, opset: int,
+            exporter: str, calib_count: int, holdout: int, per_tensor: bool,
+            repeats: int) -> None:
+    from dermaseg.checkpoint import load_model
+    from dermaseg.export.calibration import calibration_images
+
     net, meta = load_model(model)
     images, source = calibration_images(calib, calib_count, meta.image_size)
     typer.echo(f"checking on {source}")

@@ -47,6 +47,7 @@ def serve(
     from dermaseg.infer.ensemble import refuse_model_list
     from dermaseg.serve.app import ServeSettings, check_token, load_predictor, settings_json
     from dermaseg.serve.connections import uvicorn_options
+    from dermaseg.serve.metrics import multiprocess_folder
 
     refuse_model_list(model, "serve")
     if workers < 1:
@@ -66,5 +67,6 @@ def serve(
         os.environ["DERMASEG_TOKEN"] = token
     typer.echo(f"serving {model} on http://{host}:{port}/ (API docs at /docs)"
                + (", bearer token required" if os.environ.get("DERMASEG_TOKEN") else ""))
-    uvicorn.run("dermaseg.serve.app:app_from_env", factory=True, host=host, port=port,
-                workers=workers, log_level=log_level, timeout_graceful_shutdown=5, **limits)
+    with multiprocess_folder(workers):  # one /metrics scrape sums all the workers
+        uvicorn.run("dermaseg.serve.app:app_from_env", factory=True, host=host, port=port,
+                    workers=workers, log_level=log_level, timeout_graceful_shutdown=5, **limits)

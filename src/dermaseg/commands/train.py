@@ -44,6 +44,22 @@ def _with_options(overrides: list[str], minutes: float | None, fold: int | None)
     return overrides
 
 
+def _with_trackers(overrides: list[str], loggers: list[str], tracking_uri: str | None,
+                   config) -> list[str]:
+    """--set overrides plus those --logger (added to train.loggers) and --tracking-uri mean."""
+    from dermaseg.train.tracking import TRACKERS
+
+    for name in loggers:
+        if name not in TRACKERS:
+            raise UsageError(f"--logger {name}: use {', '.join(TRACKERS)}")
+    if loggers:
+        names = list(dict.fromkeys([*config.train.loggers, *loggers]))
+        overrides = [*overrides, f"train.loggers=[{', '.join(names)}]"]
+    if tracking_uri is not None:
+        overrides = [*overrides, f"train.tracking_uri={json.dumps(tracking_uri)}"]
+    return overrides
+
+
 def train(
     config: Path | None = typer.Option(
         None, "--config", "-c", help="Recipe: a YAML file or a shipped recipe's name "
@@ -64,6 +80,12 @@ def train(
     fold: int | None = typer.Option(
         None, "--fold", help="Cross-validation: validate on fold K of a dataset prepared with "
         "--folds, train on the other folds (sets data.fold)."),
+    loggers: list[str] = typer.Option(
+        [], "--logger", help="Also send the run to an experiment tracker: tensorboard, mlflow "
+        "or wandb (repeatable; adds to train.loggers)."),
+    tracking_uri: str | None = typer.Option(
+        None, "--tracking-uri", help="MLflow tracking URI (default: a local store in "
+        "OUT/mlruns/; sets train.tracking_uri)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
     """Train DeepLab-v3 on a prepared dataset.
@@ -77,13 +99,20 @@ def train(
     --fold 2 trains on folds 0, 1, 3, 4 of `data prepare --folds 5` and validates on fold 2;
     `dermaseg cv-summary` then reads the fold runs.
 
+    --logger tensorboard (or mlflow, wandb) also sends the config, each epoch's metrics and the
+    run's curves and summary to that tracker (OUT/tensorboard/, OUT/mlruns/, OUT/wandb/).
+
     Several GPUs: --devices 4 (DDP); several machines: --num-nodes 2 on each machine.
     """
     from lightning.pytorch.utilities import rank_zero_only
 
     from dermaseg.train.runner import train as run_training
 
-    resolved = _resolve_config(config, out, _with_options(overrides, minutes, fold), resume)
+    overrides = _with_options(overrides, minutes, fold)
+    resolved = _resolve_config(config, out, overrides, resume)
+    if loggers or tracking_uri is not None:
+        overrides = _with_trackers(overrides, loggers, tracking_uri, resolved)
+        resolved = _resolve_config(config, out, overrides, resume)
     summary = run_training(resolved, data, out, resume=resume, devices=devices,
                            num_nodes=num_nodes, progress=not quiet)
     if rank_zero_only.rank != 0:  # DDP: one report, from rank 0

@@ -33,7 +33,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from dermaseg.data import stable_splits
+from dermaseg.data import stable_splits, staging
 from dermaseg.data.check import FIXABLE, check_mask, default_workers, mask_array, read_checked
 from dermaseg.data.discover import Pair, Problem, discover, display_path
 from dermaseg.data.splits import MANIFEST, SPLITS, check_folds, fold_counts, official_split
@@ -41,6 +41,7 @@ from dermaseg.errors import DermasegError, UsageError
 from dermaseg.fileio import (
     atomic_path,
     file_label,
+    output_lock,
     safe_child,
     to_rgb_array,
     write_json_atomic,
@@ -189,12 +190,13 @@ def _check_arguments(size: int, val: float, test: float) -> None:
         raise UsageError(f"--val {val} --test {test}: each must be in [0, 1) and their sum < 1")
 
 
-def _clean_temporaries(out: Path) -> None:
+def _clean_temporaries(*folders: Path) -> None:
     """Remove temp files an interrupted run left behind (the finished files are whole)."""
-    for folder in ("images", "masks", "meta", "."):
-        for leftover in (out / folder).glob(".*.tmp"):
-            with contextlib.suppress(OSError):
-                leftover.unlink()
+    for out in folders:
+        for folder in ("images", "masks", "meta", "."):
+            for leftover in (out / folder).glob(".*.tmp"):
+                with contextlib.suppress(OSError):
+                    leftover.unlink()
 
 
 def _run_all(todo: list[Pair], out: Path, size: int, workers: int, bar: tqdm
@@ -203,19 +205,24 @@ def _run_all(todo: list[Pair], out: Path, size: int, workers: int, bar: tqdm
     return parallel_map(work, todo, workers, bar, "prepare", serial_below=4)
 
 
-def _prepare_all(pairs: list[Pair], out: Path, size: int, workers: int, progress: bool
-                 ) -> tuple[list[PrepareResult], list[Pair]]:
-    """Results of every pair (reused when already prepared, else decoded) and those decoded."""
+def _prepare_all(pairs: list[Pair], out: Path, work: Path, size: int, workers: int,
+                 progress: bool) -> tuple[list[PrepareResult], list[Pair]]:
+    """Results of every pair (reused when already prepared in `out`, or staged in `work` by
+    an interrupted run, else decoded into `work`) and those decoded."""
     results, todo = [], []
     for pair in pairs:
         record = reusable_record(pair, out, size)
+        if record is not None and work != out:
+            _remove_item(work, pair.id)  # a staged copy would replace the one reused
+        elif work != out:
+            record = reusable_record(pair, work, size)
         if record is None:
             todo.append(pair)
         else:
             results.append(PrepareResult(pair, record, reused=True))
     with tqdm(total=len(pairs), initial=len(results), desc="preparing", unit="pair",
               disable=not progress) as bar:
-        results += _run_all(todo, out, size, workers, bar)
+        results += _run_all(todo, work, size, workers, bar)
     return results, todo
 
 
@@ -226,13 +233,13 @@ def _remove_item(out: Path, item_id: str) -> None:
             path.unlink()
 
 
-def _drop_duplicates(results: list[PrepareResult], out: Path,
+def _drop_duplicates(results: list[PrepareResult], work: Path,
                      earlier_ids: Container[str] = frozenset()) -> None:
     """Keep the first (by id) of prepared images with identical pixels, an item of the earlier
     split (`earlier_ids`) before a new one, so that a new copy of an earlier test image does not
     take its place and get drawn into train; the others get a duplicate_image problem and no
     record, so the same image never lands in two splits.
-    The files this run wrote for a dropped item are removed."""
+    The files this run wrote (into `work`) for a dropped item are removed."""
     first: dict[str, Pair] = {}
     for result in sorted(results, key=lambda r: (r.pair.id not in earlier_ids, r.pair.id)):
         if result.record is None:
@@ -243,7 +250,7 @@ def _drop_duplicates(results: list[PrepareResult], out: Path,
             result.problems.append(Problem("duplicate_image", result.pair.image, detail))
             result.record = None
             if not result.reused:
-                _remove_item(out, result.pair.id)
+                _remove_item(work, result.pair.id)
 
 
 def _manifest_item(record: dict, split: str) -> dict:
@@ -336,47 +343,54 @@ def prepare_dataset(
     Items of a manifest already in `out` (or in `split_from`, a prepared folder or manifest)
     keep their split and fold; `redraw_split` draws anew (see `dermaseg.data.stable_splits`).
 
+    The run holds OUT's lock (fileio.output_lock): a second run into OUT is refused. Into
+    a folder that already holds a dataset, the new arrays are staged and switched in at the
+    end (`dermaseg.data.staging`), so an interrupted run leaves the earlier dataset whole.
+
     Raises:
         UsageError: `root` is not a folder, a size/ratio is out of range, `folds` is below
             2 or above the number of non-test items, or `split_from` is not a prepared
             folder or manifest (nothing is written then).
         DermasegError: no pair found under `root`, no usable pair (nothing is written then),
-            or `out` cannot be written.
+            `out` cannot be written, or another process is writing there (FolderBusy).
     """
     start = time.perf_counter()
     _check_arguments(size, val, test)
     check_folds(folds)
     root, out = Path(root).absolute(), Path(out)
-    earlier, redrawn = stable_splits.earlier_split(out, split_from, redraw_split)
-    folds = stable_splits.wanted_folds(folds, earlier)
-    found = discover(root)
-    if not found.pairs:
-        raise DermasegError(f"{display_path(root)}: no image/mask pair found "
-                            "(expected NAME.jpg + NAME_segmentation.png, ISIC or PH2 layout)")
     created = not out.exists()
-    _clean_temporaries(out)
-    workers = workers or default_workers()
-    results, todo = _prepare_all(found.pairs, out, size, workers, progress)
-    earlier = stable_splits.follow_sources(
-        earlier, [r.pair for r in results],
-        {r.pair.id: r.record.get("hash") for r in results if r.record})
-    _drop_duplicates(results, out, earlier.splits if earlier else frozenset())
-    skipped = _skipped(found.problems, results)
-    if not any(result.record for result in results):
-        raise _no_usable_pair(found.root, out, created, skipped)
-    items, split, earlier = _split_items(results, found.root, val, test, seed,
-                                         keep_official_split, earlier)
-    split |= _add_folds(items, folds, seed, earlier, out, created)
-    manifest = {
-        "format": FORMAT, "size": size, "source": display_path(found.root),
-        "split": split | ({"redrawn": redrawn} if redrawn else {}),
-        "counts": {name: sum(item["split"] == name for item in items) for name in SPLITS},
-        **({"folds": folds} if folds is not None else {}),
-        "items": items, "skipped": skipped,
-        "run": {"decoded": len(todo), "reused": len(found.pairs) - len(todo),
-                "workers": workers, "seconds": round(time.perf_counter() - start, 3)},
-    }
-    write_json_atomic(out / MANIFEST, manifest)
+    with output_lock(out, "prepared dataset"):
+        staging.finish_switch(out)
+        earlier, redrawn = stable_splits.earlier_split(out, split_from, redraw_split)
+        folds = stable_splits.wanted_folds(folds, earlier)
+        found = discover(root)
+        if not found.pairs:
+            raise DermasegError(f"{display_path(root)}: no image/mask pair found (expected "
+                                "NAME.jpg + NAME_segmentation.png, ISIC or PH2 layout)")
+        work = staging.work_folder(out)
+        _clean_temporaries(out, work)
+        workers = workers or default_workers()
+        results, todo = _prepare_all(found.pairs, out, work, size, workers, progress)
+        earlier = stable_splits.follow_sources(
+            earlier, [r.pair for r in results],
+            {r.pair.id: r.record.get("hash") for r in results if r.record})
+        _drop_duplicates(results, work, earlier.splits if earlier else frozenset())
+        skipped = _skipped(found.problems, results)
+        if not any(result.record for result in results):
+            raise _no_usable_pair(found.root, out, created, skipped)
+        items, split, earlier = _split_items(results, found.root, val, test, seed,
+                                             keep_official_split, earlier)
+        split |= _add_folds(items, folds, seed, earlier, out, created)
+        manifest = {
+            "format": FORMAT, "size": size, "source": display_path(found.root),
+            "split": split | ({"redrawn": redrawn} if redrawn else {}),
+            "counts": {name: sum(item["split"] == name for item in items) for name in SPLITS},
+            **({"folds": folds} if folds is not None else {}),
+            "items": items, "skipped": skipped,
+            "run": {"decoded": len(todo), "reused": len(found.pairs) - len(todo),
+                    "workers": workers, "seconds": round(time.perf_counter() - start, 3)},
+        }
+        staging.commit(out, work, manifest)
     return manifest
 
 

@@ -8,7 +8,7 @@ Two entry points:
 
 Both are written to OUT by `dermaseg.evaluation.files.write_evaluation`: metrics.csv (one
 row per image), metrics.json (overall + per image), report.md, report.html, jaccard_hist.png
-and gallery/ (best and worst cases, truth in green, prediction in red); each mean has a 95 %
+and gallery/ (best and worst cases, truth in blue, prediction in orange); each mean has a 95 %
 percentile bootstrap interval over images (dermaseg.evaluation.stats). Per-image values and
 their macro average come from dermaseg.evaluation.metrics, which
 equals `isic-challenge-scoring` (masks are lesion where > 128).

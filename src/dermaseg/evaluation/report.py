@@ -1,11 +1,14 @@
 """Drawings and reports of an evaluation: overlays, the Jaccard histogram, the gallery, MD/HTML.
 
 Matplotlib runs with the Agg backend (no display needed); overlays are drawn with numpy/PIL.
-Colours: truth contour green, prediction contour red.
+Contours in the Okabe-Ito colours, told apart with every common colour-vision deficiency:
+truth blue, prediction orange. report.html is one self-contained file (its pictures embedded),
+to be sent as it is; report.md links the PNGs beside it.
 """
 
 from __future__ import annotations
 
+import base64
 import heapq
 import html
 import io
@@ -20,14 +23,15 @@ from PIL import Image
 from dermaseg.fileio import safe_child, write_bytes_atomic
 from dermaseg.infer.overlay import draw_overlay
 
-TRUTH_COLOUR = (40, 220, 40)
-PRED_COLOUR = (255, 40, 40)
+TRUTH_COLOUR = (0, 114, 178)  # Okabe-Ito blue
+PRED_COLOUR = (230, 159, 0)  # Okabe-Ito orange
+LEGEND = "blue: ground truth, orange: prediction"
 THUMB_SIDE = 256
 
 
 def thumbnail(image: np.ndarray, truth: np.ndarray | None, pred: np.ndarray,
               side: int = THUMB_SIDE) -> np.ndarray:
-    """A small overlay (longest side `side`): truth in green, prediction in red."""
+    """A small overlay (longest side `side`): truth in blue, prediction in orange."""
     height, width = pred.shape
     scale = min(1.0, side / max(height, width))
     size = (max(1, round(width * scale)), max(1, round(height * scale)))
@@ -143,6 +147,20 @@ LABELS = {
 }
 
 
+# What each metric is, for the reader of a report (A: predicted lesion, B: true lesion, per
+# image; TP, FP, FN, TN: pixel counts).
+DEFINITIONS = {
+    "dice": "2|A ∩ B| / (|A| + |B|): overlap, 1 = identical",
+    "jaccard": "|A ∩ B| / |A ∪ B| (intersection over union)",
+    "threshold_jaccard": "the Jaccard index, counted as 0 below 0.65 (a failed image), then "
+                         "averaged: the ISIC 2018 challenge's ranking score",
+    "sensitivity": "TP / (TP + FN): share of the lesion found",
+    "specificity": "TN / (TN + FP): share of the skin left out",
+    "accuracy": "(TP + TN) / all pixels",
+    "precision": "TP / (TP + FP): share of the predicted lesion that is lesion",
+}
+
+
 def ci_text(ci95: dict[str, list[float]] | None, name: str) -> str:
     """'0.8901-0.9113', the 95 % interval of metric `name`'s mean; '-' without one."""
     return "-" if ci95 is None else f"{ci95[name][0]:.4f}-{ci95[name][1]:.4f}"
@@ -164,7 +182,8 @@ def write_reports(out: Path, title: str, per_image: dict[str, dict[str, float]],
                   overall: dict[str, float], histogram: str, gallery: dict[str, list[dict]],
                   notes: Sequence[str] = (), ci95: dict[str, list[float]] | None = None,
                   ) -> None:
-    """report.md and report.html in `out`, linking the histogram and gallery PNGs (relative).
+    """report.md in `out`, linking the histogram and gallery PNGs (relative), and
+    report.html with them embedded.
 
     `ci95`: metric -> [low, high] bootstrap interval of the mean (None: none, e.g. 1 image).
     """
@@ -174,15 +193,16 @@ def write_reports(out: Path, title: str, per_image: dict[str, dict[str, float]],
           "| metric | mean | 95% CI | median | min |", "|---|---:|---:|---:|---:|"]
     md += [f"| {label} | {mean:.4f} | {ci} | {med:.4f} | {low:.4f} |"
            for label, mean, ci, med, low in rows]
+    md += ["", *[f"- **{LABELS[name]}**: {md_text(text)}" for name, text in DEFINITIONS.items()]]
     md += ["", f"![Per-image Jaccard]({histogram})", ""]
     for group in (g for g in ("best", "worst") if gallery[g]):
-        md += [f"## {group.capitalize()} cases (green: truth, red: prediction)", ""]
-        md += [f"![{md_text(e['id'])} J={e['jaccard']:.3f}]({quote(e['file'])}) "
-               f"{md_text(e['id'])} J={e['jaccard']:.3f}" for e in gallery[group]]
+        md += [f"## {group.capitalize()} cases ({LEGEND})", ""]
+        md += [f"![{md_text(e['id'])} Jaccard {e['jaccard']:.3f}]({quote(e['file'])}) "
+               f"{md_text(e['id'])} Jaccard {e['jaccard']:.3f}" for e in gallery[group]]
         md.append("")
     write_bytes_atomic(out / "report.md", "\n".join(md).encode())
-    write_bytes_atomic(out / "report.html", _html(title, rows, per_image, histogram, gallery,
-                                                  notes, ci95).encode())
+    page = _html(out, title, rows, per_image, histogram, gallery, notes, ci95)
+    write_bytes_atomic(out / "report.html", page.encode())
 
 
 def _images(count: int) -> str:
@@ -201,28 +221,49 @@ def md_text(text: str) -> str:
     return "".join(f"\\{c}" if c in "\\`*[]" else c for c in html.escape(text))
 
 
-def _html(title, rows, per_image, histogram, gallery, notes, ci95=None) -> str:
+def embedded_png(path: Path) -> str:
+    """A PNG file as a data: URI, for a page that carries its own pictures."""
+    return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode("ascii")
+
+
+def _picture(out: Path, file: str, alt: str) -> str:
+    """<img> of the PNG out/file, embedded; `data-file` names the file beside the report."""
+    esc = html.escape
+    return (f"<img src='{embedded_png(out / file)}' data-file='{esc(quote(file))}' "
+            f"alt='{esc(alt)}'>")
+
+
+def _legend() -> str:
+    swatch = "<span style='display:inline-block;width:2em;height:0.5em;background:rgb{}'></span>"
+    return (f"<p>{swatch.format(TRUTH_COLOUR)} ground truth &nbsp; "
+            f"{swatch.format(PRED_COLOUR)} prediction</p>")
+
+
+STYLE = ("body{font-family:sans-serif;max-width:1100px;margin:auto}"
+         "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:4px 10px;"
+         "text-align:right}td:first-child{text-align:left}"
+         "figure{display:inline-block;margin:6px;text-align:center}dt{font-weight:bold}")
+
+
+def _html(out, title, rows, per_image, histogram, gallery, notes, ci95=None) -> str:
     esc = html.escape
     table = "".join(f"<tr><td>{esc(label)}</td><td>{mean:.4f}</td><td>{ci}</td>"
                     f"<td>{med:.4f}</td><td>{low:.4f}</td></tr>"
                     for label, mean, ci, med, low in rows)
+    definitions = "".join(f"<dt>{esc(LABELS[name])}</dt><dd>{esc(text)}</dd>"
+                          for name, text in DEFINITIONS.items())
     parts = [
         "<!doctype html><html><head><meta charset='utf-8'>",
-        f"<title>{esc(title)}</title><style>body{{font-family:sans-serif;max-width:1100px;"
-        "margin:auto}table{border-collapse:collapse}td,th{border:1px solid #ccc;"
-        "padding:4px 10px;text-align:right}td:first-child{text-align:left}"
-        "figure{display:inline-block;margin:6px;text-align:center}</style></head><body>",
+        f"<title>{esc(title)}</title><style>{STYLE}</style></head><body>",
         f"<h1>{esc(title)}</h1>", *[f"<p>{esc(n)}</p>" for n in notes],
         f"<p>{_images(len(per_image))}. {esc(_about_means(ci95))}</p>",
         "<table><tr><th>metric</th><th>mean</th><th>95% CI</th><th>median</th><th>min</th>"
-        "</tr>",
-        table, "</table>",
-        f"<h2>Per-image Jaccard</h2><img src='{esc(histogram)}' alt='Jaccard histogram'>",
+        "</tr>", table, "</table>", f"<dl>{definitions}</dl>",
+        f"<h2>Per-image Jaccard</h2>{_picture(out, histogram, 'Jaccard histogram')}",
     ]
     for group in (g for g in ("best", "worst") if gallery[g]):
-        parts.append(f"<h2>{group.capitalize()} cases</h2><p>green: truth, red: prediction</p>")
-        parts += [f"<figure><img src='{esc(quote(e['file']))}' alt='{esc(e['id'])}'><figcaption>"
-                  f"{esc(e['id'])} J={e['jaccard']:.3f}</figcaption></figure>"
-                  for e in gallery[group]]
+        parts += [f"<h2>{group.capitalize()} cases</h2>", _legend()]
+        parts += [f"<figure>{_picture(out, e['file'], e['id'])}<figcaption>{esc(e['id'])} "
+                  f"Jaccard {e['jaccard']:.3f}</figcaption></figure>" for e in gallery[group]]
     parts.append("</body></html>\n")
     return "\n".join(parts)

@@ -18,6 +18,8 @@ rewritten. predict never writes beside masks it did not write (no predict.json: 
 truth, say), and OUT never holds masks of two settings: a rerun with other settings is refused
 unless `overwrite` redoes every mask there (the extras it does not redo are removed).
 Several processes split the list with `shard=(i, n)`: image k goes to process k mod n.
+A run holds a lock on OUT (fileio.output_lock; shards share it): a second run into the same
+OUT is refused while the first is writing.
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ from dermaseg.data.discover import IMAGE_SUFFIXES, MASK_STEM, display_path
 from dermaseg.errors import DermasegError, UsageError
 from dermaseg.fileio import (
     name_problem,
+    output_lock,
     read_rgb,
     read_rgb_reduced,
     safe_child,
@@ -349,12 +352,17 @@ def gather_measurements(out: Path) -> None:
 
 def predict_files(predictor, files: list[Path], out: Path, options: PredictOptions,
                   shard: tuple[int, int] = (0, 1)) -> PredictSummary:
-    """Predict every file of this shard into `out`; see the module docstring for the layout."""
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise DermasegError(f"{display_path(out)}: cannot create the output folder "
-                            f"({exc.strerror or exc})") from exc
+    """Predict every file of this shard into `out`; see the module docstring for the layout.
+
+    Raises:
+        FolderBusy: another predict (not a shard of this one) is writing into `out`.
+    """
+    with output_lock(out, "masks", shared=shard[1] > 1):
+        return _predict_into(predictor, files, out, options, shard)
+
+
+def _predict_into(predictor, files: list[Path], out: Path, options: PredictOptions,
+                  shard: tuple[int, int]) -> PredictSummary:
     if shard[1] == 1:  # temp files of a killed run (with shards, they may be another's)
         for leftover in [*out.glob(".*.tmp"), *out.glob("*/.*.tmp")]:
             leftover.unlink(missing_ok=True)

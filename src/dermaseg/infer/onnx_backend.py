@@ -35,7 +35,8 @@ def check_onnx(path: str | os.PathLike) -> ModelMeta:
 
     Raises:
         DermasegError: naming the file: missing, not ONNX, invalid graph, wrong input/output
-            names or ranks, missing or malformed metadata.
+            names or ranks, weights that are not finite (damaged), missing or malformed
+            metadata.
     """
     import onnx
 
@@ -50,6 +51,7 @@ def check_onnx(path: str | os.PathLike) -> ModelMeta:
     except Exception as exc:  # protobuf DecodeError and friends
         raise DermasegError(f"{path}: not an ONNX file ({type(exc).__name__})") from exc
     _check_io(path, proto)
+    _check_finite(path, proto)
     props = {p.key: p.value for p in proto.metadata_props}
     if META_KEY not in props:
         raise DermasegError(f"{path}: no '{META_KEY}' metadata; export it with `dermaseg export`")
@@ -75,6 +77,23 @@ def _check_io(path: Path, proto) -> None:
             raise DermasegError(f"{path}: '{name}' must have rank {rank}")
     if len(inputs) != 1:
         raise DermasegError(f"{path}: expected one input ('image'), found {', '.join(inputs)}")
+
+
+FLOAT_TYPES = (1, 10, 11)  # TensorProto FLOAT, FLOAT16, DOUBLE
+
+
+def _check_finite(path: Path, proto) -> None:
+    """Raises DermasegError naming the floating-point weights (initializers stored in the
+    file) that hold NaN or infinite values."""
+    from onnx import TensorProto, numpy_helper
+
+    bad = [init.name for init in proto.graph.initializer
+           if init.data_type in FLOAT_TYPES and init.data_location != TensorProto.EXTERNAL
+           and not np.isfinite(numpy_helper.to_array(init)).all()]
+    if bad:
+        shown = ", ".join(bad[:3]) + (", ..." if len(bad) > 3 else "")
+        raise DermasegError(f"{path}: damaged model: {len(bad)} weight tensor(s) hold NaN or "
+                            f"infinite values ({shown}); export it again from its checkpoint")
 
 
 def onnx_session(path: str | os.PathLike, threads: int | None = None, spin: bool = True):

@@ -39,7 +39,8 @@ from dermaseg.infer.postprocess import postprocess_config
 from dermaseg.infer.segment import SegmentOptions
 from dermaseg.infer.tta import tta_config
 from dermaseg.model_meta import model_kind
-from dermaseg.serve.guard import Guard, Metrics, Slots
+from dermaseg.serve.guard import Guard, Slots
+from dermaseg.serve.metrics import Metrics
 from dermaseg.serve.schemas import (
     BatchItem,
     BatchResponse,
@@ -158,8 +159,8 @@ def create_app(settings: ServeSettings) -> FastAPI:
         UsageError: a setting out of range or a backend that does not fit the file.
     """
     settings.check()
-    slots = Slots(settings.max_concurrency)
     metrics = Metrics(ENDPOINTS)
+    slots = Slots(settings.max_concurrency, metrics.in_flight)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -169,8 +170,10 @@ def create_app(settings: ServeSettings) -> FastAPI:
         app.state.predictor = await loop.run_in_executor(app.state.pool, load_predictor, settings)
         app.state.model_info = model_info(app.state.predictor, settings)
         log.info("model %s loaded", app.state.model_info.name)
+        metrics.ready.set(1)
         yield
         app.state.pool.shutdown(wait=False, cancel_futures=True)
+        metrics.close()
 
     app = FastAPIOffline(title="dermaseg", version=__version__, lifespan=lifespan,
                          static_url="/static/docs",
@@ -315,11 +318,11 @@ def _add_status_routes(app: FastAPI) -> None:
         return Ready(ready=True, model=app.state.model_info)
 
     @app.get("/metrics", response_class=PlainTextResponse)
-    async def metrics():
-        """Prometheus text format: requests by endpoint/status, latency histograms."""
-        slots = app.state.slots
-        text = app.state.metrics.render(slots.total - slots.free, app.state.predictor is not None)
-        return PlainTextResponse(text, media_type="text/plain; version=0.0.4")
+    async def metrics(request: Request):
+        """Prometheus text format (OpenMetrics on request): requests by endpoint and status,
+        latency histograms, inference time, process metrics; summed over all workers."""
+        body, content_type = app.state.metrics.exposition(request.headers.get("accept", ""))
+        return Response(body, media_type=content_type)
 
     @app.get("/", include_in_schema=False)
     async def index():

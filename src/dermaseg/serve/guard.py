@@ -1,7 +1,7 @@
 """The server's front door (a plain ASGI middleware): metrics, auth, admission, body size.
 
-For every HTTP request it records the count by endpoint and status and the latency (exposed at
-/metrics in the Prometheus text format); a client that left before any response is counted as
+For every HTTP request it records the count by endpoint and status and the latency
+(`dermaseg.serve.metrics`, exposed at /metrics); a client that left before any response is counted as
 status 499 (DISCONNECTED), as nginx does, not as a server error. For the API paths
 (/v1/...) it also, in this order:
 
@@ -23,11 +23,12 @@ import hmac
 import json
 import threading
 import time
-from collections import defaultdict
 
 from fastapi import HTTPException
+from prometheus_client import Gauge
 
-LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+from dermaseg.serve.metrics import Metrics
+
 API_PREFIX = "/v1/"
 UPLOADS_PER_SLOT = 4
 # The status counted for a request whose client closed the connection before any response
@@ -42,11 +43,13 @@ class BodyTooLarge(HTTPException):
 
 
 class Slots:
-    """A counter of free request slots; try_acquire never waits. Thread-safe."""
+    """A counter of free request slots; try_acquire never waits. Thread-safe. `in_use`, a
+    gauge (prometheus_client's), is kept equal to the slots taken."""
 
-    def __init__(self, total: int) -> None:
+    def __init__(self, total: int, in_use: Gauge | None = None) -> None:
         self.total = total
         self.free = total
+        self.in_use = in_use
         self._lock = threading.Lock()
 
     def try_acquire(self) -> bool:
@@ -54,11 +57,17 @@ class Slots:
             if self.free == 0:
                 return False
             self.free -= 1
+            self._show()
             return True
 
     def release(self) -> None:
         with self._lock:
             self.free = min(self.total, self.free + 1)
+            self._show()
+
+    def _show(self) -> None:
+        if self.in_use is not None:
+            self.in_use.set(self.total - self.free)
 
     def release_after(self, jobs: list) -> None:
         """Release once every concurrent.futures.Future in `jobs` is done."""
@@ -78,67 +87,6 @@ class Slots:
 
         for job in pending:
             job.add_done_callback(finished)
-
-
-class Metrics:
-    """Request counts by (endpoint, status) and latency histograms by endpoint."""
-
-    def __init__(self, endpoints: set[str]) -> None:
-        self.endpoints = endpoints
-        self.counts: dict[tuple[str, int], int] = defaultdict(int)
-        self.buckets: dict[str, list[int]] = defaultdict(lambda: [0] * len(LATENCY_BUCKETS))
-        self.sums: dict[str, float] = defaultdict(float)
-        self.totals: dict[str, int] = defaultdict(int)
-        self.inference: list[float] = [0.0, 0.0]  # seconds, images
-        self._lock = threading.Lock()
-
-    def label(self, path: str) -> str:
-        return path if path in self.endpoints else "other"
-
-    def observe(self, path: str, status: int, seconds: float) -> None:
-        endpoint = self.label(path)
-        with self._lock:
-            self.counts[(endpoint, status)] += 1
-            self.sums[endpoint] += seconds
-            self.totals[endpoint] += 1
-            row = self.buckets[endpoint]
-            for index, bound in enumerate(LATENCY_BUCKETS):
-                if seconds <= bound:
-                    row[index] += 1
-
-    def observe_inference(self, seconds: float, images: int) -> None:
-        with self._lock:
-            self.inference[0] += seconds
-            self.inference[1] += images
-
-    def render(self, in_flight: int, ready: bool) -> str:
-        """The Prometheus text exposition format (version 0.0.4)."""
-        out = ["# HELP dermaseg_requests_total HTTP requests by endpoint and status code.",
-               "# TYPE dermaseg_requests_total counter"]
-        with self._lock:
-            for (endpoint, status), count in sorted(self.counts.items()):
-                out.append(f'dermaseg_requests_total{{endpoint="{endpoint}",status="{status}"}} '
-                           f"{count}")
-            out += ["# HELP dermaseg_request_duration_seconds Request latency by endpoint.",
-                    "# TYPE dermaseg_request_duration_seconds histogram"]
-            for endpoint in sorted(self.totals):
-                name, label = "dermaseg_request_duration_seconds", f'endpoint="{endpoint}"'
-                for bound, count in zip(LATENCY_BUCKETS, self.buckets[endpoint], strict=True):
-                    out.append(f'{name}_bucket{{{label},le="{bound}"}} {count}')
-                out.append(f'{name}_bucket{{{label},le="+Inf"}} {self.totals[endpoint]}')
-                out.append(f"{name}_sum{{{label}}} {self.sums[endpoint]:.6f}")
-                out.append(f"{name}_count{{{label}}} {self.totals[endpoint]}")
-            seconds, images = self.inference
-        out += ["# HELP dermaseg_inference_seconds_total Model time spent, all images.",
-                "# TYPE dermaseg_inference_seconds_total counter",
-                f"dermaseg_inference_seconds_total {seconds:.6f}",
-                "# HELP dermaseg_images_total Images segmented.",
-                "# TYPE dermaseg_images_total counter", f"dermaseg_images_total {int(images)}",
-                "# HELP dermaseg_in_flight API requests being served now.",
-                "# TYPE dermaseg_in_flight gauge", f"dermaseg_in_flight {in_flight}",
-                "# HELP dermaseg_model_ready 1 when the model is loaded.",
-                "# TYPE dermaseg_model_ready gauge", f"dermaseg_model_ready {int(ready)}"]
-        return "\n".join(out) + "\n"
 
 
 async def send_json(send, status: int, detail: str, headers: list | None = None) -> None:

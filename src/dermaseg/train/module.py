@@ -3,7 +3,8 @@
 Batches are (images (N, 3, H, W), masks (N, 1, H, W) in {0, 1}, indices (N,)). Logged per
 epoch: `train_loss` (the module's running mean, see `pop_train_loss`), `val_loss` and
 `val_<metric>` for every metric of `dermaseg.train.torch_metrics.SegmentationMetrics`
-(`val_iou` is the Jaccard index). Checkpoints carry {"dermaseg": ModelMeta dict} for
+(`val_iou` is the Jaccard index); not sent to experiment trackers (`dermaseg.train.tracking`
+sends the metrics.csv rows). Checkpoints carry {"dermaseg": ModelMeta dict} for
 `dermaseg.checkpoint` and the global RNG state for an exact resume; no pickled
 objects, no hyper-parameters.
 """
@@ -119,7 +120,7 @@ class SegmentationModule(L.LightningModule):
         self.train_loss_avg.update(total.detach(), weight=weight)
         # not prog_bar: Lightning would read it on the host at every step (a sync); the bar
         # shows it through callbacks.TimedLossBar
-        self.log("loss", total.detach(), on_step=True, on_epoch=False,
+        self.log("loss", total.detach(), on_step=True, on_epoch=False, logger=False,
                  batch_size=images.shape[0])
         return total
 
@@ -128,7 +129,7 @@ class SegmentationModule(L.LightningModule):
         logits = self.model(images)
         loss, _ = self.val_criterion(logits, masks)
         self.val_metrics.update(logits, masks)
-        self.log("val_loss", loss, on_epoch=True, prog_bar=True, sync_dist=True,
+        self.log("val_loss", loss, on_epoch=True, prog_bar=True, sync_dist=True, logger=False,
                  batch_size=images.shape[0])
 
     def on_validation_epoch_end(self) -> None:
@@ -136,7 +137,7 @@ class SegmentationModule(L.LightningModule):
         self.val_metrics.reset()
         for name, value in values.items():  # the same on every process: sync is a no-op mean
             self.log(f"val_{LOG_NAMES.get(name, name)}", value.float(),
-                     prog_bar=name == "dice", sync_dist=True)
+                     prog_bar=name == "dice", sync_dist=True, logger=False)
 
     def pop_train_loss(self) -> float:
         """Mean training loss since the last call (over every process), then start afresh."""

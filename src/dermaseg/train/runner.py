@@ -3,7 +3,8 @@
 RUN_DIR receives config.yaml (resolved), best.ckpt (highest val Dice; weights and metadata),
 last.ckpt (the whole state for --resume: at epoch ends and every `train.checkpoint_every_steps`
 steps, at most once per `train.checkpoint_every_minutes`, and at the end), metrics.csv,
-curves.png and summary.json.
+curves.png and summary.json; with `train.loggers`, also what those trackers write
+(`dermaseg.train.tracking`).
 
 Precision: `train.precision=auto` is bf16 autocast on CUDA, fp32 on CPU; channels_last
 applies on GPU; `torch.compile` (`train.compile`) wherever it is asked for (made for a GPU).
@@ -26,6 +27,7 @@ import os
 import sys
 import time
 import warnings
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +42,7 @@ from dermaseg.config import Config, load_config, save_config
 from dermaseg.data.dataset import read_manifest
 from dermaseg.data.splits import split_fingerprint
 from dermaseg.errors import DermasegError, UsageError
-from dermaseg.fileio import write_json_atomic
+from dermaseg.fileio import output_lock, write_json_atomic
 from dermaseg.train.callbacks import (
     AtomicCheckpointIO,
     LastCheckpoint,
@@ -52,6 +54,7 @@ from dermaseg.train.callbacks import (
 from dermaseg.train.datamodule import SegmentationDataModule
 from dermaseg.train.history import History, summarize
 from dermaseg.train.module import SegmentationModule
+from dermaseg.train.tracking import Tracking, build_loggers, check_trackers, log_outcome
 
 PRECISIONS = {"32": "32-true", "bf16": "bf16-mixed", "16": "16-mixed"}
 
@@ -188,20 +191,24 @@ def build_callbacks(config: Config, out_dir: Path) -> list[Callback]:
     ]
     if t.max_minutes is not None:
         callbacks.insert(1, TimeBudget(t.max_minutes))
+    if t.loggers:  # after History: it sends the row History has just added
+        callbacks.insert(1, Tracking(config, out_dir, callbacks[0]))
     return callbacks
 
 
 def build_trainer(config: Config, out_dir: Path, devices: str | int | None = None,
                   num_nodes: int | None = None, callbacks: list[Callback] | None = None,
-                  progress: bool = True) -> L.Trainer:
-    """A Trainer for this config: precision, devices/DDP, callbacks, atomic checkpoints.
+                  progress: bool = True, resume: bool = False) -> L.Trainer:
+    """A Trainer for this config: precision, devices/DDP, callbacks, atomic checkpoints, the
+    experiment trackers of train.loggers (continuing the run's own when `resume`).
 
     Raises:
         UsageError: bad --devices / --num-nodes, or a setup Lightning refuses.
     """
     devices_arg, count, nodes = resolve_processes(config, devices, num_nodes)
     try:
-        return _trainer(config, out_dir, devices_arg, count, nodes, callbacks, progress)
+        return _trainer(config, out_dir, devices_arg, count, nodes, callbacks, progress,
+                        build_loggers(config, out_dir, resume))
     except MisconfigurationException as exc:  # e.g. more devices asked than present
         raise UsageError(f"cannot set up training: {exc}") from exc
 
@@ -230,7 +237,7 @@ def _strategy(config: Config, processes: int) -> str | DDPStrategy:
 
 
 def _trainer(config: Config, out_dir: Path, devices: int | str, count: int, nodes: int,
-             callbacks: list[Callback] | None, progress: bool) -> L.Trainer:
+             callbacks: list[Callback] | None, progress: bool, loggers: list) -> L.Trainer:
     on_gpu = torch.cuda.is_available()
     if on_gpu:  # fp32 matmuls may use TF32, as cuDNN convolutions already do by default
         torch.set_float32_matmul_precision("high")
@@ -242,7 +249,7 @@ def _trainer(config: Config, out_dir: Path, devices: int | str, count: int, node
         precision=resolve_precision(config.train.precision, on_gpu),
         max_epochs=config.train.max_epochs, check_val_every_n_epoch=config.train.val_every,
         callbacks=build_callbacks(config, out_dir) + list(callbacks or []) + lines,
-        plugins=[AtomicCheckpointIO()], logger=False, default_root_dir=out_dir,
+        plugins=[AtomicCheckpointIO()], logger=loggers or False, default_root_dir=out_dir,
         use_distributed_sampler=False, num_sanity_val_steps=0,
         enable_progress_bar=bar, enable_model_summary=False, log_every_n_steps=1,
         # cuDNN's benchmark mode stays off: on an H200 it made bf16 channels_last steps 1.7x
@@ -270,10 +277,22 @@ def train(config: Config, data_dir: str | os.PathLike, out_dir: str | os.PathLik
 
     Raises:
         UsageError: missing data folder, or a run folder in the wrong state for `resume`.
-        DermasegError: invalid config values, unreadable data, non-finite losses.
+        DermasegError: invalid config values, unreadable data, non-finite losses, a damaged
+            last.ckpt, or another process writing into `out_dir` (FolderBusy).
     """
     data_dir, out_dir = Path(data_dir), Path(out_dir)
+    # DDP: the processes Lightning starts for the other ranks write into the folder rank 0 holds
+    locked = output_lock(out_dir, "training run") if rank_zero_only.rank == 0 else nullcontext()
+    with locked:
+        return _train(config, data_dir, out_dir, resume, devices, num_nodes, callbacks,
+                      progress)
+
+
+def _train(config: Config, data_dir: Path, out_dir: Path, resume: bool,
+           devices: str | int | None, num_nodes: int | None, callbacks: list[Callback] | None,
+           progress: bool) -> dict[str, Any]:
     ckpt_path = _check_paths(data_dir, out_dir, resume)
+    check_trackers(config.train.loggers)
     _, count, nodes = resolve_processes(config, devices, num_nodes)
     datamodule = SegmentationDataModule(config, data_dir, world_size=count * nodes)
     datamodule.setup("fit")  # bad data is refused before the run folder is written
@@ -289,7 +308,7 @@ def train(config: Config, data_dir: str | os.PathLike, out_dir: str | os.PathLik
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
     if datamodule.gather_on_device:  # the loader yields indices alone: no workers needed
         warnings.filterwarnings("ignore", message="The 'train_dataloader' does not have many")
-    trainer = build_trainer(config, out_dir, devices, num_nodes, callbacks, progress)
+    trainer = build_trainer(config, out_dir, devices, num_nodes, callbacks, progress, resume)
     _notes(config, count)
     if trainer.is_global_zero:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -298,7 +317,10 @@ def train(config: Config, data_dir: str | os.PathLike, out_dir: str | os.PathLik
             write_json_atomic(out_dir / DATA_RECORD, data_identity(data_dir))
     start = time.perf_counter()
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
-    return _finish(trainer, config, out_dir, time.perf_counter() - start, data_dir)
+    summary = _finish(trainer, config, out_dir, time.perf_counter() - start, data_dir)
+    if trainer.is_global_zero and trainer.loggers:
+        log_outcome(trainer.loggers, out_dir, summary)
+    return summary
 
 
 def _notes(config: Config, processes: int) -> None:

@@ -1,0 +1,97 @@
+"""How `--help` reads: each docstring paragraph reflows to the terminal's width (Typer keeps
+the source's line breaks, which cut sentences in two at 80 columns), flags without a `<bool>`
+type, arguments in the usage line as NAME and [NAME] (click's convention, not `{name}`), and
+commands in the order of the pipeline. Used by `dermaseg.cli` alone: not a command."""
+
+from __future__ import annotations
+
+import inspect
+import re
+
+from typer.core import TyperCommand, TyperGroup
+
+# The order `--help` lists a group's commands in; a command not named here comes last.
+COMMAND_ORDER = {
+    "dermaseg": ("data", "plan", "train", "cv-summary", "evaluate", "compare", "predict",
+                 "export", "serve", "demo", "doctor", "recipes"),
+    "data": ("check", "prepare", "synth", "download"),
+}
+# A line that starts its own line in the help: a list item or an indented example.
+OWN_LINE = re.compile(r"^(\s|[-*] |\d+[.)] )")
+
+
+def reflow(text: str | None) -> str | None:
+    """`text` with every paragraph's lines joined into one (list items and indented lines
+    keep theirs), so the help renderer wraps it at the terminal's width."""
+    if not text:
+        return text
+    paragraphs = []
+    for paragraph in inspect.cleandoc(text).split("\n\n"):
+        lines: list[str] = []
+        for line in paragraph.split("\n"):
+            if lines and not OWN_LINE.match(line) and line.strip():
+                lines[-1] = f"{lines[-1]} {line.strip()}"
+            else:
+                lines.append(line.rstrip())
+        paragraphs.append("\n".join(lines))
+    return "\n\n".join(paragraphs)
+
+
+class Command(TyperCommand):
+    """A command whose help reflows, whose flags show no type and whose arguments read as
+    NAME in the usage line and the Arguments panel."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        kwargs["help"] = reflow(kwargs.get("help"))
+        super().__init__(*args, **kwargs)
+
+    def get_params(self, ctx):
+        params = super().get_params(ctx)
+        for param in params:
+            if param.param_type_name == "argument" and param.metavar is None:
+                param.metavar = param.name.upper() + ("..." if param.nargs != 1 else "")
+            elif getattr(param, "is_flag", False) and param.metavar is None:
+                param.metavar = ""  # `--tta`, not `--tta <bool>`
+        return params
+
+    def collect_usage_pieces(self, ctx) -> list[str]:
+        pieces = [self.options_metavar] if self.options_metavar else []
+        for param in self.get_params(ctx):
+            if param.param_type_name == "argument":
+                pieces.append(param.metavar if param.required else f"[{param.metavar}]")
+        return pieces
+
+
+class Group(TyperGroup):
+    """A group whose help reflows, listing its commands in COMMAND_ORDER."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        kwargs["help"] = reflow(kwargs.get("help"))
+        super().__init__(*args, **kwargs)
+
+    def get_params(self, ctx):
+        params = super().get_params(ctx)
+        for param in params:
+            if getattr(param, "is_flag", False) and param.metavar is None:
+                param.metavar = ""
+        return params
+
+    def list_commands(self, ctx) -> list[str]:
+        order = COMMAND_ORDER.get(self.name or "", ())
+        names = list(self.commands)
+        return sorted(names, key=lambda name: (order.index(name) if name in order
+                                               else len(order), names.index(name)))
+
+
+def apply(app) -> None:
+    """Make every command and group of the Typer `app` (and of its sub-apps) use Command and
+    Group, unless it names a class of its own."""
+    if not app.info.cls or app.info.cls is TyperGroup:
+        app.info.cls = Group
+    for info in app.registered_commands:
+        if not info.cls or info.cls is TyperCommand:
+            info.cls = Command
+    for group in app.registered_groups:
+        if not group.cls or group.cls is TyperGroup:
+            group.cls = Group
+        apply(group.typer_instance)
