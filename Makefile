@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 # any torch >= 2.4 works (see pyproject.toml).
 TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
 
-.PHONY: venv test test-slow test-tflite test-onnx-only demo bench lint browser clean
+.PHONY: venv test test-slow test-tflite test-onnx-only demo bench lint typecheck browser clean docs
 
 # The web-page test drives Debian's Chromium; install it when we can (root + apt), else that
 # test is skipped with its reason.
@@ -27,7 +27,9 @@ $(STAMP): pyproject.toml
 venv: $(STAMP)
 
 test: venv browser
-	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff check src tests bench docs
+	$(MAKE) typecheck
+	$(MAKE) docs
 	$(BIN)/python -m pytest -q
 	$(MAKE) test-tflite
 	$(MAKE) test-onnx-only
@@ -70,7 +72,17 @@ bench: venv
 	$(BIN)/python bench/run_all.py
 
 lint: venv
-	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff check src tests bench docs
+
+# pyright over src/ in basic mode ([tool.pyright] in pyproject.toml). pyright[nodejs] brings
+# its own Node.js and pyright itself: nothing is downloaded (no version check either).
+typecheck: venv
+	PYRIGHT_PYTHON_IGNORE_WARNINGS=1 $(BIN)/pyright --pythonpath $(BIN)/python
+
+# The documentation site (MkDocs Material, mkdocs.yml): --strict fails on a broken link, a
+# missing picture or a docstring mkdocstrings cannot read. Written to site/ (ignored).
+docs: venv
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict -d site
 
 clean:
-	rm -rf $(VENV) $(TFLITE_VENV) $(ONNX_VENV) demo-out .pytest_cache
+	rm -rf $(VENV) $(TFLITE_VENV) $(ONNX_VENV) demo-out .pytest_cache site

@@ -217,7 +217,7 @@ def test_predict_into_a_file_is_a_clear_error(corpus, tiny_ckpt, tmp_path):
     blocker = tmp_path / "a-file"
     blocker.write_text("")
     code, output = run_cli("predict", tiny_ckpt, root / "raw" / "good_0.jpg", "-o", blocker)
-    assert code == 1 and "a-file: cannot create the output folder" in output
+    assert code == 1 and "a-file: not a folder (cannot create the output folder there)" in output
 
 
 def test_evaluate_on_the_prepared_corpus_reads_every_converted_source(

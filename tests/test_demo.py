@@ -7,6 +7,7 @@ import torch
 
 from dermaseg.data.synth import SynthOptions, synth_dataset
 from dermaseg.demo import run_demo
+from dermaseg.invocation import dermaseg_command
 from helpers.badinputs import run_cli
 
 
@@ -37,7 +38,8 @@ def test_demo_on_a_small_user_folder_makes_every_artefact(tmp_path):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        result = run_demo(tmp_path / "demo", tmp_path / "mine", minutes=0.05, say=lambda _: None)
+        result = run_demo(tmp_path / "demo", tmp_path / "mine", minutes=0.05, min_epochs=2,
+                          say=lambda _: None)
     finally:
         torch.set_num_threads(threads)
     out = tmp_path / "demo"
@@ -48,11 +50,14 @@ def test_demo_on_a_small_user_folder_makes_every_artefact(tmp_path):
     assert 0.0 <= result.test_dice <= 1.0
     text = "\n".join(result.lines)
     assert "Your data" in text and "synthetic task" not in text
+    assert result.epochs >= 2 and f"{result.epochs} epochs on the CPU" in text
+    assert result.lines[-1].startswith(f"next: {dermaseg_command()} serve ")  # works from here
+    assert (out / "predictions" / "measurements.csv").is_file()
     # a second demo into the same folder replaces the first one's run (`make demo` twice)
     said: list[str] = []
     torch.set_num_threads(1)
     try:
-        run_demo(out, tmp_path / "mine", minutes=0.05, say=said.append)
+        run_demo(out, tmp_path / "mine", minutes=0.05, min_epochs=1, say=said.append)
     finally:
         torch.set_num_threads(threads)
     assert any("replacing the earlier run" in line for line in said)

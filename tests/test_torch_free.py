@@ -129,7 +129,8 @@ def test_requirements_onnx_is_pyproject_without_the_pytorch_stack():
     declared = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
     listed = [line.split("#")[0].strip() for line in
               (ROOT / "requirements-onnx.txt").read_text().splitlines()]
-    only_for_torch = TORCH_STACK | {"onnxscript", "safetensors"}  # export, backbone weights
+    # export, backbone weights and model folders, hf:// model folders
+    only_for_torch = TORCH_STACK | {"onnxscript", "safetensors", "huggingface_hub"}
 
     def name(requirement: str) -> str:
         return requirement.split(">")[0].split("=")[0].split("[")[0].strip().replace("-", "_")

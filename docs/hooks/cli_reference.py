@@ -1,9 +1,9 @@
 """MkDocs hook: the CLI reference page, generated at build time from the Typer app.
 
 Every command of `dermaseg.cli.app` (as Click sees it: `typer.main.get_command`) becomes a
-section with its usage line, its help text and a table of its arguments and options, in the
-order `dermaseg --help` lists them. Nothing is written by hand, so the page cannot drift from
-the commands.
+section with its usage line, its help text and a table of its arguments and options (each
+one's help record: what `--help` prints for it), in the order `dermaseg --help` lists them.
+Nothing is written by hand, so the page cannot drift from the commands.
 """
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ import html
 import inspect
 import re
 
-import click
 import typer.main
 from mkdocs.structure.files import File
 
@@ -20,10 +19,12 @@ PAGE = "reference/cli.md"
 INTRO = """# Command-line reference
 
 Generated from the Typer application (`dermaseg.cli.app`) each time the site is built: it is
-what `dermaseg COMMAND --help` says. Run the installed command as `.venv/bin/dermaseg` after
-`make demo` or `make test`, or `source .venv/bin/activate` first.
+what `dermaseg COMMAND --help` says (every command also takes `--help`). Run the installed
+command as `.venv/bin/dermaseg` after `make demo` or `make test`, or `source
+.venv/bin/activate` first.
 """
 _CODE = re.compile(r"(`[^`]*`)")
+_ITEM = re.compile(r"^([-*] |\d+[.)] )")
 
 
 def _text(value: str) -> str:
@@ -42,85 +43,95 @@ def _cell(value: str) -> str:
     return _text(" ".join(value.split())).replace("|", "&#124;")
 
 
-def _help(command: click.Command) -> str:
-    """The docstring's paragraphs; a paragraph marked with Click's \\b keeps its lines."""
+def _help(command) -> str:
+    """The help text as Markdown: its paragraphs, list items as a list, indented lines (an
+    example) as a code block; a paragraph marked with Click's \\b keeps its lines."""
     text = inspect.cleandoc(command.help or "").partition("\f")[0]
-    paragraphs = []
+    blocks = []
     for paragraph in text.split("\n\n"):
         if paragraph.startswith("\b"):
             lines = paragraph.lstrip("\b").strip("\n").splitlines()
-            paragraphs.append("<br>\n".join(_text(line) for line in lines))
-        elif paragraph.strip():
-            paragraphs.append(_text(paragraph.strip()))
-    return "\n\n".join(paragraphs)
+            blocks.append("<br>\n".join(_text(line) for line in lines))
+            continue
+        prose, items, example = [], [], []
+        for line in paragraph.splitlines():
+            if line[:1].isspace() and not items:
+                example.append(line)
+            elif _ITEM.match(line):
+                items.append("- " + _text(_ITEM.sub("", line)))
+            elif items and line[:1].isspace():
+                items[-1] += " " + _text(line.strip())
+            else:
+                prose.append(_text(line.strip()))
+        if prose:
+            blocks.append("\n".join(prose))
+        if items:
+            blocks.append("\n".join(items))
+        if example:
+            blocks.append("```text\n" + "\n".join(inspect.cleandoc("\n".join(example))
+                                                    .splitlines()) + "\n```")
+    return "\n\n".join(block for block in blocks if block.strip())
 
 
-def _default(param: click.Parameter) -> str:
-    if getattr(param, "show_default", None) is False or param.default in (None, False, ()):
-        return ""
-    if callable(param.default):
-        return ""
-    if isinstance(param.default, (list, tuple)):
-        return ", ".join(str(item) for item in param.default)
-    if param.default is True and getattr(param, "secondary_opts", None):
-        return param.opts[-1]
-    return str(param.default)
-
-
-def _names(param: click.Parameter) -> str:
-    if isinstance(param, click.Argument):
-        return f"`{param.human_readable_name.upper()}`"
-    names = [*param.opts, *getattr(param, "secondary_opts", [])]
-    return ", ".join(f"`{name}`" for name in names)
-
-
-def _kind(param: click.Parameter) -> str:
-    if getattr(param, "is_flag", False):
-        return "flag"
-    kind = param.type.name if param.type else ""
-    if param.multiple or (isinstance(param, click.Argument) and param.nargs == -1):
-        kind += ", several"
-    return kind
-
-
-def _table(params: list[click.Parameter]) -> str:
-    rows = ["| argument / option | type | default | required | description |",
-            "|---|---|---|---|---|"]
+def _table(params: list, ctx) -> str:
+    """Each parameter's help record: what `--help` prints for it (names and type; help,
+    default, range, required)."""
+    rows = ["| argument / option | description |", "|---|---|"]
     for param in params:
-        required = "yes" if param.required else ""
-        description = getattr(param, "help", None) or ""
-        rows.append(f"| {_names(param)} | {_cell(_kind(param))} | {_cell(_default(param))} "
-                    f"| {required} | {_cell(description)} |")
+        record = param.get_help_record(ctx)
+        if record is None:
+            continue
+        names, description = record
+        # names: "-o, --out <path>" / "MODEL <str>"; code spans for the switches
+        switches, _, kind = names.partition(" <")
+        shown = ", ".join(f"`{name.strip()}`" for name in switches.split(","))
+        if kind:
+            shown += " " + _cell("<" + kind)
+        description = description.replace("\\[", "[")  # Rich markup's escape
+        rows.append(f"| {shown} | {_cell(description)} |")
     return "\n".join(rows)
 
 
-def _section(command: click.Command, path: list[str], ctx: click.Context) -> list[str]:
+def _anchor(path: list[str]) -> str:
+    """`dermaseg data prepare` -> dermaseg-data-prepare (what pages link to)."""
+    return "-".join(path)
+
+
+def _section(command, path: list[str], ctx) -> list[str]:
     name = " ".join(path)
-    depth = min(len(path), 4)
+    level = min(max(2, len(path)), 4)  # dermaseg and its commands: ##; data's commands: ###
     usage = " ".join(command.collect_usage_pieces(ctx))
-    out = [f"{'#' * (depth + 1)} `{name}`", "", f"```text\n{name} {usage}\n```", "",
+    heading = f"{'#' * level} `{name}` {{ #{_anchor(path)} }}"
+    out = [heading, "", f"```text\n{name} {usage}\n```", "",
            _help(command), ""]
-    params = [p for p in command.get_params(ctx) if not getattr(p, "hidden", False)]
+    # every command has --help: the intro says so once
+    params = [p for p in command.get_params(ctx)
+              if not getattr(p, "hidden", False) and p.name != "help"]
     if params:
-        out += [_table(params), ""]
-    if isinstance(command, click.Group):
+        out += [_table(params, ctx), ""]
+    if hasattr(command, "list_commands"):
         for sub_name in command.list_commands(ctx):
             sub = command.get_command(ctx, sub_name)
             if sub is None or sub.hidden:
                 continue
-            with click.Context(sub, info_name=sub_name, parent=ctx) as sub_ctx:
+            with _context(sub, sub_name, ctx) as sub_ctx:
                 out += _section(sub, [*path, sub_name], sub_ctx)
     return out
 
 
-def _summary(group: click.Group, ctx: click.Context) -> str:
+def _context(command, name: str, parent=None):
+    """The command's own Click context class (Typer ships its own Click)."""
+    return command.context_class(command, info_name=name, parent=parent)
+
+
+def _summary(group, ctx) -> str:
     rows = ["| command | what it does |", "|---|---|"]
     for name in group.list_commands(ctx):
         command = group.get_command(ctx, name)
         if command is None or command.hidden:
             continue
-        anchor = "dermaseg-" + name
-        rows.append(f"| [`{name}`](#{anchor}) | {_cell(command.get_short_help_str(200))} |")
+        link = f"[`{name}`](#{_anchor(['dermaseg', name])})"
+        rows.append(f"| {link} | {_cell(command.get_short_help_str(1000))} |")
     return "\n".join(rows)
 
 
@@ -129,7 +140,7 @@ def render() -> str:
     import dermaseg.cli
 
     root = typer.main.get_command(dermaseg.cli.app)
-    with click.Context(root, info_name="dermaseg") as ctx:
+    with _context(root, "dermaseg") as ctx:
         body = _section(root, ["dermaseg"], ctx)
         return "\n".join([INTRO, _summary(root, ctx), "", *body])
 

@@ -7,6 +7,8 @@ exit code 1 (2 for usage errors), no traceback.
 from __future__ import annotations
 
 import sys
+import warnings
+from pathlib import Path
 
 import typer
 
@@ -69,8 +71,28 @@ TORCH_STACK = {"torch", "torchvision", "timm", "lightning", "lightning_fabric", 
 TORCH_INSTALL = "pip install 'torch>=2.4' torchvision timm lightning torchmetrics"
 
 
+PACKAGE = Path(__file__).resolve().parent
+
+
+def one_line_warnings() -> None:
+    """Show dermaseg's own warnings as `warning: MESSAGE`, one line without the source path
+    and line Python adds (the message names the file or field); others as before."""
+    python_format = warnings.formatwarning
+    if getattr(python_format, "one_line", False):  # installed already (main called again)
+        return
+
+    def format_warning(message, category, filename, lineno, line=None) -> str:
+        if Path(filename).resolve().is_relative_to(PACKAGE):
+            return f"warning: {message}\n"
+        return python_format(message, category, filename, lineno, line)
+
+    format_warning.one_line = True  # type: ignore[attr-defined]
+    warnings.formatwarning = format_warning
+
+
 def main() -> None:
     """Console entry point: run the app, turning DermasegError into a message + exit code."""
+    one_line_warnings()
     try:
         app()
     except DermasegError as exc:

@@ -105,60 +105,62 @@ class ModelConfig(Section):
     section_path: ClassVar[str] = "model"
 
     arch: Literal["deeplabv3", "deeplabv3plus"] = Field(
-        "deeplabv3", description="deeplabv3plus adds the low-level decoder")
-    backbone: str = Field("resnet50", description="a timm name, see "
+        default="deeplabv3", description="deeplabv3plus adds the low-level decoder")
+    backbone: str = Field(default="resnet50", description="a timm name, see "
                           "dermaseg.models.backbones.BACKBONES")
     output_stride: Literal[8, 16] = 16
     atrous_rates: list[int] | None = Field(
-        None, description="ASPP rates; null: 6/12/18 at output stride 16, 12/24/36 at 8")
-    aspp_channels: int = Field(256, ge=1)
-    aspp_dropout: float = Field(0.1, ge=0, lt=1)
-    decoder_channels: int = Field(256, ge=1, description="v3+ decoder width")
+        default=None, description="ASPP rates; null: 6/12/18 at output stride 16, 12/24/36 at 8")
+    aspp_channels: int = Field(default=256, ge=1)
+    aspp_dropout: float = Field(default=0.1, ge=0, lt=1)
+    decoder_channels: int = Field(default=256, ge=1, description="v3+ decoder width")
     attention: Literal["scse"] | None = Field(
-        None, description="scse: channel+spatial attention after ASPP/decoder")
-    edge_head: bool = Field(False, description="auxiliary boundary head (training only)")
+        default=None, description="scse: channel+spatial attention after ASPP/decoder")
+    edge_head: bool = Field(default=False, description="auxiliary boundary head (training only)")
     pretrained: Literal["imagenet"] | None = Field(
-        None, description="imagenet: timm's ImageNet weights (needs network once)")
-    weights: str | None = Field(None, description="local backbone weights: .safetensors or a "
-                                "state dict")
+        default=None, description="imagenet: timm's ImageNet weights (needs network once)")
+    weights: str | None = Field(default=None, description="local backbone weights: "
+                                ".safetensors or a state dict")
     freeze_stages: int = Field(
-        0, ge=-1, description="freeze the first N of 5 backbone stages (stem, /4, /8, /16, "
+        default=0, ge=-1, description="freeze the first N of 5 backbone stages (stem, /4, /8, /16, "
         "last; -1: the whole backbone); their BatchNorm stays in eval mode")
 
 
 class AugmentConfig(Section):
     section_path: ClassVar[str] = "data.augment"
 
-    hflip: Probability = Field(0.5, description="probability of a horizontal flip")
-    vflip: Probability = Field(0.5, description="probability of a vertical flip")
-    brightness: float = Field(0.2, ge=0, le=1, description="+/- fraction")
-    contrast: float = Field(0.2, ge=0, le=1, description="factor in [1 - c, 1 + c]")
-    elastic_p: Probability = Field(0.25, description="probability of an elastic deformation")
-    elastic_alpha: float = Field(8.0, ge=0, description="largest shift of a control point, "
+    hflip: Probability = Field(default=0.5, description="probability of a horizontal flip")
+    vflip: Probability = Field(default=0.5, description="probability of a vertical flip")
+    brightness: float = Field(default=0.2, ge=0, le=1, description="+/- fraction")
+    contrast: float = Field(default=0.2, ge=0, le=1, description="factor in [1 - c, 1 + c]")
+    elastic_p: Probability = Field(default=0.25,
+                                   description="probability of an elastic deformation")
+    elastic_alpha: float = Field(default=8.0, ge=0, description="largest shift of a control point, "
                                  "pixels of the network input")
-    elastic_sigma: float = Field(32.0, gt=0, description="spacing of the random control "
+    elastic_sigma: float = Field(default=32.0, gt=0, description="spacing of the random control "
                                  "points, pixels (larger: smoother)")
-    rotate90: Probability = Field(0.0, description="probability of a random multiple-of-90 "
+    rotate90: Probability = Field(default=0.0, description="probability of a random multiple-of-90 "
                                   "rotation (square inputs)")
 
 
 class DataConfig(Section):
     section_path: ClassVar[str] = "data"
 
-    image_size: int = Field(512, ge=1, description="side of the square network input "
+    image_size: int = Field(default=512, ge=1, description="side of the square network input "
                             "(resize keeping aspect + pad)")
-    mean: RGB | None = Field(None, description="RGB in 0..1; null: what the backbone's "
+    mean: RGB | None = Field(default=None, description="RGB in 0..1; null: what the backbone's "
                              "ImageNet weights expect (filled in by Config)")
-    std: PositiveRGB | None = Field(None, description="RGB in 0..1; null: as mean")
-    batch_size: int = Field(8, ge=1)
-    num_workers: int = Field(-1, ge=-1, description="-1: one per CPU core, up to 8")
+    std: PositiveRGB | None = Field(default=None, description="RGB in 0..1; null: as mean")
+    batch_size: int = Field(default=8, ge=1)
+    num_workers: int = Field(default=-1, ge=-1, description="-1: one per CPU core, up to 8")
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
-    augment_on: Place = Field("auto", description="auto: the device on a GPU, the loader "
+    augment_on: Place = Field(default="auto", description="auto: the device on a GPU, the loader "
                               "workers on CPU")
     gather_on: Place = Field(
-        "auto", description="where training batches are gathered; auto: the split copied to "
-        "the GPU once, when the augmentation runs there and it takes <= 1/4 of its memory")
-    fold: int | None = Field(None, ge=0, description="cross-validation: train on the other "
+        default="auto", description="where training batches are gathered; auto: the split "
+        "copied to the GPU once, when the augmentation runs there and it takes <= 1/4 of its "
+        "memory")
+    fold: int | None = Field(default=None, ge=0, description="cross-validation: train on the other "
                              "folds of `data prepare --folds`, validate on this one")
 
 
@@ -168,67 +170,73 @@ class LossConfig(Section):
 
     section_path: ClassVar[str] = "loss"
 
-    dice: float = Field(1.0, description="weight of soft Dice")
-    bce: float = Field(1.0, description="weight of binary cross-entropy")
-    focal: float = Field(0.0, description="weight of focal loss")
+    dice: float = Field(default=1.0, description="weight of soft Dice")
+    bce: float = Field(default=1.0, description="weight of binary cross-entropy")
+    focal: float = Field(default=0.0, description="weight of focal loss")
     focal_gamma: float = 2.0
-    pos_weight: float | None = Field(None, description="BCE weight of lesion pixels")
-    label_smoothing: float = Field(0.0, description="targets become t * (1 - a) + a / 2")
-    boundary: float = Field(0.0, description="weight of the edge-head loss (needs "
+    pos_weight: float | None = Field(default=None, description="BCE weight of lesion pixels")
+    label_smoothing: float = Field(default=0.0, description="targets become t * (1 - a) + a / 2")
+    boundary: float = Field(default=0.0, description="weight of the edge-head loss (needs "
                             "model.edge_head)")
-    boundary_width: int = Field(3, description="width in pixels of the boundary band target")
+    boundary_width: int = Field(default=3,
+                                description="width in pixels of the boundary band target")
 
 
 class OptimConfig(Section):
     section_path: ClassVar[str] = "optim"
 
     name: Optimizer = "adam"
-    lr: float = Field(1e-4, gt=0)
-    weight_decay: float = Field(0.0, ge=0)
+    lr: float = Field(default=1e-4, gt=0)
+    weight_decay: float = Field(default=0.0, ge=0)
     scheduler: Scheduler = "plateau"
-    plateau_factor: float = Field(0.5, gt=0, lt=1)
-    plateau_patience: int = Field(3, ge=0)
-    warmup_epochs: int = Field(0, ge=0)
+    plateau_factor: float = Field(default=0.5, gt=0, lt=1)
+    plateau_patience: int = Field(default=3, ge=0)
+    warmup_epochs: int = Field(default=0, ge=0)
     anneal_by_time: bool = Field(
-        False, description="cosine/poly: progress = max(step / total steps, elapsed / "
+        default=False, description="cosine/poly: progress = max(step / total steps, elapsed / "
         "train.max_minutes), so the schedule ends within the time budget")
 
 
 class TrainConfig(Section):
     section_path: ClassVar[str] = "train"
 
-    max_epochs: int = Field(100, ge=1)
-    max_minutes: float | None = Field(None, gt=0, description="wall-clock budget; stops "
+    max_epochs: int = Field(default=100, ge=1)
+    max_minutes: float | None = Field(default=None, gt=0, description="wall-clock budget; stops "
                                       "cleanly when reached")
-    early_stop_patience: int = Field(10, ge=0, description="epochs without val-loss "
+    min_epochs: int = Field(default=0, ge=0, description="with max_minutes: at least this many "
+                            "epochs, past the budget if need be (a slow or busy machine)")
+    expected_epoch_seconds: float | None = Field(
+        default=None, gt=0, description="an epoch's duration as `dermaseg plan` measured it; a run "
+        "whose epochs take far longer says so")
+    early_stop_patience: int = Field(default=10, ge=0, description="epochs without val-loss "
                                      "improvement")
-    precision: Precision = Field("auto", description="auto: bf16 on GPU, 32 on CPU")
-    channels_last: bool = Field(True, description="on GPU only")
-    compile: bool = Field(False, description="torch.compile the model, in compile_mode")
+    precision: Precision = Field(default="auto", description="auto: bf16 on GPU, 32 on CPU")
+    channels_last: bool = Field(default=True, description="on GPU only")
+    compile: bool = Field(default=False, description="torch.compile the model, in compile_mode")
     compile_mode: CompileMode = "default"
     seed: int = 42
-    freeze_backbone_epoch: int | None = Field(None, ge=0, description="from this epoch, "
+    freeze_backbone_epoch: int | None = Field(default=None, ge=0, description="from this epoch, "
                                               "train only ASPP + decoder")
-    freeze_after_lr_drops: int | None = Field(None, ge=0, description="or after the plateau "
-                                              "scheduler cut the LR k times")
-    val_every: int = Field(1, ge=1)
+    freeze_after_lr_drops: int | None = Field(default=None, ge=0, description="or after the "
+                                              "plateau scheduler cut the LR k times")
+    val_every: int = Field(default=1, ge=1)
     devices: str = "auto"
-    num_nodes: int = Field(1, ge=1)
-    threshold: float = Field(0.5, gt=0, lt=1)
-    nan_tolerance: int = Field(3, ge=0, description="skip up to N non-finite-loss batches "
+    num_nodes: int = Field(default=1, ge=1)
+    threshold: float = Field(default=0.5, gt=0, lt=1)
+    nan_tolerance: int = Field(default=3, ge=0, description="skip up to N non-finite-loss batches "
                                "in a row, then stop")
-    checkpoint_every_steps: int = Field(50, ge=0, description="also write last.ckpt every N "
-                                        "optimizer steps (0: off)")
+    checkpoint_every_steps: int = Field(default=50, ge=0, description="also write last.ckpt "
+                                        "every N optimizer steps (0: off)")
     checkpoint_every_minutes: float = Field(
-        1.0, ge=0, description="but at most once per this many minutes (0: at every save "
+        default=1.0, ge=0, description="but at most once per this many minutes (0: at every save "
         "point); always at the end of the run")
     loggers: list[Tracker] = Field(
         default_factory=list, description="experiment trackers that also receive the run "
         "(each an extra: pip install 'dermaseg[tensorboard]'); see dermaseg.train.tracking")
-    tracking_uri: str | None = Field(None, description="MLflow tracking URI; null: a local "
+    tracking_uri: str | None = Field(default=None, description="MLflow tracking URI; null: a local "
                                      "store in RUN_DIR/mlruns/")
-    experiment: str = Field("dermaseg", min_length=1, description="MLflow experiment and W&B "
-                            "project name")
+    experiment: str = Field(default="dermaseg", min_length=1, description="MLflow experiment "
+                            "and W&B project name")
 
 
 class Config(Section):
@@ -300,6 +308,7 @@ RULES: dict[str, str] = {
        for name in ("hflip", "vflip", "elastic_p", "rotate90")},
     "model.freeze_stages": ">= 0 (stages), or -1 (the whole backbone)",
     "train.max_minutes": "> 0 (or null: no time budget)",
+    "train.expected_epoch_seconds": "> 0 (or null: not measured)",
     "train.freeze_backbone_epoch": ">= 0 (or null)",
     "train.freeze_after_lr_drops": ">= 0 (or null)",
     "train.checkpoint_every_steps": ">= 0 (0: only at epoch ends)",

@@ -10,6 +10,7 @@ import math
 import os
 import re
 import shutil
+import sys
 import tempfile
 import unicodedata
 import warnings
@@ -288,6 +289,13 @@ class ImageTooLarge(DermasegError):
     """An image with more pixels than Image.MAX_IMAGE_PIXELS (a possible decompression bomb)."""
 
 
+def too_large(width: int | None = None, height: int | None = None) -> str:
+    """Why an image is refused for its pixel count: the one wording (and limit) of every
+    command and the service."""
+    size = f"{width}x{height} is " if width and height else ""
+    return f"image too large ({size}over the limit of {Image.MAX_IMAGE_PIXELS} pixels)"
+
+
 def open_header(source, label: str, declared: bool = True) -> Image.Image:
     """Image.open (the header only, nothing decoded), refusing more than MAX_IMAGE_PIXELS
     and, when `declared`, what `check_declared` refuses (the service checks its own pixel
@@ -301,13 +309,12 @@ def open_header(source, label: str, declared: bool = True) -> Image.Image:
             pass through.
     """
     limit = Image.MAX_IMAGE_PIXELS
-    too_large = f"{label}: image too large (over the limit of {limit} pixels)"
     try:
         image = Image.open(source)
     except Image.DecompressionBombError as exc:
-        raise ImageTooLarge(too_large) from exc
+        raise ImageTooLarge(f"{label}: {too_large()}") from exc
     if limit and image.width * image.height > limit:
-        raise ImageTooLarge(too_large)
+        raise ImageTooLarge(f"{label}: {too_large(image.width, image.height)}")
     if declared:
         check_declared(image, source, label)
     return image
@@ -324,6 +331,15 @@ def file_label(source, name: str | None = None) -> str:
 
 
 EXIF_ORIENTATION = 0x0112
+
+
+def note_first_frame(image: Image.Image, label: str) -> None:
+    """Say on stderr when `image` holds several frames (a multi-page TIFF, an animated PNG,
+    WebP or GIF): only the first is read. A JPEG's extra MPO pictures (previews) are not
+    mentioned: its first picture is the photo."""
+    if getattr(image, "is_animated", False) and image.format != "MPO":
+        print(f"note: {label}: several frames (a multi-page or animated image); only the "
+              "first is used", file=sys.stderr)
 
 
 def draft_jpeg(image: Image.Image, size: int | None) -> None:
@@ -358,6 +374,7 @@ def decode_image(source, name: str | None = None, draft_size: int | None = None)
                 raise DermasegError(f"{label}: empty file (0 bytes)")
             handle.seek(0)
             image = open_header(handle, label)
+            note_first_frame(image, label)
             width, height = image.size
             draft_jpeg(image, draft_size)
             image.load()

@@ -33,8 +33,10 @@ class ModelMeta:
 
     @classmethod
     def from_config(cls, config: Config) -> ModelMeta:
-        return cls(config, config.data.image_size, list(config.data.mean),
-                   list(config.data.std), config.train.threshold, __version__)
+        mean, std = config.data.mean, config.data.std
+        assert mean is not None and std is not None  # a Config fills them in (the backbone's)
+        return cls(config, config.data.image_size, list(mean), list(std),
+                   config.train.threshold, __version__)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], where: str) -> ModelMeta:

@@ -7,16 +7,15 @@ from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from typing import TypeVar
 
-from tqdm import tqdm
-
 from dermaseg.errors import DermasegError
+from dermaseg.progress import Progress
 
 Item = TypeVar("Item")
 Result = TypeVar("Result")
 
 
 def parallel_map(work: Callable[[Item], Result], items: Sequence[Item], workers: int,
-                 bar: tqdm, what: str, serial_below: int = 8) -> list[Result]:
+                 bar: Progress, what: str, serial_below: int = 8) -> list[Result]:
     """`[work(item) for item in items]` in order, in `workers` processes, updating `bar`.
 
     Runs in this process when `workers` <= 1 or there are fewer than `serial_below` items.

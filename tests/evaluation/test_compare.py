@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from scipy import ndimage, stats
 
 from dermaseg.evaluation import stats as dstats
 from dermaseg.evaluation.metrics import METRIC_NAMES
+from dermaseg.evaluation.report import md_text
 from helpers.badinputs import run_cli
 
 
@@ -254,3 +256,54 @@ def test_paired_interval_is_the_bootstrap_of_the_differences():
         assert result.ci == (bounds[0, k], bounds[1, k])
         assert result.p_value == stats.wilcoxon(b[:, k] - a[:, k]).pvalue
         assert result.b_better + result.b_worse + result.tied == 50
+
+
+def test_compare_ends_with_a_verdict_in_plain_words(evaluations, tmp_path):
+    """The last line says which is better on the metric, by how much, with the interval, the
+    test and the images won; p-values read alike everywhere; the picture's legend names the
+    two folders."""
+    eval_a, eval_b = evaluations
+    code, output = run_cli("compare", eval_a, eval_b, "-o", tmp_path / "cmp")
+    assert code == 0, output
+    rows_a, rows_b = _csv_values(eval_a), _csv_values(eval_b)
+    diffs = np.array([rows_b[i]["dice"] - rows_a[i]["dice"] for i in rows_a])
+    summary = json.loads((tmp_path / "cmp" / "compare.json").read_text())
+    low, high = summary["metrics"]["dice"]["ci95"]
+    p = stats.wilcoxon(diffs).pvalue
+    leader, sign = ("B", 1) if diffs.mean() > 0 else ("A", -1)
+    wins = int((sign * diffs > 0).sum())
+    assert (low > 0 or high < 0) and p < 0.05  # dilation and erosion differ clearly here
+    lo, hi = sorted((sign * low, sign * high))
+    p_words = "p < 0.001" if p < 0.001 else f"p = {p:.3f}"
+    expected = (f"{leader} is better on Dice by {abs(diffs.mean()):.3f} (95 % CI {lo:.3f} to "
+                f"{hi:.3f}, {p_words}, {wins} of 12 images better with {leader}).")
+    assert output.rstrip().splitlines()[-1] == expected == summary["verdict"]
+    assert md_text(expected) in (tmp_path / "cmp" / "compare.md").read_text()
+    table = [line for line in output.splitlines() if line.strip().startswith(
+        tuple(METRIC_NAMES))]
+    assert len(table) == len(METRIC_NAMES)
+    for line in table:  # the p column: three decimals or <0.001, never 1.2e-05
+        assert re.search(r"  (<0\.001|[01]\.\d{3}|1 \(identical\))  ", line), line
+
+
+def test_the_picture_names_a_and_b(evaluations, tmp_path):
+    from dermaseg.evaluation.compare import compare_scores, plot_comparison, read_scores
+
+    a, b = (read_scores(folder) for folder in evaluations)
+    results = compare_scores(a, b, a.ids, 200, 0)
+    dice = METRIC_NAMES.index("dice")
+    figure = plot_comparison(a.rows(a.ids)[:, dice], b.rows(a.ids)[:, dice], results["dice"],
+                             "dice", tmp_path / "p.png", ("runs/r18/eval", "runs/r50/eval"))
+    legend = [text.get_text() for text in figure.axes[0].get_legend().get_texts()]
+    assert "A: runs/r18/eval" in legend and "B: runs/r50/eval" in legend
+
+
+def test_no_clear_difference_is_said_as_such():
+    from dermaseg.evaluation.compare import verdict
+
+    rng = np.random.default_rng(0)
+    a = rng.uniform(0.7, 0.9, 30)
+    b = a + rng.normal(0, 0.01, 30)  # noise about no change
+    (result,) = dstats.paired_comparison(a, b, 500, 0)
+    assert result.ci[0] < 0 < result.ci[1] and result.p_value >= 0.05
+    assert verdict(result, "dice").startswith("No clear difference on Dice: ")

@@ -207,6 +207,31 @@ def test_model_evaluation_on_a_prepared_split(tiny_ckpt, synth_dir, tmp_path):
     assert "evaluate MODEL --data" in message
 
 
+def test_options_that_change_the_masks_name_the_default_report_folder(tiny_ckpt, synth_dir,
+                                                                      tmp_path):
+    """`evaluate MODEL --data D --tta` refused MODEL's eval-test/ (another evaluation's) after
+    loading the model; now it writes eval-test-tta/ beside it."""
+    from dermaseg.data.prepare import prepare_dataset
+
+    prepare_dataset(synth_dir, tmp_path / "prep", size=64, val=0.25, test=0.25, workers=1,
+                    progress=False)
+    run = tmp_path / "run"
+    run.mkdir()
+    shutil.copy(tiny_ckpt, run / "best.ckpt")
+    common = ["evaluate", str(run / "best.ckpt"), "--data", str(tmp_path / "prep"), "-q"]
+    assert run_cli(*common).exit_code == 0
+    plain = (run / "eval-test" / "metrics.json").read_text()
+    result = run_cli(*common, "--tta", "--keep-largest", "--min-area", "5")
+    assert result.exit_code == 0, result.output
+    folder = run / "eval-test-tta-keep-largest-min-area5"
+    assert f"report: {folder / 'report.html'}" in result.output
+    notes = json.loads((folder / "metrics.json").read_text())["notes"]
+    assert any("TTA on" in note and "largest_component=True" in note for note in notes), notes
+    assert (run / "eval-test" / "metrics.json").read_text() == plain  # untouched
+    assert sorted(p.name for p in run.iterdir() if p.is_dir()) == [
+        "eval-test", "eval-test-tta-keep-largest-min-area5"]
+
+
 def test_raw_folder_evaluation_notes_images_without_masks(tiny_ckpt, synth_dir, tmp_path):
     raw = tmp_path / "raw"
     shutil.copytree(synth_dir, raw)

@@ -88,6 +88,17 @@ def test_ensemble_probability_is_the_mean_of_the_members(models, tta):
                            atol=1e-3)  # the members really differ
 
 
+def test_an_ensemble_with_another_tta_stays_an_ensemble(models):
+    """Predictor.with_tta (the service's ?tta=true) made a single-model Predictor without a
+    backend out of an Ensemble."""
+    images = [_image(h, w, seed) for seed, (h, w) in enumerate(SIZES)]
+    ensemble = load_predictor(_pair(models)).with_tta(TTAConfig())
+    assert isinstance(ensemble, Ensemble) and ensemble.tta == TTAConfig()
+    for prob, expected in zip(ensemble.predict_proba(images),
+                              _member_mean(models, images, TTAConfig()), strict=True):
+        np.testing.assert_allclose(prob, expected, atol=1e-6, rtol=0)
+
+
 def test_one_model_is_unchanged_and_a_one_member_ensemble_equals_it(models):
     images = [_image(h, w) for h, w in SIZES]
     single = Predictor.load(models["a"], batch_size=2)

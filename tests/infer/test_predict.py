@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import dataclasses
 import json
 import os
@@ -405,3 +406,31 @@ def test_auto_device_of_a_checkpoint_under_torchrun_is_its_own_gpu(monkeypatch):
     assert resolve_device("auto") == torch.device("cuda", 1)
     monkeypatch.delenv("LOCAL_RANK")
     assert resolve_device("auto") == torch.device("cuda", 0)
+
+
+def test_measure_writes_a_spreadsheet_and_the_summary_says_where_everything_went(
+        tiny_ckpt, synth_dir, tmp_path):
+    out = tmp_path / "out"
+    inputs = [synth_dir / f"synth_000{k}.jpg" for k in (1, 2, 3)]
+    code, output = run_cli("predict", tiny_ckpt, *inputs, "-o", out, "--measure", "--overlay",
+                           "--pixel-size", "0.02")
+    assert code == 0, output
+    records = [json.loads(line) for line in (out / "measurements.jsonl").read_text().splitlines()]
+    with open(out / "measurements.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [row["id"] for row in rows] == [record["id"] for record in records] == \
+        ["synth_0001", "synth_0002", "synth_0003"]
+    for row, record in zip(rows, records, strict=True):
+        assert int(row["area"]) == record["area"] and row["image"] == record["image"]
+        for name in ("perimeter", "perimeter_mm", "solidity", "asymmetry", "color_spread"):
+            assert float(row[name]) == pytest.approx(record[name], rel=1e-12)
+        assert int(row["bbox_width"]) == record["bbox"]["width"]
+        assert float(row["centroid_x"]) == pytest.approx(record["centroid"][0])
+        assert row["colors"] == "; ".join(record["colors"])
+        for colour, share in record["color_fractions"].items():
+            assert float(row[f"color_fractions_{colour}"]) == pytest.approx(share)
+    assert not {"bbox", "centroid", "color_fractions", "contour"} & set(rows[0])
+    for where in (f"{out}/<id>_segmentation.png", f"{out / 'overlay'}/<id>_overlay.jpg",
+                  f"{out / 'measurements.csv'} (a row per image), measurements.jsonl",
+                  f"{out / 'predict.json'}"):
+        assert where in output, output

@@ -102,6 +102,8 @@ def test_minutes_sets_the_budget_and_estimates_epochs(probed_plan):
     record = json.loads(out.with_suffix(".json").read_text())
     config = load_config(out)
     assert config.train.max_minutes == 5
+    assert config.train.expected_epoch_seconds == pytest.approx(
+        record["estimate"]["minutes_per_epoch"] * 60, abs=0.01)  # training's yardstick
     expected = 5 * 60 * (1 - VALIDATION_SHARE) * record["images_per_s"] / TRAIN_ITEMS
     assert record["estimate"]["epochs"] == pytest.approx(expected, rel=0.01, abs=0.1)
     assert f"~{expected:.0f} epochs of {TRAIN_ITEMS} images" in output

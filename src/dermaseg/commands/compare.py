@@ -26,6 +26,7 @@ def _print_table(summary: dict, results: dict, out: Path) -> None:
                                                                          strict=True))]
         typer.echo("  " + "  ".join(cells))
     typer.echo(f"written: {out / 'compare.md'}, compare.json, compare.png")
+    typer.echo(summary["verdict"])
 
 
 def compare(

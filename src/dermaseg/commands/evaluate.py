@@ -34,10 +34,14 @@ def _print_overall(summary: dict, out: Path) -> None:
 
 
 def _default_out(model: str, name: str) -> Path:
-    """MODEL's folder / NAME; for an ensemble, its members' common folder / NAME-ensemble."""
+    """MODEL's folder / NAME; for an ensemble, its members' common folder / NAME-ensemble;
+    for a hub model (hf://), NAME in the current folder."""
     from dermaseg.infer.ensemble import split_models
+    from dermaseg.model_folder import is_hub_name
 
     members = split_models(model)
+    if any(is_hub_name(m) for m in members):
+        return Path(f"{name}-ensemble" if len(members) > 1 else name)
     if len(members) == 1:
         return Path(model).parent / name
     common = os.path.commonpath([os.path.abspath(Path(m).parent) for m in members])
@@ -72,10 +76,20 @@ def _training_images_note(predictor, split: str) -> str | None:
     return None
 
 
-def _report_folder(model: str, data: Path, split: str) -> Path:
-    """MODEL's folder / eval-SPLIT (eval-FOLDER for a raw pair folder)."""
+def _report_folder(model: str, data: Path, split: str, options: str = "") -> Path:
+    """MODEL's folder / eval-SPLIT (eval-FOLDER for a raw pair folder), then OPTIONS."""
     prepared = (data / "manifest.json").is_file()
-    return _default_out(model, f"eval-{split}" if prepared else f"eval-{data.resolve().name}")
+    name = f"eval-{split}" if prepared else f"eval-{data.resolve().name}"
+    return _default_out(model, name + options)
+
+
+def _options_name(tta: bool, keep_largest: bool, fill_holes: bool, min_area: int,
+                  crf: bool) -> str:
+    """"-tta-keep-largest-min-area50": the options that change the masks, in the name of the
+    default report folder (so that evaluations with other options sit beside each other)."""
+    parts = [("tta", tta), ("keep-largest", keep_largest), ("fill-holes", fill_holes),
+             (f"min-area{min_area}", min_area > 0), ("crf", crf)]
+    return "".join(f"-{name}" for name, on in parts if on)
 
 
 def _model_evaluation(model: str, data: Path, split: str, out: Path, post, tta: bool,
@@ -131,13 +145,18 @@ def evaluate(
 
     `evaluate MODEL --data DIR [--split test]` predicts each image at its original size and
     compares it with the original mask; report in MODEL's folder, eval-<split>/, unless -o.
+    Options that change the masks name the folder: --tta --keep-largest writes
+    eval-<split>-tta-keep-largest/.
+
     MODEL may be a comma list (a.ckpt,b.ckpt,...): their ensemble is evaluated; report in the
-    members' common folder, eval-<split>-ensemble/, unless -o.
-    DIR may also be a raw folder of image/mask pairs: then every pair is scored.
+    members' common folder, eval-<split>-ensemble/, unless -o. DIR may also be a raw folder
+    of image/mask pairs: then every pair is scored.
+
     `evaluate --pred PRED --truth TRUTH` scores existing masks; report in PRED-eval/ unless -o.
-    Writes metrics.csv, metrics.json, report.md, report.html, jaccard_hist.png, gallery/;
-    an evaluation of another model, data or settings already in OUT is kept unless --overwrite;
-    every mean comes with its 95% bootstrap interval over images (2000 resamples, seed 0).
+
+    Writes metrics.csv, metrics.json, report.md, report.html, jaccard_hist.png, gallery/; an
+    evaluation of another model, data or settings already in OUT is kept unless --overwrite.
+    Every mean comes with its 95% bootstrap interval over images (2000 resamples, seed 0).
     """
     from dermaseg.evaluation.evaluate import evaluate_folders
     from dermaseg.evaluation.files import check_output, write_evaluation
@@ -150,7 +169,8 @@ def evaluate(
     if pred is None and (model is None or data is None):
         raise UsageError("give MODEL --data DIR, or --pred PRED --truth TRUTH")
     out = out or (pred.parent / f"{pred.name}-eval" if pred is not None
-                  else _report_folder(model, data, split))
+                  else _report_folder(model, data, split, _options_name(
+                      tta, keep_largest, fill_holes, min_area, crf)))
     check_output(out)
     with output_lock(out, "evaluation"):
         if pred is not None:

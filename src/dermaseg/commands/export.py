@@ -1,4 +1,4 @@
-"""`dermaseg export MODEL.ckpt --format onnx|tflite [--int8] [-o OUT]`: checked exports."""
+"""`dermaseg export MODEL --format onnx|tflite|folder [--int8] [-o OUT]`: checked exports."""
 
 from __future__ import annotations
 
@@ -10,8 +10,28 @@ from dermaseg.errors import UsageError
 
 
 def _default_output(model: Path, fmt: str, int8: bool) -> Path:
+    if fmt == "folder":
+        return model.with_name(f"{model.stem}-shared")
     suffix = ".tflite" if fmt == "tflite" else (".int8.onnx" if int8 else ".onnx")
     return model.with_name(model.stem + suffix)
+
+
+def _export_folder(model: Path, output: Path, card_eval: Path | None, card_license: str,
+                   overwrite: bool) -> None:
+    """--format folder: weights, metadata and model card (`dermaseg.export.folder`)."""
+    from dermaseg.checkpoint import load_model
+    from dermaseg.export.card import read_evaluation
+    from dermaseg.export.folder import check_folder_output, export_folder, training_data
+
+    if output.resolve() == model.resolve():
+        raise UsageError(f"-o {output}: that is the model being exported")
+    check_folder_output(output, overwrite)
+    evaluation = read_evaluation(card_eval) if card_eval is not None else None
+    net, meta = load_model(model)
+    export_folder(net, meta, output, training=training_data(model), evaluation=evaluation,
+                  license=card_license, say=typer.echo)
+    if evaluation is None:
+        typer.echo("note: no --card-eval: the model card states no metrics")
 
 
 def _check_options(fmt: str, opset: int, exporter: str, calib_count: int) -> None:
@@ -47,8 +67,10 @@ def _check_outputs(model: Path, output: Path, fmt: str, int8: bool, overwrite: b
 
 
 def export(
-    model: Path = typer.Argument(..., help="A dermaseg checkpoint (.ckpt)."),
-    fmt: str = typer.Option("onnx", "--format", help="onnx or tflite."),
+    model_name: str = typer.Argument(..., metavar="MODEL", help="A dermaseg checkpoint (.ckpt) "
+                                     "or model folder (a path or hf://owner/name)."),
+    fmt: str = typer.Option("onnx", "--format", help="onnx, tflite or folder (for sharing: "
+                            "safetensors weights, metadata, model card)."),
     int8: bool = typer.Option(False, "--int8", help="Static INT8 (ONNX Runtime, QDQ)."),
     calib: Path = typer.Option(
         None, "--calib",
@@ -65,23 +87,42 @@ def export(
     per_tensor: bool = typer.Option(False, "--per-tensor", help="One scale per weight tensor."),
     repeats: int = typer.Option(10, "--repeats", min=1,
                                 help="Timed runs for the latency median."),
+    card_eval: Path = typer.Option(None, "--card-eval", help="--format folder: the metrics.json "
+                                   "of `dermaseg evaluate` whose numbers the model card states."),
+    card_license: str = typer.Option("apache-2.0", "--license", help="--format folder: the "
+                                     "licence in the model card (a hub licence id)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace earlier exported files."),
 ) -> None:
-    """Export a checkpoint to ONNX (float32, or static INT8) or TFLite, checked against PyTorch.
+    """Export a model to ONNX (float32, or static INT8) or TFLite, checked against PyTorch, or
+    to a model folder for sharing.
 
     With --int8, OUT is the INT8 model; the float32 model is written beside it as
     STEM.fp32.onnx and the comparison (size, latency, mask Dice) as STEM.report.json, STEM
     being OUT's name without .onnx and .int8 (-o model.int8.onnx: model.fp32.onnx).
     Files already there are kept unless --overwrite.
+
+    --format folder writes OUT/ (default: STEM-shared/ beside the checkpoint) with
+    model.safetensors, dermaseg.json and a model card README.md, for `hf upload OWNER/NAME OUT`;
+    every command takes that folder (or hf://OWNER/NAME) as its model.
     """
     from dermaseg.fileio import output_lock
     from dermaseg.infer.ensemble import refuse_model_list
+    from dermaseg.model_folder import is_hub_name, resolve_model
 
-    refuse_model_list(model, "export")
-    if fmt not in ("onnx", "tflite"):
-        raise UsageError(f"--format {fmt}: use onnx or tflite")
+    refuse_model_list(model_name, "export")
+    if fmt not in ("onnx", "tflite", "folder"):
+        raise UsageError(f"--format {fmt}: use onnx, tflite or folder")
     if int8 and fmt != "onnx":
         raise UsageError("--int8 is for --format onnx")
+    if output is None and is_hub_name(model_name):
+        raise UsageError(f"{model_name}: give -o OUT (the default is beside the model, here "
+                         "in the hub's cache)")
+    model = resolve_model(model_name)
+    if fmt == "folder":
+        output = output or _default_output(model, fmt, int8)
+        with output_lock(output.parent, "export", name=f".{output.name[:100]}.lock"):
+            _export_folder(model, output, card_eval, card_license, overwrite)
+        return
     if model.suffix.lower() == ".onnx":
         raise UsageError(f"{model}: export starts from a checkpoint (.ckpt), not an ONNX file")
     if fmt == "tflite":

@@ -16,23 +16,26 @@ COMMAND_ORDER = {
                  "export", "serve", "demo", "doctor", "recipes"),
     "data": ("check", "prepare", "synth", "download"),
 }
-# A line that starts its own line in the help: a list item or an indented example.
-OWN_LINE = re.compile(r"^(\s|[-*] |\d+[.)] )")
+LIST_ITEM = re.compile(r"^([-*] |\d+[.)] )")
 
 
 def reflow(text: str | None) -> str | None:
-    """`text` with every paragraph's lines joined into one (list items and indented lines
-    keep theirs), so the help renderer wraps it at the terminal's width."""
+    """`text` with every paragraph's lines joined into one, so the help renderer wraps it at
+    the terminal's width. A list item starts a line of its own (its indented continuation
+    lines join it), and so does an indented line outside a list (an example)."""
     if not text:
         return text
     paragraphs = []
     for paragraph in inspect.cleandoc(text).split("\n\n"):
         lines: list[str] = []
+        in_item = False
         for line in paragraph.split("\n"):
-            if lines and not OWN_LINE.match(line) and line.strip():
+            item = bool(LIST_ITEM.match(line))
+            if lines and not item and (in_item or not line[:1].isspace()):
                 lines[-1] = f"{lines[-1]} {line.strip()}"
             else:
                 lines.append(line.rstrip())
+                in_item = item
         paragraphs.append("\n".join(lines))
     return "\n\n".join(paragraphs)
 
@@ -49,7 +52,7 @@ class Command(TyperCommand):
         params = super().get_params(ctx)
         for param in params:
             if param.param_type_name == "argument" and param.metavar is None:
-                param.metavar = param.name.upper() + ("..." if param.nargs != 1 else "")
+                param.metavar = (param.name or "").upper() + ("..." if param.nargs != 1 else "")
             elif getattr(param, "is_flag", False) and param.metavar is None:
                 param.metavar = ""  # `--tta`, not `--tta <bool>`
         return params
@@ -58,7 +61,8 @@ class Command(TyperCommand):
         pieces = [self.options_metavar] if self.options_metavar else []
         for param in self.get_params(ctx):
             if param.param_type_name == "argument":
-                pieces.append(param.metavar if param.required else f"[{param.metavar}]")
+                name = param.metavar or ""
+                pieces.append(name if param.required else f"[{name}]")
         return pieces
 
 

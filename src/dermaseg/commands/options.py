@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import typer
 
-MODEL_HELP = ("A checkpoint (.ckpt) or an exported .onnx or .tflite model; several separated by "
-              "commas (a,b,c) predict with their ensemble (mean probability).")
+MODEL_HELP = ("A checkpoint (.ckpt), a model folder (a path or hf://owner/name[@revision]) or "
+              "an exported .onnx or .tflite model; several separated by commas (a,b,c) predict "
+              "with their ensemble (mean probability).")
 TTA = typer.Option(False, "--tta", help="Average over the four flips.")
 KEEP_LARGEST = typer.Option(False, "--keep-largest", help="Keep the largest lesion.")
 FILL_HOLES = typer.Option(False, "--fill-holes", help="Fill holes inside the lesion.")

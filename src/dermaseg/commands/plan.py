@@ -76,8 +76,10 @@ def train_command(plan, out: Path, prep: Path) -> str:
     the GPUs hidden, as training would otherwise use them)."""
     import torch
 
+    from dermaseg.invocation import dermaseg_command
+
     run = Path("runs") / out.stem
-    command = (f"dermaseg train --config {shlex.quote(str(out))} "
+    command = (f"{dermaseg_command()} train --config {shlex.quote(str(out))} "
                f"--data {shlex.quote(str(prep))} -o {shlex.quote(str(run))}")
     if plan.machine["device"] == "cpu" and torch.cuda.is_available():
         command = "CUDA_VISIBLE_DEVICES= " + command

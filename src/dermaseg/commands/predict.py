@@ -27,10 +27,11 @@ def prediction_settings(model: str, tta, options) -> dict:
     from dataclasses import asdict
 
     from dermaseg.infer.ensemble import split_models
+    from dermaseg.model_folder import resolve_model, weights_file
 
     models = []
     for part in split_models(model):
-        path = Path(part)
+        path = weights_file(resolve_model(part))  # a hub model's: in its cache, per revision
         stat = path.stat()
         models.append({"path": str(path.resolve()), "bytes": stat.st_size,
                        "mtime_ns": stat.st_mtime_ns})
@@ -65,7 +66,8 @@ def predict(
     crf: bool = CRF,
     save_prob: bool = typer.Option(False, "--save-prob", help="Write prob/<id>_prob.png."),
     overlay: bool = typer.Option(False, "--overlay", help="Write overlay/<id>_overlay.jpg."),
-    measure: bool = typer.Option(False, "--measure", help="Write measurements.jsonl."),
+    measure: bool = typer.Option(False, "--measure", help="Write measurements.csv (a row "
+                                 "per image) and measurements.jsonl."),
     pixel_size: float = typer.Option(None, "--pixel-size", help="Pixel size in mm."),
     batch_size: int = BATCH_SIZE,
     device: str = DEVICE,
@@ -85,7 +87,13 @@ def predict(
     stopped. MODEL may be a comma list (a.ckpt,b.ckpt,...): the members' probabilities are
     averaged, then thresholded once; they must share input size, mean/std and threshold.
     """
-    from dermaseg.infer.batch import PredictOptions, list_inputs, parse_shard, predict_files
+    from dermaseg.infer.batch import (
+        PredictOptions,
+        list_inputs,
+        output_lines,
+        parse_shard,
+        predict_files,
+    )
     from dermaseg.infer.ensemble import Ensemble, load_predictor
     from dermaseg.infer.postprocess import postprocess_config
     from dermaseg.infer.tta import tta_config
@@ -117,6 +125,7 @@ def predict(
         typer.echo(predictor.describe())
     typer.echo(f"{len(summary.written)} written, {len(summary.skipped)} already there, "
                f"{len(summary.failed)} failed -> {out}")
+    typer.echo("\n".join(f"  {line}" for line in output_lines(out, options)))
     if summary.failed:
         for message in summary.failed:
             typer.echo(f"  failed: {message}", err=True)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import typer
 
@@ -11,8 +10,8 @@ from dermaseg.errors import UsageError
 
 
 def serve(
-    model: Path = typer.Argument(..., help="An exported .onnx or .tflite model, or a "
-                              "checkpoint (.ckpt)."),
+    model: str = typer.Argument(..., help="An exported .onnx or .tflite model, a "
+                             "checkpoint (.ckpt) or a model folder (a path or hf://owner/name)."),
     host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on."),
     port: int = typer.Option(8000, "--port", help="TCP port."),
     backend: str = typer.Option("auto", "--backend",
@@ -45,6 +44,7 @@ def serve(
     import uvicorn
 
     from dermaseg.infer.ensemble import refuse_model_list
+    from dermaseg.model_folder import resolve_model
     from dermaseg.serve.app import ServeSettings, check_token, load_predictor, settings_json
     from dermaseg.serve.connections import uvicorn_options
     from dermaseg.serve.metrics import multiprocess_folder
@@ -54,7 +54,8 @@ def serve(
         raise UsageError(f"--workers must be at least 1, got {workers}")
     if not 0 < port < 65536:
         raise UsageError(f"--port {port}: must be 1..65535")
-    settings = ServeSettings(str(model), backend, None, max_upload_mb, max_pixels,
+    # a hub model is fetched once here; the workers load it from the cache
+    settings = ServeSettings(str(resolve_model(model)), backend, None, max_upload_mb, max_pixels,
                              max_concurrency, timeout_s, threads=threads,
                              body_timeout_s=body_timeout_s)
     settings.check()

@@ -193,12 +193,12 @@ def _where(flags: torch.Tensor, chosen: torch.Tensor, other: torch.Tensor) -> to
     return torch.where(flags.to(chosen.device).view(-1, 1, 1, 1), chosen, other)
 
 
-def _flip(images: torch.Tensor, masks: torch.Tensor, extra: None, *, dim: int
+def _flip(images: torch.Tensor, masks: torch.Tensor, extra: torch.Tensor | None, *, dim: int
           ) -> tuple[torch.Tensor, torch.Tensor]:
     return images.flip(dim), masks.flip(dim)
 
 
-def _rotate(images: torch.Tensor, masks: torch.Tensor, extra: None, *, turns: int
+def _rotate(images: torch.Tensor, masks: torch.Tensor, extra: torch.Tensor | None, *, turns: int
             ) -> tuple[torch.Tensor, torch.Tensor]:
     """Square samples rotated by `turns` quarter turns (exact, no resampling), contiguous."""
     return (torch.rot90(images, turns, dims=(-2, -1)).contiguous(),
@@ -255,6 +255,7 @@ def _elastic(images: torch.Tensor, masks: torch.Tensor, shifts: torch.Tensor | N
              ) -> tuple[torch.Tensor, torch.Tensor]:
     """N x 3 x H x W float images (bilinear) and N x 1 x H x W uint8 masks (nearest) resampled
     along the field of the control-point `shifts` N x 2 x gh x gw; uncovered borders get 0."""
+    assert shifts is not None  # `_apply` always passes them (a Step's extra may be None)
     height, width = images.shape[-2:]
     field = displacement_field(shifts.to(images.device, torch.float32), height, width)
     grid = identity_grid(height, width, images.device) + field

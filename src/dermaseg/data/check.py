@@ -26,12 +26,12 @@ from typing import NamedTuple
 
 import numpy as np
 from PIL import Image
-from tqdm import tqdm
 
 from dermaseg.data.discover import Discovery, Pair, Problem, discover, display_path
-from dermaseg.fileio import MAX_PIXELS
+from dermaseg.fileio import MAX_PIXELS, note_first_frame, too_large
 from dermaseg.image_checks import declared_problem
 from dermaseg.parallel import parallel_map
+from dermaseg.progress import progress as progress_bar
 
 # Every kind of problem, in report order, with what it means.
 KINDS = {
@@ -147,7 +147,8 @@ def _decode(path: Path, draft: bool) -> Decoded:
     with Image.open(path) as image:
         width, height = image.size
         if width * height > MAX_PIXELS:
-            raise ValueError(f"too large ({width}x{height} is over {MAX_PIXELS} pixels)")
+            raise ValueError(too_large(width, height))
+        note_first_frame(image, display_path(path))
         problem = declared_problem(image, path)  # what `predict` and the service refuse too
         if problem is not None:
             raise ValueError(problem)
@@ -166,8 +167,8 @@ def read_checked(path: Path, draft: bool = True) -> tuple[Decoded | None, Proble
     """Decode one file; on failure return (None, an "unreadable" Problem naming it)."""
     try:
         return _decode(path, draft), None
-    except Image.DecompressionBombError as exc:
-        return None, Problem("unreadable", path, f"too large ({exc})")
+    except Image.DecompressionBombError:
+        return None, Problem("unreadable", path, too_large())
     except Exception as exc:  # decoders raise many types on corrupt data: all mean unreadable
         return None, Problem("unreadable", path, _reason(exc))
 
@@ -310,7 +311,8 @@ def find_duplicates(results: list[PairCheck]) -> list[Problem]:
 
 
 def _inspect_all(pairs: list[Pair], workers: int, progress: bool) -> list[PairCheck]:
-    with tqdm(total=len(pairs), desc="checking", unit="pair", disable=not progress) as bar:
+    with progress_bar(total=len(pairs), desc="checking", unit="pair",
+                      enabled=progress) as bar:
         return parallel_map(inspect_pair, pairs, workers, bar, "checking")
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -12,44 +11,15 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+from dermaseg.data.manifest import read_manifest
 from dermaseg.data.prepare import MANIFEST, SPLITS
 from dermaseg.data.transforms import SegmentationTransform
 from dermaseg.errors import DermasegError
 from dermaseg.geometry import Letterbox, letterbox_image
 
 CACHE_LIMIT_BYTES = 1 << 30  # cache=None keeps a split in RAM when its arrays fit in 1 GiB
-ITEM_KEYS = ("id", "split", "image", "mask", "orig_height", "orig_width", "letterbox")
 
 Transform = Callable[[np.ndarray, np.ndarray], tuple[torch.Tensor, torch.Tensor]]
-
-
-def read_manifest(root: str | os.PathLike) -> dict:
-    """Read and validate `root/manifest.json`.
-
-    Raises:
-        DermasegError: naming the manifest when it is missing, not JSON, or lacks a field.
-    """
-    path = Path(root) / MANIFEST
-    try:
-        manifest = json.loads(path.read_text())
-    except FileNotFoundError as exc:
-        raise DermasegError(
-            f"{path}: no manifest; is {root} a folder written by `dermaseg data prepare`?"
-        ) from exc
-    except OSError as exc:
-        raise DermasegError(f"{path}: cannot read ({exc.strerror or exc})") from exc
-    except ValueError as exc:
-        raise DermasegError(f"{path}: corrupt manifest, not valid JSON ({exc})") from exc
-    if not isinstance(manifest, dict) or not isinstance(manifest.get("size"), int):
-        raise DermasegError(f"{path}: corrupt manifest, no integer 'size'")
-    items = manifest.get("items")
-    if not isinstance(items, list):
-        raise DermasegError(f"{path}: corrupt manifest, no 'items' list")
-    for index, item in enumerate(items):
-        missing = [key for key in ITEM_KEYS if not isinstance(item, dict) or key not in item]
-        if missing:
-            raise DermasegError(f"{path}: item {index} lacks {', '.join(missing)}")
-    return manifest
 
 
 def _load_array(path: Path, shape: tuple[int, ...]) -> np.ndarray:

@@ -84,10 +84,15 @@ def _is_special(entry: os.DirEntry) -> bool:
         return False
 
 
-def _walk_files(root: Path, problems: list[Problem]) -> list[Path]:
-    """Every regular file (or symlink to one, or broken symlink) under root, each folder once.
+def walk_images(root: Path, problems: list[Problem], check_names: bool = True) -> list[Path]:
+    """Every image file (or symlink to one, or broken symlink) under root, each folder once:
+    the one listing of a folder's images for every command (check, prepare, evaluate,
+    predict, calibration).
 
-    Folders are identified by (device, inode) so symlink loops are visited once.
+    Symlinked folders are followed; folders are identified by (device, inode) so a symlink
+    loop is visited once. Hidden files and folders, `__MACOSX/`, PH2's `*_roi/` and ISIC's
+    `*_superpixels` maps are skipped. FIFOs and devices, folders that cannot be listed and
+    (with `check_names`) names that cannot become file names are added to `problems`.
     """
     files: list[Path] = []
     seen: set[tuple[int, int]] = set()
@@ -121,7 +126,7 @@ def _walk_files(root: Path, problems: list[Problem]) -> list[Path]:
             elif path.suffix.lower() in IMAGE_SUFFIXES and not IGNORED_STEM.search(path.stem):
                 if _is_special(entry):  # a FIFO or device would block or never end when read
                     problems.append(Problem("unreadable", path, "not a regular file"))
-                elif (problem := name_problem(entry.name)) is not None:  # a newline in it ...
+                elif check_names and (problem := name_problem(entry.name)) is not None:
                     problems.append(Problem("bad_name", path, f"{entry.name!r}: {problem}"))
                 else:
                     files.append(path)
@@ -245,7 +250,7 @@ def discover(root: str | os.PathLike) -> Discovery:
     problems: list[Problem] = []
     images: dict[str, list[Path]] = {}
     masks: dict[str, list[Path]] = {}
-    for path in _walk_files(root, problems):
+    for path in walk_images(root, problems):
         match = MASK_STEM.match(path.stem)
         if match:
             masks.setdefault(match["id"], []).append(path)

@@ -23,12 +23,11 @@ from urllib.error import HTTPError, URLError
 from urllib.parse import urlsplit
 from urllib.request import Request, urlopen
 
-from tqdm import tqdm
-
 from dermaseg.data.check import CheckReport, check_dataset
 from dermaseg.data.unzip import BadArchive, safe_extract
 from dermaseg.errors import DermasegError, UsageError
 from dermaseg.fileio import make_folder, write_bytes_atomic
+from dermaseg.progress import progress as progress_bar
 
 URL_BASE = "https://isic-challenge-data.s3.amazonaws.com"
 MIRROR_BASE = "https://isic-archive.s3.amazonaws.com/challenges"
@@ -188,15 +187,8 @@ def _transfer(url: str, part: Path, timeout: float, progress: bool) -> int | Non
 
 def _receive(response, part: Path, start: int, total: int | None, progress: bool) -> None:
     """Write the body of `response` to `part` from byte `start`; _Broken if it stops early."""
-    bar = tqdm(
-        total=total,
-        initial=start,
-        unit="B",
-        unit_scale=True,
-        unit_divisor=1024,
-        desc=Path(part.stem).name,
-        disable=not progress,
-    )
+    bar = progress_bar(total=total, initial=start, desc=Path(part.stem).name,
+                       byte_units=True, enabled=progress)
     with bar, open(part, "ab" if start else "wb", buffering=0) as handle:  # errors at write
         while True:
             try:

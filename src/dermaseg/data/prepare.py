@@ -31,7 +31,6 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
-from tqdm import tqdm
 
 from dermaseg.data import stable_splits, staging
 from dermaseg.data.check import FIXABLE, check_mask, default_workers, mask_array, read_checked
@@ -49,6 +48,8 @@ from dermaseg.fileio import (
 from dermaseg.fileio import decode_image as fileio_decode_image
 from dermaseg.geometry import Letterbox, letterbox_image
 from dermaseg.parallel import parallel_map
+from dermaseg.progress import Progress
+from dermaseg.progress import progress as progress_bar
 
 FORMAT = "dermaseg-prepared/1"
 
@@ -199,7 +200,7 @@ def _clean_temporaries(*folders: Path) -> None:
                     leftover.unlink()
 
 
-def _run_all(todo: list[Pair], out: Path, size: int, workers: int, bar: tqdm
+def _run_all(todo: list[Pair], out: Path, size: int, workers: int, bar: Progress
              ) -> list[PrepareResult]:
     work = partial(_prepare_safely, out=out, size=size)
     return parallel_map(work, todo, workers, bar, "prepare", serial_below=4)
@@ -220,8 +221,8 @@ def _prepare_all(pairs: list[Pair], out: Path, work: Path, size: int, workers: i
             todo.append(pair)
         else:
             results.append(PrepareResult(pair, record, reused=True))
-    with tqdm(total=len(pairs), initial=len(results), desc="preparing", unit="pair",
-              disable=not progress) as bar:
+    with progress_bar(total=len(pairs), initial=len(results), desc="preparing", unit="pair",
+                      enabled=progress) as bar:
         results += _run_all(todo, work, size, workers, bar)
     return results, todo
 
@@ -267,12 +268,13 @@ def _split_items(results: list[PrepareResult], root: Path, val: float, test: flo
                  ) -> tuple[list[dict], dict, stable_splits.EarlierSplit | None]:
     """Manifest items of the prepared pairs (by id) with their split, the manifest's "split"
     record and the earlier split kept (stable_splits.draw_splits)."""
-    prepared = sorted((r for r in results if r.record), key=lambda r: r.pair.id)
+    prepared = sorted(((r.pair, r.record) for r in results if r.record),
+                      key=lambda prepared_pair: prepared_pair[0].id)
     # "train" alone is not an official split: val and test are then drawn at random
-    labels = {r.pair.id: official_split(r.pair.image, root) if keep_official else None
-              for r in prepared}
+    labels = {pair.id: official_split(pair.image, root) if keep_official else None
+              for pair, _ in prepared}
     splits, record, kept = stable_splits.draw_splits(labels, val, test, seed, earlier)
-    return [_manifest_item(r.record, splits[r.pair.id]) for r in prepared], record, kept
+    return [_manifest_item(item, splits[pair.id]) for pair, item in prepared], record, kept
 
 
 def _skipped(found_problems: list[Problem], results: list[PrepareResult]) -> list[dict]:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -81,7 +82,8 @@ def parse_split(manifest: object, origin: str) -> EarlierSplit:
     count = manifest.get("folds")
     fold_count = count if type(count) is int and count >= 2 else None
     folds = {key: fold for key, fold in folds.items() if fold_count and 0 <= fold < fold_count}
-    settings = manifest.get("split") if isinstance(manifest.get("split"), dict) else {}
+    settings = manifest.get("split")
+    settings = settings if isinstance(settings, dict) else {}
     return EarlierSplit(origin, settings, splits, folds, fold_count, sources, hashes)
 
 
@@ -102,7 +104,7 @@ def follow_sources(earlier: EarlierSplit | None, pairs: list,
     current = {pair.id: display_path(pair.image) for pair in pairs}
     hashes = hashes or {}
     by_source = {source: old for old, source in earlier.sources.items()}
-    by_hash = {digest: old for old, digest in earlier.hashes.items()}
+    by_hash: dict[str | None, str] = {digest: old for old, digest in earlier.hashes.items()}
     renamed: dict[str, str] = {}
     for match in (lambda item_id: by_source.get(current[item_id]),
                   lambda item_id: by_hash.get(hashes.get(item_id)),
@@ -122,7 +124,7 @@ def follow_sources(earlier: EarlierSplit | None, pairs: list,
         unmatched=len(earlier.splits) - len(set(renamed.values())))
 
 
-def read_split_from(path: str | Path) -> EarlierSplit:
+def read_split_from(path: str | os.PathLike) -> EarlierSplit:
     """The split of `--split-from PATH`: a prepared folder or its manifest.json.
 
     Raises:
@@ -146,7 +148,7 @@ def read_split_from(path: str | Path) -> EarlierSplit:
                          f"prepare` ({exc})") from exc
 
 
-def earlier_split(out: Path, split_from: str | Path | None, redraw: bool
+def earlier_split(out: Path, split_from: str | os.PathLike | None, redraw: bool
                   ) -> tuple[EarlierSplit | None, str | None]:
     """(The split to keep, or None; why an earlier one is not kept, or None). Reads and checks
     `split_from` first; else the manifest already in `out`, unless `redraw`. Writes nothing.

@@ -18,10 +18,10 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
-from tqdm import tqdm
 
 from dermaseg.errors import UsageError
 from dermaseg.fileio import MAX_PIXELS, atomic_path, make_folder, save_png_atomic
+from dermaseg.progress import progress as progress_bar
 
 WORK_SIDE = 800  # images larger than this are drawn at this size and upscaled
 SKIN_TONES = np.array([[228, 186, 166], [214, 160, 134], [196, 144, 112], [236, 200, 182]])
@@ -57,7 +57,7 @@ def smooth_noise(rng: np.random.Generator, shape: tuple[int, int], cells: float)
     grid_h = max(2, round(cells * height / max(shape)) + 2)
     grid_w = max(2, round(cells * width / max(shape)) + 2)
     coarse = Image.fromarray(rng.standard_normal((grid_h, grid_w)).astype(np.float32), mode="F")
-    field = np.asarray(coarse.resize((width, height), Image.BICUBIC), dtype=np.float64)
+    field = np.asarray(coarse.resize((width, height), Image.Resampling.BICUBIC), dtype=np.float64)
     return (field - field.mean()) / (field.std() + 1e-9)
 
 
@@ -219,8 +219,8 @@ def synth_pair(rng: np.random.Generator, width: int, height: int, options: Synth
     picture = Image.fromarray(np.clip(shaded, 0, 255).astype(np.uint8))
     soft = Image.fromarray(alpha.astype(np.float32), mode="F")
     if (width, height) != picture.size:
-        picture = picture.resize((width, height), Image.BICUBIC)
-        soft = soft.resize((width, height), Image.BILINEAR)
+        picture = picture.resize((width, height), Image.Resampling.BICUBIC)
+        soft = soft.resize((width, height), Image.Resampling.BILINEAR)
         grain = rng.standard_normal((height, width), dtype=np.float32) * 3  # sensor-like texture
         picture = np.clip(np.asarray(picture, dtype=np.float32) + grain[..., None], 0, 255)
     mask = np.where(np.asarray(soft) > 0.5, 255, 0).astype(np.uint8)
@@ -273,7 +273,7 @@ def synth_dataset(
     make_folder(out)
     digits = max(4, len(str(n)))
     written = []
-    for index in tqdm(range(1, n + 1), desc="synth", unit="image", disable=not progress):
+    for index in progress_bar(range(1, n + 1), desc="synth", unit="image", enabled=progress):
         rng = np.random.default_rng([seed, index])
         width, height = _item_size(rng, options)
         image, mask = synth_pair(rng, width, height, options)

@@ -10,10 +10,9 @@ import zipfile
 import zlib
 from pathlib import Path, PurePosixPath
 
-from tqdm import tqdm
-
 from dermaseg.errors import DermasegError
 from dermaseg.fileio import TEMP_PREFIX, make_folder
+from dermaseg.progress import progress as progress_bar
 
 CHUNK = 1 << 20
 STAGING_SUFFIX = ".unpack"
@@ -87,8 +86,8 @@ def safe_extract(archive: str | os.PathLike, out: str | os.PathLike, progress: b
             names = list(dict.fromkeys(m.filename for m in members if not m.is_dir()))
             staging = Path(tempfile.mkdtemp(STAGING_SUFFIX, TEMP_PREFIX, out))
             try:
-                for name in tqdm(names, desc=f"unpack {archive.name}", unit="file",
-                                 disable=not progress):
+                for name in progress_bar(names, desc=f"unpack {archive.name}", unit="file",
+                                         enabled=progress):
                     _unpack_member(zipped, name, staging, archive)
                 _move_into(staging, out, names)
             finally:

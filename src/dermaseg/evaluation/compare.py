@@ -244,12 +244,55 @@ def summary_dict(a: Scores, b: Scores, shared: list[str], dropped: tuple[list, l
         "resamples": resamples, "seed": seed,
         "test": "Wilcoxon signed-rank, two-sided (scipy.stats.wilcoxon); p = 1 when identical",
         "metric": metric,
+        "verdict": verdict(results[metric], metric),
         "metrics": {name: result.as_dict() for name, result in results.items()},
     }
 
 
+SIGNIFICANCE = 0.05  # a Wilcoxon p below this, with a CI that excludes 0: B and A differ
+
+
 def format_p(result: PairedResult) -> str:
-    return "1 (identical)" if result.identical else f"{result.p_value:.4g}"
+    """The p-value in one format: three decimals, "<0.001" below that."""
+    if result.identical:
+        return "1 (identical)"
+    return "<0.001" if result.p_value < 0.001 else f"{result.p_value:.3f}"
+
+
+def p_text(result: PairedResult) -> str:
+    """"p = 0.004", "p < 0.001", "p = 1 (identical)": the p-value in a sentence."""
+    text = format_p(result)
+    return f"p {text[0]} {text[1:]}" if text.startswith("<") else f"p = {text}"
+
+
+def _difference(value: float) -> str:
+    return f"{value:.3f}" if abs(value) >= 0.0005 or value == 0 else "less than 0.001"
+
+
+def verdict(result: PairedResult, metric: str) -> str:
+    """One sentence in plain words: which of A and B is better on `metric` and by how much,
+    with the 95 % CI, the Wilcoxon p and how many images the better one wins; or that these
+    images do not tell them apart. "Better" needs both a CI that excludes 0 and p < 0.05."""
+    label = LABELS[metric]
+    images = result.b_better + result.b_worse + result.tied
+    if result.identical:
+        return f"A and B give the same {label} on each of the {images} images."
+    leader = "B" if result.difference > 0 else "A"
+    sign = 1.0 if leader == "B" else -1.0
+    wins = result.b_better if leader == "B" else result.b_worse
+    p = p_text(result)
+    ci = ("no CI" if result.ci is None else
+          "95 % CI {:.3f} to {:.3f}".format(*sorted(sign * bound for bound in result.ci)))
+    numbers = f"({ci}, {p}, {wins} of {images} images better with {leader})"
+    by = _difference(abs(result.difference))
+    clear = result.ci is not None and (result.ci[0] > 0 or result.ci[1] < 0)
+    if clear and result.p_value < SIGNIFICANCE:
+        return f"{leader} is better on {label} by {by} {numbers}."
+    if clear or result.p_value < SIGNIFICANCE:
+        return (f"{leader} is probably better on {label}, by {by} {numbers}; the interval and "
+                "the test disagree: compare on more images.")
+    return (f"No clear difference on {label}: {leader} is ahead by {by} {numbers}, within "
+            "what chance gives on these images.")
 
 
 def format_ci(ci) -> str:
@@ -269,7 +312,7 @@ TABLE_HEADER = ("metric", "mean A", "mean B", "B - A", "95% CI of B - A", "p (Wi
 
 def markdown(summary: dict, results: dict[str, PairedResult]) -> str:
     """compare.md: what was compared, the table, the picture."""
-    lines = ["# dermaseg comparison", "",
+    lines = ["# dermaseg comparison", "", f"**{md_text(summary['verdict'])}**", "",
              f"- A: {md_text(summary['a']['folder'])} ({summary['a']['images']} images)",
              f"- B: {md_text(summary['b']['folder'])} ({summary['b']['images']} images)",
              f"- {summary['images']} images in both; difference = B - A per image, then the "
@@ -288,12 +331,16 @@ def markdown(summary: dict, results: dict[str, PairedResult]) -> str:
 
 
 def plot_comparison(a: np.ndarray, b: np.ndarray, result: PairedResult, metric: str,
-                    path: Path) -> None:
+                    path: Path, names: tuple[str, str] = ("A", "B")):
     """compare.png: per-image B against A (the diagonal: no change) and the histogram of the
     differences B - A with their mean and its interval.
 
     Args:
         a, b: (n,) values of `metric` for the same n images.
+        names: what A and B are (their folders), named in the legend.
+
+    Returns:
+        The matplotlib Figure drawn.
     """
     import matplotlib
 
@@ -306,7 +353,9 @@ def plot_comparison(a: np.ndarray, b: np.ndarray, result: PairedResult, metric: 
     low = max(0.0, min(a.min(), b.min()) - 0.05)
     high = max(low + 0.1, min(1.02, max(a.max(), b.max()) + 0.05))
     scatter.plot([low, high], [low, high], color="#888888", linewidth=1, label="B = A")
-    scatter.scatter(a, b, s=12, alpha=0.6, color="#4c72b0")
+    scatter.scatter(a, b, s=12, alpha=0.6, color="#4c72b0", label="an image")
+    for letter, name in zip("AB", names, strict=True):
+        scatter.plot([], [], " ", label=f"{letter}: {name}")  # a legend line, no mark
     scatter.set(xlim=(low, high), ylim=(low, high), xlabel=f"{label}, A",
                 ylabel=f"{label}, B", title=f"{len(a)} images: B better {result.b_better}, "
                 f"worse {result.b_worse}, tied {result.tied}")
@@ -321,11 +370,12 @@ def plot_comparison(a: np.ndarray, b: np.ndarray, result: PairedResult, metric: 
         histogram.axvspan(*result.ci, color="#c44e52", alpha=0.2, zorder=0,
                           label=f"95% CI {format_ci(result.ci)}")
     histogram.set(xlabel=f"{label}, B - A per image", ylabel="images",
-                  title=f"paired differences, p = {format_p(result)}")
+                  title=f"paired differences, {p_text(result)}")
     histogram.legend(loc="upper left")
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=100, bbox_inches="tight")
     write_bytes_atomic(path, buffer.getvalue())
+    return figure
 
 
 def write_comparison(out: Path, summary: dict, results: dict[str, PairedResult],
@@ -343,4 +393,5 @@ def write_comparison(out: Path, summary: dict, results: dict[str, PairedResult],
         write_json_atomic(stage / "compare.json", summary)
         write_bytes_atomic(stage / "compare.md", markdown(summary, results).encode())
         metric = summary["metric"]
-        plot_comparison(*picture, results[metric], metric, stage / "compare.png")
+        plot_comparison(*picture, results[metric], metric, stage / "compare.png",
+                        (summary["a"]["folder"], summary["b"]["folder"]))

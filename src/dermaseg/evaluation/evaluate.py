@@ -16,14 +16,12 @@ equals `isic-challenge-scoring` (masks are lesion where > 128).
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
 from dermaseg.data.check import mask_array
 from dermaseg.data.discover import (
@@ -33,6 +31,7 @@ from dermaseg.data.discover import (
     display_path,
     path_from_display,
 )
+from dermaseg.data.manifest import read_manifest
 from dermaseg.errors import DermasegError, UsageError
 from dermaseg.evaluation.metrics import (
     Confusion,
@@ -48,9 +47,11 @@ from dermaseg.evaluation.report import (
 from dermaseg.fileio import (
     UnsafeName,
     name_problem,
+    note_first_frame,
     open_header,
     read_rgb,
 )
+from dermaseg.progress import progress as progress_bar
 
 
 @dataclass
@@ -87,6 +88,7 @@ def read_mask(path: Path) -> np.ndarray:
     """
     try:
         with open_header(path, f"{display_path(path)}: not a readable mask") as handle:
+            note_first_frame(handle, display_path(path))
             handle.load()
             array, issue = mask_array(handle)
     except (OSError, ValueError, SyntaxError) as exc:
@@ -176,8 +178,8 @@ def evaluate_folders(pred_dir: Path, truth_dir: Path, images_dir: Path | None = 
     if extra:
         result.warnings.append(f"{len(extra)} prediction(s) without a truth mask not scored: "
                                f"{_shown(extra)}")
-    for image_id, truth_path in tqdm(truths.items(), desc="evaluate", unit="img",
-                                     disable=not progress):
+    for image_id, truth_path in progress_bar(truths.items(), desc="evaluate", unit="image",
+                                             enabled=progress):
         truth, pred = read_mask(truth_path), read_mask(preds[image_id])
         binary01 += [display_path(p) for p, a in ((truth_path, truth), (preds[image_id], pred))
                      if a.max(initial=0) == 1]
@@ -200,17 +202,6 @@ def _image_of_size(path: Path, shape: tuple[int, int]) -> np.ndarray | None:
     except DermasegError:
         return None
     return image if image.shape[:2] == shape else None
-
-
-def _read_manifest(data_dir: Path) -> dict:
-    path = data_dir / "manifest.json"
-    try:
-        manifest = json.loads(path.read_text())
-        if not isinstance(manifest["items"], list):
-            raise TypeError("'items' is not a list")
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise DermasegError(f"{display_path(path)}: not a readable manifest ({exc})") from exc
-    return manifest
 
 
 def _source(value: str, manifest: dict) -> Path:
@@ -261,7 +252,7 @@ def source_items(data_dir: Path, split: str) -> tuple[list[tuple[str, Path, Path
         unpaired = [p.path for p in found.problems if p.kind == "missing_mask"]
         check_ids([p.id for p in found.pairs], display_path(data_dir))
         return [(p.id, p.image, p.mask) for p in found.pairs], unpaired
-    manifest = _read_manifest(data_dir)
+    manifest = read_manifest(data_dir)  # checked: ids, splits, folds, geometry
     items = []
     for item in manifest["items"]:
         if not isinstance(item, dict) or not _in_split(item, split):
@@ -333,7 +324,8 @@ def evaluate_model(predictor, items: list[tuple[str, Path, Path]], postprocess=N
             result.add(image_id, mask, truth, image if full is None else full)
         batch.clear()
 
-    with tqdm(total=len(items), desc="evaluate", unit="img", disable=not progress) as bar:
+    with progress_bar(total=len(items), desc="evaluate", unit="image",
+                      enabled=progress) as bar:
         for image_id, path, decoded, truth, problem in _iter_pairs(
                 items, predictor.meta.image_size):
             bar.update(1)

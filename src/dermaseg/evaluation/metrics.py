@@ -76,7 +76,8 @@ def confusion(pred: np.ndarray, truth: np.ndarray) -> Confusion:
     """Confusion counts of a predicted and a true mask of the same shape.
 
     Args:
-        pred, truth: (H, W) uint8 masks (lesion where > 128) or boolean masks.
+        pred: (H, W) uint8 mask (lesion where > 128) or boolean mask.
+        truth: the true mask, in the same form and shape.
 
     Raises:
         DermasegError: when the shapes differ or a mask is not uint8/boolean.

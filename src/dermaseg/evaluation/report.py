@@ -41,7 +41,7 @@ def thumbnail(image: np.ndarray, truth: np.ndarray | None, pred: np.ndarray,
         return np.asarray(resized.resize(size, Image.Resampling.NEAREST)) > 127
 
     base = np.asarray(Image.fromarray(image).resize(size, Image.Resampling.BILINEAR))
-    masks = [(small(pred), PRED_COLOUR)]
+    masks: list[tuple[np.ndarray, tuple[int, int, int]]] = [(small(pred), PRED_COLOUR)]
     if truth is not None:
         masks.insert(0, (small(truth), TRUTH_COLOUR))
     return draw_overlay(base, masks, width=2)
@@ -62,7 +62,7 @@ def plot_jaccard_histogram(values: Sequence[float], path: Path, threshold: float
 
     figure = Figure(figsize=(6, 3.5))
     axes = figure.subplots()
-    axes.hist(np.asarray(values, dtype=float), bins=np.linspace(0, 1, 21),
+    axes.hist(np.asarray(values, dtype=float), bins=np.linspace(0, 1, 21).tolist(),
               color="#4c72b0", edgecolor="white")
     axes.axvline(threshold, color="#c44e52", linestyle="--",
                  label=f"threshold-Jaccard cut-off {threshold}")

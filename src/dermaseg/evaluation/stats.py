@@ -118,7 +118,8 @@ def wilcoxon_p(differences: np.ndarray) -> tuple[float, bool]:
         return 1.0, True
     with warnings.catch_warnings():  # e.g. "exact p-value unavailable with ties": scipy falls
         warnings.simplefilter("ignore")  # back to the normal approximation by itself
-        return float(wilcoxon(differences).pvalue), False
+        result = wilcoxon(differences)  # its result class is made at run time: untyped
+        return float(result.pvalue), False  # pyright: ignore[reportAttributeAccessIssue]
 
 
 def paired_comparison(a, b, resamples: int = RESAMPLES, seed: int = SEED,
@@ -126,10 +127,13 @@ def paired_comparison(a, b, resamples: int = RESAMPLES, seed: int = SEED,
     """Compare B with A on the same images, one result per metric (column).
 
     Args:
-        a, b: (n, k) per-image values of k metrics, row i of both being the same image
-            ((n,) is taken as one metric). Higher is better.
-        resamples, seed, confidence: of the paired bootstrap (see `bootstrap_mean_ci`); every
-            metric's interval uses the same resampled image indices.
+        a: (n, k) per-image values of k metrics of model A ((n,) is taken as one metric).
+            Higher is better.
+        b: the same for model B, row i of both being the same image.
+        resamples: bootstrap resamples (see `bootstrap_mean_ci`); every metric's interval
+            uses the same resampled image indices.
+        seed: seed of the resampling.
+        confidence: of the paired bootstrap interval.
 
     Returns:
         k PairedResult, in column order.
@@ -146,6 +150,7 @@ def paired_comparison(a, b, resamples: int = RESAMPLES, seed: int = SEED,
         raise DermasegError(f"paired comparison: needs at least 2 images, got {len(a)}")
     differences = b - a
     intervals = bootstrap_mean_ci(differences, resamples, seed, confidence)
+    assert intervals is not None  # None only below 2 images, refused above
     results = []
     for column in range(a.shape[1]):
         diff = differences[:, column]

@@ -3,7 +3,6 @@ dataset's train split, or synthetic dermoscopy images. Importing it imports no P
 
 from __future__ import annotations
 
-import contextlib
 from pathlib import Path
 
 import numpy as np
@@ -25,12 +24,13 @@ def calibration_images(folder: Path | None, count: int, image_size: int,
     `folder` (masks excluded), or synthetic dermoscopy images when `folder` is None.
 
     Returns:
-        (images, a description of where they came from)
+        (images, a description of where they came from, then a line naming each file of
+        `folder` that could not be read and why)
 
     Raises:
         UsageError: `count` below 2, or the folder is missing or holds no readable image.
     """
-    from tqdm import tqdm
+    from dermaseg.progress import progress as progress_bar
 
     check_calibration_count(count)
     if folder is None:
@@ -39,7 +39,8 @@ def calibration_images(folder: Path | None, count: int, image_size: int,
         rng = np.random.default_rng(SYNTH_SEED)
         side = max(64, image_size)
         images = [synth_pair(rng, int(side * rng.uniform(0.8, 1.4)), side, SynthOptions())[0]
-                  for _ in tqdm(range(count), desc="synth", disable=not progress)]
+                  for _ in progress_bar(range(count), desc="synth", unit="image",
+                                       enabled=progress)]
         return images, f"{count} synthetic images (dermaseg.data.synth)"
     from dermaseg.fileio import read_rgb
     from dermaseg.infer.batch import list_inputs
@@ -50,17 +51,21 @@ def calibration_images(folder: Path | None, count: int, image_size: int,
                          "written by `dermaseg data prepare`)")
     if (folder / "manifest.json").is_file():
         return _prepared_images(folder, count)
-    files, _ = list_inputs([str(folder)])
+    files, unreadable = list_inputs([str(folder)])
     if len(files) > count:
         picked = np.random.default_rng(0).choice(len(files), size=count, replace=False)
         files = [files[i] for i in sorted(picked)]
     images = []
-    for path in tqdm(files, desc="read", disable=not progress):
-        with contextlib.suppress(DermasegError):  # unreadable files are simply not used
+    for path in progress_bar(files, desc="read", unit="image", enabled=progress):
+        try:
             images.append(read_rgb(path))
+        except DermasegError as exc:  # the message names the file and why
+            unreadable.append(str(exc))
+    skipped = "".join(f"\n  not used: {message}" for message in unreadable)
     if len(images) < 2:
-        raise UsageError(f"--calib {folder}: needs at least 2 readable images, found {len(images)}")
-    return images, f"{len(images)} images from {folder}"
+        raise UsageError(f"--calib {folder}: needs at least 2 readable images, found "
+                         f"{len(images)}{skipped}")
+    return images, f"{len(images)} images from {folder}{skipped}"
 
 
 def _prepared_images(folder: Path, count: int) -> tuple[list[np.ndarray], str]:

@@ -26,11 +26,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
 from dermaseg.errors import DermasegError, UsageError
 from dermaseg.infer.onnx_backend import INPUT_NAME, onnx_session
 from dermaseg.model_meta import ModelMeta
+from dermaseg.progress import progress as progress_bar
 
 
 @dataclass
@@ -50,7 +50,8 @@ class ImageCalibrationReader:
 
         self._prepare = Preprocessing.from_meta(meta)
         self._images = images
-        self._bar = tqdm(total=len(images), desc="calibrate", unit="image", disable=not progress)
+        self._bar = progress_bar(total=len(images), desc="calibrate", unit="image",
+                                 enabled=progress)
         self._index, self._end = 0, len(images)
 
     def __len__(self) -> int:
@@ -193,7 +194,7 @@ def compare_int8(fp32_path: str | os.PathLike, int8_path: str | os.PathLike,
     """Sizes, median latency and mask agreement of two exports of the same model."""
     from dermaseg.infer.predictor import Predictor
 
-    fp32, int8 = Predictor.load(fp32_path), Predictor.load(int8_path)
+    fp32, int8 = Predictor.load(Path(fp32_path)), Predictor.load(Path(int8_path))
     dices = [mask_dice(fp32.predict(image), int8.predict(image)) for image in images]
     side = fp32.meta.image_size
     fp32_ms = median_latency_ms(onnx_session(fp32_path), side, repeats)

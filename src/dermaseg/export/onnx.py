@@ -46,6 +46,7 @@ def _dynamo_export(model: torch.nn.Module, sample: torch.Tensor, opset: int):
         opset_version=opset, dynamo=True, optimize=True, verbose=False,
         dynamic_shapes={"image": {0: auto, 2: auto, 3: auto}},
     )
+    assert program is not None  # None only from the legacy exporter (dynamo=False)
     return program.model_proto
 
 

@@ -57,7 +57,7 @@ def require_litert():
     Raises:
         DermasegError: litert-torch is not installed (with the pip command)."""
     try:
-        import litert_torch
+        import litert_torch  # pyright: ignore[reportMissingImports]  (the tflite extra)
     except ImportError as exc:
         raise DermasegError(f"--format tflite needs litert-torch: {TFLITE_INSTALL}") from exc
     return litert_torch

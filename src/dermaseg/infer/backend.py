@@ -19,6 +19,7 @@ class Backend(Protocol):
     exported with a fixed size), else None: any side the model's stride allows.
     """
 
-    fixed_side: int | None
+    @property
+    def fixed_side(self) -> int | None: ...
 
     def __call__(self, batch: np.ndarray) -> np.ndarray: ...

@@ -5,7 +5,8 @@ Outputs in OUT (the mask folder is exactly what the ISIC scorer reads):
     prob/<id>_prob.png           probability x 255, 8-bit (--save-prob)
     overlay/<id>_overlay.jpg     the image with the mask's contour drawn (--overlay)
     measurements/<id>.json       lesion measurements (--measure), gathered at the end into
-    measurements.jsonl           one JSON object per line, sorted by id
+    measurements.jsonl           one JSON object per line, sorted by id, and
+    measurements.csv             the same as a table: one row per image (a spreadsheet)
     predict.json                 the settings that made the masks (models, TTA, post-processing)
 The extras live in sub-folders because `isic-challenge-scoring` matches every file in the
 prediction folder whose name holds the image number, and two matches are an error.
@@ -37,7 +38,6 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
-from tqdm import tqdm
 
 from dermaseg.data import discover
 from dermaseg.data.discover import IMAGE_SUFFIXES, MASK_STEM, display_path
@@ -52,8 +52,11 @@ from dermaseg.fileio import (
     write_bytes_atomic,
     write_json_atomic,
 )
+from dermaseg.infer.measure_table import measurements_csv
 from dermaseg.infer.overlay import draw_overlay
+from dermaseg.infer.postprocess import PostprocessConfig
 from dermaseg.infer.segment import Decoded, Segmentation, SegmentOptions, segment
+from dermaseg.progress import progress as progress_bar
 
 MASK_SUFFIX = "_segmentation.png"
 
@@ -65,7 +68,7 @@ class PredictOptions:
     overlay: bool = False
     measure: bool = False
     pixel_size_mm: float | None = None  # for areas/lengths in mm
-    postprocess: object | None = None  # dermaseg.infer.postprocess.PostprocessConfig
+    postprocess: PostprocessConfig | None = None
     prefetch: int = 2  # batches decoded ahead of the model
     progress: bool = True
     # what made the masks (models, TTA, post-processing...), recorded in OUT/predict.json:
@@ -176,12 +179,19 @@ def _is_input_image(path: Path) -> bool:
             and not MASK_STEM.match(path.stem) and not discover.IGNORED_STEM.search(path.stem))
 
 
-def _folder_images(folder: Path) -> list[Path]:
-    """The images under `folder` as `data prepare` sees them: not the masks, ISIC's
-    superpixel maps, PH2's *_roi folders, nor a `NAME_mask` beside its image `NAME`."""
-    files = [path for path in folder.rglob("*") if path.is_file() and _is_input_image(path)
-             and not any(discover.IGNORED_DIR.search(part)
-                         for part in path.relative_to(folder).parent.parts)]
+def _folder_images(folder: Path, failed: list[str]) -> list[Path]:
+    """The images under `folder` as `data prepare` sees them (discover.walk_images: symlinked
+    folders too): not the masks, ISIC's superpixel maps, PH2's *_roi folders, nor a
+    `NAME_mask` beside its image `NAME`. A FIFO or a folder that cannot be listed is added
+    to `failed`, and so is a broken link; names are checked later (assign_ids), as for files
+    given one by one."""
+    problems: list[discover.Problem] = []
+    files = [path for path in discover.walk_images(folder, problems, check_names=False)
+             if not MASK_STEM.match(path.stem)]
+    failed += [f"{display_path(problem.path)}: {problem.detail}" for problem in problems]
+    failed += [f"{display_path(path)}: a broken or looping symbolic link"
+               for path in files if not path.is_file()]
+    files = [path for path in files if path.is_file()]
     stems = {(path.parent, path.stem) for path in files}
     return [path for path in files if not ((other := discover.OTHER_MASK_STEM.match(path.stem))
                                            and (path.parent, other["id"]) in stems)]
@@ -201,7 +211,7 @@ def list_inputs(inputs: Iterable[str], exclude: Path | None = None):
     for item in inputs:
         path = Path(item)
         if path.is_dir():
-            candidates = _folder_images(path)
+            candidates = _folder_images(path, failed)
         elif path.is_file():
             candidates = [path]
         elif path.exists():  # reading a pipe or a device could block for ever
@@ -306,6 +316,7 @@ def _write_outputs(out: Path, image_id: str, path: Path, result: Segmentation,
                         compress_level=1)
     if options.overlay:
         buffer = io.BytesIO()
+        assert result.image is not None  # segment_options asks for it with an overlay
         overlay = draw_overlay(result.image, [(result.mask, OVERLAY_COLOUR)])
         Image.fromarray(overlay).save(buffer, format="JPEG", quality=90)
         write_bytes_atomic(_overlay_path(out, image_id), buffer.getvalue())
@@ -338,16 +349,33 @@ def _flush(predictor, batch, out, options, summary, bar) -> None:
 
 
 def gather_measurements(out: Path) -> None:
-    """measurements/<id>.json -> measurements.jsonl (sorted by id), written atomically."""
+    """measurements/<id>.json -> measurements.jsonl (a JSON object per line) and
+    measurements.csv (a row per image: measure_table), both sorted by id, written atomically."""
     folder = out / "measurements"
     if not folder.is_dir():
         return
-    lines = [json.dumps(json.loads(p.read_text()), sort_keys=False)
-             for p in sorted(folder.glob("*.json")) if not p.name.startswith(".")]
-    if not lines:
-        (out / "measurements.jsonl").unlink(missing_ok=True)
+    records = [json.loads(p.read_text())
+               for p in sorted(folder.glob("*.json")) if not p.name.startswith(".")]
+    if not records:
+        for name in ("measurements.jsonl", "measurements.csv"):
+            (out / name).unlink(missing_ok=True)
         return
+    lines = [json.dumps(record, sort_keys=False) for record in records]
     write_bytes_atomic(out / "measurements.jsonl", ("\n".join(lines) + "\n").encode())
+    write_bytes_atomic(out / "measurements.csv", measurements_csv(records).encode())
+
+
+def output_lines(out: Path, options: PredictOptions) -> list[str]:
+    """Where each kind of output went, a line each: predict's closing summary."""
+    where = [("masks", f"{display_path(out)}/<id>{MASK_SUFFIX} (0/255, each image's size)"),
+             ("probabilities", f"{display_path(out / 'prob')}/<id>_prob.png"
+              if options.save_prob else None),
+             ("overlays", f"{display_path(out / 'overlay')}/<id>_overlay.jpg"
+              if options.overlay else None),
+             ("measurements", f"{display_path(out / 'measurements.csv')} (a row per image), "
+              "measurements.jsonl" if options.measure else None),
+             ("settings", display_path(out / RECORD))]
+    return [f"{name + ':':<15}{text}" for name, text in where if text is not None]
 
 
 def predict_files(predictor, files: list[Path], out: Path, options: PredictOptions,
@@ -377,7 +405,8 @@ def _predict_into(predictor, files: list[Path], out: Path, options: PredictOptio
         items = [(i, p) for i, p in items if i not in done]
     batch: list = []
     ahead = max(1, options.prefetch) * predictor.batch_size
-    with tqdm(total=len(items), unit="img", desc="predict", disable=not options.progress) as bar:
+    with progress_bar(total=len(items), desc="predict", unit="image",
+                      enabled=options.progress) as bar:
         for image_id, path, image, error in iter_decoded(items, ahead, predictor.meta.image_size):
             if error is not None:
                 summary.failed.append(error)

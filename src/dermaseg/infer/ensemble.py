@@ -19,6 +19,7 @@ import numpy as np
 
 from dermaseg.errors import UsageError
 from dermaseg.infer.predictor import Predictor
+from dermaseg.infer.tta import TTAConfig
 
 AGREED_FIELDS = ("image_size", "mean", "std", "threshold")  # what makes the mean meaningful
 
@@ -78,7 +79,9 @@ class Ensemble(Predictor):
         if not members or len(members) != len(names):
             raise ValueError("an Ensemble needs one name per member, and at least one member")
         check_agreement(members, names)
-        super().__init__(None, members[0].meta, batch_size=members[0].batch_size)
+        # no backend of its own: the members run the network (`_run`, `with_tta`)
+        super().__init__(None, members[0].meta,  # pyright: ignore[reportArgumentType]
+                         batch_size=members[0].batch_size)
         self.tta = members[0].tta  # each member runs its own; kept for information
         self.members = members
         self.names = names
@@ -95,6 +98,10 @@ class Ensemble(Predictor):
             total += member._run(batch)
         total /= len(self.members)
         return total
+
+    def with_tta(self, tta: TTAConfig | None) -> Predictor:
+        """The same members, each with another test-time augmentation."""
+        return Ensemble([member.with_tta(tta) for member in self.members], self.names)
 
     def describe(self) -> str:
         return f"ensemble of {len(self.members)} (mean probability): {', '.join(self.names)}"

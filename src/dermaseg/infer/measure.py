@@ -109,7 +109,7 @@ def _hull(points: np.ndarray) -> tuple[np.ndarray, float]:
 
 def _pixel_corners(m: np.ndarray) -> np.ndarray:
     """(x, y) corners of the border pixels' unit squares, (k, 2); the hull of the lesion's."""
-    border = m & ~ndimage.binary_erosion(m, border_value=0)
+    border = np.logical_and(m, np.logical_not(ndimage.binary_erosion(m, border_value=0)))
     ys, xs = np.nonzero(border)
     corners = [np.stack([xs + dx, ys + dy], axis=1) for dx in (-0.5, 0.5) for dy in (-0.5, 0.5)]
     return np.unique(np.concatenate(corners).astype(np.float64), axis=0)

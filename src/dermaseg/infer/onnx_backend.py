@@ -92,7 +92,7 @@ def _check_finite(path: Path, proto) -> None:
            and not np.isfinite(numpy_helper.to_array(init)).all()]
     if bad:
         shown = ", ".join(bad[:3]) + (", ..." if len(bad) > 3 else "")
-        raise DermasegError(f"{path}: damaged model: {len(bad)} weight tensor(s) hold NaN or "
+        raise DermasegError(f"{path}: damaged: {len(bad)} weight tensor(s) hold NaN or "
                             f"infinite values ({shown}); export it again from its checkpoint")
 
 
@@ -173,6 +173,7 @@ class OnnxBackend:
     def __call__(self, batch: np.ndarray) -> np.ndarray:
         step = self.max_batch or len(batch)
         chunks = [batch[i:i + step] for i in range(0, len(batch), step)]
-        parts = [self.session.run([OUTPUT_NAME], {INPUT_NAME: np.ascontiguousarray(chunk)})[0]
+        parts = [np.asarray(self.session.run([OUTPUT_NAME],
+                                             {INPUT_NAME: np.ascontiguousarray(chunk)})[0])
                  for chunk in chunks]
         return np.concatenate(parts).astype(np.float32, copy=False)

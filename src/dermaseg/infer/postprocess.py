@@ -17,6 +17,7 @@ Masks are (H, W) arrays; bool, or numbers where nonzero means lesion; results ar
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import cast
 
 import numpy as np
 from PIL import Image
@@ -71,9 +72,15 @@ def _structure(connectivity: int) -> np.ndarray:
     return ndimage.generate_binary_structure(2, 1 if connectivity == 4 else 2)
 
 
+def _components(mask: np.ndarray, structure: np.ndarray) -> tuple[np.ndarray, int]:
+    """ndimage.label's (labels, count): its form without `output`, which type checkers cannot
+    tell from the form that returns the count alone."""
+    return cast("tuple[np.ndarray, int]", ndimage.label(mask, structure=structure))
+
+
 def _label(mask: np.ndarray, connectivity: int) -> tuple[np.ndarray, np.ndarray]:
     """Component labels (0 = background) and the size of each component 1..n."""
-    labels, count = ndimage.label(mask, structure=_structure(connectivity))
+    labels, count = _components(mask, _structure(connectivity))
     sizes = np.bincount(labels.ravel(), minlength=count + 1)[1:]
     return labels, sizes
 
@@ -118,7 +125,7 @@ def fill_holes(mask: np.ndarray) -> np.ndarray:
     if box is None:
         return m.copy()
     ringed = np.pad(~m[box], 1, constant_values=True)
-    labels, _ = ndimage.label(ringed, structure=_structure(4))
+    labels, _ = _components(ringed, _structure(4))
     out = m.copy()
     out[box] = labels[1:-1, 1:-1] != labels[0, 0]
     return out

@@ -19,8 +19,10 @@ from dermaseg.data.discover import IMAGE_SUFFIXES
 from dermaseg.errors import DermasegError, UsageError
 from dermaseg.geometry import Letterbox, restore_probability
 from dermaseg.infer.backend import Backend
+from dermaseg.infer.memory import check_batch_memory
 from dermaseg.infer.onnx_backend import OnnxBackend, check_onnx
 from dermaseg.infer.tta import TTAConfig, scaled_side, sigmoid, tta_probability
+from dermaseg.model_folder import check_model_path, resolve_model
 from dermaseg.model_meta import ModelMeta, folder_error, model_kind
 from dermaseg.preprocessing import Preprocessing
 
@@ -47,34 +49,52 @@ class Predictor:
 
     @classmethod
     def load(cls, path: str | Path, device: str = "cpu", **kwargs) -> Predictor:
-        """A `.ckpt`/`.pt` checkpoint, an `.onnx` export or a `.tflite` export with its
+        """A `.ckpt`/`.pt` checkpoint, a model folder (local or hf://owner/name, see
+        `dermaseg.model_folder`), an `.onnx` export or a `.tflite` export with its
         `.tflite.json` (the exports run without importing PyTorch).
 
         Raises:
-            DermasegError: the file is missing or not a dermaseg model.
+            DermasegError: the file is missing or not a dermaseg model, or a batch of its
+                input size would not fit in memory (refuse_unfit).
         """
-        path = Path(path)
+        path = resolve_model(path)
         if not path.exists():
             raise UsageError(f"{path}: no such model file")
-        if not path.is_file():
+        if path.is_dir():
+            check_model_path(path)
+        elif not path.is_file():
             raise folder_error(path, "model file")
         if path.suffix.lower() in IMAGE_SUFFIXES:
             raise UsageError(f"{path}: an image, not a model (.ckpt, .onnx or .tflite); the "
                              "model comes first: MODEL IMAGES...")
         if model_kind(path) == "onnx":
             meta = check_onnx(path)  # graph, names, ranks and metadata, before onnxruntime
-            return cls(OnnxBackend(path, device), meta, **kwargs)
+            backend = OnnxBackend(path, device)
+            on_gpu = "CUDAExecutionProvider" in backend.session.get_providers()
+            return cls(backend, meta, **kwargs).refuse_unfit(path, on_gpu)
         if model_kind(path) == "tflite":
             from dermaseg.infer.tflite_backend import TfliteBackend, read_tflite_meta
 
             meta = read_tflite_meta(path)
-            return cls(TfliteBackend(path, device), meta, **kwargs)
+            return cls(TfliteBackend(path, device), meta, **kwargs).refuse_unfit(path)
         from dermaseg.checkpoint import load_model
         from dermaseg.infer.torch_backend import TorchBackend, resolve_device
 
-        device = resolve_device(device)
-        model, meta = load_model(path, device)
-        return cls(TorchBackend(model, device), meta, **kwargs)
+        torch_device = resolve_device(device)
+        model, meta = load_model(path, torch_device)
+        return cls(TorchBackend(model, torch_device), meta, **kwargs).refuse_unfit(
+            path, torch_device.type == "cuda")
+
+    def refuse_unfit(self, path: Path, on_gpu: bool = False) -> Predictor:
+        """This predictor, once its batch is estimated to fit in memory (on a GPU: the
+        host's share).
+
+        Raises:
+            DermasegError: naming `path`: the model's input size (from its metadata) needs
+                more memory than is available; says which --batch-size would fit, if any.
+        """
+        check_batch_memory(self.meta, self.batch_size, str(path), self.tta, on_gpu)
+        return self
 
     def with_tta(self, tta: TTAConfig | None) -> Predictor:
         """The same model and backend, with another test-time augmentation."""

@@ -75,7 +75,9 @@ class TfliteBackend:
             raise UsageError(f"--device {device}: a TFLite model runs on the CPU here (auto, "
                              "cpu)")
         try:
-            from ai_edge_litert.interpreter import Interpreter
+            from ai_edge_litert.interpreter import (  # pyright: ignore[reportMissingImports]
+                Interpreter,  # the tflite extra, installed in an environment of its own
+            )
         except ImportError as exc:
             raise DermasegError(f"{path}: running a .tflite model needs LiteRT: "
                                 f"{LITERT_INSTALL}") from exc

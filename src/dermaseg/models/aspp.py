@@ -70,7 +70,7 @@ class ASPP(nn.Module):
         rates = tuple(rates)
         if len(rates) != 3 or any(int(r) != r or r < 1 for r in rates):
             raise DermasegError(f"model.atrous_rates: need three positive integers, got {rates}")
-        branches = [conv_bn_relu(in_channels, channels, 1)]
+        branches: list[nn.Module] = [conv_bn_relu(in_channels, channels, 1)]
         branches += [conv_bn_relu(in_channels, channels, 3, int(r)) for r in rates]
         branches.append(ImagePooling(in_channels, channels))
         self.branches = nn.ModuleList(branches)

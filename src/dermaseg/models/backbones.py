@@ -24,10 +24,12 @@ import warnings
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 from urllib.parse import urlparse
 
 import timm
 import torch
+from timm.models import FeatureInfo
 from torch import nn
 
 from dermaseg.errors import DermasegError
@@ -113,9 +115,9 @@ def _first_hop(url) -> tuple[str, int, str]:
     proxies = urllib.request.getproxies()
     proxy = proxies.get(url.scheme) or proxies.get("all")
     if not proxy or urllib.request.proxy_bypass(url.hostname or ""):
-        return url.hostname, url.port or default, ""
+        return url.hostname or "", url.port or default, ""
     hop = urlparse(proxy if "://" in proxy else f"http://{proxy}")
-    return hop.hostname, hop.port or (443 if hop.scheme == "https" else 80), "proxy "
+    return hop.hostname or "", hop.port or (443 if hop.scheme == "https" else 80), "proxy "
 
 
 def _offline_message(name: str, why: str) -> str:
@@ -146,7 +148,7 @@ class Backbone(nn.Module):
             spec.timm_name, features_only=True, output_stride=output_stride,
             pretrained=pretrained,
         )
-        info = self.body.feature_info
+        info = cast(FeatureInfo, self.body.feature_info)  # set by timm's features_only
         self.channels: list[int] = list(info.channels())
         self.reductions: list[int] = list(info.reduction())
         cfg = getattr(self.body, "pretrained_cfg", None) or {}

@@ -30,7 +30,8 @@ class DeepLab(nn.Module):
     mode returns the mask logits only, unless `return_edge` is set to True.
     """
 
-    def __init__(self, backbone: Backbone, head: nn.Module, edge: EdgeHead | None = None) -> None:
+    def __init__(self, backbone: Backbone, head: DeepLabV3Head | DeepLabV3PlusHead,
+                 edge: EdgeHead | None = None) -> None:
         super().__init__()
         self.backbone = backbone
         self.head = head

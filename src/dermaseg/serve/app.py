@@ -24,6 +24,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 from fastapi import Depends, FastAPI, File, Query, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
@@ -58,8 +59,8 @@ ENDPOINTS = {"/", "/healthz", "/readyz", "/metrics", "/v1/segment", "/v1/segment
              "/docs", "/redoc", "/openapi.json"}
 # finite and > 0, else 422
 PIXEL_SIZE = Query(None, gt=0, allow_inf_nan=False, description="side of one pixel in mm")
-ERRORS = {code: {"model": ErrorResponse} for code in (400, 401, 408, 413, 415, 422, 503,
-                                                          504)}
+ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorResponse} for code in (400, 401, 408, 413, 415, 422, 503, 504)}
 
 
 @dataclass

@@ -1,9 +1,9 @@
 """The server's front door (a plain ASGI middleware): metrics, auth, admission, body size.
 
 For every HTTP request it records the count by endpoint and status and the latency
-(`dermaseg.serve.metrics`, exposed at /metrics); a client that left before any response is counted as
-status 499 (DISCONNECTED), as nginx does, not as a server error. For the API paths
-(/v1/...) it also, in this order:
+(`dermaseg.serve.metrics`, exposed at /metrics); a client that left before any response is
+counted as status 499 (DISCONNECTED), as nginx does, not as a server error. For the API
+paths (/v1/...) it also, in this order:
 
 1. checks the bearer token when one is set (hmac.compare_digest) -> 401;
 2. refuses a body over `max_body` bytes (Content-Length first, then counted while it arrives)

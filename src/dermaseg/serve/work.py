@@ -10,6 +10,7 @@ import base64
 import functools
 import io
 from dataclasses import dataclass
+from typing import overload
 
 import numpy as np
 from fastapi import HTTPException
@@ -86,6 +87,11 @@ def check_upload(data: bytes, name: str, max_pixels: int) -> int:
     return width * height
 
 
+@overload
+def decode_upload(data: bytes, name: str, draft_size: None = None) -> np.ndarray: ...
+@overload
+def decode_upload(data: bytes, name: str, draft_size: int
+                  ) -> tuple[np.ndarray, tuple[int, int]]: ...
 def decode_upload(data: bytes, name: str, draft_size: int | None = None):
     """Upload bytes (already passed by check_upload) -> HxWx3 uint8 RGB (EXIF orientation
     applied); with `draft_size`, (reduced decode, original (height, width)) as

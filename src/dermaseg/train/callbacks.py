@@ -13,7 +13,7 @@ import contextlib
 import os
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import lightning as L
 import torch
@@ -23,7 +23,16 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from dermaseg.errors import DermasegError
 from dermaseg.train.history import History
+from dermaseg.train.pace import load_average
 from dermaseg.upload import count_syncs
+
+if TYPE_CHECKING:
+    from dermaseg.train.module import SegmentationModule
+
+
+def trainer_callbacks(trainer: L.Trainer) -> list[Callback]:
+    """`trainer.callbacks`: Lightning assigns it outside the Trainer class, unseen by pyright."""
+    return trainer.callbacks  # pyright: ignore[reportAttributeAccessIssue]
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -128,11 +137,11 @@ class LateFreeze(Callback):
         self.drops = 0
         self.last_lr: float | None = None
 
-    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+    def on_train_start(self, trainer: L.Trainer, pl_module: SegmentationModule) -> None:
         if self.frozen:  # resumed mid-epoch: no on_train_epoch_start for this epoch
             pl_module.model.freeze_backbone()
 
-    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: SegmentationModule) -> None:
         lr = trainer.optimizers[0].param_groups[0]["lr"]
         if self.last_lr is not None and lr < self.last_lr * (1 - 1e-6):
             self.drops += 1
@@ -156,32 +165,47 @@ class LateFreeze(Callback):
 
 
 class TimeBudget(Callback):
-    """Stop within `minutes` of training time (resumed runs count the time already spent).
+    """Stop within `minutes` of training time (resumed runs count the time already spent),
+    but not before `min_epochs` epochs are done.
 
     At the end of an epoch the run stops if the next epoch would not fit (judged by the last
     epoch's duration), so every epoch is complete and validated; mid-epoch it stops only when
-    the budget is already spent.
+    the budget is already spent. Each epoch's duration and the load average at its end are
+    kept for `dermaseg.train.pace` (why fewer epochs fitted than expected).
     """
 
-    def __init__(self, minutes: float) -> None:
+    def __init__(self, minutes: float, min_epochs: int = 0) -> None:
         self.budget = minutes * 60.0
+        self.min_epochs = min_epochs
         self.spent = 0.0  # seconds, from earlier (interrupted) sessions of this run
         self.stopped = False
+        self.epoch_seconds: list[float] = []
+        self.loads: list[float] = []
+        self.epochs_in_budget = 0
+        self.extended = False  # training on past the budget, to min_epochs
         self._start = self._epoch_start = 0.0
         self._last_epoch = 0.0
+        self._epochs_done = 0.0  # fractional, at the last batch
 
     def elapsed(self) -> float:
         return self.spent + time.monotonic() - self._start
 
     def fraction_spent(self) -> float:
-        """Share of the budget used so far (this process's clock)."""
-        return self.elapsed() / self.budget
+        """Share of the budget used so far (this process's clock); with `min_epochs`, the
+        smaller of that and the share of min_epochs done, so that a schedule annealed by time
+        ends where the run does."""
+        spent = self.elapsed() / self.budget
+        if self.min_epochs:
+            spent = min(spent, self._epochs_done / self.min_epochs)
+        return spent
 
     def on_train_start(self, trainer, pl_module) -> None:
         self._start = self._epoch_start = time.monotonic()
+        self._epochs_done = float(trainer.current_epoch)
 
     def on_train_epoch_start(self, trainer, pl_module) -> None:
         self._epoch_start = time.monotonic()
+        self._epochs_done = float(trainer.current_epoch)
 
     def _stop(self, trainer: L.Trainer, stop: bool, why: str) -> None:
         stop = trainer.strategy.broadcast(stop)
@@ -190,21 +214,43 @@ class TimeBudget(Callback):
             rank_zero_info(f"time budget of {self.budget / 60:g} min: {why}")
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        self._stop(trainer, self.elapsed() >= self.budget, "spent, stopping")
+        self._epochs_done = trainer.current_epoch + (batch_idx + 1) / max(
+            1, trainer.num_training_batches)
+        spent = self.elapsed() >= self.budget and trainer.current_epoch >= self.min_epochs
+        self._stop(trainer, spent, "spent, stopping")
 
     def on_validation_end(self, trainer, pl_module) -> None:
         if trainer.sanity_checking:
             return
         self._last_epoch = time.monotonic() - self._epoch_start
+        self.epoch_seconds.append(self._last_epoch)
+        if (load := load_average()) is not None:
+            self.loads.append(load)
         left = self.budget - self.elapsed()
-        self._stop(trainer, left < self._last_epoch, "no time for another epoch, stopping")
+        if left >= 0:
+            self.epochs_in_budget = trainer.current_epoch + 1
+        no_time = left < self._last_epoch
+        if no_time and trainer.current_epoch + 1 < self.min_epochs:
+            if not self.extended:
+                self.extended = True
+                rank_zero_info(f"time budget of {self.budget / 60:g} min: spent after "
+                               f"{self.epochs_in_budget} epochs; training on to "
+                               f"train.min_epochs={self.min_epochs}")
+            return
+        self._stop(trainer, no_time, "no time for another epoch, stopping")
 
     def state_dict(self) -> dict[str, Any]:
-        return {"spent": self.elapsed() if self._start else self.spent, "stopped": self.stopped}
+        return {"spent": self.elapsed() if self._start else self.spent, "stopped": self.stopped,
+                "epoch_seconds": self.epoch_seconds, "loads": self.loads,
+                "epochs_in_budget": self.epochs_in_budget}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.spent = float(state_dict["spent"])
         self.stopped = bool(state_dict["stopped"])
+        # runs saved by earlier versions kept neither
+        self.epoch_seconds = list(state_dict.get("epoch_seconds", []))
+        self.loads = list(state_dict.get("loads", []))
+        self.epochs_in_budget = int(state_dict.get("epochs_in_budget", 0))
 
 
 class NonFiniteGuard:

@@ -55,6 +55,13 @@ def sample_seed(seed: int, epoch: int, index: int) -> int:
     return ((seed * 1_000_003 + epoch) * 1_000_003 + index) % (2**63 - 1)
 
 
+def _set_up(dataset: KeyedDataset | None) -> KeyedDataset:
+    """A split of the data module, which exists once `setup` has run."""
+    if dataset is None:
+        raise RuntimeError("the data module's splits are used before its setup()")
+    return dataset
+
+
 class KeyedDataset(Dataset):
     """Wraps a dataset of uint8 (image 3 x H x W, mask 1 x H x W) items; item `(epoch, index)`
     -> (image, mask, index, the sample's augmentation seed `sample_seed(seed, epoch, index)`).
@@ -64,8 +71,8 @@ class KeyedDataset(Dataset):
         self.base = base
         self.seed = seed
 
-    def __len__(self) -> int:
-        return len(self.base)
+    def __len__(self) -> int:  # torch's Dataset declares no __len__; map-style ones have it
+        return len(self.base)  # pyright: ignore[reportArgumentType]
 
     def __getitem__(self, key: tuple[int, int]):
         epoch, index = key
@@ -222,7 +229,7 @@ class SegmentationDataModule(L.LightningDataModule):
 
     def _check_one_batch(self) -> None:
         world = self.trainer.world_size if self.trainer is not None else self.world_size
-        size, batch = len(self.train_set), self.config.data.batch_size
+        size, batch = len(_set_up(self.train_set)), self.config.data.batch_size
         if size // world >= batch:
             return
         share = f" ({size // world} for each of {world} processes)" if world > 1 else ""
@@ -232,7 +239,7 @@ class SegmentationDataModule(L.LightningDataModule):
     def batches_per_epoch(self, world: int) -> int:
         """Training batches per epoch on each of `world` processes (the last part batch is
         dropped); available after `setup`."""
-        return len(self.train_set) // world // self.config.data.batch_size
+        return len(_set_up(self.train_set)) // world // self.config.data.batch_size
 
     def describe(self, indices: list[int]) -> list[str]:
         """Image ids of training-set indices (for messages naming a batch)."""
@@ -260,25 +267,27 @@ class SegmentationDataModule(L.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         rank, world = self._rank_world()
+        train_set = _set_up(self.train_set)
         self.train_sampler = EpochSampler(
-            len(self.train_set), shuffle=True, seed=self.config.train.seed, rank=rank,
+            len(train_set), shuffle=True, seed=self.config.train.seed, rank=rank,
             world=world, batch_size=self.config.data.batch_size)
         self._position_for_resume(self.train_sampler)
         if self.gather_on_device:  # indices only: the module gathers from its DeviceSplit
-            return DataLoader(IndexDataset(len(self.train_set)),
+            return DataLoader(IndexDataset(len(train_set)),
                               batch_size=self.config.data.batch_size,
                               sampler=self.train_sampler, drop_last=True,
                               # its own generator: an iterator draws nothing from the global
                               # RNG (dropout), as the workers' loader
                               generator=torch.Generator().manual_seed(self.config.train.seed))
-        return self._loader(self.train_set, self.train_sampler, drop_last=True,
+        return self._loader(train_set, self.train_sampler, drop_last=True,
                             collate=self.train_collate)
 
     def val_dataloader(self) -> DataLoader:
         rank, world = self._rank_world()
-        sampler = EpochSampler(len(self.val_set), shuffle=False, seed=0, rank=rank,
+        val_set = _set_up(self.val_set)
+        sampler = EpochSampler(len(val_set), shuffle=False, seed=0, rank=rank,
                                world=world, even=False)
-        return self._loader(self.val_set, sampler, drop_last=False, collate=BatchCollate())
+        return self._loader(val_set, sampler, drop_last=False, collate=BatchCollate())
 
     def _position_for_resume(self, sampler: EpochSampler) -> None:
         """After a restore, start where the interrupted run stopped.
@@ -289,8 +298,11 @@ class SegmentationDataModule(L.LightningDataModule):
         trainer = self.trainer
         if trainer is None or trainer.ckpt_path is None:
             return
-        epoch = trainer.fit_loop.epoch_progress.current.processed
-        done = trainer.fit_loop.epoch_loop.batch_progress.current.processed
+        # both trackers are _ProcessedTracker; Lightning declares them as their base class
+        epochs, batches_done = (trainer.fit_loop.epoch_progress.current,
+                                trainer.fit_loop.epoch_loop.batch_progress.current)
+        epoch = epochs.processed  # pyright: ignore[reportAttributeAccessIssue]
+        done = batches_done.processed  # pyright: ignore[reportAttributeAccessIssue]
         batches = len(sampler) // sampler.batch_size
         if done >= batches:
             sampler.skip_batches(epoch + 1, 0)

@@ -119,10 +119,12 @@ class TrainingBatches:
             if self.split is None:
                 raise DermasegError("a batch of indices, but no training split on the device")
             images, masks = self.split.gather(indices)
-        if params:
+        if params and self.augment is not None:  # params come only from self.augment
             images, masks = self.augment.apply(images, masks, params[0])
         if device.type == "cuda" and self.config.train.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         if images.dtype == torch.uint8:  # the loader's and the augmentation's output
-            images = normalise_images(images, self.config.data.mean, self.config.data.std)
+            mean, std = self.config.data.mean, self.config.data.std
+            assert mean is not None and std is not None  # a Config fills them in
+            images = normalise_images(images, mean, std)
         return images, masks.float(), indices

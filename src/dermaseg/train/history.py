@@ -13,12 +13,15 @@ import io
 import math
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import lightning as L
 from lightning.pytorch.callbacks import Callback
 
 from dermaseg.fileio import write_bytes_atomic
+
+if TYPE_CHECKING:
+    from dermaseg.train.module import SegmentationModule
 
 PLOT_EVERY_S = 30.0  # curves.png at most this often while training (a drawing: ~0.4 s)
 FIRST_COLUMNS = ["epoch", "train_loss", "val_loss", "val_dice", "val_iou"]
@@ -59,7 +62,7 @@ class History(Callback):
     def on_validation_start(self, trainer, pl_module) -> None:
         self._train_end = time.monotonic()
 
-    def on_validation_end(self, trainer: L.Trainer, pl_module) -> None:
+    def on_validation_end(self, trainer: L.Trainer, pl_module: SegmentationModule) -> None:
         if trainer.sanity_checking:
             return
         now = time.monotonic()

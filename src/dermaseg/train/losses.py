@@ -237,4 +237,5 @@ class SegmentationLoss(nn.Module):
             return bce_loss(logits, target, c.pos_weight, c.label_smoothing)
         if name == "focal":
             return focal_loss(logits, target, c.focal_gamma, c.label_smoothing)
+        assert edge is not None  # "boundary" without edge logits is refused in forward
         return boundary_loss(edge, target, c.boundary_width)

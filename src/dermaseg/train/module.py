@@ -21,10 +21,11 @@ from torchmetrics import MeanMetric
 
 from dermaseg.config import Config, OptimConfig
 from dermaseg.data.augment import BatchAugment, augment_on_device
+from dermaseg.data.dataset import PreparedDataset
 from dermaseg.model_meta import ModelMeta
 from dermaseg.models.factory import build_model
-from dermaseg.train.callbacks import NonFiniteGuard
-from dermaseg.train.datamodule import sample_seed
+from dermaseg.train.callbacks import NonFiniteGuard, TimeBudget, trainer_callbacks
+from dermaseg.train.datamodule import SegmentationDataModule, sample_seed
 from dermaseg.train.device_batches import DeviceSplit, TrainingBatches
 from dermaseg.train.losses import SegmentationLoss
 from dermaseg.train.torch_metrics import SegmentationMetrics
@@ -67,8 +68,10 @@ class SegmentationModule(L.LightningModule):
         if self.device.type == "cuda" and self.config.train.channels_last:
             self.model.to(memory_format=torch.channels_last)
         datamodule = getattr(self.trainer, "datamodule", None)
-        if getattr(datamodule, "gather_on_device", False):  # data.gather_on
-            split = DeviceSplit(datamodule.train_set.base, self.device)
+        if isinstance(datamodule, SegmentationDataModule) and datamodule.gather_on_device:
+            train_set = datamodule.train_set  # setup made it, and decided gather_on
+            assert train_set is not None and isinstance(train_set.base, PreparedDataset)
+            split = DeviceSplit(train_set.base, self.device)
             self.batches.split = split
             size = (split.images.nbytes + split.masks.nbytes) / 2**30
             rank_zero_info(f"data.gather_on: the {len(split.images)} training images are on "
@@ -98,8 +101,8 @@ class SegmentationModule(L.LightningModule):
     def on_train_batch_start(self, batch, batch_idx: int) -> None:
         self._warmup_plateau()
         if self._lr_shape is not None and self.config.optim.anneal_by_time:
-            budget = next((cb for cb in self.trainer.callbacks if hasattr(cb, "fraction_spent")),
-                          None)
+            budget = next((cb for cb in trainer_callbacks(self.trainer)
+                           if isinstance(cb, TimeBudget)), None)
             if budget is not None:
                 spent = budget.fraction_spent()
                 if self.trainer.world_size > 1:  # one LR on every process: rank 0's clock
@@ -196,7 +199,7 @@ class SegmentationModule(L.LightningModule):
         """
         trainer = self.trainer
         datamodule = getattr(trainer, "datamodule", None)
-        if not hasattr(datamodule, "batches_per_epoch"):  # plain loaders given to fit()
+        if not isinstance(datamodule, SegmentationDataModule):  # plain loaders given to fit()
             return max(1, int(trainer.estimated_stepping_batches))
         batches = datamodule.batches_per_epoch(trainer.world_size)
         steps = math.ceil(batches / trainer.accumulate_grad_batches) * (trainer.max_epochs or 1)
@@ -204,7 +207,7 @@ class SegmentationModule(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["dermaseg"] = ModelMeta.from_config(self.config).to_dict()
-        rng = {"torch": torch.get_rng_state()}
+        rng: dict[str, Any] = {"torch": torch.get_rng_state()}
         if torch.cuda.is_available() and torch.cuda.is_initialized():
             rng["cuda"] = torch.cuda.get_rng_state_all()
         checkpoint["rng"] = rng
@@ -217,9 +220,10 @@ class SegmentationModule(L.LightningModule):
 def build_optimizer(optim: OptimConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
     """The optimiser `optim` names (adam | adamw | sgd with Nesterov momentum 0.9) over the
     model's parameter groups (`param_groups()` when it has them)."""
-    params = model.param_groups() if hasattr(model, "param_groups") else model.parameters()
+    groups = getattr(model, "param_groups", None)  # also through torch.compile's wrapper
+    params = groups() if groups is not None else model.parameters()
     # On a GPU, one fused kernel per step instead of several per parameter group.
-    fused = {"fused": True} if next(model.parameters()).is_cuda else {}
+    fused: dict[str, Any] = {"fused": True} if next(model.parameters()).is_cuda else {}
     if optim.name == "adam":
         return torch.optim.Adam(params, lr=optim.lr, weight_decay=optim.weight_decay, **fused)
     if optim.name == "adamw":

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -60,7 +61,8 @@ class Plan:
                 "config": self.config.to_dict()}
 
 
-def _spread(values: list[float], percentiles: dict[str, float], digits: int) -> dict | None:
+def _spread(values: list[float], percentiles: Mapping[str, float], digits: int
+            ) -> dict | None:
     """{"median": .., "p10": ..} of `values` (None when empty)."""
     if not values:
         return None
@@ -74,7 +76,7 @@ def read_prepared(prep: Path) -> dict:
         UsageError: `prep` is not a folder, has no manifest.json, or the manifest is unreadable
             (naming the path, with how to make a prepared folder).
     """
-    from dermaseg.data.dataset import read_manifest
+    from dermaseg.data.manifest import read_manifest
 
     if not prep.is_dir():
         raise UsageError(f"{prep}: no such folder, not a prepared dataset ({PREPARE_HINT})")
@@ -360,7 +362,12 @@ def make_plan(prep: Path, *, device: str = "auto", base: Path | None = None,
     config = config.updated({"loss.pos_weight": weight.value})
     budget, plan.estimate, plan.warnings = plan_time(config, minutes, items, plan.images_per_s)
     plan.warnings += busy_warning(machine, probe)
-    plan.config = config.updated({"train.max_minutes": budget.value})
+    per_epoch = plan.estimate.get("minutes_per_epoch")
+    plan.config = config.updated({
+        "train.max_minutes": budget.value,
+        # training compares its epochs with this (dermaseg.train.pace)
+        "train.expected_epoch_seconds": None if per_epoch is None else round(per_epoch * 60, 2),
+    })
     plan.decisions += [size, batch, workers, weight, budget]
     return plan
 

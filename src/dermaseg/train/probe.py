@@ -69,7 +69,7 @@ def choose_batch(probes: list[Probe] | list[tuple], gpu: bool, items: int | None
     Raises:
         DermasegError: no batch size ran (the smallest was out of memory).
     """
-    probes = [Probe(*p) for p in probes]
+    probes = [p if isinstance(p, Probe) else Probe(*p) for p in probes]
     ok = [p for p in probes if p.ok]
     if not ok:
         smallest = min((p.batch for p in probes), default=GPU_BATCHES[0])

@@ -29,7 +29,7 @@ import time
 import warnings
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import lightning as L
 import torch
@@ -39,7 +39,7 @@ from lightning.pytorch.strategies import DDPStrategy
 from lightning.pytorch.utilities import rank_zero_only
 
 from dermaseg.config import Config, load_config, save_config
-from dermaseg.data.dataset import read_manifest
+from dermaseg.data.manifest import read_manifest
 from dermaseg.data.splits import split_fingerprint
 from dermaseg.errors import DermasegError, UsageError
 from dermaseg.fileio import output_lock, write_json_atomic
@@ -50,13 +50,17 @@ from dermaseg.train.callbacks import (
     ProgressLines,
     TimeBudget,
     TimedLossBar,
+    trainer_callbacks,
 )
 from dermaseg.train.datamodule import SegmentationDataModule
 from dermaseg.train.history import History, summarize
 from dermaseg.train.module import SegmentationModule
+from dermaseg.train.pace import Pace
 from dermaseg.train.tracking import Tracking, build_loggers, check_trackers, log_outcome
 
-PRECISIONS = {"32": "32-true", "bf16": "bf16-mixed", "16": "16-mixed"}
+LightningPrecision = Literal["32-true", "bf16-mixed", "16-mixed"]
+PRECISIONS: dict[str, LightningPrecision] = {"32": "32-true", "bf16": "bf16-mixed",
+                                             "16": "16-mixed"}
 
 
 class _DropAdvertisingTips(logging.Filter):
@@ -70,7 +74,7 @@ for _name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utiliti
     logging.getLogger(_name).addFilter(_DropAdvertisingTips())
 
 
-def resolve_precision(value: str, on_gpu: bool) -> str:
+def resolve_precision(value: str, on_gpu: bool) -> LightningPrecision:
     """Config precision -> Lightning's: auto = bf16-mixed on CUDA (16-mixed without bf16)."""
     if value == "auto":
         if not on_gpu:
@@ -190,7 +194,7 @@ def build_callbacks(config: Config, out_dir: Path) -> list[Callback]:
         LastCheckpoint(out_dir, t.checkpoint_every_steps, t.checkpoint_every_minutes),
     ]
     if t.max_minutes is not None:
-        callbacks.insert(1, TimeBudget(t.max_minutes))
+        callbacks.insert(1, TimeBudget(t.max_minutes, t.min_epochs))
     if t.loggers:  # after History: it sends the row History has just added
         callbacks.insert(1, Tracking(config, out_dir, callbacks[0]))
     return callbacks
@@ -336,7 +340,7 @@ def _notes(config: Config, processes: int) -> None:
 
 
 def _stop_reason(trainer: L.Trainer) -> str:
-    for callback in trainer.callbacks:
+    for callback in trainer_callbacks(trainer):
         if isinstance(callback, TimeBudget) and callback.stopped:
             return "time_budget"
         if isinstance(callback, EarlyStopping) and callback.stopped_epoch > 0:
@@ -353,7 +357,7 @@ def data_identity(data_dir: Path) -> dict[str, Any]:
 
 def _finish(trainer: L.Trainer, config: Config, out_dir: Path, seconds: float,
             data_dir: Path) -> dict:
-    history = next(cb for cb in trainer.callbacks if isinstance(cb, History))
+    history = next(cb for cb in trainer_callbacks(trainer) if isinstance(cb, History))
     summary = summarize(
         history.rows, stopped_by=_stop_reason(trainer), session_seconds=seconds,
         device=str(trainer.strategy.root_device), precision=str(trainer.precision),
@@ -363,10 +367,28 @@ def _finish(trainer: L.Trainer, config: Config, out_dir: Path, seconds: float,
     )
     # epochs trained, validated or not (metrics.csv has a row per validation: train.val_every)
     summary |= {"epochs": trainer.current_epoch, "last_epoch": trainer.current_epoch - 1}
+    if (pace := _pace(trainer, config)) is not None:
+        summary["pace"] = pace
     summary = _json_safe(summary)
     if trainer.is_global_zero:
         write_json_atomic(out_dir / "summary.json", summary)
     return summary
+
+
+def _pace(trainer: L.Trainer, config: Config) -> dict | None:
+    """summary.json's "pace" of a run under a time budget (`dermaseg.train.pace`), with a
+    note when the budget fitted fewer epochs than it should have (said on stderr too)."""
+    budget = next((cb for cb in trainer_callbacks(trainer) if isinstance(cb, TimeBudget)),
+                  None)
+    if budget is None or not budget.epoch_seconds:
+        return None
+    pace = Pace(config.train.max_minutes or 0.0, budget.epoch_seconds, budget.epochs_in_budget,
+                config.train.expected_epoch_seconds, budget.loads,
+                min_epochs=budget.min_epochs, minutes=round(budget.elapsed() / 60, 2))
+    note = pace.note() if budget.stopped or budget.extended else None
+    if note and trainer.is_global_zero:
+        print(f"note: {note}", file=sys.stderr)
+    return {**pace.as_dict(), "note": note}
 
 
 def _json_safe(value: Any) -> Any:

@@ -64,6 +64,8 @@ class SegmentationMetrics(Metric):
     is_differentiable = False
     higher_is_better = True
     full_state_update = False
+    images: Tensor  # states made by add_state (and the sum_<metric> ones)
+    counts: Tensor
 
     def __init__(
         self, threshold: float = 0.5, jaccard_threshold: float = JACCARD_THRESHOLD, **kwargs

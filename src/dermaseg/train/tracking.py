@@ -21,6 +21,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import uuid
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +40,7 @@ IDS_FILE = "tracking.json"
 ARTIFACTS = ("curves.png", "summary.json", "config.yaml")
 
 
-def check_trackers(names: list[str] | tuple[str, ...]) -> None:
+def check_trackers(names: Sequence[str]) -> None:
     """Raises UsageError naming the extra to install for a logger whose package is missing."""
     for name in names:
         module, extra = TRACKERS[name]
@@ -110,6 +111,17 @@ def run_ids(loggers: list[Logger]) -> dict[str, str]:
     return {key: value for key, value in ids.items() if value}
 
 
+def dotted(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{"optim": {"lr": 0.001}} -> {"optim.lr": 0.001}."""
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat |= dotted(value, f"{prefix}{key}.")
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
 class Tracking(Callback):
     """Sends the config at the start and each row `history` adds to the trainer's loggers."""
 
@@ -121,8 +133,9 @@ class Tracking(Callback):
         self._sent = len(self.history.rows)  # a resumed run's earlier rows were sent before
         if not trainer.is_global_zero:
             return
-        for logger in trainer.loggers:
-            logger.log_hyperparams(self.config.to_dict())
+        nested = self.config.to_dict()
+        for logger in trainer.loggers:  # W&B shows sections; the others, the --set keys
+            logger.log_hyperparams(nested if isinstance(logger, WandbLogger) else dotted(nested))
         ids = run_ids(trainer.loggers)
         if ids:
             write_json_atomic(self.out_dir / IDS_FILE, ids)
@@ -154,8 +167,9 @@ def log_outcome(loggers: list[Logger], out_dir: Path, summary: dict[str, Any]) -
         elif isinstance(logger, WandbLogger):
             run = logger.experiment
             run.summary.update({"best_epoch": step, **best})
-            for path in files:
-                run.save(str(path), base_path=str(out_dir), policy="now")
+            for path in files:  # its own config.yaml holds the config already
+                if path.name != "config.yaml":
+                    run.save(str(path), base_path=str(out_dir), policy="now")
         logger.finalize("success")
         if isinstance(logger, WandbLogger):
             logger.experiment.finish()

@@ -1,0 +1,98 @@
+"""A time budget on a slow or busy machine. Real training of the tiny model with its epochs
+slowed on purpose (a callback that sleeps, as a loaded CPU stretches them): the run says how
+many epochs fitted, how long each took against the expected time, why, and what to do;
+train.min_epochs trains on past the budget with the schedule stretched to match; the demo's
+closing words blame the machine's load, not the software."""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+import time
+
+import lightning as L
+import pytest
+
+from dermaseg.demo import MIN_EPOCHS, DemoResult, judgement
+from dermaseg.train.pace import Pace, seconds
+from dermaseg.train.runner import train
+from helpers.training import read_rows, tiny
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+class SlowEpochs(L.Callback):
+    """Sleeps after every training batch: the run's view of a machine busy with other work."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+
+    def on_train_batch_end(self, *args) -> None:
+        time.sleep(self.seconds)
+
+
+@pytest.fixture(scope="module")
+def slowed(tiny_prepared, tmp_path_factory):
+    """A 3-second budget, epochs planned at 0.2 s, each batch 0.4 s longer: (run, summary)."""
+    out = tmp_path_factory.mktemp("runs") / "slowed"
+    config = tiny("train.max_epochs=30", "train.max_minutes=0.05",
+                  "train.expected_epoch_seconds=0.2")
+    return out, train(config, tiny_prepared, out, progress=False, callbacks=[SlowEpochs(0.4)])
+
+
+def test_a_budget_that_fits_few_slow_epochs_says_why_and_what_to_do(slowed):
+    out, summary = slowed
+    pace = summary["pace"]
+    epochs = summary["epochs"]
+    assert summary["stopped_by"] == "time_budget" and 1 <= epochs <= 3
+    assert pace["epochs_in_budget"] == epochs == len(pace["epoch_seconds"])
+    assert min(pace["epoch_seconds"]) >= 4 * 0.4  # 4 batches an epoch
+    typical = statistics.median(pace["epoch_seconds"])
+    note = pace["note"]
+    assert note.startswith(f"the 0.05-min time budget fitted only {epochs} epoch")
+    assert f"{seconds(typical)} each against ~0.2 s expected (as measured by dermaseg plan)" \
+        in note
+    assert note.endswith(f"rerun when the machine is free, or with --minutes "
+                         f"{math.ceil(0.05 * typical / 0.2)}")
+    assert json.loads((out / "summary.json").read_text())["pace"]["note"] == note
+
+
+def test_min_epochs_trains_on_past_the_budget_and_stretches_the_schedule(tiny_prepared,
+                                                                          tmp_path, capsys):
+    config = tiny("train.max_epochs=30", "train.max_minutes=0.02", "train.min_epochs=3",
+                  "train.expected_epoch_seconds=0.1", "optim.scheduler=cosine",
+                  "optim.anneal_by_time=true")
+    summary = train(config, tiny_prepared, tmp_path / "run", progress=False,
+                    callbacks=[SlowEpochs(0.2)])
+    assert summary["epochs"] == 3 and summary["stopped_by"] == "time_budget"
+    pace = summary["pace"]
+    assert pace["epochs_in_budget"] < 3
+    assert "trained on to 3 epochs (train.min_epochs=3)" in pace["note"]
+    assert f"note: {pace['note']}" in capsys.readouterr().err
+    # the schedule ran over the 3 epochs, not over the 1.2 s budget (spent in the first)
+    rates = [float(row["lr"]) for row in read_rows(tmp_path / "run" / "metrics.csv")]
+    assert rates[0] > rates[1] > rates[2] > 0.1 * config.optim.lr
+
+
+def test_a_busy_cpu_is_named_with_its_load_and_a_budget_to_match():
+    pace = Pace(budget_minutes=4, epoch_seconds=[88.0, 66.0, 54.0], epochs_in_budget=3,
+                loads=[9.3, 9.9, 9.5], cores=2)
+    assert not pace.slowed() and pace.busy()  # no plan to compare with: the load tells
+    assert pace.note() == (
+        "the 4-min time budget fitted only 3 epochs, 66 s each: the CPU is busy (load "
+        "average 9.5 on 2 cores: other processes had most of it); rerun when the machine is "
+        "free, or with --minutes 19")
+    quiet = Pace(budget_minutes=4, epoch_seconds=[5.0, 4.8, 4.9], epochs_in_budget=3,
+                 loads=[2.1], cores=2)
+    assert quiet.note() is None
+
+
+def test_the_demo_blames_the_load_not_the_software(slowed):
+    note = slowed[1]["pace"]["note"]
+    trained = DemoResult(out=slowed[0], epochs=MIN_EPOCHS, pace_note=note)
+    text = "\n".join(judgement(trained))
+    assert f"Training was slowed, not broken: {note}." in text
+    assert f"after {MIN_EPOCHS} epochs, a Dice below 0.90 here means something is broken" in text
+    short = "\n".join(judgement(DemoResult(out=slowed[0], epochs=3, pace_note=note)))
+    assert "means something is broken" not in short and "Only 3 epochs trained" in short
