@@ -233,9 +233,9 @@ class TimeBudget(Callback):
         if no_time and trainer.current_epoch + 1 < self.min_epochs:
             if not self.extended:
                 self.extended = True
-                rank_zero_info(f"time budget of {self.budget / 60:g} min: spent after "
-                               f"{self.epochs_in_budget} epochs; training on to "
-                               f"train.min_epochs={self.min_epochs}")
+                rank_zero_info(f"time budget of {self.budget / 60:g} min: no time for "
+                               f"another epoch after {trainer.current_epoch + 1}; training "
+                               f"on to train.min_epochs={self.min_epochs}")
             return
         self._stop(trainer, no_time, "no time for another epoch, stopping")
 
