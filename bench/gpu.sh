@@ -55,7 +55,7 @@ if [ -d "$REAL" ] && [ "$left" -gt 60 ]; then
   work="$(mktemp -d)"
   timeout 60 "$PY" -m dermaseg data prepare "$REAL" -o "$work/prep" --size "$PLAN_SIZE" \
     >"$work/prepare.log" 2>&1 || tail -5 "$work/prepare.log"
-  timeout $((left - 30)) "$PY" -m dermaseg plan "$work/prep" --minutes 5 \
+  timeout $((left - 30)) "$PY" -m dermaseg plan --data "$work/prep" --minutes 5 \
     -o "bench/results/gpu_plan${PLAN_SUFFIX}.yaml" --force || status=1
   rm -rf "$work"
 fi

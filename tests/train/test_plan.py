@@ -45,7 +45,7 @@ def prepared(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def no_probe_plan(prepared, tmp_path_factory) -> tuple[Path, str]:
     out = tmp_path_factory.mktemp("noprobe") / "plan.yaml"
-    code, output = run_cli("plan", prepared, "-o", out, "--no-probe", "--device", "cpu")
+    code, output = run_cli("plan", "--data", prepared, "-o", out, "--no-probe", "--device", "cpu")
     assert code == 0, output
     return out, output
 
@@ -56,7 +56,7 @@ def probed_plan(prepared, tmp_path_factory) -> tuple[Path, str]:
     base = folder / "tiny.yaml"
     base.write_text(yaml.safe_dump(TINY_RECIPE))
     out = folder / "plan.yaml"
-    code, output = run_cli("plan", prepared, "-o", out, "--device", "cpu", "--base", base,
+    code, output = run_cli("plan", "--data", prepared, "-o", out, "--device", "cpu", "--base", base,
                            "--minutes", "5")
     assert code == 0, output
     return out, output
@@ -200,19 +200,33 @@ def test_refuses_a_folder_that_is_not_prepared(tmp_path):
     raw.mkdir()
     (raw / "a.jpg").write_bytes(b"")
     for folder in (raw, tmp_path / "missing"):
-        code, output = run_cli("plan", folder, "-o", tmp_path / "p.yaml", "--no-probe")
+        code, output = run_cli("plan", "--data", folder, "-o", tmp_path / "p.yaml", "--no-probe")
         assert code == 2, output
         assert str(folder) in output and "dermaseg data prepare" in output
     assert not (tmp_path / "p.yaml").exists()
 
 
+def test_the_folder_as_an_argument_still_works_with_a_note(prepared, tmp_path):
+    """`plan PREP` (0.1) and `plan --data PREP` (as train and evaluate) give the same plan."""
+    old, new = tmp_path / "old.yaml", tmp_path / "new.yaml"
+    code, output = run_cli("plan", prepared, "-o", old, "--no-probe", "--device", "cpu")
+    assert code == 0 and "deprecated" in output and f"--data {prepared}" in output
+    code, output = run_cli("plan", "-d", prepared, "-o", new, "--no-probe", "--device", "cpu")
+    assert code == 0 and "deprecated" not in output
+    assert load_config(old) == load_config(new)
+    code, output = run_cli("plan", prepared, "--data", prepared, "-o", tmp_path / "x.yaml")
+    assert code == 2 and "once" in output
+    code, output = run_cli("plan", "-o", tmp_path / "x.yaml")
+    assert code == 2 and "--data PREP" in output
+
+
 def test_refuses_to_overwrite_without_force(prepared, tmp_path):
     out = tmp_path / "plan.yaml"
     out.write_text("mine\n")
-    code, output = run_cli("plan", prepared, "-o", out, "--no-probe", "--device", "cpu")
+    code, output = run_cli("plan", "--data", prepared, "-o", out, "--no-probe", "--device", "cpu")
     assert code == 2 and str(out) in output and "--force" in output
     assert out.read_text() == "mine\n" and not out.with_suffix(".json").exists()
-    code, output = run_cli("plan", prepared, "-o", out, "--no-probe", "--device", "cpu",
+    code, output = run_cli("plan", "--data", prepared, "-o", out, "--no-probe", "--device", "cpu",
                            "--force")
     assert code == 0, output
     assert load_config(out).data.image_size == 48
@@ -222,18 +236,19 @@ def test_bad_base_recipes_are_named_as_base(prepared, tmp_path):
     """A missing --base is called --base (not train's --config); a recipe that is not UTF-8
     text is a one-line error, not a traceback."""
     out = tmp_path / "plan.yaml"
-    code, output = run_cli("plan", prepared, "-o", out, "--no-probe", "--device", "cpu",
+    code, output = run_cli("plan", "--data", prepared, "-o", out, "--no-probe", "--device", "cpu",
                            "--base", tmp_path / "nope.yaml")
     assert code == 2 and "--base" in output and "--config" not in output, output
     binary = tmp_path / "binary.yaml"
     binary.write_bytes(b"\xff\xfe\x00model: {}\n")
-    code, output = run_cli("plan", prepared, "-o", out, "--no-probe", "--device", "cpu",
+    code, output = run_cli("plan", "--data", prepared, "-o", out, "--no-probe", "--device", "cpu",
                            "--base", binary)
     assert code == 1 and "not a YAML text file" in output and "Traceback" not in output, output
     assert not out.exists() and not out.with_suffix(".json").exists()
     unknown = tmp_path / "unknown.yaml"
     unknown.write_text(yaml.safe_dump({**TINY_RECIPE, "model": {"arch": "unet"}}))
-    code, output = run_cli("plan", prepared, "-o", out, "--device", "cpu", "--base", unknown)
+    code, output = run_cli("plan", "--data", prepared, "-o", out, "--device", "cpu",
+                           "--base", unknown)
     assert code == 1 and "model.arch" in output and "probing" not in output, output
 
 
@@ -242,7 +257,7 @@ def test_sidecar_folder_is_refused_before_anything_is_written(prepared, tmp_path
     is left without its plan.json."""
     out = tmp_path / "plan.yaml"
     (tmp_path / "plan.json").mkdir()
-    code, output = run_cli("plan", prepared, "-o", out, "--no-probe", "--device", "cpu",
+    code, output = run_cli("plan", "--data", prepared, "-o", out, "--no-probe", "--device", "cpu",
                            "--force")
     assert code == 2 and "plan.json" in output and "folder" in output, output
     assert not out.exists()
@@ -251,7 +266,8 @@ def test_sidecar_folder_is_refused_before_anything_is_written(prepared, tmp_path
 @pytest.mark.parametrize("minutes", ["0", "-3"])
 def test_refuses_minutes_not_above_zero(prepared, tmp_path, minutes):
     out = tmp_path / "plan.yaml"
-    code, output = run_cli("plan", prepared, "-o", out, "--no-probe", "--minutes", minutes)
+    code, output = run_cli("plan", "--data", prepared, "-o", out, "--no-probe",
+                           "--minutes", minutes)
     assert code == 2 and "--minutes" in output
     assert not out.exists()
 
@@ -309,7 +325,7 @@ def test_cross_validation_data_gets_the_fold_option(prepared, tmp_path):
         item["fold"] = index % 3
     manifest["folds"] = 3
     (folded / "manifest.json").write_text(json.dumps(manifest))
-    code, output = run_cli("plan", folded, "-o", tmp_path / "plan.yaml", "--no-probe",
+    code, output = run_cli("plan", "--data", folded, "-o", tmp_path / "plan.yaml", "--no-probe",
                            "--device", "cpu")
     assert code == 0, output
     assert "--fold K" in output and "K = 0..2" in output
@@ -320,6 +336,7 @@ def test_cross_validation_data_gets_the_fold_option(prepared, tmp_path):
     ("cuda:1", "CUDA_VISIBLE_DEVICES=1 dermaseg plan ... --device cuda"),
     ("tpu", "--device tpu: must be one of auto, cpu, cuda, mps")])
 def test_unknown_devices_are_refused_with_what_to_give(prepared, tmp_path, device, words):
-    code, output = run_cli("plan", prepared, "-o", tmp_path / "plan.yaml", "--device", device)
+    code, output = run_cli("plan", "--data", prepared, "-o", tmp_path / "plan.yaml",
+                           "--device", device)
     assert code == 2 and words in output, output
     assert not (tmp_path / "plan.yaml").exists()

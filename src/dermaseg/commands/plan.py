@@ -1,5 +1,5 @@
-"""`dermaseg plan PREP`: choose recipe, image size, batch size and time budget for this dataset
-on this machine; write them as a config for `dermaseg train --config`."""
+"""`dermaseg plan --data PREP`: choose recipe, image size, batch size and time budget for this
+dataset on this machine; write them as a config for `dermaseg train --config`."""
 
 from __future__ import annotations
 
@@ -97,8 +97,28 @@ def plan_yaml(plan, command: str) -> str:
     return "".join(f"# {line}".rstrip() + "\n" for line in header) + plan.config.to_yaml()
 
 
+def prepared_folder(data: Path | None, prep: Path | None) -> Path:
+    """The prepared folder from --data, or from the older positional form (with a note).
+
+    Raises:
+        UsageError: neither given, or both.
+    """
+    if data is not None and prep is not None:
+        raise UsageError(f"give the prepared folder once: --data {data} (not also {prep})")
+    if data is None and prep is None:
+        raise UsageError("give the prepared folder: dermaseg plan --data PREP")
+    if prep is not None:
+        typer.echo(f"note: `dermaseg plan {prep}` still works but is deprecated; write "
+                   f"`dermaseg plan --data {prep}`, as train and evaluate take it", err=True)
+    return data or prep  # type: ignore[return-value]
+
+
 def plan(
-    prep: Path = typer.Argument(..., help="Folder written by `dermaseg data prepare`."),
+    prep: Path | None = typer.Argument(
+        None, help="Deprecated: the prepared folder as an argument; use --data.",
+        show_default=False),
+    data: Path | None = typer.Option(
+        None, "--data", "-d", help="Folder written by `dermaseg data prepare`."),
     out: Path = typer.Option(Path("plan.yaml"), "--out", "-o",
                              help="Config to write; NAME.json beside it gets the measurements."),
     minutes: float | None = typer.Option(
@@ -123,6 +143,7 @@ def plan(
     from dermaseg.fileio import write_bytes_atomic, write_json_atomic
     from dermaseg.train.plan import make_plan
 
+    prep = prepared_folder(data, prep)
     sidecar = _check_outputs(out, force)
     result = make_plan(prep, device=device, base=base, minutes=minutes, probe=probe,
                        report=lambda line: typer.echo(f"  {line}"))
