@@ -107,4 +107,5 @@ def test_gpu_bench_smoke_on_cpu(tmp_path):
     assert variants["gather_on loader, 1 workers"]["workers"] == 1
     assert 0 <= payload["train"]["val_dice"] <= 1
     assert payload["train"]["epochs"] == 2 and payload["train"]["lightning_step_ms"] > 0
+    assert payload["train"]["time_split"].startswith("steps ")  # summary.json's "time"
     assert "bf16_cl_compile" not in payload["stages"]  # compiled steps: not default stages

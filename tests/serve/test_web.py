@@ -83,6 +83,155 @@ def test_upload_shows_contour_measurements_and_downloads_mask(server, tmp_path):
     assert mask.shape == (240, 320) and set(np.unique(mask)) == {0, 255}
 
 
+def _download(page, selector: str, folder: Path) -> Path:
+    with page.expect_download() as info:
+        page.click(selector)
+    saved = folder / info.value.suggested_filename
+    info.value.save_as(saved)
+    return saved
+
+
+def _check_legend(page) -> None:
+    """Every measurement row has its meaning as a tooltip and in the legend, with its unit."""
+    rows = page.locator("#measurements tr")
+    titles = [rows.nth(i).get_attribute("title") or "" for i in range(rows.count())]
+    assert rows.count() >= 10 and all(len(title) > 20 for title in titles)
+    terms = page.locator("#legend dt").all_text_contents()
+    assert len(terms) == rows.count()
+    assert {"Asymmetry (0–1)", "Compactness (0–1)", "Solidity (0–1)", "Area (mm²)",
+            "Perimeter (mm)", "Max diameter (mm)", "Colours"} <= set(terms)
+    assert "mirror image" in page.text_content("#legend")  # there, even while folded
+
+
+def _cell(page, key: str) -> str:
+    return page.locator(f'#measurements tr[data-key="{key}"] td').nth(1).inner_text()
+
+
+def _check_units_and_colours(page, measurements: dict) -> None:
+    assert _cell(page, "area") == str(measurements["area"])  # a pixel count: no decimals
+    assert _cell(page, "perimeter").isdigit()
+    assert float(_cell(page, "area_mm2")) == pytest.approx(measurements["area_mm2"], abs=0.01)
+    assert float(_cell(page, "max_diameter_mm")) == pytest.approx(
+        measurements["max_diameter_mm"], abs=0.01)
+    colours = _cell(page, "colors")
+    assert "_" not in colours and colours != ""
+    if "light_brown" in measurements["colors"]:
+        assert "light brown" in colours
+
+
+def test_downloads_legend_precision_and_untinted_contour(server, tmp_path):
+    """The overlay, measurements (JSON, CSV) download beside the mask; each measurement is
+    explained, with its unit; the model's precision is shown; the lesion is not tinted unless
+    asked, so its colours can be judged."""
+    from playwright.sync_api import sync_playwright
+
+    image = synth_images(1, seed=21, width=320, height=240)[0][0]
+    upload = tmp_path / "lesion.png"
+    Image.fromarray(image).save(upload)
+    with sync_playwright() as playwright:
+        browser, page, errors = _open_page(playwright, server)
+        try:
+            page.click("#options summary")
+            page.fill("#pixel-size", "0.05")
+            with page.expect_response(lambda r: "/v1/segment" in r.url) as answer:
+                page.set_input_files("#file", str(upload))
+            page.wait_for_selector("#result:not([hidden])", timeout=60_000)
+            body = answer.value.json()
+            _check_legend(page)
+            _check_units_and_colours(page, body["measurements"])
+            assert body["model"]["precision"] == "fp32"
+            assert "FP32" in page.inner_text("#model")
+            _check_tint_toggle(page, image)
+            page.wait_for_selector('#download-overlay[href^="blob:"]')
+            saved = {name: _download(page, f"#download-{name}", tmp_path)
+                     for name in ("overlay", "json", "csv")}
+            assert errors == []
+        finally:
+            browser.close()
+    _check_downloads(saved, body, image)
+
+
+def _check_tint_toggle(page, image: np.ndarray) -> None:
+    """Inside the lesion the canvas shows the photo itself; ticking "Tint" greens it."""
+    x, y = (round(v) for v in page.evaluate("() => window.dermasegResult.measurements.centroid"))
+    pixel_js = f"""() => Array.from(document.getElementById('canvas').getContext('2d')
+        .getImageData({x}, {y}, 1, 1).data.slice(0, 3))"""
+    assert not page.is_checked("#fill")
+    assert page.evaluate(pixel_js) == image[y, x].tolist()
+    page.check("#fill")
+    tinted = page.evaluate(pixel_js)
+    assert tinted[1] > image[y, x, 1] and tinted != image[y, x].tolist()
+    page.uncheck("#fill")
+    assert page.evaluate(pixel_js) == image[y, x].tolist()
+
+
+def _check_downloads(saved: dict[str, Path], body: dict, image: np.ndarray) -> None:
+    import csv
+    import json
+
+    from dermaseg.infer.measure_table import measurements_csv
+
+    assert saved["overlay"].name == "lesion_overlay.png"
+    overlay = np.asarray(Image.open(saved["overlay"]).convert("RGB"))
+    assert overlay.shape == image.shape
+    x, y = (round(v) for v in body["contour"][0])
+    assert overlay[y, x, 1] > 200 and overlay[y, x, 0] < 80  # the contour is in the picture
+    assert saved["json"].name == "lesion_measurements.json"
+    assert json.loads(saved["json"].read_text()) == body["measurements"]
+    assert saved["csv"].name == "lesion_measurements.csv"
+    got = list(csv.reader(saved["csv"].read_text().splitlines()))
+    record = {"id": "lesion", "image": "lesion.png", **body["measurements"]}
+    want = list(csv.reader(measurements_csv([record]).splitlines()))
+    assert len(got) == 2 and got[0] == want[0]  # a header as `predict --measure` writes, a row
+    for name, value, expected in zip(got[0], got[1], want[1], strict=True):
+        try:
+            assert float(value) == float(expected), name
+        except ValueError:
+            assert value == expected, name
+
+
+def test_phone_result_in_view_and_options_beside_nothing(server, tmp_path):
+    """On a phone, opening Options does not move the "Choose an image" button, and after
+    segmenting the picture is scrolled into view."""
+    from playwright.sync_api import sync_playwright
+
+    image = synth_images(1, seed=27, width=300, height=450)[0][0]  # tall: below the fold
+    upload = tmp_path / "tall.jpg"
+    Image.fromarray(image).save(upload, quality=95)
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 390, "height": 844},
+                                    device_scale_factor=2, is_mobile=True, has_touch=True)
+            errors: list[str] = []
+            page.on("pageerror", lambda exc: errors.append(str(exc)))
+            page.goto(server)
+            button = page.locator("#choose").bounding_box()
+            page.click("#options summary")
+            assert page.locator("#choose").bounding_box() == button
+            options = page.locator("#options").bounding_box()
+            drop = page.locator("#drop").bounding_box()
+            assert options["y"] >= button["y"] + button["height"]  # below, not beside
+            assert 0 <= options["x"] and options["x"] + options["width"] <= 390
+            centre = drop["x"] + drop["width"] / 2
+            assert abs(button["x"] + button["width"] / 2 - centre) < 2
+            page.set_input_files("#file", str(upload))
+            page.wait_for_selector("#result:not([hidden])", timeout=60_000)
+            page.wait_for_timeout(300)
+            box = page.locator("#canvas").bounding_box()  # relative to the viewport
+            assert page.evaluate("() => window.scrollY") > 0
+            assert box["y"] >= 0 and box["y"] + box["height"] <= 844
+            assert box["x"] >= 0 and box["x"] + box["width"] <= 390
+            default = tmp_path / "web.png"
+            shot = Path(os.environ.get(SCREENSHOT_ENV) or default)
+            page.screenshot(path=str(shot.with_name(shot.stem + "_phone.png")))  # as seen
+            page.screenshot(path=str(shot.with_name(shot.stem + "_phone_page.png")),
+                            full_page=True)
+            assert errors == []
+        finally:
+            browser.close()
+
+
 def test_the_options_panel_sends_predict_s_postprocessing(server, tmp_path):
     """The page's Options reach the service as its query parameters, and the answer says
     which post-processing was applied."""

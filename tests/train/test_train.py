@@ -126,6 +126,22 @@ def test_loss_goes_down(run):
     assert float(rows[-1]["val_loss"]) < float(rows[0]["val_loss"])
 
 
+def test_summary_says_where_the_seconds_went(run):
+    """summary.json's "time": steps, validation, checkpoint writing and curves each measured,
+    exclusive of each other; "other" is the rest, and the parts add up to the run's time."""
+    _, summary = run
+    time_split = summary["time"]
+    parts = ("steps", "validation", "checkpoints", "curves", "other")
+    assert time_split["total"] == pytest.approx(summary["session_seconds"], abs=2e-3)
+    assert sum(time_split[p] for p in parts) == pytest.approx(time_split["total"], abs=5e-3)
+    assert sum(time_split["fractions"].values()) == pytest.approx(1.0, abs=1e-3)
+    for part in ("steps", "validation", "checkpoints", "curves"):
+        assert time_split[part] > 0, part
+    # each of the 3 epochs writes last.ckpt (and best.ckpt when Dice improves), at least ms each
+    assert time_split["checkpoints"] > 3 * 1e-3
+    assert time_split["steps"] > time_split["validation"]  # 16 images trained, 4 validated
+
+
 class RecordBatches(L.Callback):
     """The training batches as the model receives them (after the device-side hooks)."""
 

@@ -154,9 +154,29 @@ def onnx_providers(device: str) -> list:
     return [("CUDAExecutionProvider", {"device_id": device_id}), "CPUExecutionProvider"]
 
 
+# Operators of a quantized graph: static QDQ (`dermaseg export --int8`), QOperator, dynamic.
+QUANTIZED_OPS = frozenset({"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear",
+                           "QLinearConv", "QLinearMatMul", "ConvInteger", "MatMulInteger"})
+FLOAT_NAMES = {10: "fp16", 16: "bf16"}  # TensorProto FLOAT16, BFLOAT16; else fp32
+
+
+def onnx_precision(path: str | os.PathLike) -> str:
+    """The number format an ONNX model computes in: "int8" when its graph holds quantization
+    operators (QuantizeLinear/DequantizeLinear, QLinearConv, ...), "fp16"/"bf16" when its
+    weights are stored so, else "fp32". Reads the graph only (no external weights)."""
+    import onnx
+
+    graph = onnx.load(str(path), load_external_data=False).graph
+    if any(node.op_type in QUANTIZED_OPS for node in graph.node):
+        return "int8"
+    types = {init.data_type for init in graph.initializer}
+    return next((name for code, name in FLOAT_NAMES.items() if code in types), "fp32")
+
+
 class OnnxBackend:
     """An exported model checked by `check_onnx`: float32 (N, 3, H, W) numpy -> logits
-    (N, 1, H, W) numpy. `fixed_side`/`max_batch`: the input's static side and batch, if any."""
+    (N, 1, H, W) numpy. `fixed_side`/`max_batch`: the input's static side and batch, if any;
+    `precision`: onnx_precision of the file."""
 
     def __init__(self, path: str | Path, device: str = "cpu") -> None:
         import onnxruntime as ort
@@ -169,6 +189,7 @@ class OnnxBackend:
         shape = next(i for i in self.session.get_inputs() if i.name == INPUT_NAME).shape
         self.max_batch = shape[0] if isinstance(shape[0], int) else None
         self.fixed_side = shape[-1] if isinstance(shape[-1], int) else None
+        self.precision = onnx_precision(path)
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
         step = self.max_batch or len(batch)

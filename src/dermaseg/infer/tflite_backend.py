@@ -89,6 +89,9 @@ class TfliteBackend:
         self.input, self.output = self._check_io(path)
         self.fixed_side = int(self.input["shape"][-1])
         self.lock = threading.Lock()
+        types = {detail["dtype"] for detail in self.interpreter.get_tensor_details()}
+        self.precision = ("int8" if types & {np.int8, np.uint8}
+                          else "fp16" if np.float16 in types else "fp32")
 
     def _check_io(self, path) -> tuple[dict, dict]:
         inputs = self.interpreter.get_input_details()

@@ -32,7 +32,8 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
 
 
 class TorchBackend:
-    """A PyTorch model: float32 (N, 3, H, W) numpy -> logits (N, 1, H, W) numpy."""
+    """A PyTorch model: float32 (N, 3, H, W) numpy -> logits (N, 1, H, W) numpy. `precision`:
+    its weights' float type (bf16, fp16 or fp32)."""
 
     fixed_side: int | None = None
     max_batch: int | None = None
@@ -40,6 +41,8 @@ class TorchBackend:
     def __init__(self, model: torch.nn.Module, device: str | torch.device = "cpu") -> None:
         self.device = resolve_device(device)
         self.model = model.to(self.device).eval()
+        dtype = next(self.model.parameters(), torch.empty(0)).dtype
+        self.precision = {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(dtype, "fp32")
 
     @torch.inference_mode()
     def __call__(self, batch: np.ndarray) -> np.ndarray:

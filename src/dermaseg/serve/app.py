@@ -124,6 +124,7 @@ def model_info(predictor, settings: ServeSettings) -> ModelInfo:
     return ModelInfo(
         name=f"{meta.config.model.arch}-{meta.config.model.backbone}", version=meta.version,
         file=Path(settings.model_path).name, backend=model_kind(settings.model_path),
+        precision=getattr(predictor.backend, "precision", "unknown"),
         image_size=meta.image_size, threshold=meta.threshold,
     )
 

@@ -19,6 +19,8 @@ class ModelInfo(BaseModel):
     version: str = Field(description="dermaseg version that wrote the model")
     file: str = Field(description="model file name")
     backend: str = Field(description="onnx, torch or tflite")
+    precision: str = Field(description="number format the network computes in: int8 (a "
+                                       "quantized model), fp16, bf16 or fp32")
     image_size: int = Field(description="side of the square network input")
     threshold: float
 

@@ -12,6 +12,8 @@ import csv
 import io
 import math
 import time
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -30,12 +32,15 @@ LAST_COLUMNS = ["lr", "seconds", "minutes", "train_seconds", "images_per_s"]
 
 class History(Callback):
     """Collects one row per validated epoch and writes `metrics.csv` (every epoch) and
-    `curves.png` (at most every `plot_every_s` seconds, and when training ends) in `out`."""
+    `curves.png` (at most every `plot_every_s` seconds, and when training ends) in `out`;
+    each drawing inside `timed("curves")` (`TimeSplit.part`: summary.json's "time")."""
 
     def __init__(self, out: str | Path, plot: bool = True,
-                 plot_every_s: float = PLOT_EVERY_S) -> None:
+                 plot_every_s: float = PLOT_EVERY_S,
+                 timed: Callable[[str], AbstractContextManager] | None = None) -> None:
         self.out = Path(out)
         self.plot, self.plot_every_s = plot, plot_every_s
+        self.timed = timed or (lambda name: nullcontext())
         self._plotted_at = -math.inf
         self.rows: list[dict[str, float]] = []
         self._epoch_start = self._train_end = 0.0
@@ -86,7 +91,8 @@ class History(Callback):
     def _write(self, final: bool = False) -> None:
         write_bytes_atomic(self.out / "metrics.csv", rows_to_csv(self.rows).encode())
         if self.plot and (final or time.monotonic() - self._plotted_at >= self.plot_every_s):
-            write_bytes_atomic(self.out / "curves.png", plot_curves(self.rows))
+            with self.timed("curves"):
+                write_bytes_atomic(self.out / "curves.png", plot_curves(self.rows))
             self._plotted_at = time.monotonic()
 
     def state_dict(self) -> dict[str, Any]:

@@ -25,6 +25,7 @@ from dermaseg.data.dataset import PreparedDataset
 from dermaseg.model_meta import ModelMeta
 from dermaseg.models.factory import build_model
 from dermaseg.train.callbacks import NonFiniteGuard, TimeBudget, trainer_callbacks
+from dermaseg.train.compiled import CompiledOrEager
 from dermaseg.train.datamodule import SegmentationDataModule, sample_seed
 from dermaseg.train.device_batches import DeviceSplit, TrainingBatches
 from dermaseg.train.losses import SegmentationLoss
@@ -60,9 +61,15 @@ class SegmentationModule(L.LightningModule):
         self.batches = TrainingBatches(config, augment)
         self._rng_to_restore: dict[str, Any] | None = None
         self._lr_shape: LRShape | None = None
+        # not a Module attribute: the weights (state_dict) stay `model`'s alone
+        self.compiled: CompiledOrEager | None = None
+
+    def compile_model(self, mode: str | None = None, backend: str | Any = "inductor") -> None:
+        """The steps call the model through `torch.compile`; eager if compiling fails."""
+        self.compiled = CompiledOrEager(self.model, mode, backend)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.model(images)
+        return self.model(images) if self.compiled is None else self.compiled(images)
 
     def on_fit_start(self) -> None:
         if self.device.type == "cuda" and self.config.train.channels_last:
@@ -114,7 +121,7 @@ class SegmentationModule(L.LightningModule):
 
     def training_step(self, batch, batch_idx: int):
         images, masks, indices = batch
-        total, parts = self.criterion(self.model(images), masks)
+        total, parts = self.criterion(self(images), masks)
         if self.guard.should_skip(total, parts, self.trainer, batch_idx,
                                   lambda: self._names(indices)):
             return None  # Lightning skips backward and the optimiser step
@@ -129,7 +136,7 @@ class SegmentationModule(L.LightningModule):
 
     def validation_step(self, batch, batch_idx: int) -> None:
         images, masks, _ = batch
-        logits = self.model(images)
+        logits = self(images)
         loss, _ = self.val_criterion(logits, masks)
         self.val_metrics.update(logits, masks)
         self.log("val_loss", loss, on_epoch=True, prog_bar=True, sync_dist=True, logger=False,

@@ -56,6 +56,7 @@ from dermaseg.train.datamodule import SegmentationDataModule
 from dermaseg.train.history import History, summarize
 from dermaseg.train.module import SegmentationModule
 from dermaseg.train.pace import Pace
+from dermaseg.train.timing import TimeSplit
 from dermaseg.train.tracking import Tracking, build_loggers, check_trackers, log_outcome
 
 LightningPrecision = Literal["32-true", "bf16-mixed", "16-mixed"]
@@ -182,8 +183,10 @@ def _how_it_ended(out_dir: Path) -> str:
 
 def build_callbacks(config: Config, out_dir: Path) -> list[Callback]:
     t = config.train
+    split = TimeSplit()  # summary.json's "time"; History times its drawings with it
     callbacks: list[Callback] = [
-        History(out_dir),
+        History(out_dir, timed=split.part),
+        split,
         EarlyStopping(monitor="val_loss", mode="min", patience=t.early_stop_patience,
                       check_on_train_epoch_end=False),
         LateFreeze(t.freeze_backbone_epoch, t.freeze_after_lr_drops),
@@ -302,8 +305,8 @@ def _train(config: Config, data_dir: Path, out_dir: Path, resume: bool,
     datamodule.setup("fit")  # bad data is refused before the run folder is written
     L.seed_everything(config.train.seed, verbose=False)
     module = SegmentationModule(config)
-    if config.train.compile:
-        module.model.compile(mode=config.train.compile_mode)
+    if config.train.compile:  # eager, with a note, if compiling fails (train.compiled)
+        module.compile_model(config.train.compile_mode)
     warnings.filterwarnings("ignore", message=".*Checkpoint directory .* exists and is not empty")
     # Our sampler resumes mid-epoch itself (datamodule._position_for_resume).
     warnings.filterwarnings("ignore", message=".*your dataloader is not resumable")
@@ -369,6 +372,9 @@ def _finish(trainer: L.Trainer, config: Config, out_dir: Path, seconds: float,
     summary |= {"epochs": trainer.current_epoch, "last_epoch": trainer.current_epoch - 1}
     if (pace := _pace(trainer, config)) is not None:
         summary["pace"] = pace
+    split = next((cb for cb in trainer_callbacks(trainer) if isinstance(cb, TimeSplit)), None)
+    if split is not None:
+        summary["time"] = split.as_dict(seconds)
     summary = _json_safe(summary)
     if trainer.is_global_zero:
         write_json_atomic(out_dir / "summary.json", summary)

@@ -1,31 +1,72 @@
 // dermaseg web page: send the chosen image to POST /v1/segment, draw the contour, list the
-// measurements, offer the mask PNG. Plain JavaScript, no build step.
+// measurements with their meaning, offer the mask, the overlay and the measurements (JSON,
+// CSV) as downloads. Plain JavaScript, no build step.
 "use strict";
 
 const $ = (id) => document.getElementById(id);
+
+// The ABCD reference colours of dermaseg.infer.measure, as words.
+const COLOUR_WORDS = { white: "white", red: "red", light_brown: "light brown",
+  dark_brown: "dark brown", blue_gray: "blue-grey", black: "black" };
+const colourWord = (key) => COLOUR_WORDS[key] || key.replace(/_/g, " ");
+
+// The rows of the measurements table: key (data-key and the legend), label, unit, the value
+// (from the response r and its measurements m; null: row left out) and what it means (the
+// row's tooltip and the legend). Definitions: dermaseg.infer.measure.
 const ROWS = [
-  ["area_fraction", "Lesion area (fraction)", (r) => r.area_fraction.toFixed(4)],
-  ["area", "Area (px)", (r) => r.measurements.area],
-  ["area_mm2", "Area (mm²)", (r) => fmt(r.measurements.area_mm2)],
-  ["perimeter", "Perimeter (px)", (r) => fmt(r.measurements.perimeter)],
-  ["max_diameter", "Max diameter (px)", (r) => fmt(r.measurements.max_diameter)],
-  ["max_diameter_mm", "Max diameter (mm)", (r) => fmt(r.measurements.max_diameter_mm)],
-  ["asymmetry", "Asymmetry", (r) => fmt(r.measurements.asymmetry)],
-  ["compactness", "Compactness", (r) => fmt(r.measurements.compactness)],
-  ["solidity", "Solidity", (r) => fmt(r.measurements.solidity)],
-  ["color_count", "Colours", (r) => colours(r.measurements)],
-  ["size", "Image", (r) => `${r.width} × ${r.height}`],
-  ["inference_ms", "Inference (ms)", (r) => r.inference_ms.toFixed(1)],
+  ["area_mm2", "Area", "mm²", (r, m) => fixed(m.area_mm2, 2),
+    "Lesion area: the number of lesion pixels times the pixel area."],
+  ["area", "Area", "px", (r, m) => fixed(m.area, 0),
+    "Lesion area as a number of pixels."],
+  ["perimeter_mm", "Perimeter", "mm", (r, m) => fixed(m.perimeter_mm, 2),
+    "Length of the lesion border (holes included), measured on the smoothed contour."],
+  ["perimeter", "Perimeter", "px", (r, m) => fixed(m.perimeter, 0),
+    "Length of the lesion border (holes included), in pixel widths."],
+  ["max_diameter_mm", "Max diameter", "mm", (r, m) => fixed(m.max_diameter_mm, 2),
+    "Largest distance between two points of the lesion (maximum Feret diameter): the D of " +
+    "the ABCD rule."],
+  ["max_diameter", "Max diameter", "px", (r, m) => fixed(m.max_diameter, 0),
+    "Largest distance between two points of the lesion (maximum Feret diameter), in pixel " +
+    "widths."],
+  ["area_fraction", "Share of the image", "%", (r) => fixed(100 * r.area_fraction, 1),
+    "Lesion pixels as a percentage of all the image's pixels."],
+  ["asymmetry", "Asymmetry", "0–1", (r, m) => fixed(m.asymmetry, 2),
+    "Share of the lesion not covered by its mirror image, mirrored about each of its two " +
+    "principal axes and averaged: 0 symmetric, higher more asymmetric (the A of ABCD)."],
+  ["border_irregularity", "Border irregularity", "≥ 1", (r, m) => fixed(m.border_irregularity, 2),
+    "Perimeter² / (4π × area): 1 for a circle, higher for a ragged or elongated border " +
+    "(the B of ABCD; the inverse of compactness)."],
+  ["compactness", "Compactness", "0–1", (r, m) => fixed(m.compactness, 2),
+    "4π × area / perimeter²: 1 for a circle, lower for an elongated or ragged border."],
+  ["solidity", "Solidity", "0–1", (r, m) => fixed(m.solidity, 2),
+    "Area / area of the convex hull (the lesion with its notches filled): 1 for a convex " +
+    "lesion, lower for a notched border."],
+  ["colors", "Colours", "", (r, m) => colourList(m),
+    "ABCD reference colours (white, red, light brown, dark brown, blue-grey, black) that " +
+    "each cover at least 5 % of the lesion, with their share; each lesion pixel counts for " +
+    "the nearest reference colour in RGB. A rough guide: not validated against a " +
+    "dermatologist's reading."],
+  ["color_count", "Colour count", "of 6", (r, m) => fixed(m.color_count, 0),
+    "How many reference colours are present (the C of ABCD)."],
+  ["color_spread", "Colour spread", "0–1", (r, m) => fixed(m.color_spread, 3),
+    "Standard deviation of the lesion's colours (mean over red, green and blue, on a 0–1 " +
+    "scale): colour variegation, whatever the reference colours."],
+  ["size", "Image", "px", (r) => `${r.width} × ${r.height}`,
+    "Image width × height in pixels (after its EXIF orientation)."],
+  ["inference_ms", "Inference", "ms", (r) => fixed(r.inference_ms, 0),
+    "Model time: preprocessing, network and resizing the mask back to the image."],
 ];
 
-function fmt(value) {
-  if (value === null || value === undefined) return null;
-  return typeof value === "number" ? (Number.isInteger(value) ? value : value.toFixed(3)) : value;
+// A number with `digits` decimals; null for a missing value (the row is left out).
+function fixed(value, digits) {
+  return typeof value === "number" ? value.toFixed(digits) : null;
 }
 
-function colours(m) {
+function colourList(m) {
   if (!m.colors) return null;
-  return `${m.color_count} (${m.colors.join(", ")})`;
+  if (!m.colors.length) return "none";
+  const share = (name) => Math.round(100 * ((m.color_fractions || {})[name] || 0));
+  return m.colors.map((name) => `${colourWord(name)} ${share(name)} %`).join(", ");
 }
 
 function setStatus(text, isError = false) {
@@ -33,11 +74,22 @@ function setStatus(text, isError = false) {
   $("status").className = isError ? "error" : "";
 }
 
+// What is on show: the decoded photo and mask (kept to redraw when "Tint" changes) and the
+// response. Only the latest choice's result is ever shown.
+let shown = null;
+
+function forget(view) {
+  if (!view) return;
+  if (view.bitmap) view.bitmap.close();
+  if (view.mask) view.mask.close();
+}
+
 // The canvas always has the size the server reports (after its EXIF rotation). The photo goes
 // under the contour only when the browser decoded it to that same size; otherwise (a format it
 // cannot decode, such as TIFF, or an orientation it did not apply, such as WebP's) the mask is
-// drawn faintly on a blank canvas instead. Returns whether the photo was drawn.
-function drawResult(bitmap, mask, result) {
+// drawn faintly on a blank canvas instead. The lesion is tinted only when "Tint" is ticked, so
+// that its own colours can be judged. Returns whether the photo was drawn.
+function drawResult({ bitmap, mask, result }) {
   const canvas = $("canvas");
   canvas.width = result.width;
   canvas.height = result.height;
@@ -56,46 +108,117 @@ function drawResult(bitmap, mask, result) {
     ctx.moveTo(points[0][0], points[0][1]);
     for (const [x, y] of points.slice(1)) ctx.lineTo(x, y);
     ctx.closePath();
-    ctx.fillStyle = "rgba(0, 255, 120, 0.15)";
-    ctx.fill();
+    if ($("fill").checked) {
+      ctx.fillStyle = "rgba(0, 255, 120, 0.15)";
+      ctx.fill();
+    }
     ctx.lineWidth = Math.max(2, Math.round(Math.max(canvas.width, canvas.height) / 250));
     ctx.strokeStyle = "#00ff78";
     ctx.stroke();
   }
   canvas.dataset.contourPoints = String(points.length);
+  offerOverlay(canvas);
   return photo;
 }
 
 function showMeasurements(result) {
   const table = $("measurements");
+  const legend = $("legend");
   table.replaceChildren();
-  for (const [key, label, get] of ROWS) {
-    const value = get(result);
+  legend.replaceChildren();
+  const m = result.measurements;
+  for (const [key, label, unit, get, help] of ROWS) {
+    const value = get(result, m);
     if (value === null || value === undefined) continue;
     const row = table.insertRow();
     row.dataset.key = key;
+    row.title = help;
     row.insertCell().textContent = label;
-    row.insertCell().textContent = String(value);
+    row.insertCell().textContent = value;
+    row.insertCell().textContent = unit;
+    const term = document.createElement("dt");
+    term.textContent = unit ? `${label} (${unit})` : label;
+    const meaning = document.createElement("dd");
+    meaning.textContent = help;
+    legend.append(term, meaning);
   }
-  if (result.measurements.empty) {
-    const row = table.insertRow();
-    row.insertCell().textContent = "No lesion found";
-  }
-  const m = result.model;
-  $("model").textContent = `${m.name} (dermaseg ${m.version}, ${m.backend})`;
+  if (m.empty) table.insertRow().insertCell().textContent = "No lesion found";
+  const model = result.model;
+  $("model").textContent = `Made by ${model.name}, ${model.precision.toUpperCase()}, ` +
+    `${model.backend} (${model.file}, dermaseg ${model.version})`;
 }
+
+// ---- downloads -------------------------------------------------------------------------------
+
+function offer(id, blob, filename) {
+  const link = $(id);
+  if (link.href.startsWith("blob:")) URL.revokeObjectURL(link.href);
+  link.href = URL.createObjectURL(blob);
+  link.download = filename;
+}
+
+const stem = (filename) => filename.replace(/\.[^.]*$/, "");
 
 function maskBlob(result) {
   const bytes = Uint8Array.from(atob(result.mask_png_base64), (c) => c.charCodeAt(0));
   return new Blob([bytes], { type: "image/png" });
 }
 
-function offerMask(blob, filename) {
-  const link = $("download");
-  if (link.href.startsWith("blob:")) URL.revokeObjectURL(link.href);
-  link.href = URL.createObjectURL(blob);
-  link.download = filename.replace(/\.[^.]*$/, "") + "_segmentation.png";
+// The canvas as drawn (photo, contour and tint if ticked).
+function offerOverlay(canvas) {
+  const name = `${stem(shown.name)}_overlay.png`;
+  const view = shown;
+  canvas.toBlob((blob) => { if (blob && view === shown) offer("download-overlay", blob, name); },
+    "image/png");
 }
+
+function offerDownloads(mask, result, filename) {
+  const name = stem(filename);
+  offer("download", mask, `${name}_segmentation.png`);
+  const json = JSON.stringify(result.measurements, null, 2) + "\n";
+  offer("download-json", new Blob([json], { type: "application/json" }),
+    `${name}_measurements.json`);
+  const record = { id: name, image: filename, ...result.measurements };
+  offer("download-csv", new Blob([measurementsCsv(record)], { type: "text/csv" }),
+    `${name}_measurements.csv`);
+}
+
+// One record as CSV, the table `dermaseg predict --measure` writes
+// (dermaseg.infer.measure_table): nested values become columns of their own (bbox_x, ...,
+// color_fractions_red, ..., centroid_x, mean_rgb_r), a list of names one cell.
+const PARTS = { centroid: ["x", "y"], mean_rgb: ["r", "g", "b"] };
+
+function flatten(row, key, value) {
+  if (value !== null && typeof value === "object" && !Array.isArray(value)) {
+    for (const [inner, item] of Object.entries(value)) flatten(row, `${key}_${inner}`, item);
+  } else if (Array.isArray(value)) {
+    if (value.every((item) => typeof item === "string")) row[key] = value.join("; ");
+    else if (PARTS[key] && value.length === PARTS[key].length) {
+      PARTS[key].forEach((part, i) => { row[`${key}_${part}`] = value[i]; });
+    }
+  } else {
+    row[key] = value;
+  }
+}
+
+function csvCell(value) {
+  if (value === null || value === undefined) return "";
+  let text = String(value); // numbers in the shortest form that reads back the same
+  if (typeof value === "string" && /^[=+\-@\t\r]/.test(value)) text = "'" + text;
+  return /[",\r\n]/.test(text) ? `"${text.replace(/"/g, '""')}"` : text;
+}
+
+function measurementsCsv(record) {
+  const row = {};
+  for (const [key, value] of Object.entries(record)) flatten(row, key, value);
+  const names = Object.keys(row);
+  // As measure_table.columns: an empty value whose parts have columns of their own goes.
+  const kept = names.filter((name) => (row[name] !== null && row[name] !== undefined)
+    || !names.some((other) => other.startsWith(`${name}_`)));
+  return kept.join(",") + "\n" + kept.map((name) => csvCell(row[name])).join(",") + "\n";
+}
+
+// ---- the request -----------------------------------------------------------------------------
 
 // null when the browser cannot decode the image (e.g. TIFF in Chromium).
 function decode(blob, options) {
@@ -118,18 +241,29 @@ function options() {
 
 let latest = 0; // number of the latest choice: only its result is ever shown
 
-async function segment(file) {
-  const request = ++latest;
-  setStatus(`Segmenting ${file.name} …`);
-  $("result").hidden = true;
+async function post(file) {
   const body = new FormData();
   body.append("file", file, file.name);
   const headers = {};
   const token = $("token").value.trim();
   if (token) headers.Authorization = `Bearer ${token}`;
+  const response = await fetch(`/v1/segment${options()}`, { method: "POST", body, headers });
+  const data = await response.json().catch(() => ({ detail: response.statusText }));
+  return [response, data];
+}
+
+// On a narrow screen the result is below the fold: bring the picture into view.
+function bringIntoView() {
+  const box = $("canvas").getBoundingClientRect();
+  if (box.top < 0 || box.bottom > window.innerHeight) $("result").scrollIntoView({ block: "start" });
+}
+
+async function segment(file) {
+  const request = ++latest;
+  setStatus(`Segmenting ${file.name} …`);
+  $("result").hidden = true;
   try {
-    const response = await fetch(`/v1/segment${options()}`, { method: "POST", body, headers });
-    const data = await response.json().catch(() => ({ detail: response.statusText }));
+    const [response, data] = await post(file);
     if (request !== latest) return;
     if (!response.ok) {
       setStatus(`Error ${response.status}: ${data.detail}`, true);
@@ -140,21 +274,25 @@ async function segment(file) {
     const mask = maskBlob(data);
     const bitmap = await decode(file, { imageOrientation: "from-image" });
     const maskBitmap = await decode(mask);
-    if (request !== latest) return;
+    if (request !== latest) {
+      forget({ bitmap, mask: maskBitmap });
+      return;
+    }
     window.dermasegResult = data; // handy in the browser console
-    const photo = drawResult(bitmap, maskBitmap, data);
-    if (bitmap) bitmap.close();
-    if (maskBitmap) maskBitmap.close();
-    $("note").hidden = photo;
+    forget(shown);
+    shown = { bitmap, mask: maskBitmap, result: data, name: file.name };
+    $("note").hidden = drawResult(shown);
     showMeasurements(data);
-    offerMask(mask, file.name);
+    offerDownloads(mask, data, file.name);
     $("result").hidden = false;
     setStatus(`${file.name}: done in ${data.inference_ms.toFixed(0)} ms`);
+    bringIntoView();
   } catch (error) {
     if (request === latest) setStatus(`Could not show the result: ${error}`, true);
   }
 }
 
+$("fill").addEventListener("change", () => { if (shown) drawResult(shown); });
 $("file").addEventListener("change", (event) => {
   if (event.target.files.length) segment(event.target.files[0]);
 });
