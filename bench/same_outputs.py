@@ -11,7 +11,8 @@ version 0.1 without the timing: COMPARED_FIELDS), so two runs compare file by fi
     PYTHONPATH=/tmp/old/src python bench/same_outputs.py MODEL... --images DIR -o before.json
     python bench/same_outputs.py MODEL... --images DIR -o after.json --compare before.json
 
-Exit 1 when --compare finds a difference (each one listed).
+Exit 1 when --compare finds an output changed or missing (each one listed); outputs that are
+new since the earlier run (files a later version adds) are counted apart.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ VARIANTS = {"plain": [], "tta-post": ["--tta", "--keep-largest", "--fill-holes",
 # out, so that an addition is not taken for a change
 COMPARED_FIELDS = ("filename", "width", "height", "area_fraction", "bbox", "contour",
                    "measurements", "mask_png_base64", "model")
+MODEL_FIELDS = ("name", "version", "file", "backend", "image_size", "threshold")
 
 
 def digest(data: bytes) -> str:
@@ -91,6 +93,8 @@ def service_digests(model: str, images: list[Path]) -> dict[str, str]:
                                        files={"file": (path.name, path.read_bytes())})
                 body = response.json()
                 kept = {name: body.get(name) for name in COMPARED_FIELDS}
+                if isinstance(kept["model"], dict):
+                    kept["model"] = {name: kept["model"].get(name) for name in MODEL_FIELDS}
                 text = json.dumps({"status": response.status_code, **kept}, sort_keys=True)
                 result[path.name] = digest(text.encode())
         return result
@@ -115,14 +119,18 @@ def fingerprint(models: list[str], images: Path, service_count: int) -> dict:
     return result
 
 
-def differences(before: dict, after: dict) -> list[str]:
-    found = []
+def differences(before: dict, after: dict) -> tuple[list[str], list[str]]:
+    """(outputs changed or missing, outputs new since `before`): an output a later version
+    adds (a new file beside the masks) is listed, not counted as a change."""
+    changed, added = [], []
     for group in sorted(set(before) | set(after)):
         old, new = before.get(group, {}), after.get(group, {})
         for name in sorted(set(old) | set(new)):
-            if old.get(name) != new.get(name):
-                found.append(f"{group}/{name}: {old.get(name)} -> {new.get(name)}")
-    return found
+            if name not in old:
+                added.append(f"{group}/{name}")
+            elif old[name] != new.get(name):
+                changed.append(f"{group}/{name}: {old[name]} -> {new.get(name)}")
+    return changed, added
 
 
 def main() -> int:
@@ -141,10 +149,12 @@ def main() -> int:
     print(f"{files} outputs fingerprinted -> {args.out}")
     if args.compare is None:
         return 0
-    found = differences(json.loads(args.compare.read_text()), result)
+    found, added = differences(json.loads(args.compare.read_text()), result)
     for line in found[:50]:
         print("DIFFERENT", line)
-    print(f"{len(found)} difference(s) against {args.compare}")
+    names = sorted({name.rsplit("/", 1)[-1] for name in added})
+    print(f"{len(found)} difference(s) against {args.compare}; {len(added)} new output(s) "
+          f"not compared ({', '.join(names[:5]) or 'none'})")
     return 1 if found else 0
 
 
