@@ -378,6 +378,18 @@ def test_bad_options_are_refused_before_serving(tiny_ckpt, options, message):
     assert code == 2 and message in output and "Traceback" not in output, output
 
 
+def test_a_port_in_use_is_named_before_anything_is_served(tiny_ckpt):
+    """uvicorn said "serving on" and started up before failing to bind; now the port is named,
+    with another to try, before the model is loaded."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        code, output = run_cli("serve", tiny_ckpt, "--port", str(port))
+    assert code == 2 and f"--port {port}" in output and "another program" in output, output
+    assert "serving" not in output and "Traceback" not in output
+
+
 def test_an_image_given_as_the_model_is_named(tiny_ckpt, synth_dir, tmp_path):
     image = synth_dir / "synth_0001.jpg"
     code, output = run_cli("predict", image, image, "-o", tmp_path / "out")

@@ -46,7 +46,7 @@ def serve(
     from dermaseg.infer.ensemble import refuse_model_list
     from dermaseg.model_folder import resolve_model
     from dermaseg.serve.app import ServeSettings, check_token, load_predictor, settings_json
-    from dermaseg.serve.connections import uvicorn_options
+    from dermaseg.serve.connections import check_port_free, uvicorn_options
     from dermaseg.serve.metrics import multiprocess_folder
 
     refuse_model_list(model, "serve")
@@ -62,6 +62,7 @@ def serve(
     limits = uvicorn_options(keep_alive_s=keep_alive_s, header_timeout_s=header_timeout_s,
                              max_connections=max_connections, max_header_kb=max_header_kb)
     check_token(token or os.environ.get("DERMASEG_TOKEN"))
+    check_port_free(host, port)
     load_predictor(settings)  # fail here, with a clear message, rather than in every worker
     os.environ["DERMASEG_SERVE"] = settings_json(settings)
     if token:

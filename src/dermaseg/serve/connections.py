@@ -20,10 +20,12 @@ server process (`--workers`).
 from __future__ import annotations
 
 import asyncio
+import errno
 import functools
 import json
 import logging
 import math
+import socket
 
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
@@ -112,3 +114,22 @@ def uvicorn_options(*, keep_alive_s: float, header_timeout_s: float, max_connect
             # never pass max_connections (refused above), so this bounds the requests still
             # running after their client left
             "limit_concurrency": max_connections + 1}
+
+
+def check_port_free(host: str, port: int) -> None:
+    """Bind `host`:`port` once and let it go, so that a port in use is named before the model
+    loads and before "serving on" is printed (uvicorn would say it after starting up).
+
+    Raises:
+        UsageError: the address is taken, or cannot be bound here.
+    """
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            taken = exc.errno == errno.EADDRINUSE
+            why = "another program is listening there" if taken else (exc.strerror or str(exc))
+            raise UsageError(f"--port {port}: cannot serve on {host}:{port} ({why}); choose "
+                             f"another port, e.g. --port {port + 1}") from exc
