@@ -32,7 +32,8 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 
 from common import median_time, report
-from dermaseg.config import AugmentConfig, load_config
+from dermaseg.config import AugmentConfig
+from dermaseg.config_io import load_config
 from dermaseg.data.augment import BatchAugment
 from dermaseg.data.check import default_workers
 from dermaseg.data.discover import discover

@@ -46,7 +46,7 @@ REAL = Path(os.environ.get("DERMASEG_REAL", Path(__file__).resolve().parents[2] 
 def real_pairs(count: int) -> list[tuple[np.ndarray, np.ndarray]]:
     """`count` (image, mask) pairs of the real set, a seeded random sample."""
     from dermaseg.fileio import read_rgb
-    from dermaseg.infer.batch import list_inputs
+    from dermaseg.infer.inputs import list_inputs
 
     files, _ = list_inputs([str(REAL)])
     if not files:

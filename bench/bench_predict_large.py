@@ -202,7 +202,7 @@ def network_row(label: str, checkpoint: str | None, size: int, repeats: int) -> 
     import torch
 
     from dermaseg.checkpoint import load_model
-    from dermaseg.config import load_config
+    from dermaseg.config_io import load_config
     from dermaseg.model_meta import ModelMeta
     from dermaseg.models.factory import build_model
 

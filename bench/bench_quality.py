@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 
 import common
-from dermaseg.config import load_config
+from dermaseg.config_io import load_config
 from dermaseg.data.prepare import prepare_dataset
 from dermaseg.train.runner import train
 from quality_peers import TARGETS, minutes_to, run_otsu, run_smp

@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 from common import median_time, report
-from dermaseg.config import load_config
+from dermaseg.config_io import load_config
 from dermaseg.data.prepare import prepare_dataset
 from dermaseg.data.synth import SynthOptions, synth_dataset
 from dermaseg.train.datamodule import SegmentationDataModule, loader_workers

@@ -91,7 +91,7 @@ def stage_throughput(config, device: torch.device, mode: str, steps: int, warmup
 
 def stage_train(config, data: Path, minutes: float, smoke: bool, compile_mode: str | None
                 ) -> dict:
-    from dermaseg.config import load_config
+    from dermaseg.config_io import load_config
     from dermaseg.train.callbacks import SyncCounter
     from dermaseg.train.runner import train
 
@@ -138,7 +138,7 @@ def time_split(summary: dict) -> str | None:
 
 def run_stage(args: argparse.Namespace) -> None:
     """Child process: one stage; its result dict as JSON in args.json."""
-    from dermaseg.config import load_config
+    from dermaseg.config_io import load_config
 
     config = load_config(RECIPE, recipe_overrides(args.smoke))
     device = device_for(args.smoke)
@@ -162,7 +162,7 @@ def real_folder() -> Path | None:
 
 
 def stage_prepare(args: argparse.Namespace) -> dict:
-    from dermaseg.config import load_config
+    from dermaseg.config_io import load_config
     from dermaseg.data.prepare import prepare_dataset
     from dermaseg.data.synth import SynthOptions, synth_dataset
 

@@ -11,15 +11,8 @@ import pytest
 import yaml
 from pydantic import ValidationError
 
-from dermaseg.config import (
-    INFERENCE_FIELDS,
-    AugmentConfig,
-    Config,
-    ModelConfig,
-    config_from_dict,
-    load_config,
-    recipe_schema,
-)
+from dermaseg.config import AugmentConfig, Config, ModelConfig
+from dermaseg.config_io import INFERENCE_FIELDS, config_from_dict, load_config, recipe_schema
 from dermaseg.errors import DermasegError, UsageError
 from dermaseg.recipes import recipe_path, shipped_recipes
 from helpers.badinputs import run_cli

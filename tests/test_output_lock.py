@@ -12,13 +12,13 @@ from pathlib import Path
 
 import pytest
 
-from dermaseg.fileio import LOCK_NAME
+from dermaseg.output_lock import LOCK_NAME
 from helpers.badinputs import run_cli
 
 # A second process holding an output folder's lock with the helper every command uses.
 HOLDER = textwrap.dedent("""
     import sys
-    from dermaseg.fileio import output_lock
+    from dermaseg.output_lock import output_lock
     with output_lock(sys.argv[1], "test run", shared=sys.argv[2] == "shared",
                      name=sys.argv[3]):
         print("locked", flush=True)

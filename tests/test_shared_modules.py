@@ -14,7 +14,8 @@ from PIL import Image
 
 from dermaseg import __version__
 from dermaseg.checkpoint import load_model, read_checkpoint, save_checkpoint
-from dermaseg.config import Config, ModelConfig, load_config
+from dermaseg.config import Config, ModelConfig
+from dermaseg.config_io import load_config
 from dermaseg.errors import DermasegError, UsageError
 from dermaseg.fileio import atomic_path, read_rgb
 from dermaseg.geometry import Letterbox, letterbox_image, restore_probability

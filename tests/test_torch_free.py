@@ -20,7 +20,8 @@ import torch.nn.functional as F
 from PIL import Image
 
 from dermaseg.cli import TORCH_STACK
-from dermaseg.infer.batch import PredictOptions, list_inputs, predict_files
+from dermaseg.infer.batch import PredictOptions, predict_files
+from dermaseg.infer.inputs import list_inputs
 from dermaseg.infer.predictor import Predictor
 from dermaseg.infer.tta import TTAConfig, resize_bilinear
 from helpers.serving import Server

@@ -13,7 +13,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from dermaseg.config import Config, config_from_dict
+from dermaseg.config import Config
+from dermaseg.config_io import config_from_dict
 from dermaseg.errors import DermasegError, UsageError
 from dermaseg.invocation import dermaseg_command
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import io
 import json
 import math
@@ -25,8 +24,8 @@ from dermaseg.image_checks import check_declared
 
 # Decompression-bomb guard: ISIC's largest images are 6000x4000 (24 Mpx); allow 4x that.
 MAX_PIXELS = 100_000_000
-_UMASK = os.umask(0)
-os.umask(_UMASK)
+UMASK = os.umask(0)  # the process's file-creation mask: read, then set back
+os.umask(UMASK)
 Image.MAX_IMAGE_PIXELS = MAX_PIXELS
 # Pillow only warns between 1x and 2x its limit; `open_header` refuses those images itself.
 warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
@@ -67,7 +66,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=TEMP_PREFIX, suffix=".tmp", dir=target.parent)
     os.close(fd)
-    os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the file the usual permissions
+    os.chmod(tmp, 0o666 & ~UMASK)  # mkstemp makes 0600; give the file the usual permissions
     try:
         yield Path(tmp)
         os.replace(tmp, target)
@@ -89,7 +88,7 @@ def write_json_atomic(path: str | os.PathLike, obj) -> None:
     write_bytes_atomic(path, (json.dumps(obj, indent=2) + "\n").encode())
 
 
-def _shown(path: Path) -> str:
+def shown_path(path: Path) -> str:
     return os.fsencode(path).decode("utf-8", "backslashreplace")
 
 
@@ -97,10 +96,10 @@ def check_output_files(out: Path, files: tuple[str, ...], what: str) -> None:
     """Raises DermasegError when `out` is not a folder or one of `files` in it is a folder.
     Creates nothing."""
     if out.exists() and not out.is_dir():
-        raise DermasegError(f"{_shown(out)}: not a folder (cannot write the {what} there)")
+        raise DermasegError(f"{shown_path(out)}: not a folder (cannot write the {what} there)")
     for name in files:
         if (out / name).is_dir():
-            raise DermasegError(f"{_shown(out / name)}: is a folder (the {what} writes a file "
+            raise DermasegError(f"{shown_path(out / name)}: is a folder (the {what} writes a file "
                                 "there)")
 
 
@@ -130,95 +129,9 @@ def staged_outputs(out: Path, files: tuple[str, ...], what: str) -> Iterator[Pat
             with contextlib.suppress(OSError):
                 out.rmdir()
         if isinstance(exc, OSError):
-            raise DermasegError(f"{_shown(out)}: cannot write the {what} "
+            raise DermasegError(f"{shown_path(out)}: cannot write the {what} "
                                 f"({exc.strerror or exc})") from exc
         raise
-
-
-LOCK_NAME = ".dermaseg.lock"  # hidden: listings and dataset discovery skip it
-
-
-class FolderBusy(DermasegError):
-    """Another dermaseg process holds the lock on an output folder."""
-
-
-@contextlib.contextmanager
-def output_lock(folder: str | os.PathLike, what: str, *, shared: bool = False,
-                name: str = LOCK_NAME) -> Iterator[Path]:
-    """Hold an exclusive lock (fcntl.flock on `folder/name`) while a run writes into `folder`,
-    so that a second run into the same folder is refused instead of mixing its files in.
-    `shared`: several cooperating processes (predict's shards) may hold it together, but no
-    exclusive holder. The folder is created; it is removed again at the end when this made
-    it and nothing else was left in it. On a file system without locks the run goes unlocked.
-
-    Raises:
-        FolderBusy: another process holds the lock, naming `folder` (and its process id).
-        DermasegError: `folder` is a file or cannot be created or written.
-    """
-    folder = Path(folder)
-    created = not folder.exists()
-    make_folder(folder)
-    lock = folder / name
-    handle = _acquire(lock, shared, what)
-    try:
-        yield folder
-    finally:
-        _release(handle, lock, shared)
-        if created:
-            with contextlib.suppress(OSError):
-                folder.rmdir()
-
-
-def _acquire(lock: Path, shared: bool, what: str) -> int | None:
-    """An open descriptor of `lock` holding the flock, or None where flock is unsupported."""
-    folder = _shown(lock.parent)
-    while True:
-        try:
-            handle = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666 & ~_UMASK)
-        except OSError as exc:
-            raise DermasegError(f"{folder}: cannot write the {what} there "
-                                f"({exc.strerror or exc})") from exc
-        try:
-            fcntl.flock(handle, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(handle, 32, 0).decode(errors="replace").strip()
-            os.close(handle)
-            raise FolderBusy(
-                f"{folder}: another dermaseg process{f' ({holder})' if holder else ''} is "
-                f"writing there; wait for it to finish, or write the {what} to another "
-                "folder") from None
-        except OSError:  # no flock on this file system (some network shares)
-            os.close(handle)
-            return None
-        # a holder that finished removed the file after we opened it: lock the new one
-        if _same_file(handle, lock):
-            if not shared:
-                os.ftruncate(handle, 0)
-                os.pwrite(handle, f"pid {os.getpid()}".encode(), 0)
-            return handle
-        os.close(handle)
-
-
-def _same_file(handle: int, path: Path) -> bool:
-    try:
-        return os.path.samestat(os.fstat(handle), os.stat(path))
-    except FileNotFoundError:
-        return False
-
-
-def _release(handle: int | None, lock: Path, shared: bool) -> None:
-    """Remove the lock file (while still holding it exclusively), then let go."""
-    if handle is None:
-        return
-    try:
-        if shared:  # the last of the sharing processes removes it
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        with contextlib.suppress(FileNotFoundError):
-            lock.unlink()
-    except OSError:
-        pass
-    finally:
-        os.close(handle)
 
 
 class UnsafeName(DermasegError):

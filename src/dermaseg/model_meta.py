@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from dermaseg import __version__
-from dermaseg.config import INFERENCE_FIELDS, Config, config_from_dict
+from dermaseg.config import Config
+from dermaseg.config_io import INFERENCE_FIELDS, config_from_dict
 from dermaseg.errors import DermasegError, UsageError
 
 
@@ -34,7 +35,9 @@ class ModelMeta:
     @classmethod
     def from_config(cls, config: Config) -> ModelMeta:
         mean, std = config.data.mean, config.data.std
-        assert mean is not None and std is not None  # a Config fills them in (the backbone's)
+        if mean is None or std is None:  # a Config fills them in (the backbone's)
+            raise DermasegError("data.mean/data.std: not resolved; load the recipe with "
+                                "dermaseg.config_io.load_config")
         return cls(config, config.data.image_size, list(mean), list(std),
                    config.train.threshold, __version__)
 

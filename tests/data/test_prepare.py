@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dermaseg.data.prepare import decode_image, prepare_dataset, summary_lines
+from dermaseg.data.prepare import prepare_dataset, summary_lines
+from dermaseg.data.prepare_pair import decode_image
 from dermaseg.data.splits import assign_splits
 from dermaseg.errors import UsageError
 from dermaseg.geometry import Letterbox

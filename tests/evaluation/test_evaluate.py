@@ -20,7 +20,8 @@ from dermaseg.errors import DermasegError
 from dermaseg.evaluation.evaluate import evaluate_folders, evaluate_model, split_items
 from dermaseg.evaluation.files import write_evaluation
 from dermaseg.evaluation.metrics import METRIC_NAMES, image_metrics, summarize
-from dermaseg.infer.batch import PredictOptions, list_inputs, predict_files
+from dermaseg.infer.batch import PredictOptions, predict_files
+from dermaseg.infer.inputs import list_inputs
 from dermaseg.infer.predictor import Predictor
 
 

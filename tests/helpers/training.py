@@ -10,7 +10,7 @@ from pathlib import Path
 import lightning as L
 import pytest
 
-from dermaseg.config import load_config
+from dermaseg.config_io import load_config
 from dermaseg.data.prepare import prepare_dataset
 from dermaseg.data.synth import SynthOptions, synth_dataset
 from dermaseg.recipes import shipped_recipe

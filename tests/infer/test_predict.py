@@ -16,12 +16,8 @@ from PIL import Image
 
 from dermaseg.errors import DermasegError, UsageError
 from dermaseg.fileio import read_rgb
-from dermaseg.infer.batch import (
-    PredictOptions,
-    list_inputs,
-    parse_shard,
-    predict_files,
-)
+from dermaseg.infer.batch import PredictOptions, predict_files
+from dermaseg.infer.inputs import list_inputs, parse_shard
 from dermaseg.infer.predictor import Predictor
 from dermaseg.infer.tta import TTAConfig
 from helpers.badinputs import run_cli

@@ -84,7 +84,7 @@ def test_hub_check_names_an_unreachable_proxy(monkeypatch):
 def test_default_normalisation_is_what_the_backbone_weights_expect(backbone, expected):
     """timm's Xception-65 weights were trained on images scaled to [-1, 1] (mean = std = 0.5);
     feeding them ImageNet-normalised inputs shifts every activation."""
-    from dermaseg.config import load_config
+    from dermaseg.config_io import load_config
     from dermaseg.models.backbones import create_backbone
 
     config = load_config(None, [f"model.backbone={backbone}"])

@@ -11,7 +11,8 @@ import timm
 import torch
 from safetensors.torch import save_file
 
-from dermaseg.config import ModelConfig, load_config
+from dermaseg.config import ModelConfig
+from dermaseg.config_io import load_config
 from dermaseg.errors import DermasegError
 from dermaseg.models import BACKBONES, build_model
 

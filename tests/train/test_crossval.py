@@ -12,7 +12,7 @@ from pathlib import Path
 import lightning as L
 import pytest
 
-from dermaseg.config import load_config
+from dermaseg.config_io import load_config
 from dermaseg.data.prepare import prepare_dataset, summary_lines
 from dermaseg.data.splits import assign_folds
 from dermaseg.data.synth import SynthOptions, synth_dataset

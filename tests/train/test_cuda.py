@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from dermaseg.config import AugmentConfig, Config, load_config
+from dermaseg.config import AugmentConfig, Config
+from dermaseg.config_io import load_config
 from dermaseg.data.augment import BatchAugment
 from dermaseg.data.transforms import normalise_images
 from dermaseg.train.losses import SegmentationLoss

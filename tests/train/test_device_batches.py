@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from dermaseg.config import load_config
+from dermaseg.config_io import load_config
 from dermaseg.data.augment import BatchAugment
 from dermaseg.data.dataset import PreparedDataset
 from dermaseg.data.prepare import prepare_dataset

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from dermaseg.config import load_config
+from dermaseg.config_io import load_config
 from dermaseg.data.prepare import prepare_dataset
 from dermaseg.data.synth import SynthOptions, synth_dataset
 from dermaseg.train.plan import VALIDATION_SHARE, make_plan, plan_workers
@@ -288,7 +288,7 @@ def test_step_runner_bf16_edge_head_and_out_of_memory(monkeypatch):
     an out-of-memory error during a step is a failed probe, not a crash."""
     import torch
 
-    from dermaseg.config import config_from_dict
+    from dermaseg.config_io import config_from_dict
     from dermaseg.train.probe import StepRunner
 
     recipe = {**TINY_RECIPE, "model": {**TINY_RECIPE["model"], "edge_head": True,

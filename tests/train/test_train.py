@@ -20,7 +20,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, TensorDataset
 
 from dermaseg.checkpoint import load_model, model_state_dict, read_checkpoint
-from dermaseg.config import load_config
+from dermaseg.config_io import load_config
 from dermaseg.errors import DermasegError
 from dermaseg.train.callbacks import AtomicCheckpointIO
 from dermaseg.train.module import LRShape, SegmentationModule

@@ -160,7 +160,7 @@ def evaluate(
     """
     from dermaseg.evaluation.evaluate import evaluate_folders
     from dermaseg.evaluation.files import check_output, write_evaluation
-    from dermaseg.fileio import output_lock
+    from dermaseg.output_lock import output_lock
 
     if (pred is None) != (truth is None):
         raise UsageError("--pred and --truth go together")

@@ -105,9 +105,9 @@ def export(
     model.safetensors, dermaseg.json and a model card README.md, for `hf upload OWNER/NAME OUT`;
     every command takes that folder (or hf://OWNER/NAME) as its model.
     """
-    from dermaseg.fileio import output_lock
     from dermaseg.infer.ensemble import refuse_model_list
     from dermaseg.model_folder import is_hub_name, resolve_model
+    from dermaseg.output_lock import output_lock
 
     refuse_model_list(model_name, "export")
     if fmt not in ("onnx", "tflite", "folder"):

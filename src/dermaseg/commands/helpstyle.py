@@ -40,6 +40,14 @@ def reflow(text: str | None) -> str | None:
     return "\n\n".join(paragraphs)
 
 
+def plain_flags(params: list) -> list:
+    """`--tta`, not `--tta <bool>`: flags get an empty metavar."""
+    for param in params:
+        if getattr(param, "is_flag", False) and param.metavar is None:
+            param.metavar = ""
+    return params
+
+
 class Command(TyperCommand):
     """A command whose help reflows, whose flags show no type and whose arguments read as
     NAME in the usage line and the Arguments panel."""
@@ -49,12 +57,10 @@ class Command(TyperCommand):
         super().__init__(*args, **kwargs)
 
     def get_params(self, ctx):
-        params = super().get_params(ctx)
+        params = plain_flags(super().get_params(ctx))
         for param in params:
             if param.param_type_name == "argument" and param.metavar is None:
                 param.metavar = (param.name or "").upper() + ("..." if param.nargs != 1 else "")
-            elif getattr(param, "is_flag", False) and param.metavar is None:
-                param.metavar = ""  # `--tta`, not `--tta <bool>`
         return params
 
     def collect_usage_pieces(self, ctx) -> list[str]:
@@ -74,11 +80,7 @@ class Group(TyperGroup):
         super().__init__(*args, **kwargs)
 
     def get_params(self, ctx):
-        params = super().get_params(ctx)
-        for param in params:
-            if getattr(param, "is_flag", False) and param.metavar is None:
-                param.metavar = ""
-        return params
+        return plain_flags(super().get_params(ctx))
 
     def list_commands(self, ctx) -> list[str]:
         order = COMMAND_ORDER.get(self.name or "", ())

@@ -87,14 +87,9 @@ def predict(
     stopped. MODEL may be a comma list (a.ckpt,b.ckpt,...): the members' probabilities are
     averaged, then thresholded once; they must share input size, mean/std and threshold.
     """
-    from dermaseg.infer.batch import (
-        PredictOptions,
-        list_inputs,
-        output_lines,
-        parse_shard,
-        predict_files,
-    )
+    from dermaseg.infer.batch import PredictOptions, output_lines, predict_files
     from dermaseg.infer.ensemble import Ensemble, load_predictor
+    from dermaseg.infer.inputs import list_inputs, parse_shard
     from dermaseg.infer.postprocess import postprocess_config
     from dermaseg.infer.tta import tta_config
 

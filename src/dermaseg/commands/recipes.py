@@ -36,6 +36,6 @@ def show(name: str = typer.Argument(..., help="A shipped recipe's name (`recipes
 @app.command("schema")
 def schema() -> None:
     """Print the JSON Schema of a recipe, for editors that complete and check YAML."""
-    from dermaseg.config import recipe_schema
+    from dermaseg.config_io import recipe_schema
 
     typer.echo(json.dumps(recipe_schema(), indent=2))

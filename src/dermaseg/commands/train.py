@@ -13,9 +13,9 @@ from dermaseg.errors import UsageError
 
 def _resolve_config(config: Path | None, out: Path, overrides: list[str], resume: bool):
     """The run's config: the recipe + overrides, or (--resume) the run's saved config."""
-    from dermaseg.config import load_config
+    from dermaseg.config_io import load_config
     from dermaseg.recipes import recipe_path
-    from dermaseg.train.runner import check_resume_config, load_run_config
+    from dermaseg.train.run_folder import check_resume_config, load_run_config
 
     if config is not None:
         config = recipe_path(config, "--config")

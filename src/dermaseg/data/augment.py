@@ -255,7 +255,8 @@ def _elastic(images: torch.Tensor, masks: torch.Tensor, shifts: torch.Tensor | N
              ) -> tuple[torch.Tensor, torch.Tensor]:
     """N x 3 x H x W float images (bilinear) and N x 1 x H x W uint8 masks (nearest) resampled
     along the field of the control-point `shifts` N x 2 x gh x gw; uncovered borders get 0."""
-    assert shifts is not None  # `_apply` always passes them (a Step's extra may be None)
+    if shifts is None:  # `_apply` always passes them (a Step's extra may be None)
+        raise DermasegError("elastic deformation: no control-point shifts were drawn")
     height, width = images.shape[-2:]
     field = displacement_field(shifts.to(images.device, torch.float32), height, width)
     grid = identity_grid(height, width, images.device) + field

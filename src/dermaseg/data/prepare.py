@@ -19,34 +19,25 @@ manifest keep their split and fold (`dermaseg.data.stable_splits`).
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import json
 import os
 import shutil
 import time
 from collections.abc import Container
-from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 
-import numpy as np
-from PIL import Image
-
 from dermaseg.data import stable_splits, staging
-from dermaseg.data.check import FIXABLE, check_mask, default_workers, mask_array, read_checked
+from dermaseg.data.check import default_workers
 from dermaseg.data.discover import Pair, Problem, discover, display_path
+from dermaseg.data.prepare_pair import (
+    PrepareResult,
+    item_file,
+    prepare_pair_safely,
+    reusable_record,
+)
 from dermaseg.data.splits import MANIFEST, SPLITS, check_folds, fold_counts, official_split
 from dermaseg.errors import DermasegError, UsageError
-from dermaseg.fileio import (
-    atomic_path,
-    file_label,
-    output_lock,
-    safe_child,
-    to_rgb_array,
-    write_json_atomic,
-)
-from dermaseg.fileio import decode_image as fileio_decode_image
-from dermaseg.geometry import Letterbox, letterbox_image
+from dermaseg.output_lock import output_lock
 from dermaseg.parallel import parallel_map
 from dermaseg.progress import Progress
 from dermaseg.progress import progress as progress_bar
@@ -54,134 +45,9 @@ from dermaseg.progress import progress as progress_bar
 FORMAT = "dermaseg-prepared/1"
 
 
-@dataclass
-class PrepareResult:
-    """What happened to one pair: its record (None when skipped) and its problems."""
-
-    pair: Pair
-    record: dict | None
-    problems: list[Problem] = field(default_factory=list)
-    reused: bool = False
-
-
 def is_prepared_folder(folder: Path) -> bool:
     """A folder written by `dermaseg data prepare` (manifest.json + images/)."""
     return (folder / MANIFEST).is_file() and (folder / "images").is_dir()
-
-
-def _stamp(path: Path) -> dict[str, int]:
-    info = path.stat()
-    return {"bytes": info.st_size, "mtime_ns": info.st_mtime_ns}
-
-
-def decode_image(path: Path, size: int) -> tuple[Image.Image, tuple[int, int]]:
-    """`fileio.decode_image` (EXIF-oriented, a big JPEG reduced by DCT scaling, never below the
-    letterboxed size) with the original size as (width, height).
-
-    Raises:
-        DermasegError: unreadable, empty, truncated or too large (naming the file).
-    """
-    image, (height, width) = fileio_decode_image(path, draft_size=size)
-    return image, (width, height)
-
-
-def _read(path: Path, size: int | None):
-    """(decoded image, original (width, height)) or (None, a Problem saying why not).
-
-    Images are decoded with `decode_image`; masks (`size` None) in full, as stored, with
-    `data check`'s reader (the same reasons for the same broken files)."""
-    if size is None:
-        mask, problem = read_checked(path, draft=False)
-        return (None, problem) if mask is None else ((mask.image, mask.image.size), None)
-    try:
-        return decode_image(path, size), None
-    except DermasegError as exc:  # "<file>: why"; the Problem names the file itself
-        return None, Problem("unreadable", path, str(exc).removeprefix(f"{file_label(path)}: "))
-    except Image.DecompressionBombError as exc:
-        return None, Problem("unreadable", path, f"too large ({exc})")
-    except (OSError, ValueError, SyntaxError) as exc:
-        return None, Problem("unreadable", path, str(exc) or type(exc).__name__)
-
-
-def item_file(out: Path, folder: str, item_id: str) -> Path:
-    """OUT/images|masks/<id>.npy or OUT/meta/<id>.json, the id checked by fileio.safe_child
-    (discover gives no other ids; this is the last guard)."""
-    suffix = ".json" if folder == "meta" else ".npy"
-    return safe_child(out / folder, f"{item_id}{suffix}", "prepared item id")
-
-
-def _save_npy(path: Path, array: np.ndarray) -> None:
-    try:
-        with atomic_path(path) as tmp, open(tmp, "wb") as handle:
-            np.save(handle, array)
-    except OSError as exc:
-        raise DermasegError(f"{display_path(path)}: cannot write ({exc.strerror or exc})") from exc
-
-
-def prepare_pair(pair: Pair, out: Path, size: int) -> PrepareResult:
-    """Decode, check, letterbox and write one pair; a bad pair gives its problems instead.
-
-    Returns a PrepareResult whose record holds the original size, Letterbox, lesion fraction,
-    a hash of the decoded pixels (for duplicates) and the sources' size + mtime.
-    """
-    image, image_problem = _read(pair.image, size)
-    mask, mask_problem = _read(pair.mask, None)
-    problems = [p for p in (image_problem, mask_problem) if p is not None]
-    if image is None or mask is None:
-        return PrepareResult(pair, None, problems)
-    (image, (width, height)), (mask, _) = image, mask
-    problems = check_mask(pair.mask, mask, (width, height))
-    if any(p.kind not in FIXABLE for p in problems):
-        return PrepareResult(pair, None, problems)
-    stamps = {"image": _stamp(pair.image), "mask": _stamp(pair.mask)}
-    values, _ = mask_array(mask)
-    # threshold as in check: a 0/1 mask marks lesion with 1, a 0/255 one with >= 128
-    threshold = 0 if any(p.kind == "mask_values_0_1" for p in problems) else 127
-    box = Letterbox.fit(height, width, size)
-    rgb = image if image.mode == "RGB" else Image.fromarray(to_rgb_array(image))
-    image_array, _ = letterbox_image(rgb, size, box=box)
-    # nearest-neighbour resizing commutes with thresholding: resize first, at full speed
-    resized, _ = letterbox_image(Image.fromarray(values), size, is_mask=True, box=box)
-    mask_out = (resized > threshold).astype(np.uint8)
-    _save_npy(item_file(out, "images", pair.id), image_array)
-    _save_npy(item_file(out, "masks", pair.id), mask_out)
-    record = {
-        "id": pair.id, "size": size,
-        "source_image": display_path(pair.image), "source_mask": display_path(pair.mask),
-        "stamps": stamps, "orig_height": height, "orig_width": width,
-        "letterbox": box.to_dict(),
-        "lesion_fraction": round(np.count_nonzero(values > threshold) / values.size, 6),
-        "hash": hashlib.blake2b(rgb.tobytes(), digest_size=16).hexdigest(),  # decoded pixels
-        "notes": [p.to_dict() for p in problems],
-    }
-    write_json_atomic(item_file(out, "meta", pair.id), record)
-    return PrepareResult(pair, record, problems)
-
-
-def _prepare_safely(pair: Pair, out: Path, size: int) -> PrepareResult:
-    """prepare_pair, turning any unexpected decoder failure into a problem of that pair."""
-    try:
-        return prepare_pair(pair, out, size)
-    except DermasegError:
-        raise  # cannot write the output: stop the run
-    except Exception as exc:  # a corrupt file can make a decoder fail in unexpected ways
-        return PrepareResult(pair, None, [Problem("unreadable", pair.image, repr(exc))])
-
-
-def reusable_record(pair: Pair, out: Path, size: int) -> dict | None:
-    """The meta record of an item already prepared from the same sources at `size`, else None."""
-    try:
-        record = json.loads(item_file(out, "meta", pair.id).read_text())
-        stamps = {"image": _stamp(pair.image), "mask": _stamp(pair.mask)}
-    except (OSError, ValueError):
-        return None
-    same = (
-        isinstance(record, dict) and record.get("size") == size and record.get("stamps") == stamps
-        and record.get("source_image") == display_path(pair.image)
-        and record.get("source_mask") == display_path(pair.mask)
-    )
-    files = [item_file(out, "images", pair.id), item_file(out, "masks", pair.id)]
-    return record if same and all(f.is_file() for f in files) else None
 
 
 def _check_arguments(size: int, val: float, test: float) -> None:
@@ -202,7 +68,7 @@ def _clean_temporaries(*folders: Path) -> None:
 
 def _run_all(todo: list[Pair], out: Path, size: int, workers: int, bar: Progress
              ) -> list[PrepareResult]:
-    work = partial(_prepare_safely, out=out, size=size)
+    work = partial(prepare_pair_safely, out=out, size=size)
     return parallel_map(work, todo, workers, bar, "prepare", serial_below=4)
 
 
@@ -345,7 +211,7 @@ def prepare_dataset(
     Items of a manifest already in `out` (or in `split_from`, a prepared folder or manifest)
     keep their split and fold; `redraw_split` draws anew (see `dermaseg.data.stable_splits`).
 
-    The run holds OUT's lock (fileio.output_lock): a second run into OUT is refused. Into
+    The run holds OUT's lock (dermaseg.output_lock): a second run into OUT is refused. Into
     a folder that already holds a dataset, the new arrays are staged and switched in at the
     end (`dermaseg.data.staging`), so an interrupted run leaves the earlier dataset whole.
 

@@ -278,7 +278,7 @@ def _iter_pairs(items: list[tuple[str, Path, Path]], draft_size: int) -> Iterato
     """(id, path, (image, original (h, w)), truth mask 0/255, None) per usable pair, the image
     decoded as `predict` and `data prepare` decode it (reduced for a big JPEG);
     (id, path, None, None, problem) else."""
-    from dermaseg.infer.batch import iter_decoded
+    from dermaseg.infer.inputs import iter_decoded
 
     masks = {image_id: mask for image_id, _, mask in items}
     pairs = [(i, p) for i, p, _ in items]

@@ -150,7 +150,8 @@ def paired_comparison(a, b, resamples: int = RESAMPLES, seed: int = SEED,
         raise DermasegError(f"paired comparison: needs at least 2 images, got {len(a)}")
     differences = b - a
     intervals = bootstrap_mean_ci(differences, resamples, seed, confidence)
-    assert intervals is not None  # None only below 2 images, refused above
+    if intervals is None:  # only below 2 images, refused above
+        raise DermasegError("paired comparison: no bootstrap interval for these images")
     results = []
     for column in range(a.shape[1]):
         diff = differences[:, column]

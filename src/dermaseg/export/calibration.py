@@ -43,7 +43,7 @@ def calibration_images(folder: Path | None, count: int, image_size: int,
                                        enabled=progress)]
         return images, f"{count} synthetic images (dermaseg.data.synth)"
     from dermaseg.fileio import read_rgb
-    from dermaseg.infer.batch import list_inputs
+    from dermaseg.infer.inputs import list_inputs
 
     if not folder.is_dir():
         what = "a file, not a folder" if folder.exists() else "no such folder"

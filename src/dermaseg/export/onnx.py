@@ -46,7 +46,8 @@ def _dynamo_export(model: torch.nn.Module, sample: torch.Tensor, opset: int):
         opset_version=opset, dynamo=True, optimize=True, verbose=False,
         dynamic_shapes={"image": {0: auto, 2: auto, 3: auto}},
     )
-    assert program is not None  # None only from the legacy exporter (dynamo=False)
+    if program is None:  # torch returns None only for the legacy exporter (dynamo=False)
+        raise DermasegError("the dynamo ONNX exporter returned no program")
     return program.model_proto
 
 

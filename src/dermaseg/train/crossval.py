@@ -12,20 +12,11 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from dermaseg.config import load_config
+from dermaseg.config import dotted
+from dermaseg.config_io import load_config
 from dermaseg.errors import DermasegError, UsageError
 
 METRICS = ("val_dice", "val_iou")
-
-
-def _flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
-    flat: dict[str, Any] = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            flat |= _flatten(value, f"{prefix}{key}.")
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
 
 
 def read_fold_run(run: Path) -> dict[str, Any]:
@@ -47,7 +38,7 @@ def read_fold_run(run: Path) -> dict[str, Any]:
     best = summary.get("best") or {}
     if any(best.get(name) is None for name in METRICS):
         raise UsageError(f"{path}: no validation Dice/IoU (did the run finish an epoch?)")
-    config = _flatten(load_config(run / "config.yaml").to_dict())
+    config = dotted(load_config(run / "config.yaml").to_dict())
     return {"run": str(run), "fold": summary["fold"], "best_epoch": summary.get("best_epoch"),
             **{name: best[name] for name in METRICS}, "data": summary.get("data") or {},
             "config": config}

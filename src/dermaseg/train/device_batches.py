@@ -23,8 +23,8 @@ from torch.utils.data import Dataset
 from dermaseg.config import Config
 from dermaseg.data.augment import PLACES, BatchAugment
 from dermaseg.data.dataset import PreparedDataset
-from dermaseg.data.transforms import normalise_images
 from dermaseg.errors import DermasegError
+from dermaseg.preprocessing import Preprocessing
 
 DEVICE_SHARE = 0.25  # auto: the split may take at most this share of the GPU's memory
 CHUNK = 64  # items copied to the device at a time
@@ -97,6 +97,7 @@ class TrainingBatches:
     def __init__(self, config: Config, augment: BatchAugment | None,
                  split: DeviceSplit | None = None) -> None:
         self.config, self.augment, self.split = config, augment, split
+        self.preprocessing = Preprocessing.from_config(config)
 
     def before_transfer(self, batch, seeds) -> tuple:
         """(images or None, masks or None, indices[, parameters]); `seeds(indices)` gives the
@@ -124,7 +125,5 @@ class TrainingBatches:
         if device.type == "cuda" and self.config.train.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         if images.dtype == torch.uint8:  # the loader's and the augmentation's output
-            mean, std = self.config.data.mean, self.config.data.std
-            assert mean is not None and std is not None  # a Config fills them in
-            images = normalise_images(images, mean, std)
+            images = self.preprocessing.normalise_tensor(images)
         return images, masks.float(), indices

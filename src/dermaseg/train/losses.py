@@ -237,5 +237,6 @@ class SegmentationLoss(nn.Module):
             return bce_loss(logits, target, c.pos_weight, c.label_smoothing)
         if name == "focal":
             return focal_loss(logits, target, c.focal_gamma, c.label_smoothing)
-        assert edge is not None  # "boundary" without edge logits is refused in forward
+        if edge is None:  # refused in forward already; kept as an error, not an assert
+            raise DermasegError("loss.boundary needs edge logits (model.edge_head: true)")
         return boundary_loss(edge, target, c.boundary_width)

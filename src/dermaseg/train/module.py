@@ -22,6 +22,7 @@ from torchmetrics import MeanMetric
 from dermaseg.config import Config, OptimConfig
 from dermaseg.data.augment import BatchAugment, augment_on_device
 from dermaseg.data.dataset import PreparedDataset
+from dermaseg.errors import DermasegError
 from dermaseg.model_meta import ModelMeta
 from dermaseg.models.factory import build_model
 from dermaseg.train.callbacks import NonFiniteGuard, TimeBudget, trainer_callbacks
@@ -77,7 +78,8 @@ class SegmentationModule(L.LightningModule):
         datamodule = getattr(self.trainer, "datamodule", None)
         if isinstance(datamodule, SegmentationDataModule) and datamodule.gather_on_device:
             train_set = datamodule.train_set  # setup made it, and decided gather_on
-            assert train_set is not None and isinstance(train_set.base, PreparedDataset)
+            if train_set is None or not isinstance(train_set.base, PreparedDataset):
+                raise DermasegError("data.gather_on: device needs a prepared training split")
             split = DeviceSplit(train_set.base, self.device)
             self.batches.split = split
             size = (split.images.nbytes + split.masks.nbytes) / 2**30

@@ -17,7 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from dermaseg.config import Config, load_config
+from dermaseg.config import Config
+from dermaseg.config_io import load_config
 from dermaseg.data.splits import MANIFEST, SPLITS, fold_counts, fold_members
 from dermaseg.errors import DermasegError, UsageError
 

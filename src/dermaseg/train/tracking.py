@@ -29,7 +29,7 @@ import lightning as L
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import Logger, MLFlowLogger, TensorBoardLogger, WandbLogger
 
-from dermaseg.config import Config
+from dermaseg.config import Config, dotted
 from dermaseg.errors import UsageError
 from dermaseg.fileio import write_json_atomic
 
@@ -109,17 +109,6 @@ def run_ids(loggers: list[Logger]) -> dict[str, str]:
         elif isinstance(logger, WandbLogger):
             ids["wandb"] = logger.version
     return {key: value for key, value in ids.items() if value}
-
-
-def dotted(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """{"optim": {"lr": 0.001}} -> {"optim.lr": 0.001}."""
-    flat: dict[str, Any] = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            flat |= dotted(value, f"{prefix}{key}.")
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
 
 
 class Tracking(Callback):
