@@ -25,6 +25,7 @@ BENCH = Path(__file__).resolve().parent
 # name -> (script, arguments with --quick (the default), arguments with --full)
 SCRIPTS = {
     "data": ("bench_data.py", [], []),
+    "augment": ("bench_augment_cost.py", ["--rounds", "3"], []),
     "model": ("bench_model.py", ["--rounds", "5"], []),
     "train": ("bench_train.py", ["--quick"], []),
     "infer": ("bench_infer.py", ["--repeats", "5"], []),

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from dermaseg.data.prepare import prepare_dataset
 from dermaseg.data.synth import SynthOptions, synth_dataset
@@ -41,6 +42,39 @@ def test_otsu_mask_finds_a_dark_disc_and_ignores_the_padding():
     assert mask[:8].sum() == 0
     overlap = (mask & disc).sum() / disc.sum()
     assert overlap > 0.9 and (mask & ~disc).sum() < 0.1 * disc.sum()
+
+
+def test_colour_calls_table_by_source_and_ph2_diagnosis(tmp_path, monkeypatch):
+    """bench/colour_calls.py on a folder in the real set's layout: a light brown lesion is
+    light brown under dermaseg's rule and red under the rule it replaced; PH2 labels, in the
+    release's PH2_dataset.txt layout, add a row per diagnosis."""
+    import colour_calls
+
+    monkeypatch.setattr(colour_calls, "RESULTS", tmp_path / "results")
+    rows = ["name\tdataset\tsource_repo\twidth\theight"]
+    for name, dataset in (("PH2_IMD003", "PH2"), ("ISIC_0000001", "ISIC2016")):
+        image = np.full((40, 50, 3), 225, np.uint8)
+        image[10:30, 15:35] = [173, 108, 77]  # a brown nevus's typical colour
+        Image.fromarray(image).save(tmp_path / f"{name}.jpg", quality=98)
+        mask = np.zeros((40, 50), np.uint8)
+        mask[12:28, 17:33] = 255
+        Image.fromarray(mask).save(tmp_path / f"{name}_segmentation.png")
+        rows.append(f"{name}\t{dataset}\trepo\t50\t40")
+    (tmp_path / "MANIFEST.tsv").write_text("\n".join(rows) + "\n")
+    labels = tmp_path / "PH2_dataset.txt"
+    labels.write_text("|| Name || Histological Diagnosis || Clinical Diagnosis ||\n"
+                      "|| IMD003 ||                        ||                  0 ||\n")
+    shares, presence = colour_calls.table_rows(
+        colour_calls.lesion_calls(tmp_path, colour_calls.read_ph2_labels(labels)))
+    assert [(r["rule"].split(":")[0], r["lesions"]) for r in shares] == [
+        (rule, group) for rule in ("before", "now")
+        for group in ("PH2", "PH2 common nevus", "ISIC2016")]
+    now = {r["lesions"]: r for r in presence if r["rule"].startswith("now")}
+    before = {r["lesions"]: r for r in presence if r["rule"].startswith("before")}
+    assert now["PH2"]["light brown"] == 100 and now["PH2"]["red"] == 0
+    assert before["PH2"]["red"] == 100  # the call this bench was written to catch
+    text = colour_calls.write(shares, presence, "python bench/colour_calls.py")
+    assert (tmp_path / "results" / "colour_calls.md").read_text() == text
 
 
 def test_quality_rows_merge_by_variant(tmp_path, monkeypatch):

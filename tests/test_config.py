@@ -17,7 +17,8 @@ from dermaseg.errors import DermasegError, UsageError
 from dermaseg.recipes import recipe_path, shipped_recipes
 from helpers.badinputs import run_cli
 
-SHIPPED = ["cpu_small", "deeplabv3_resnet50_isic", "deeplabv3plus_resnet50_isic"]
+SHIPPED = ["cpu_small", "cpu_small_robust", "deeplabv3_resnet50_isic",
+           "deeplabv3plus_resnet50_isic"]
 
 
 def test_a_config_is_frozen_and_updated_into_a_new_validated_copy():

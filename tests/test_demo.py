@@ -37,12 +37,26 @@ def test_demo_on_a_small_user_folder_makes_every_artefact(tmp_path):
                   progress=False)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
+    said: list[str] = []
     try:
         result = run_demo(tmp_path / "demo", tmp_path / "mine", minutes=0.05, min_epochs=2,
-                          say=lambda _: None)
+                          say=said.append)
     finally:
         torch.set_num_threads(threads)
     out = tmp_path / "demo"
+    sections = sections_said(said)
+    assert list(sections) == ["data", "check", "prepare", "train", "evaluate", "predict",
+                              "export"]
+    # each section says what it did and where its outputs are
+    evaluated = "\n".join(sections["evaluate"])
+    assert "scored on 1 image of the test split" in evaluated and f"Dice {result.test_dice:.4f}" \
+        in evaluated and str(out / "eval" / "report.html") in evaluated
+    predicted = "\n".join(sections["predict"])
+    assert "1 image of the test split predicted" in predicted
+    assert str(out / "predictions") in predicted
+    assert "measurements.csv" in predicted and "overlay/" in predicted
+    assert str(out / "prepared") in "\n".join(sections["prepare"])
+    assert str(out / "model.onnx") in "\n".join(sections["export"])
     for name in ("run/best.ckpt", "run/curves.png", "eval/report.html", "eval/metrics.csv",
                  "predictions/measurements.jsonl", "model.onnx"):
         assert (out / name).is_file(), name
@@ -54,7 +68,7 @@ def test_demo_on_a_small_user_folder_makes_every_artefact(tmp_path):
     assert result.lines[-1].startswith(f"next: {dermaseg_command()} serve ")  # works from here
     assert (out / "predictions" / "measurements.csv").is_file()
     # a second demo into the same folder replaces the first one's run (`make demo` twice)
-    said: list[str] = []
+    said.clear()
     torch.set_num_threads(1)
     try:
         run_demo(out, tmp_path / "mine", minutes=0.05, min_epochs=1, say=said.append)
@@ -62,6 +76,17 @@ def test_demo_on_a_small_user_folder_makes_every_artefact(tmp_path):
         torch.set_num_threads(threads)
     assert any("replacing the earlier run" in line for line in said)
     assert (out / "run" / "best.ckpt").is_file()
+
+
+def sections_said(said: list[str]) -> dict[str, list[str]]:
+    """The demo's words by section ("== name ==" opens one): section -> its lines."""
+    sections: dict[str, list[str]] = {}
+    for line in "\n".join(said).splitlines():
+        if line.startswith("== ") and line.endswith(" =="):
+            sections[line[3:-3]] = []
+        elif line.strip() and sections:
+            sections[list(sections)[-1]].append(line)
+    return sections
 
 
 def test_demo_keeps_a_folder_that_is_not_a_run(tmp_path):

@@ -16,8 +16,8 @@ from dermaseg.commands.helpstyle import reflow
 
 WIDTH = 80
 TEXT_WIDTH = WIDTH - 2  # the help text is padded by one column on each side
-PIPELINE = ["data", "plan", "train", "cv-summary", "evaluate", "compare", "predict", "export",
-            "serve", "demo", "doctor", "recipes"]
+PIPELINE = ["data", "plan", "train", "cv-summary", "evaluate", "calibrate", "compare", "predict",
+            "export", "serve", "demo", "doctor", "recipes"]
 
 
 def commands(group=None, path=()):

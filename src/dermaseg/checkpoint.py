@@ -202,3 +202,15 @@ def save_checkpoint(path: str | Path, model: torch.nn.Module, meta: ModelMeta) -
         DermasegError: the file cannot be written; an earlier file at `path` is left as it was.
     """
     torch_save_atomic({"state_dict": model.state_dict(), "dermaseg": meta.to_dict()}, path)
+
+
+def write_meta(path: str | Path, meta: ModelMeta) -> None:
+    """Replace the metadata of the checkpoint at `path` (weights and any training state kept),
+    atomically: e.g. to store its fitted quality estimator.
+
+    Raises:
+        DermasegError: the file is not a readable checkpoint, or cannot be written.
+    """
+    checkpoint = read_checkpoint(path)
+    checkpoint["dermaseg"] = meta.to_dict()
+    torch_save_atomic(checkpoint, path)

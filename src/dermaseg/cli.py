@@ -13,6 +13,7 @@ from pathlib import Path
 import typer
 
 from dermaseg import __version__
+from dermaseg.commands import calibrate as calibrate_command
 from dermaseg.commands import compare as compare_command
 from dermaseg.commands import data as data_commands
 from dermaseg.commands import evaluate as evaluate_command
@@ -45,6 +46,7 @@ app.command()(doctor)
 app.command()(demo)
 app.command("predict")(predict_command.predict)
 app.command("evaluate")(evaluate_command.evaluate)
+app.command("calibrate")(calibrate_command.calibrate)
 app.command("compare")(compare_command.compare)
 app.command("export")(export_command.export)
 app.command("serve")(serve_command.serve)

@@ -33,6 +33,7 @@ Optimizer = Literal["adam", "adamw", "sgd"]
 Scheduler = Literal["plateau", "cosine", "poly", "none"]
 Place = Literal["auto", "loader", "device"]
 Tracker = Literal["tensorboard", "mlflow", "wandb"]
+ColourConstancyMethod = Literal["none", "shades_of_gray"]
 # torch.compile's modes; reduce-overhead replays the model's kernels as CUDA graphs.
 CompileMode = Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"]
 OPTIMIZERS, SCHEDULERS, COMPILE_MODES = get_args(Optimizer), get_args(Scheduler), \
@@ -139,6 +140,25 @@ class AugmentConfig(Section):
                                  "points, pixels (larger: smoother)")
     rotate90: Probability = Field(default=0.0, description="probability of a random multiple-of-90 "
                                   "rotation (square inputs)")
+    # Robustness to other clinics' dermoscopes (all off at 0; dermaseg.data.augment_photometric)
+    scale: float = Field(default=0.0, ge=0, le=0.9, description="zoom by a factor drawn from "
+                         "[1 - s, 1 + s] about a random point of the image, image and mask "
+                         "together (outside the image: 0, as the letterbox)")
+    hue: float = Field(default=0.0, ge=0, le=0.5, description="largest hue rotation, fraction of "
+                       "the colour circle (0.05: +/-18 degrees), about the grey axis (YIQ)")
+    saturation: float = Field(default=0.0, ge=0, le=1, description="saturation factor in "
+                              "[1 - s, 1 + s] (torchvision's adjust_saturation)")
+    gamma: float = Field(default=0.0, ge=0, le=4, description="gamma drawn log-uniformly from "
+                         "[1 / (1 + g), 1 + g]: 255 (v / 255)^gamma, first, on the uint8 image")
+    blur_p: Probability = Field(default=0.0, description="probability of a Gaussian blur")
+    blur_sigma: float = Field(default=1.5, gt=0, le=8, description="largest blur sigma, pixels of "
+                              "the network input (drawn from [sigma / 4, sigma])")
+    noise: float = Field(default=0.0, ge=0, le=64, description="largest standard deviation of "
+                         "additive Gaussian noise, 0..255 units (drawn from [0, noise])")
+    vignette_p: Probability = Field(default=0.0, description="probability of a dark circular "
+                                    "dermoscope vignette (radius 0.45-0.75 of the side)")
+    hair_p: Probability = Field(default=0.0, description="probability of 1-4 thin dark hairs "
+                                "(slightly curved lines) drawn on the image")
 
 
 class DataConfig(Section):
@@ -149,6 +169,13 @@ class DataConfig(Section):
     mean: RGB | None = Field(default=None, description="RGB in 0..1; null: what the backbone's "
                              "ImageNet weights expect (filled in by Config)")
     std: PositiveRGB | None = Field(default=None, description="RGB in 0..1; null: as mean")
+    colour_constancy: ColourConstancyMethod = Field(
+        default="none", description="shades_of_gray: each network input's colours corrected "
+        "(Finlayson & Trezzi 2004, the ISIC 2019 winners' step), before the mean/std; kept in the "
+        "model's metadata, so every consumer applies it")
+    colour_constancy_p: float = Field(
+        default=6.0, ge=1, le=16, description="Minkowski norm p of shades_of_gray's illuminant "
+        "estimate (1: grey world; larger: closer to max-RGB)")
     batch_size: int = Field(default=8, ge=1)
     num_workers: int = Field(default=-1, ge=-1, description="-1: one per CPU core, up to 8")
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
@@ -221,6 +248,8 @@ class TrainConfig(Section):
     devices: str = "auto"
     num_nodes: int = Field(default=1, ge=1)
     threshold: float = Field(default=0.5, gt=0, lt=1)
+    fit_quality: bool = Field(default=True, description="after training, fit the mask quality "
+                              "estimate on the validation images and store it in best.ckpt")
     nan_tolerance: int = Field(default=3, ge=0, description="skip up to N non-finite-loss batches "
                                "in a row, then stop")
     checkpoint_every_steps: int = Field(default=50, ge=0, description="also write last.ckpt "
@@ -314,7 +343,7 @@ RULES: dict[str, str] = {
     "data.mean": "3 values (R, G, B)",
     "data.std": "3 values (R, G, B), each > 0",
     **{f"data.augment.{name}": "a probability in [0, 1]"
-       for name in ("hflip", "vflip", "elastic_p", "rotate90")},
+       for name in ("hflip", "vflip", "elastic_p", "rotate90", "blur_p", "vignette_p", "hair_p")},
     "model.freeze_stages": ">= 0 (stages), or -1 (the whole backbone)",
     "train.max_minutes": "> 0 (or null: no time budget)",
     "train.expected_epoch_seconds": "> 0 (or null: not measured)",

@@ -20,7 +20,8 @@ from dermaseg.errors import DermasegError, UsageError
 
 # What inference reads from a checkpoint's config: training settings that a later release
 # checks more strictly must not stop an old model from predicting.
-INFERENCE_FIELDS = ("model.", "data.image_size", "data.mean", "data.std", "train.threshold")
+INFERENCE_FIELDS = ("model.", "data.image_size", "data.mean", "data.std", "data.colour_constancy",
+                    "data.colour_constancy_p", "train.threshold")
 
 
 def config_from_dict(data: dict[str, Any] | None, where: str = "config",

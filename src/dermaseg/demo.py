@@ -71,19 +71,19 @@ def run_demo(out: str | Path, data: str | Path | None = None, *, images: int = 1
     source = _stage(result, "data", say, lambda: _source_data(result.out, data, images, seed, say))
     _stage(result, "check", say, lambda: _check(source, say))
     prepared = result.out / "prepared"
-    _stage(result, "prepare", say, lambda: _prepare(source, prepared, seed))
+    _stage(result, "prepare", say, lambda: _prepare(source, prepared, seed, say))
     run_dir = result.out / "run"
     config = demo_config(minutes, seed, min_epochs)
     config = config.updated({"data.batch_size": _batch_size(prepared, config.data.batch_size)})
     trained = _stage(result, "train", say, lambda: _train(config, prepared, run_dir, say))
     result.epochs, result.pace_note = trained["epochs"], (trained.get("pace") or {}).get("note")
-    summary = _stage(result, "evaluate", say,
-                     lambda: _evaluate(run_dir / "best.ckpt", prepared, result.out / "eval"))
+    summary = _stage(result, "evaluate", say, lambda: _evaluate(
+        run_dir / "best.ckpt", prepared, result.out / "eval", say))
     result.test_dice = summary["overall"]["dice"]
-    _stage(result, "predict", say,
-           lambda: _predict(run_dir / "best.ckpt", prepared, result.out / "predictions"))
+    _stage(result, "predict", say, lambda: _predict(
+        run_dir / "best.ckpt", prepared, result.out / "predictions", say))
     _stage(result, "export", say,
-           lambda: _export(run_dir / "best.ckpt", result.out / "model.onnx", source))
+           lambda: _export(run_dir / "best.ckpt", result.out / "model.onnx", source, say))
     result.synthetic = data is None
     result.lines = _explain(result, summary)
     return result
@@ -117,11 +117,11 @@ def _check(source: Path, say: Callable[[str], None]) -> None:
     say(report.format_table())
 
 
-def _prepare(source: Path, prepared: Path, seed: int) -> None:
+def _prepare(source: Path, prepared: Path, seed: int, say: Callable[[str], None]) -> None:
     from dermaseg.data.prepare import prepare_dataset, summary_lines
 
     manifest = prepare_dataset(source, prepared, size=128, seed=seed, progress=False)
-    print("\n".join(summary_lines(manifest, prepared)))
+    say("\n".join(summary_lines(manifest, prepared)))
 
 
 def _batch_size(prepared: Path, wanted: int) -> int:
@@ -153,7 +153,7 @@ def _train(config: Config, prepared: Path, run_dir: Path, say: Callable[[str], N
     return train(config, prepared, run_dir, progress=True)
 
 
-def _evaluate(checkpoint: Path, prepared: Path, out: Path) -> dict:
+def _evaluate(checkpoint: Path, prepared: Path, out: Path, say: Callable[[str], None]) -> dict:
     from dermaseg.evaluation.evaluate import evaluate_model, split_items
     from dermaseg.evaluation.files import write_evaluation
     from dermaseg.infer.predictor import Predictor
@@ -164,28 +164,42 @@ def _evaluate(checkpoint: Path, prepared: Path, out: Path) -> dict:
         raise DermasegError(f"{prepared}: the test split is empty; the demo needs at least "
                             f"{MIN_PAIRS} pairs")
     evaluation = evaluate_model(predictor, items, progress=False)
-    return write_evaluation(evaluation, out, "dermaseg demo: test split",
-                            [f"model: {checkpoint}", f"data: {prepared} (split test)"])
+    summary = write_evaluation(evaluation, out, "dermaseg demo: test split",
+                               [f"model: {checkpoint}", f"data: {prepared} (split test)"])
+    overall = summary["overall"]
+    say(f"{checkpoint.name} scored on {_images(len(items))} of the test split against their "
+        f"masks: Dice {overall['dice']:.4f}, IoU {overall['jaccard']:.4f} (mean over images)")
+    say(f"report: {out / 'report.html'}; a row per image: {out / 'metrics.csv'}")
+    return summary
 
 
-def _predict(checkpoint: Path, prepared: Path, out: Path) -> None:
+def _predict(checkpoint: Path, prepared: Path, out: Path, say: Callable[[str], None]) -> None:
     from dermaseg.evaluation.evaluate import split_items
     from dermaseg.infer.batch import PredictOptions, predict_files
     from dermaseg.infer.predictor import Predictor
 
     files = [image for _, image, _ in split_items(prepared, "test")[:6]]
     options = PredictOptions(overwrite=True, overlay=True, measure=True, progress=False)
-    predict_files(Predictor.load(checkpoint), files, out, options)
+    done = predict_files(Predictor.load(checkpoint), files, out, options)
+    say(f"{_images(len(done.written))} of the test split predicted at their own size into "
+        f"{out}: masks <id>_segmentation.png (0/255), contours on the image in overlay/")
+    say(f"measurements (area, asymmetry, colours ...): {out / 'measurements.csv'} (a row per "
+        "image) and measurements.jsonl")
 
 
-def _export(checkpoint: Path, onnx_path: Path, source: Path) -> None:
+def _images(count: int) -> str:
+    return f"{count} image{'' if count == 1 else 's'}"
+
+
+def _export(checkpoint: Path, onnx_path: Path, source: Path,
+            say: Callable[[str], None]) -> None:
     from dermaseg.checkpoint import load_model
     from dermaseg.export.calibration import calibration_images
     from dermaseg.export.parity import export_onnx_checked
 
     model, meta = load_model(checkpoint)
     images, _ = calibration_images(source, 4, meta.image_size, progress=False)
-    export_onnx_checked(model, meta, onnx_path, images, opset=18, exporter="auto")
+    export_onnx_checked(model, meta, onnx_path, images, opset=18, exporter="auto", say=say)
 
 
 def _explain(result: DemoResult, summary: dict) -> list[str]:

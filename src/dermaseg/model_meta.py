@@ -6,6 +6,7 @@ exported model is used without importing PyTorch.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +16,7 @@ from dermaseg import __version__
 from dermaseg.config import Config
 from dermaseg.config_io import INFERENCE_FIELDS, config_from_dict
 from dermaseg.errors import DermasegError, UsageError
+from dermaseg.quality import QualityEstimator
 
 
 @dataclass
@@ -25,12 +27,20 @@ class ModelMeta:
     std: list[float]
     threshold: float
     version: str
+    quality: QualityEstimator | None = None  # the mask quality estimate (dermaseg.quality)
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        data = {
             "config": self.config.to_dict(), "image_size": self.image_size, "mean": self.mean,
             "std": self.std, "threshold": self.threshold, "version": self.version,
         }
+        if self.quality is not None:
+            data["quality"] = self.quality.to_dict()
+        return data
+
+    def with_quality(self, quality: QualityEstimator | None) -> ModelMeta:
+        """A copy of this metadata with another quality estimator."""
+        return dataclasses.replace(self, quality=quality)
 
     @classmethod
     def from_config(cls, config: Config) -> ModelMeta:
@@ -49,6 +59,9 @@ class ModelMeta:
             meta = cls(config, int(data["image_size"]), [float(v) for v in data["mean"]],
                        [float(v) for v in data["std"]], float(data["threshold"]),
                        str(data.get("version", "?")))
+            quality = data.get("quality")
+            if quality is not None:
+                meta.quality = QualityEstimator.from_dict(quality, f"{where}: quality")
         except (KeyError, TypeError, ValueError) as exc:
             raise DermasegError(f"{where}: incomplete dermaseg metadata ({exc})") from exc
         meta._check_ranges(where)

@@ -9,7 +9,14 @@ import numpy as np
 import pytest
 
 from dermaseg.errors import DermasegError
-from dermaseg.infer.measure import ISIC_COLORS, contour_polygon, measure_lesion
+from dermaseg.infer.measure import (
+    COLOR_MIN_FRACTION,
+    ISIC_COLORS,
+    colour_calls,
+    contour_polygon,
+    measure_lesion,
+    srgb_to_lab,
+)
 
 YY, XX = np.mgrid[:121, :141]
 
@@ -77,22 +84,64 @@ def test_pixel_size_and_json():
 
 
 def test_colour_variegation():
+    """Colours as they look in dermoscopy images (sRGB): each region gets its name."""
     lesion = disc(70, 60, 30)
     image = np.full((121, 141, 3), 230, np.uint8)  # white skin everywhere
     left = lesion & (XX < 70)
-    image[left] = [150, 100, 10]  # light brown
-    image[lesion & ~left & (YY < 60)] = [40, 5, 5]  # dark brown
-    image[lesion & ~left & (YY >= 60)] = [45, 150, 150]  # blue-grey
+    image[left] = [180, 125, 90]  # light brown
+    image[lesion & ~left & (YY < 60)] = [100, 65, 50]  # dark brown
+    image[lesion & ~left & (YY >= 60)] = [120, 125, 140]  # blue-grey
     res = measure_lesion(lesion, image)
     assert sorted(res["colors"]) == ["blue_gray", "dark_brown", "light_brown"]
     assert res["color_count"] == 3
     assert sum(res["color_fractions"].values()) == pytest.approx(1.0, abs=1e-5)
     assert set(res["color_fractions"]) == set(ISIC_COLORS)
-    uniform = measure_lesion(lesion, np.full((121, 141, 3), [150, 100, 10], np.uint8))
+    assert res["color_fractions"]["light_brown"] == pytest.approx(0.5, abs=0.05)
+    uniform = measure_lesion(lesion, np.full((121, 141, 3), [180, 125, 90], np.uint8))
     assert uniform["color_count"] == 1 and uniform["color_spread"] == pytest.approx(0)
     assert res["color_spread"] > 0.1
     with pytest.raises(DermasegError, match="image"):
         measure_lesion(lesion, image[:10])
+
+
+@pytest.mark.parametrize(("rgb", "name"), [
+    ((173, 108, 77), "light_brown"),  # a PH2 nevus's median colour: the old rule said red
+    ((140, 83, 70), "dark_brown"),
+    ((95, 60, 45), "dark_brown"),
+    ((30, 25, 25), "black"),
+    ((200, 80, 85), "red"),
+    ((130, 130, 140), "blue_gray"),
+    ((235, 228, 225), "white"),
+])
+def test_each_dermoscopy_colour_gets_its_name(rgb, name):
+    calls = colour_calls(np.array([rgb], np.uint8))
+    assert list(ISIC_COLORS)[calls[0]] == name
+
+
+def test_far_colours_are_unassigned_and_small_shares_not_present():
+    """A pixel far from every reference (ink, a green cast) is no colour: the shares add up
+    to less than 1; a colour under COLOR_MIN_FRACTION of the lesion is not called present."""
+    lesion = disc(70, 60, 30)
+    image = np.full((121, 141, 3), [180, 125, 90], np.uint8)  # light brown
+    image[lesion & (XX < 55)] = [40, 200, 60]  # green: no dermoscopy colour
+    image[lesion & (XX > 97)] = [30, 25, 25]  # a black sliver, under 5 % of the lesion
+    res = measure_lesion(lesion, image)
+    green = (lesion & (XX < 55)).sum() / lesion.sum()
+    sliver = res["color_fractions"]["black"]
+    assert 0 < sliver < COLOR_MIN_FRACTION and res["colors"] == ["light_brown"]
+    assert sum(res["color_fractions"].values()) == pytest.approx(1 - green, abs=0.01)
+    assert colour_calls(np.array([[40, 200, 60], [20, 40, 220]], np.uint8)).tolist() == [-1, -1]
+    all_green = measure_lesion(lesion, np.full((121, 141, 3), [40, 200, 60], np.uint8))
+    assert all_green["colors"] == [] and all_green["color_count"] == 0
+
+
+def test_srgb_to_cielab_matches_the_standard():
+    lab = srgb_to_lab(np.array([[255, 255, 255], [0, 0, 0], [255, 0, 0], [128, 128, 128]],
+                               np.uint8))
+    assert lab[0] == pytest.approx([100, 0, 0], abs=0.01)
+    assert lab[1] == pytest.approx([0, 0, 0], abs=0.01)
+    assert lab[2] == pytest.approx([53.24, 80.09, 67.20], abs=0.02)
+    assert lab[3] == pytest.approx([53.59, 0, 0], abs=0.01)
 
 
 def test_empty_mask():

@@ -20,6 +20,9 @@ pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a C
 SIZE = 64
 EVERYTHING = AugmentConfig(hflip=0.5, vflip=0.5, rotate90=0.5, brightness=0.2, contrast=0.2,
                            elastic_p=1.0, elastic_alpha=8.0, elastic_sigma=16.0)
+# and the steps for other clinics' dermoscopes (tests/data/test_augment_robust.py on CPU)
+ROBUST = EVERYTHING.updated(scale=0.3, hue=0.05, saturation=0.3, gamma=0.5, blur_p=0.5,
+                            noise=8.0, vignette_p=0.5, hair_p=0.5)
 
 
 def batch(n: int = 4, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -29,11 +32,12 @@ def batch(n: int = 4, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     return images, masks
 
 
-def test_device_augmentation_on_the_gpu_matches_the_cpu():
+@pytest.mark.parametrize("config", [EVERYTHING, ROBUST], ids=["everything", "robust"])
+def test_device_augmentation_on_the_gpu_matches_the_cpu(config):
     """The GPU runs every step on every sample (`torch.where`), the CPU only the drawn ones:
     the same pixels, up to a rounding to the other uint8 level."""
     images, masks = batch()
-    augment = BatchAugment(EVERYTHING, SIZE, SIZE)
+    augment = BatchAugment(config, SIZE, SIZE)
     params = augment.draw([11, 12, 13, 14])
     cpu_images, cpu_masks = augment.apply(images, masks, params)
     gpu_images, gpu_masks = augment.apply(images.cuda(), masks.cuda(), params)
@@ -43,12 +47,13 @@ def test_device_augmentation_on_the_gpu_matches_the_cpu():
     assert (gpu_masks.cpu() != cpu_masks).float().mean() < 1e-3
 
 
-def test_training_batch_path_never_waits_for_the_gpu():
+@pytest.mark.parametrize("steps", [EVERYTHING, ROBUST], ids=["everything", "robust"])
+def test_training_batch_path_never_waits_for_the_gpu(steps):
     """Augmentation, normalisation and the loss (with pos_weight) queue their work without a
     host-device synchronisation, after a first call has copied the constants."""
     config = Config().updated({"loss.pos_weight": 3.0})
     criterion = SegmentationLoss(config.loss)
-    augment = BatchAugment(EVERYTHING, SIZE, SIZE)
+    augment = BatchAugment(steps, SIZE, SIZE)
 
     def one_batch(seed: int) -> torch.Tensor:
         images, masks = batch(seed=seed)

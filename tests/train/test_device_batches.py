@@ -86,12 +86,17 @@ def test_gather_on_device_loader_yields_indices_alone(prepared):
 EVERYTHING = ["data.augment.hflip=0.5", "data.augment.vflip=0.5", "data.augment.rotate90=0.5",
               "data.augment.brightness=0.2", "data.augment.contrast=0.2",
               "data.augment.elastic_p=0.5", "data.augment.elastic_sigma=16"]
+ROBUST = ["data.augment.scale=0.3", "data.augment.hue=0.05", "data.augment.saturation=0.3",
+          "data.augment.gamma=0.5", "data.augment.blur_p=0.5", "data.augment.noise=8",
+          "data.augment.vignette_p=0.5", "data.augment.hair_p=0.5"]
 
 
-def batches_seen(prepared, place: str, workers: int, epochs: int = 2) -> list[tuple]:
+def batches_seen(prepared, place: str, workers: int, epochs: int = 2,
+                 steps: tuple[str, ...] = ()) -> list[tuple]:
     """Two epochs of training batches as the model receives them, the augmentation in the
     loader workers (`place` loader) or in the batch hooks (device: here the CPU)."""
-    setting = config(f"data.augment_on={place}", f"data.num_workers={workers}", *EVERYTHING)
+    setting = config(f"data.augment_on={place}", f"data.num_workers={workers}", *EVERYTHING,
+                     *steps)
     module = SegmentationDataModule(setting, prepared)
     module.setup("fit")
     size = setting.data.image_size
@@ -109,12 +114,14 @@ def batches_seen(prepared, place: str, workers: int, epochs: int = 2) -> list[tu
     return seen
 
 
-@pytest.mark.parametrize("workers", [0, 1])
-def test_loader_and_device_augmentation_give_the_same_batches(prepared, workers):
+@pytest.mark.parametrize(("workers", "steps"), [(0, ()), (1, ()), (1, tuple(ROBUST))],
+                         ids=["0 workers", "1 worker", "1 worker, robust"])
+def test_loader_and_device_augmentation_give_the_same_batches(prepared, workers, steps):
     """The same (seed, epoch, index) gives the same augmented sample whether a loader worker
-    (one thread) or the batch hooks (the training process's threads) augment it."""
-    in_loader = batches_seen(prepared, "loader", workers)
-    on_device = batches_seen(prepared, "device", workers)
+    (one thread) or the batch hooks (the training process's threads) augment it; with the
+    steps for other clinics' dermoscopes too."""
+    in_loader = batches_seen(prepared, "loader", workers, steps=steps)
+    on_device = batches_seen(prepared, "device", workers, steps=steps)
     assert len(in_loader) == len(on_device) > 2
     for (images, masks, indices), (d_images, d_masks, d_indices) in zip(in_loader, on_device,
                                                                         strict=True):

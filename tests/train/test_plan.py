@@ -7,6 +7,7 @@ Tiny synthetic data prepared at 48 px; one torch thread (see test_train.py).
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -79,6 +80,19 @@ def test_no_probe_plan_is_the_cpu_recipe_capped_at_the_prepared_size(no_probe_pl
     assert record["dataset"]["prepared_size"] == 48
     assert record["machine"]["device"] == "cpu" and record["machine"]["cpu_cores"] >= 1
     assert f"dermaseg train --config {out} --data" in output
+
+
+def test_image_sides_are_whole_pixels(no_probe_plan):
+    """Percentiles of the original sides fall between images (p90 of 48..72 px sides):
+    shown and recorded as whole pixels, never "63.2 px"."""
+    out, output = no_probe_plan
+    dataset = json.loads(out.with_suffix(".json").read_text())["dataset"]
+    for side in ("orig_height", "orig_width"):
+        assert set(dataset[side]) == {"median", "p10", "p90"}
+        assert all(type(value) is int for value in dataset[side].values()), dataset[side]
+    lines = [line for line in output.splitlines() if "original " in line]
+    assert len(lines) == 2 and all(re.search(r"\d\.\d+ px", line) is None for line in lines)
+    assert re.search(r"original height median \d+ px \(p10 \d+ px, p90 \d+ px\)", lines[0])
 
 
 def test_probe_measures_each_batch_and_follows_the_rule(probed_plan):

@@ -97,6 +97,25 @@ def test_resume_with_augmentation_on_the_device_matches_uninterrupted_run(tiny_p
     assert_same_run(full, out)
 
 
+ROBUST = ["data.augment.scale=0.3", "data.augment.hue=0.05", "data.augment.saturation=0.3",
+          "data.augment.gamma=0.5", "data.augment.blur_p=0.5", "data.augment.noise=8",
+          "data.augment.vignette_p=0.5", "data.augment.hair_p=0.5"]
+
+
+def test_resume_with_the_robust_augmentation_matches_uninterrupted_run(tiny_prepared, tmp_path):
+    """The steps for other clinics' dermoscopes (zoom, colour, blur, noise, vignette, hair)
+    draw from the same per-(seed, epoch, index) generators: a mid-epoch crash and resume
+    gives the same weights."""
+    robust = tiny(*ROBUST)
+    full = tmp_path / "full"
+    train(robust, tiny_prepared, full, progress=False)
+    out = tmp_path / "crashed"
+    with pytest.raises(Interrupt):
+        train(robust, tiny_prepared, out, progress=False, callbacks=[InterruptAt(7)])
+    train(robust, tiny_prepared, out, resume=True, progress=False)
+    assert_same_run(full, out)
+
+
 def test_split_on_the_device_trains_the_same_weights(tiny_prepared, tmp_path):
     """`data.gather_on=device` is the same run as the loader path: same batches, same
     augmentation rounding, same dropout stream (the index loader draws nothing from the

@@ -377,15 +377,42 @@ def test_progress_in_a_log_file_is_one_line_per_epoch(tiny_prepared, tmp_path):
     output = result.stdout + result.stderr
     lines = [line for line in output.splitlines()
              if line.startswith("epoch ") and ": batch " not in line]  # a slow epoch has those
-    assert [line.split(":")[0] for line in lines] == ["epoch 0/1", "epoch 1/1"]  # as files
+    # numbered as in the files; the recipe's 18-min budget shown, not max_epochs, and the
+    # epochs it would fit at this pace never more than max_epochs allows
+    assert [line.split(" (")[0] for line in lines] == ["epoch 0", "epoch 1"]
+    assert lines[0].startswith("epoch 0 (time budget 18 min, ") and "~1 more epoch): " \
+        in lines[0]
+    assert lines[1].startswith("epoch 1 (time budget 18 min, ") and "last epoch): " in lines[1]
     assert all("val_dice 0." in line and "lr " in line for line in lines)
     assert "\r" not in output and "━" not in output
+    for noise in ("GPU available", "TPU available", "HPU available", "LOCAL_RANK"):
+        assert noise not in output, output  # Lightning's device lines say nothing here
+
+
+def test_lightning_device_lines_are_dropped_its_warnings_kept(caplog):
+    """The filter on Lightning's logger drops its "GPU/TPU available" info lines by their
+    words: our own progress lines go through the same logger and stay, as do warnings."""
+    import logging
+
+    from lightning.pytorch.utilities import rank_zero_info
+
+    import dermaseg.train.runner  # noqa: F401 (installs the filter)
+
+    with caplog.at_level("INFO"):
+        rank_zero_info("GPU available: False, used: False")
+        rank_zero_info("TPU available: False, using: 0 TPU cores")
+        rank_zero_info("epoch 0 (time budget 1 min, 30 s left, ~2 more epochs): loss 0.5")
+        logging.getLogger("lightning.pytorch.utilities.rank_zero").warning(
+            "GPU available but not used.")
+    assert [r.getMessage() for r in caplog.records] == [
+        "epoch 0 (time budget 1 min, 30 s left, ~2 more epochs): loss 0.5",
+        "GPU available but not used."]
 
 
 def test_progress_lines_show_val_metrics_only_for_validated_epochs(tiny_prepared, tmp_path, caplog):
     """train.val_every=2: epochs 1 and 3 are not validated; their lines must not repeat the
     last validation's numbers as if they were theirs."""
-    from dermaseg.train.callbacks import ProgressLines
+    from dermaseg.train.progress_lines import ProgressLines
 
     with caplog.at_level("INFO"):
         train(tiny("train.max_epochs=3", "train.val_every=2"), tiny_prepared, tmp_path / "run",
@@ -406,7 +433,7 @@ def test_progress_lines_show_val_metrics_only_for_validated_epochs(tiny_prepared
 
 
 def test_progress_lines_inside_a_long_epoch(tiny_prepared, tmp_path, caplog):
-    from dermaseg.train.callbacks import ProgressLines
+    from dermaseg.train.progress_lines import ProgressLines
 
     with caplog.at_level("INFO"):
         train(tiny("train.max_epochs=1"), tiny_prepared, tmp_path / "run", progress=False,

@@ -30,7 +30,28 @@ def _print_overall(summary: dict, out: Path) -> None:
         interval = ("no CI: 1 image" if ci95 is None
                     else f"95% CI {ci95[name][0]:.4f}-{ci95[name][1]:.4f}")
         typer.echo(f"  {name:<18} {overall[name]:.4f}  ({interval})")
+    failures = summary["failures"]
+    shown = ", ".join(failures["ids"][:10]) + (" ..." if len(failures["ids"]) > 10 else "")
+    typer.echo(f"failures (Jaccard < {failures['below']}): {failures['count']} of "
+               f"{summary['images']}" + (f": {shown}" if shown else ""))
+    if summary.get("quality"):
+        typer.echo(quality_line(summary["quality"]))
     typer.echo(f"report: {out / 'report.html'}")
+
+
+def quality_line(stats: dict) -> str:
+    """The quality estimate against the truth, in one line (see evaluation.quality_check)."""
+    def number(value) -> str:
+        return "-" if value is None else f"{value:.3f}"
+
+    head = (f"quality estimate: review recommended for {stats['flagged']} images, "
+            f"{stats['failures_flagged']} of the {stats['failures']} failures among them")
+    estimate = stats["estimate"]
+    if estimate is None:
+        return head + " (no fitted estimate: `dermaseg calibrate` fits one)"
+    return (f"{head}; AUROC {number(estimate['auroc'])} (baseline "
+            f"{number(stats['baseline']['auroc'])}), Spearman {number(estimate['spearman'])}, "
+            f"mean absolute error {number(estimate['mean_absolute_error'])}")
 
 
 def _default_out(model: str, name: str) -> Path:

@@ -12,8 +12,8 @@ from typer.core import TyperCommand, TyperGroup
 
 # The order `--help` lists a group's commands in; a command not named here comes last.
 COMMAND_ORDER = {
-    "dermaseg": ("data", "plan", "train", "cv-summary", "evaluate", "compare", "predict",
-                 "export", "serve", "demo", "doctor", "recipes"),
+    "dermaseg": ("data", "plan", "train", "cv-summary", "evaluate", "calibrate", "compare",
+                 "predict", "export", "serve", "demo", "doctor", "recipes"),
     "data": ("check", "prepare", "synth", "download"),
 }
 LIST_ITEM = re.compile(r"^([-*] |\d+[.)] )")

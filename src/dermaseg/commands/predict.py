@@ -41,6 +41,17 @@ def prediction_settings(model: str, tta, options) -> dict:
             "pixel_size_mm": options.pixel_size_mm}
 
 
+def review_line(summary) -> str:
+    """How many of the masks written need a human look, and which (quality.csv says why)."""
+    flagged = summary.review
+    if not flagged:
+        return f"review recommended: none of the {len(summary.written)} masks written"
+    shown = ", ".join(flagged[:10]) + (f" and {len(flagged) - 10} more" if len(flagged) > 10
+                                       else "")
+    return (f"review recommended: {len(flagged)} of {len(summary.written)} masks "
+            f"(quality.csv says why): {shown}")
+
+
 def refuse_prepared_inputs(inputs: list[str]) -> None:
     """A `data prepare` output holds letterboxed .npy arrays, not images to predict."""
     from dermaseg.data.prepare import is_prepared_folder
@@ -65,6 +76,9 @@ def predict(
     min_area: int = MIN_AREA,
     crf: bool = CRF,
     save_prob: bool = typer.Option(False, "--save-prob", help="Write prob/<id>_prob.png."),
+    save_uncertainty: bool = typer.Option(
+        False, "--save-uncertainty", help="Write <id>_uncertainty.png beside the mask (8-bit, "
+        "255 where the probability is 0.5)."),
     overlay: bool = typer.Option(False, "--overlay", help="Write overlay/<id>_overlay.jpg."),
     measure: bool = typer.Option(False, "--measure", help="Write measurements.csv (a row "
                                  "per image) and measurements.jsonl."),
@@ -100,7 +114,8 @@ def predict(
         raise UsageError(f"--pixel-size {pixel_size}: used only by --measure (areas and "
                          "lengths in mm); add --measure")
     options = PredictOptions(
-        overwrite=overwrite, save_prob=save_prob, overlay=overlay, measure=measure,
+        overwrite=overwrite, save_prob=save_prob, save_uncertainty=save_uncertainty,
+        overlay=overlay, measure=measure,
         pixel_size_mm=pixel_size, postprocess=postprocess_config(keep_largest, fill_holes,
                                                                  min_area, crf),
         progress=not quiet,
@@ -121,6 +136,7 @@ def predict(
     typer.echo(f"{len(summary.written)} written, {len(summary.skipped)} already there, "
                f"{len(summary.failed)} failed -> {out}")
     typer.echo("\n".join(f"  {line}" for line in output_lines(out, options)))
+    typer.echo(review_line(summary))
     if summary.failed:
         for message in summary.failed:
             typer.echo(f"  failed: {message}", err=True)

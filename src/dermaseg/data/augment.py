@@ -14,9 +14,11 @@ to a whole batch in a handful of tensor operations (`apply`). The batch may be
 
 Same draws, same operations: a run is reproducible, an interrupted epoch resumes with the same
 augmentation, and both placements give the same batch on the same device. Order: flips,
-rotation by quarter turns, brightness then contrast, elastic deformation. Geometric steps move
-image and mask together, masks resampled with nearest neighbour (they stay binary);
-photometric steps leave the masks alone.
+rotation by quarter turns, gamma, brightness then contrast, saturation and hue, zoom and
+elastic deformation (one resampling), then hair, vignette, blur and noise
+(`dermaseg.data.augment_photometric`, for other clinics' dermoscopes: off by default, drawn
+after the others). Geometric steps move image and mask together, masks resampled with nearest
+neighbour (they stay binary); photometric steps leave the masks alone.
 
 On a GPU each step runs on every sample and `torch.where` keeps the drawn ones: no shape
 depends on the data, so the CPU never waits for the GPU (the parameters travel through pinned
@@ -30,11 +32,18 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 
 from dermaseg.config import AugmentConfig
+from dermaseg.data.augment_photometric import (
+    PhotometricDraw,
+    apply_gamma,
+    late_steps,
+    recolour,
+)
 from dermaseg.errors import DermasegError
 from dermaseg.upload import constant, upload
 
@@ -42,9 +51,9 @@ PLACES = ("auto", "loader", "device")
 CPU_CHUNK_BYTES = 2 << 20  # on the CPU, augment as many samples at a time as fit in 2 MiB
 GREY_WEIGHTS = (0.2989, 0.587, 0.114)  # torchvision's rgb_to_grayscale
 
-# (images, masks, per-sample extra or None) -> (images, masks), for whole batches
-Step = Callable[[torch.Tensor, torch.Tensor, torch.Tensor | None],
-                tuple[torch.Tensor, torch.Tensor]]
+# (images, masks, per-sample extra: a tensor, a tuple of them or None) -> (images, masks),
+# for whole batches
+Step = Callable[[torch.Tensor, torch.Tensor, Any], tuple[torch.Tensor, torch.Tensor]]
 
 
 def augment_on_device(place: str, on_gpu: bool) -> bool:
@@ -72,6 +81,7 @@ class BatchAugment:
         self.config = config
         self.height, self.width = height, width
         self.grid = control_grid_shape(height, width, config.elastic_sigma)
+        self.photometric = PhotometricDraw(config, height, width)
 
     def __call__(self, images: torch.Tensor, masks: torch.Tensor, seeds: Sequence[int]
                  ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -81,13 +91,18 @@ class BatchAugment:
     def draw(self, seeds: Sequence[int]) -> dict[str, torch.Tensor]:
         """Parameters of one sample per seed, CPU tensors with N = len(seeds) rows: hflip,
         vflip (N,) bool; turns (N,) int64 quarter turns; brightness, contrast (N,) float32
-        factors; elastic (N,) bool; shifts N x 2 x gh x gw control-point shifts in pixels."""
-        rows = [self._draw_one(torch.Generator().manual_seed(seed)) for seed in seeds]
+        factors; elastic (N,) bool; shifts N x 2 x gh x gw control-point shifts in pixels.
+        Then, drawn after those (which stay as they were) and only for the steps switched on:
+        zoom N x 3 (1 / scale, centre x, y in grid units) and `PhotometricDraw.draw_one`'s."""
+        generators = [torch.Generator().manual_seed(seed) for seed in seeds]
+        rows = [self._draw_one(generator) for generator in generators]
         hflip, vflip, turns, brightness, contrast, elastic, shifts = zip(*rows, strict=True)
-        return {"hflip": torch.tensor(hflip), "vflip": torch.tensor(vflip),
-                "turns": torch.tensor(turns), "brightness": torch.tensor(brightness),
-                "contrast": torch.tensor(contrast), "elastic": torch.tensor(elastic),
-                "shifts": torch.stack(shifts)}
+        params = {"hflip": torch.tensor(hflip), "vflip": torch.tensor(vflip),
+                  "turns": torch.tensor(turns), "brightness": torch.tensor(brightness),
+                  "contrast": torch.tensor(contrast), "elastic": torch.tensor(elastic),
+                  "shifts": torch.stack(shifts)}
+        more = [self._draw_more(generator) for generator in generators]
+        return params | {name: torch.stack([row[name] for row in more]) for name in more[0]}
 
     def _draw_one(self, generator: torch.Generator) -> tuple:
         config = self.config
@@ -105,6 +120,15 @@ class BatchAugment:
         shifts = (torch.rand(2, *self.grid, generator=generator) * 2 - 1) \
             * (config.elastic_alpha if elastic else 0.0)
         return hflip, vflip, turns, brightness, contrast, elastic, shifts
+
+    def _draw_more(self, generator: torch.Generator) -> dict[str, torch.Tensor]:
+        """The zoom (when `scale` is on), then the photometric steps' parameters."""
+        row: dict[str, torch.Tensor] = {}
+        if self.config.scale > 0:
+            scale, x, y = torch.rand(3, generator=generator, dtype=torch.float64).tolist()
+            row["zoom"] = torch.tensor([1 / (1 + (2 * scale - 1) * self.config.scale),
+                                        2 * x - 1, 2 * y - 1], dtype=torch.float32)
+        return row | self.photometric.draw_one(generator)
 
     def apply(self, images: torch.Tensor, masks: torch.Tensor, params: dict[str, torch.Tensor],
               *, branchless: bool | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -149,28 +173,49 @@ class BatchAugment:
             for turns in (1, 2, 3):
                 images, masks = step(params["turns"] == turns,
                                      functools.partial(_rotate, turns=turns), images, masks)
+        if config.gamma > 0:
+            images = apply_gamma(images, params["gamma_lut"])
         photometric = config.brightness > 0 or config.contrast > 0
-        elastic = config.elastic_p > 0 and config.elastic_alpha > 0
-        if not (photometric or elastic):
+        colour = config.hue > 0 or config.saturation > 0
+        warp = config.scale > 0 or (config.elastic_p > 0 and config.elastic_alpha > 0)
+        late = late_steps(config, params)
+        if not (photometric or colour or warp or late):
             return images, masks
         if photometric:
             images = brightness_contrast(images, params["brightness"], params["contrast"])
         else:
             images = images.float()
-        if elastic:
-            images, masks = step(params["elastic"], _elastic, images, masks, params["shifts"])
+        if colour:
+            images = recolour(images, params["colour"])
+        if warp:
+            images, masks = self._warp(images, masks, params, step)
+        for flags, function, extra in late:
+            images, masks = step(flags, function, images, masks, extra)
         return images.round_().to(torch.uint8), masks
+
+    def _warp(self, images: torch.Tensor, masks: torch.Tensor, params: dict[str, torch.Tensor],
+              step: Callable) -> tuple[torch.Tensor, torch.Tensor]:
+        """The elastic deformation, after the zoom when `scale` is on (one resampling)."""
+        config = self.config
+        elastic = config.elastic_p > 0 and config.elastic_alpha > 0
+        if config.scale <= 0:
+            return step(params["elastic"], _elastic, images, masks, params["shifts"])
+        zoom = params["zoom"]
+        flags = zoom[:, 0] != 1
+        if elastic:
+            return step(flags | params["elastic"], _zoom, images, masks, (zoom, params["shifts"]))
+        return step(flags, _zoom, images, masks, (zoom,))
 
 
 def _where_step(flags: torch.Tensor, step: Step, images: torch.Tensor, masks: torch.Tensor,
-                extra: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                extra: Any = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Every sample through `step`; sample i keeps the result where `flags[i]` (N,) is set."""
     new_images, new_masks = step(images, masks, extra)
     return _where(flags, new_images, images), _where(flags, new_masks, masks)
 
 
 def _index_step(flags: torch.Tensor, step: Step, images: torch.Tensor, masks: torch.Tensor,
-                extra: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                extra: Any = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Only the samples whose `flags[i]` (N,) is set go through `step` (their rows of
     `extra` with them), their results written into `images` and `masks` (in place: fresh
     buffers cost the CPU page faults); reads the flags on the host."""
@@ -179,13 +224,20 @@ def _index_step(flags: torch.Tensor, step: Step, images: torch.Tensor, masks: to
         return images, masks
     if len(chosen) == len(flags):
         return step(images, masks, extra)
-    part = None if extra is None else extra.index_select(0, chosen)
+    part = None if extra is None else _rows(extra, chosen)
     new_images, new_masks = step(images.index_select(0, chosen),
                                  masks.index_select(0, chosen), part)
     for row, index in enumerate(chosen.tolist()):
         images[index].copy_(new_images[row])
         masks[index].copy_(new_masks[row])
     return images, masks
+
+
+def _rows(extra: Any, chosen: torch.Tensor) -> Any:
+    """The `chosen` rows of a step's extra: a tensor or a tuple of them."""
+    if isinstance(extra, tuple):
+        return tuple(value.index_select(0, chosen) for value in extra)
+    return extra.index_select(0, chosen)
 
 
 def _where(flags: torch.Tensor, chosen: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
@@ -259,7 +311,29 @@ def _elastic(images: torch.Tensor, masks: torch.Tensor, shifts: torch.Tensor | N
         raise DermasegError("elastic deformation: no control-point shifts were drawn")
     height, width = images.shape[-2:]
     field = displacement_field(shifts.to(images.device, torch.float32), height, width)
-    grid = identity_grid(height, width, images.device) + field
+    return _resample(images, masks, identity_grid(height, width, images.device) + field)
+
+
+def _zoom(images: torch.Tensor, masks: torch.Tensor, extra: Any
+          ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Images and masks zoomed (extra: zoom N x 3, then optionally elastic shifts): the pixel
+    at grid point p shows the source at c + (p - c) / scale, plus the elastic field."""
+    zoom, *shifts = extra
+    height, width = images.shape[-2:]
+    zoom = zoom.to(images.device, torch.float32)
+    centre = zoom[:, 1:].view(-1, 1, 1, 2)
+    grid = (identity_grid(height, width, images.device) - centre) \
+        * zoom[:, 0].view(-1, 1, 1, 1) + centre
+    if shifts:
+        grid = grid + displacement_field(shifts[0].to(images.device, torch.float32),
+                                         height, width)
+    return _resample(images, masks, grid)
+
+
+def _resample(images: torch.Tensor, masks: torch.Tensor, grid: torch.Tensor
+              ) -> tuple[torch.Tensor, torch.Tensor]:
+    """N x 3 x H x W float images (bilinear) and N x 1 x H x W uint8 masks (nearest) sampled
+    at `grid` (N x H x W x 2); outside the image: 0."""
     warped = F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros",
                            align_corners=False)
     warped_masks = F.grid_sample(masks.float(), grid, mode="nearest", padding_mode="zeros",

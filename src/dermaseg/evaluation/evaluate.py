@@ -16,6 +16,7 @@ equals `isic-challenge-scoring` (masks are lesion where > 128).
 
 from __future__ import annotations
 
+import functools
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -52,6 +53,7 @@ from dermaseg.fileio import (
     read_rgb,
 )
 from dermaseg.progress import progress as progress_bar
+from dermaseg.quality import Quality
 
 
 @dataclass
@@ -60,14 +62,18 @@ class Evaluation:
     counts: dict[str, Confusion] = field(default_factory=dict)
     gallery: GalleryCollector = field(default_factory=GalleryCollector)
     warnings: list[str] = field(default_factory=list)  # for the report's notes and stderr
+    quality: dict[str, Quality] = field(default_factory=dict)  # when a model predicted
 
-    def add(self, image_id: str, pred: np.ndarray, truth: np.ndarray, image=None) -> None:
+    def add(self, image_id: str, pred: np.ndarray, truth: np.ndarray, image=None,
+            quality: Quality | None = None) -> None:
         """Score one (H, W) prediction against its truth (bool, or uint8 lesion > 128)."""
         image_id = display_path(image_id)  # a non-UTF-8 file name cannot go into CSV/JSON/HTML
         counts = confusion(pred, truth)
         values = metrics_from_confusion(counts)
         self.per_image[image_id] = values
         self.counts[image_id] = counts
+        if quality is not None:
+            self.quality[image_id] = quality
 
         def draw() -> np.ndarray:
             base = image if image is not None else np.full((*pred.shape, 3), 40, np.uint8)
@@ -274,7 +280,7 @@ def source_items(data_dir: Path, split: str) -> tuple[list[tuple[str, Path, Path
     return items, []
 
 
-def _iter_pairs(items: list[tuple[str, Path, Path]], draft_size: int) -> Iterator:
+def iter_pairs(items: list[tuple[str, Path, Path]], draft_size: int) -> Iterator:
     """(id, path, (image, original (h, w)), truth mask 0/255, None) per usable pair, the image
     decoded as `predict` and `data prepare` decode it (reduced for a big JPEG);
     (id, path, None, None, problem) else."""
@@ -304,29 +310,32 @@ def evaluate_model(predictor, items: list[tuple[str, Path, Path]], postprocess=N
                    progress: bool = True) -> Evaluation:
     """Predict each source image at its original size and score it against its source mask.
 
-    The masks are those `dermaseg predict` writes (same decoding, letterbox and
-    post-processing); the image at full size is read only for the CRF.
+    The masks are those `dermaseg predict` writes (the same `segment`: decoding, letterbox,
+    post-processing and quality estimate); the image at full size is read only for the CRF.
 
     Raises:
         DermasegError: listing every pair whose image or mask is unreadable or whose sizes
             differ (after the first one, the rest are only checked, not predicted).
     """
-    from dermaseg.fileio import read_rgb
+    from dermaseg.infer.segment import Decoded, SegmentOptions, segment
 
     result, batch, problems = Evaluation(), [], []
-    crf = bool(getattr(postprocess, "crf", False))
+    options = SegmentOptions(postprocess=postprocess)
 
     def flush() -> None:
-        probs = predictor.predict_proba([b[2][0] for b in batch], [b[2][1] for b in batch])
-        for (image_id, path, (image, _), truth), prob in zip(batch, probs, strict=True):
-            full = read_rgb(path) if crf else None
-            mask = predictor.to_mask(prob, full, postprocess)
-            result.add(image_id, mask, truth, image if full is None else full)
+        decoded = [Decoded(image, original, functools.partial(read_rgb, path))
+                   for _, path, (image, original), _ in batch]
+        outputs = segment(predictor, decoded, options)
+        for (image_id, _, (image, _), truth), output in zip(batch, outputs, strict=True):
+            if isinstance(output, DermasegError):
+                raise output
+            shown = image if output.image is None else output.image
+            result.add(image_id, output.mask, truth, shown, output.quality)
         batch.clear()
 
     with progress_bar(total=len(items), desc="evaluate", unit="image",
                       enabled=progress) as bar:
-        for image_id, path, decoded, truth, problem in _iter_pairs(
+        for image_id, path, decoded, truth, problem in iter_pairs(
                 items, predictor.meta.image_size):
             bar.update(1)
             if problem is not None:

@@ -15,6 +15,7 @@ import io
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import quote
 
 import numpy as np
@@ -22,6 +23,9 @@ from PIL import Image
 
 from dermaseg.fileio import safe_child, write_bytes_atomic
 from dermaseg.infer.overlay import draw_overlay
+
+if TYPE_CHECKING:
+    from dermaseg.evaluation.quality_report import ReportSection
 
 TRUTH_COLOUR = (0, 114, 178)  # Okabe-Ito blue
 PRED_COLOUR = (230, 159, 0)  # Okabe-Ito orange
@@ -47,7 +51,7 @@ def thumbnail(image: np.ndarray, truth: np.ndarray | None, pred: np.ndarray,
     return draw_overlay(base, masks, width=2)
 
 
-def _png_bytes(figure) -> bytes:
+def png_bytes(figure) -> bytes:
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
     return buffer.getvalue()
@@ -72,7 +76,7 @@ def plot_jaccard_histogram(values: Sequence[float], path: Path, threshold: float
     axes.set_ylabel("images")
     axes.set_xlim(0, 1)
     axes.legend(loc="upper left")
-    write_bytes_atomic(path, _png_bytes(figure))
+    write_bytes_atomic(path, png_bytes(figure))
 
 
 @dataclass(order=True)
@@ -181,15 +185,20 @@ def metric_rows(per_image: dict[str, dict[str, float]], overall: dict[str, float
 def write_reports(out: Path, title: str, per_image: dict[str, dict[str, float]],
                   overall: dict[str, float], histogram: str, gallery: dict[str, list[dict]],
                   notes: Sequence[str] = (), ci95: dict[str, list[float]] | None = None,
-                  ) -> None:
+                  sections: Sequence[ReportSection] = ()) -> None:
     """report.md in `out`, linking the histogram and gallery PNGs (relative), and
     report.html with them embedded.
 
     `ci95`: metric -> [low, high] bootstrap interval of the mean (None: none, e.g. 1 image).
+    `sections`: shown first, after the notes (failures, the quality estimate).
     """
     rows = metric_rows(per_image, overall, ci95)
-    md = [f"# {md_text(title)}", "", *[f"- {md_text(n)}" for n in notes], "",
-          f"{_images(len(per_image))}. {_about_means(ci95)}", "",
+    md = [f"# {md_text(title)}", "", *[f"- {md_text(n)}" for n in notes], ""]
+    for section in sections:
+        md += [f"## {md_text(section.title)}", "", *section.markdown, ""]
+        if section.picture:
+            md += [f"![{md_text(section.title)}]({quote(section.picture)})", ""]
+    md += [f"{_images(len(per_image))}. {_about_means(ci95)}", "",
           "| metric | mean | 95% CI | median | min |", "|---|---:|---:|---:|---:|"]
     md += [f"| {label} | {mean:.4f} | {ci} | {med:.4f} | {low:.4f} |"
            for label, mean, ci, med, low in rows]
@@ -201,7 +210,7 @@ def write_reports(out: Path, title: str, per_image: dict[str, dict[str, float]],
                f"{md_text(e['id'])} Jaccard {e['jaccard']:.3f}" for e in gallery[group]]
         md.append("")
     write_bytes_atomic(out / "report.md", "\n".join(md).encode())
-    page = _html(out, title, rows, per_image, histogram, gallery, notes, ci95)
+    page = _html(out, title, rows, per_image, histogram, gallery, notes, ci95, sections)
     write_bytes_atomic(out / "report.html", page.encode())
 
 
@@ -245,7 +254,8 @@ STYLE = ("body{font-family:sans-serif;max-width:1100px;margin:auto}"
          "figure{display:inline-block;margin:6px;text-align:center}dt{font-weight:bold}")
 
 
-def _html(out, title, rows, per_image, histogram, gallery, notes, ci95=None) -> str:
+def _html(out, title, rows, per_image, histogram, gallery, notes, ci95=None,
+          sections: Sequence[ReportSection] = ()) -> str:
     esc = html.escape
     table = "".join(f"<tr><td>{esc(label)}</td><td>{mean:.4f}</td><td>{ci}</td>"
                     f"<td>{med:.4f}</td><td>{low:.4f}</td></tr>"
@@ -256,6 +266,9 @@ def _html(out, title, rows, per_image, histogram, gallery, notes, ci95=None) -> 
         "<!doctype html><html><head><meta charset='utf-8'>",
         f"<title>{esc(title)}</title><style>{STYLE}</style></head><body>",
         f"<h1>{esc(title)}</h1>", *[f"<p>{esc(n)}</p>" for n in notes],
+        *[f"<h2>{esc(section.title)}</h2>{section.html}"
+          + (_picture(out, section.picture, section.title) if section.picture else "")
+          for section in sections],
         f"<p>{_images(len(per_image))}. {esc(_about_means(ci95))}</p>",
         "<table><tr><th>metric</th><th>mean</th><th>95% CI</th><th>median</th><th>min</th>"
         "</tr>", table, "</table>", f"<dl>{definitions}</dl>",

@@ -86,6 +86,7 @@ def _body(name: str, meta: ModelMeta, training_data: dict[str, Any] | None,
              "## Preprocessing", "",
              f"- input: the image resized keeping its aspect ratio and padded to "
              f"{meta.image_size} x {meta.image_size} px",
+             *_colour_lines(meta),
              f"- normalisation: mean {meta.mean}, std {meta.std} (RGB, 0..1)",
              f"- mask: lesion probability > {meta.threshold}, at the image's own size", "",
              "The whole recipe is in `dermaseg.json` (`config`).", ""]
@@ -96,6 +97,15 @@ def _body(name: str, meta: ModelMeta, training_data: dict[str, Any] | None,
         "No evaluation was given (`dermaseg export ... --card-eval eval-test/metrics.json`): "
         "this card states no metrics.", ""])
     return "\n".join(lines)
+
+
+def _colour_lines(meta: ModelMeta) -> list[str]:
+    """The card's line for `data.colour_constancy` (none without one: cards stay as they were)."""
+    data = meta.config.data
+    if data.colour_constancy == "none":
+        return []
+    return [f"- colour constancy: {data.colour_constancy} (p = {data.colour_constancy_p:g}) on "
+            "the padded input, before the normalisation"]
 
 
 def _results(evaluation: dict[str, Any]) -> list[str]:

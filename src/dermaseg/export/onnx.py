@@ -171,3 +171,19 @@ def export_onnx(model: torch.nn.Module, meta: ModelMeta, path: str | os.PathLike
     _rename_dims(proto)
     set_metadata(proto, meta)
     return save_onnx(proto, path)
+
+
+def write_onnx_meta(path: str | os.PathLike, meta: ModelMeta) -> None:
+    """Replace the dermaseg metadata of the ONNX model at `path`, atomically.
+
+    Raises:
+        DermasegError: the file is not a readable ONNX model, or cannot be written.
+    """
+    import onnx
+
+    try:
+        proto = onnx.load(str(path))
+    except (OSError, ValueError, onnx.checker.ValidationError) as exc:
+        raise DermasegError(f"{path}: not a readable ONNX model ({exc})") from exc
+    set_metadata(proto, meta)
+    save_onnx(proto, path)

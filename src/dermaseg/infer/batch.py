@@ -2,6 +2,9 @@
 
 Outputs in OUT (the mask folder is exactly what the ISIC scorer reads):
     <id>_segmentation.png        8-bit, 0 = skin, 255 = lesion, the image's own size
+    quality/<id>.json            the mask's estimated Jaccard and review flag (dermaseg.quality),
+    quality.csv, quality.jsonl   gathered at the end: a row per image
+    <id>_uncertainty.png         1 - |2p - 1| x 255, 8-bit (--save-uncertainty)
     prob/<id>_prob.png           probability x 255, 8-bit (--save-prob)
     overlay/<id>_overlay.jpg     the image with the mask's contour drawn (--overlay)
     measurements/<id>.json       lesion measurements (--measure), gathered at the end into
@@ -51,6 +54,7 @@ from dermaseg.infer.postprocess import PostprocessConfig
 from dermaseg.infer.segment import Decoded, Segmentation, SegmentOptions, segment
 from dermaseg.output_lock import output_lock
 from dermaseg.progress import progress as progress_bar
+from dermaseg.quality import uncertainty_map
 
 MASK_SUFFIX = "_segmentation.png"
 
@@ -59,6 +63,7 @@ MASK_SUFFIX = "_segmentation.png"
 class PredictOptions:
     overwrite: bool = False  # redo images whose mask already exists
     save_prob: bool = False
+    save_uncertainty: bool = False  # <id>_uncertainty.png beside the mask
     overlay: bool = False
     measure: bool = False
     pixel_size_mm: float | None = None  # for areas/lengths in mm
@@ -75,6 +80,7 @@ class PredictSummary:
     written: list[str] = field(default_factory=list)  # ids
     skipped: list[str] = field(default_factory=list)  # ids whose mask existed
     failed: list[str] = field(default_factory=list)  # messages naming the file
+    review: list[str] = field(default_factory=list)  # ids written whose mask needs a look
 
 
 RECORD = "predict.json"  # the settings of the masks in OUT
@@ -97,9 +103,18 @@ def _measurement_path(out: Path, image_id: str) -> Path:
     return safe_child(out / "measurements", f"{image_id}.json", "measurements")
 
 
+def _quality_path(out: Path, image_id: str) -> Path:
+    return safe_child(out / "quality", f"{image_id}.json", "quality estimate")
+
+
+def _uncertainty_path(out: Path, image_id: str) -> Path:
+    return safe_child(out, f"{image_id}_uncertainty.png", "uncertainty map")
+
+
 def is_done(out: Path, image_id: str, options: PredictOptions) -> bool:
     """True when every output that `options` asks for exists for this image."""
-    wanted = [(True, mask_path), (options.save_prob, _prob_path),
+    wanted = [(True, mask_path), (True, _quality_path), (options.save_prob, _prob_path),
+              (options.save_uncertainty, _uncertainty_path),
               (options.overlay, _overlay_path), (options.measure, _measurement_path)]
     return all(where(out, image_id).exists() for asked, where in wanted if asked)
 
@@ -212,6 +227,11 @@ def _write_outputs(out: Path, image_id: str, path: Path, result: Segmentation,
     if options.measure:
         record = {"id": image_id, "image": display_path(path), **(result.measurements or {})}
         write_json_atomic(_measurement_path(out, image_id), record)
+    if options.save_uncertainty:
+        save_png_atomic(_uncertainty_path(out, image_id), uncertainty_map(result.probability),
+                        compress_level=1)
+    record = {"id": image_id, "image": display_path(path), **result.quality.to_dict()}
+    write_json_atomic(_quality_path(out, image_id), record)
     save_png_atomic(mask_path(out, image_id), result.mask.astype(np.uint8) * 255)
 
 
@@ -233,32 +253,39 @@ def _flush(predictor, batch, out, options, summary, bar) -> None:
         else:
             _write_outputs(out, image_id, path, result, options)
             summary.written.append(image_id)
+            if result.quality.review:
+                summary.review.append(image_id)
         bar.update(1)
     batch.clear()
 
 
-def gather_measurements(out: Path) -> None:
-    """measurements/<id>.json -> measurements.jsonl (a JSON object per line) and
-    measurements.csv (a row per image: measure_table), both sorted by id, written atomically."""
-    folder = out / "measurements"
+def gather_records(out: Path, kind: str) -> None:
+    """OUT/<kind>/<id>.json -> <kind>.jsonl (a JSON object per line) and <kind>.csv (a row
+    per image: measure_table), both sorted by id, written atomically; `kind` is
+    "measurements" or "quality"."""
+    folder = out / kind
     if not folder.is_dir():
         return
     records = [json.loads(p.read_text())
                for p in sorted(folder.glob("*.json")) if not p.name.startswith(".")]
     if not records:
-        for name in ("measurements.jsonl", "measurements.csv"):
+        for name in (f"{kind}.jsonl", f"{kind}.csv"):
             (out / name).unlink(missing_ok=True)
         return
     lines = [json.dumps(record, sort_keys=False) for record in records]
-    write_bytes_atomic(out / "measurements.jsonl", ("\n".join(lines) + "\n").encode())
-    write_bytes_atomic(out / "measurements.csv", measurements_csv(records).encode())
+    write_bytes_atomic(out / f"{kind}.jsonl", ("\n".join(lines) + "\n").encode())
+    write_bytes_atomic(out / f"{kind}.csv", measurements_csv(records).encode())
 
 
 def output_lines(out: Path, options: PredictOptions) -> list[str]:
     """Where each kind of output went, a line each: predict's closing summary."""
     where = [("masks", f"{display_path(out)}/<id>{MASK_SUFFIX} (0/255, each image's size)"),
+             ("quality", f"{display_path(out / 'quality.csv')} (estimated Jaccard, review "
+              "flag and why, a row per image), quality.jsonl"),
              ("probabilities", f"{display_path(out / 'prob')}/<id>_prob.png"
               if options.save_prob else None),
+             ("uncertainty", f"{display_path(out)}/<id>_uncertainty.png (255: probability "
+              "0.5)" if options.save_uncertainty else None),
              ("overlays", f"{display_path(out / 'overlay')}/<id>_overlay.jpg"
               if options.overlay else None),
              ("measurements", f"{display_path(out / 'measurements.csv')} (a row per image), "
@@ -306,5 +333,6 @@ def _predict_into(predictor, files: list[Path], out: Path, options: PredictOptio
                 _flush(predictor, batch, out, options, summary, bar)
         if batch:
             _flush(predictor, batch, out, options, summary, bar)
-    gather_measurements(out)  # also after stale measurements were removed
+    for kind in ("measurements", "quality"):  # also after stale records were removed
+        gather_records(out, kind)
     return summary

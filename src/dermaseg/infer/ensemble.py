@@ -91,13 +91,19 @@ class Ensemble(Predictor):
         """`load_predictor`: one model gives a Predictor, a comma list an Ensemble."""
         return load_predictor(path, device, **kwargs)
 
-    def _run(self, batch: np.ndarray) -> np.ndarray:
-        """Normalised (N, 3, S, S) -> the members' mean probabilities (N, S, S)."""
-        total = np.array(self.members[0]._run(batch), dtype=np.float32, copy=True)
+    def _run(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Normalised (N, 3, S, S) -> the members' mean probabilities (N, S, S), and their
+        standard deviation between the members (each member's own after its TTA)."""
+        first = self.members[0]._run(batch)[0]
+        total = np.array(first, dtype=np.float32, copy=True)
+        squares = total * total
         for member in self.members[1:]:
-            total += member._run(batch)
+            probability = member._run(batch)[0]
+            total += probability
+            squares += probability * probability
         total /= len(self.members)
-        return total
+        variance = np.maximum(squares / len(self.members) - total * total, 0.0)
+        return total, np.sqrt(variance).astype(np.float32)
 
     def with_tta(self, tta: TTAConfig | None) -> Predictor:
         """The same members, each with another test-time augmentation."""

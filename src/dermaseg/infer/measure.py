@@ -23,12 +23,17 @@ Definitions (all in pixels; `_mm` / `_mm2` variants when `pixel_size_mm` is give
   of the lesion area not covered by its mirror image (bilinear sampling), in [0, 1]
   (0: symmetric). asymmetry is their mean. Digitisation alone gives up to ~0.5 / r for a disc of
   radius r pixels, so measure lesions at least ~50 pixels across.
-* colours (with an RGB image): each lesion pixel goes to the nearest of six reference colours of
-  the ABCD rule (Euclidean distance in RGB scaled to [0, 1]); a colour is present when it holds at
-  least 5 % of the lesion (`COLOR_MIN_FRACTION`). color_count is the number present (the ABCD
-  colour score, 1..6), color_fractions the share of each, color_spread the mean over R, G, B of
-  the standard deviation of the lesion pixels (RGB in [0, 1]), a variegation measure that does
-  not depend on the reference colours.
+* colours (with an RGB image): the six colours of the dermoscopic ABCD rule (white, red, light
+  brown, dark brown, blue-grey, black). Each lesion pixel is converted from sRGB to CIELAB (D65)
+  and goes to the nearest reference colour of `ISIC_COLORS` by the CIE76 colour difference
+  (Euclidean distance in L*a*b*); a pixel farther than `COLOR_MAX_DISTANCE` (25) from every
+  reference is left unassigned (skin-like or foreign colours: ink, a green or purple cast). A
+  colour is present when it holds at least 5 % of the lesion (`COLOR_MIN_FRACTION`).
+  color_count is the number present (the ABCD colour score, 0..6), color_fractions the share of
+  the lesion's pixels each colour holds (they add up to 1 minus the unassigned share),
+  color_spread the mean over R, G, B of the standard deviation of the lesion pixels (RGB in
+  [0, 1]), a variegation measure that does not depend on the reference colours. How the
+  references were chosen and checked on real images: docs/prediction.md, "Colours".
 * bbox: {x, y, width, height} of the lesion pixels; centroid: [x, y], the mean pixel centre.
 """
 
@@ -44,18 +49,25 @@ from scipy.spatial import ConvexHull, QhullError
 from dermaseg.errors import DermasegError
 from dermaseg.geometry import mask_box
 
-__all__ = ["ISIC_COLORS", "contour_polygon", "contours", "measure_in_box", "measure_lesion"]
+__all__ = ["ISIC_COLORS", "colour_calls", "contour_polygon", "contours", "measure_in_box",
+           "measure_lesion", "srgb_to_lab"]
 
-# Approximate reference colours (RGB in [0, 1]) as used in automated ABCD colour scoring.
-ISIC_COLORS = {
-    "white": (1.0, 1.0, 1.0),
-    "red": (0.8, 0.2, 0.2),
-    "light_brown": (0.6, 0.4, 0.0),
-    "dark_brown": (0.2, 0.0, 0.0),
-    "blue_gray": (0.2, 0.6, 0.6),
-    "black": (0.0, 0.0, 0.0),
+# The reference colours of the ABCD rule in CIELAB (L*, a*, b*; D65), as they appear in
+# dermoscopy images (sRGB): melanin reads black, dark brown, light brown or, deep in the dermis,
+# grey to blue-grey; haemoglobin red; fibrosis white. Chosen and checked on real images
+# (docs/prediction.md, "Colours"; bench/colour_calls.py). The sRGB equivalents, for reading:
+# white (232, 226, 219), red (196, 83, 79), light brown (187, 126, 83), dark brown (113, 72, 51),
+# blue-grey (132, 131, 139), black (36, 31, 29).
+ISIC_COLORS: dict[str, tuple[float, float, float]] = {
+    "white": (90.0, 1.0, 4.0),
+    "red": (50.0, 45.0, 25.0),
+    "light_brown": (58.0, 19.0, 33.0),
+    "dark_brown": (35.0, 15.0, 20.0),
+    "blue_gray": (55.0, 2.0, -4.0),
+    "black": (12.0, 2.0, 2.0),
 }
-COLOR_MIN_FRACTION = 0.05
+COLOR_MAX_DISTANCE = 25.0  # CIE76 colour difference beyond which a pixel is unassigned
+COLOR_MIN_FRACTION = 0.05  # share of the lesion a colour needs to count as present
 
 
 SAMPLE_PIXELS = 100_000  # colour and asymmetry fractions use at most about this many pixels
@@ -144,12 +156,39 @@ def _asymmetry(m: np.ndarray, ys: np.ndarray, xs: np.ndarray) -> tuple[float, fl
     return values[0], values[1]
 
 
+_SRGB_TO_XYZ = np.array([[0.4124564, 0.3575761, 0.1804375],
+                         [0.2126729, 0.7151522, 0.0721750],
+                         [0.0193339, 0.1191920, 0.9503041]])
+_D65_WHITE = np.array([0.95047, 1.0, 1.08883])
+
+
+def srgb_to_lab(rgb: np.ndarray) -> np.ndarray:
+    """CIELAB (L*, a*, b*; D65 white) of uint8 sRGB colours, shape (..., 3) -> (..., 3)."""
+    c = np.asarray(rgb, dtype=np.float64) / 255.0
+    linear = np.where(c <= 0.04045, c / 12.92, ((c + 0.055) / 1.055) ** 2.4)
+    xyz = linear @ _SRGB_TO_XYZ.T / _D65_WHITE
+    delta = 6.0 / 29.0
+    f = np.where(xyz > delta**3, np.cbrt(xyz), xyz / (3.0 * delta**2) + 4.0 / 29.0)
+    return np.stack([116.0 * f[..., 1] - 16.0, 500.0 * (f[..., 0] - f[..., 1]),
+                     200.0 * (f[..., 1] - f[..., 2])], axis=-1)
+
+
+def colour_calls(pixels: np.ndarray) -> np.ndarray:
+    """For (n, 3) uint8 sRGB pixels, the index into `ISIC_COLORS` of each one's nearest
+    reference colour in CIELAB, or -1 where every reference is farther than
+    `COLOR_MAX_DISTANCE`."""
+    refs = np.array(list(ISIC_COLORS.values()))
+    distance = np.linalg.norm(srgb_to_lab(pixels)[:, None, :] - refs[None], axis=-1)
+    nearest = distance.argmin(axis=1)
+    return np.where(distance.min(axis=1) <= COLOR_MAX_DISTANCE, nearest, -1)
+
+
 def _colours(image: np.ndarray, m: np.ndarray) -> dict:
-    pixels = image[m][:: _stride(int(m.sum()))].astype(np.float64) / 255.0
+    sample = image[m][:: _stride(int(m.sum()))]
+    pixels = sample.astype(np.float64) / 255.0
     names = list(ISIC_COLORS)
-    refs = np.array([ISIC_COLORS[n] for n in names])
-    nearest = np.argmin(((pixels[:, None, :] - refs[None]) ** 2).sum(-1), axis=1)
-    fractions = np.bincount(nearest, minlength=len(names)) / len(pixels)
+    calls = colour_calls(sample)
+    fractions = np.bincount(calls[calls >= 0], minlength=len(names)) / len(pixels)
     present = [n for n, f in zip(names, fractions, strict=True) if f >= COLOR_MIN_FRACTION]
     return {
         "colors": present,

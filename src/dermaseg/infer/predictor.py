@@ -12,6 +12,7 @@ thresholded, so a mask always has exactly the image's height and width.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -25,6 +26,14 @@ from dermaseg.infer.tta import TTAConfig, scaled_side, sigmoid, tta_probability
 from dermaseg.model_folder import check_model_path, resolve_model
 from dermaseg.model_meta import ModelMeta, folder_error, model_kind
 from dermaseg.preprocessing import Preprocessing
+
+
+class Letterboxed(NamedTuple):
+    """One image's network output, not yet restored to the image's size."""
+
+    probability: np.ndarray  # (S, S) float32
+    box: Letterbox  # where the image lies in it
+    spread: np.ndarray | None  # (S, S) standard deviation between views; None: one view
 
 
 class Predictor:
@@ -104,34 +113,37 @@ class Predictor:
     def threshold(self) -> float:
         return self.meta.threshold
 
-    def _run(self, batch: np.ndarray) -> np.ndarray:
-        """Normalised (N, 3, S, S) -> probabilities (N, S, S)."""
+    def _run(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """Normalised (N, 3, S, S) -> probabilities (N, S, S), and their standard deviation
+        between the test-time views (None without TTA)."""
         if self.tta is not None:
             return tta_probability(self.backend, batch, self.tta)
-        return sigmoid(self.backend(batch)[:, 0])
+        return sigmoid(self.backend(batch)[:, 0]), None
 
     def predict_letterboxed(self, images: list[np.ndarray],
-                            originals: list | None = None) -> list[tuple[np.ndarray, Letterbox]]:
-        """(S x S probability, Letterbox) per image, not yet restored to the original size:
-        `restore_probability(prob, box)` does that, one image at a time to bound memory (a
-        6000x4000 map is 96 MB).
+                            originals: list | None = None) -> list[Letterboxed]:
+        """A Letterboxed per image, not yet restored to the original size:
+        `restore_probability(result.probability, result.box)` does that, one image at a time
+        to bound memory (a 6000x4000 map is 96 MB).
         `originals`: each image's original (height, width) when it is a reduced decode (see
         Preprocessing.letterbox)."""
         originals = originals or [None] * len(images)
-        results: list[tuple[np.ndarray, Letterbox]] = []
+        results: list[Letterboxed] = []
         for start in range(0, len(images), self.batch_size):
             chunk = slice(start, start + self.batch_size)
             prepared = [self.preprocessing(image, original)
                         for image, original in zip(images[chunk], originals[chunk], strict=True)]
-            probs = self._run(np.stack([array for array, _ in prepared]))
-            results += [(p, box) for p, (_, box) in zip(probs, prepared, strict=True)]
+            probs, spreads = self._run(np.stack([array for array, _ in prepared]))
+            for index, (_, box) in enumerate(prepared):
+                spread = None if spreads is None else spreads[index]
+                results.append(Letterboxed(probs[index], box, spread))
         return results
 
     def predict_proba(self, images: list[np.ndarray], originals: list | None = None
                       ) -> list[np.ndarray]:
         """HxWx3 uint8 images -> HxW float32 probabilities at each image's original size."""
-        return [restore_probability(p, box)
-                for p, box in self.predict_letterboxed(images, originals)]
+        return [restore_probability(result.probability, result.box)
+                for result in self.predict_letterboxed(images, originals)]
 
     def to_mask(self, prob: np.ndarray, image: np.ndarray | None = None, postprocess=None):
         """Threshold a probability map (HxW) to a bool mask, then post-process if asked."""

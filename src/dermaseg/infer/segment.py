@@ -24,6 +24,7 @@ import numpy as np
 from dermaseg.errors import DermasegError
 from dermaseg.geometry import restore_probability
 from dermaseg.infer.postprocess import PostprocessConfig
+from dermaseg.quality import Quality, assess
 
 
 @dataclass
@@ -74,6 +75,7 @@ class Segmentation:
     image: np.ndarray | None  # the full-size image when a step read it
     postprocess: dict  # the steps applied (SegmentOptions.postprocess_applied)
     inference_ms: float  # network time per image of its batch (letterbox to probability)
+    quality: Quality  # estimated Jaccard and review flag (of the mask before post-processing)
     measurements: dict | None = None  # dermaseg.infer.measure.measure_in_box, when described
 
     @functools.cached_property
@@ -83,8 +85,20 @@ class Segmentation:
 
         return contour_polygon(self.mask)
 
+    @functools.cached_property
+    def uncertain_band(self) -> dict[str, list[list[float]]]:
+        """Where the border is uncertain: the outer contours of probability > 0.2 ("outer")
+        and > 0.8 ("inner"), [[x, y], ...] in image pixels; the true border most likely
+        lies between them."""
+        from dermaseg.infer.measure import contour_polygon
+        from dermaseg.quality import UNCERTAIN_HIGH, UNCERTAIN_LOW
+
+        return {"outer": contour_polygon(self.probability > UNCERTAIN_LOW),
+                "inner": contour_polygon(self.probability > UNCERTAIN_HIGH)}
+
     def summary(self) -> dict:
-        """The JSON description: size, area fraction, bounding box, contour, measurements."""
+        """The JSON description: size, area fraction, bounding box, contour, measurements,
+        quality (with the uncertain band of the border)."""
         mask = self.mask
         measurements = self.measurements or {}
         return {
@@ -92,7 +106,16 @@ class Segmentation:
             "area_fraction": float(mask.mean()) if mask.size else 0.0,
             "bbox": measurements.get("bbox"), "contour": self.contour,
             "measurements": measurements,
+            "quality": {**self.quality.to_dict(), "uncertain_band": self.uncertain_band},
         }
+
+
+def estimate_quality(predictor, output) -> Quality:
+    """The quality of one network output (a predictor.Letterboxed), read inside its box."""
+    box = output.box
+    spread = None if output.spread is None else box.crop(output.spread)
+    return assess(predictor.meta.quality, box.crop(output.probability), predictor.threshold,
+                  spread)
 
 
 def segment(predictor, images: Sequence[Decoded], options: SegmentOptions
@@ -106,15 +129,16 @@ def segment(predictor, images: Sequence[Decoded], options: SegmentOptions
                                           [image.original for image in images])
     inference_ms = round(1000.0 * (time.perf_counter() - start) / len(images), 2)
     applied = options.postprocess_applied()
-    for decoded, (small, box) in zip(images, boxed, strict=True):
+    for decoded, output in zip(images, boxed, strict=True):
         try:
             image = decoded.full() if options.needs_full_image() else None
         except DermasegError as exc:
             yield exc
             continue
-        probability = restore_probability(small, box)
+        probability = restore_probability(output.probability, output.box)
         mask = predictor.to_mask(probability, image, options.postprocess)
-        result = Segmentation(mask, probability, image, applied, inference_ms)
+        result = Segmentation(mask, probability, image, applied, inference_ms,
+                              estimate_quality(predictor, output))
         if options.describe:
             from dermaseg.infer.measure import measure_in_box
 

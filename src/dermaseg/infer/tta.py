@@ -89,17 +89,19 @@ def resize_bilinear(batch: np.ndarray, side: int) -> np.ndarray:
 
 def tta_probability(
     run: Callable[[np.ndarray], np.ndarray], batch: np.ndarray, config: TTAConfig
-) -> np.ndarray:
-    """Mean sigmoid probability over the views of `batch`.
+) -> tuple[np.ndarray, np.ndarray]:
+    """Mean sigmoid probability over the views of `batch`, and its spread.
 
     Args:
         run: the model, float32 (N, 3, H, W) -> logits (N, 1, H, W) as numpy.
         batch: normalised float32 (N, 3, S, S).
     Returns:
-        float32 (N, S, S) probabilities.
+        float32 (N, S, S) probabilities, and float32 (N, S, S) per-pixel standard deviation
+        between the views (the quality estimate's view signal).
     """
     size = batch.shape[-1]
     total = np.zeros((batch.shape[0], 1, size, size), dtype=np.float32)
+    squares = np.zeros_like(total)
     for scale in config.scales:
         side = scaled_side(size, scale)
         scaled = batch if side == size else resize_bilinear(batch, side)
@@ -112,4 +114,8 @@ def tta_probability(
             if side != size:
                 prob = resize_bilinear(prob, size)
             total += prob
-    return total[:, 0] / np.float32(config.views)
+            squares += prob * prob
+    views = np.float32(config.views)
+    mean = total[:, 0] / views
+    variance = np.maximum(squares[:, 0] / views - mean * mean, 0.0)
+    return mean, np.sqrt(variance).astype(np.float32)

@@ -25,6 +25,25 @@ class ModelInfo(BaseModel):
     threshold: float
 
 
+class UncertainBand(BaseModel):
+    outer: list[list[float]] = Field(description="outer contour of probability > 0.2, "
+                                     "[[x, y], ...] in pixels")
+    inner: list[list[float]] = Field(description="outer contour of probability > 0.8")
+
+
+class QualityInfo(BaseModel):
+    estimated_jaccard: float | None = Field(
+        description="the mask's expected Jaccard with an expert's outline (0..1); null when "
+                    "the model has no fitted estimate (dermaseg calibrate)")
+    review: bool = Field(description="a human should look at this mask")
+    reasons: list[str] = Field(description="why review is recommended (empty: it is not)")
+    estimate: str = Field(description="one pass, views (test-time flips) or uncalibrated")
+    signals: dict[str, float] = Field(description="what the estimate is computed from "
+                                                  "(dermaseg.quality)")
+    uncertain_band: UncertainBand = Field(description="where the border is uncertain: the "
+                                          "true border most likely lies between the two lines")
+
+
 class SegmentResponse(BaseModel):
     filename: str | None = None
     width: int = Field(description="image width in pixels (after EXIF orientation)")
@@ -38,6 +57,7 @@ class SegmentResponse(BaseModel):
     postprocess: dict[str, Any] = Field(
         default_factory=dict,
         description="the post-processing steps applied, by name (empty: none)")
+    quality: QualityInfo = Field(description="the mask's quality estimate and review flag")
     mask_png_base64: str = Field(description="8-bit PNG, 0 = skin, 255 = lesion, image size")
     model: ModelInfo
     inference_ms: float = Field(description="model time (preprocess + network + resize back)")

@@ -1,7 +1,7 @@
 """What Lightning lacks: late backbone freezing, a time budget that finishes whole epochs, a
 non-finite-loss guard, `last.ckpt` every N steps and every epoch (at most once per interval),
-atomic checkpoint files, progress as plain lines when the output is a log file, the loss in
-the progress bar without a per-step sync, and a counter of host-device syncs (GPU runs).
+atomic checkpoint files and a counter of host-device syncs (GPU runs). Progress output (the
+bar, or plain lines in a log file) is in `dermaseg.train.progress_lines`.
 
 Every callback keeps its state in the checkpoint (`state_dict`), so a resumed run behaves as
 the uninterrupted one would have.
@@ -17,13 +17,12 @@ from typing import TYPE_CHECKING, Any
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import Callback, ModelCheckpoint, TQDMProgressBar
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from dermaseg.errors import DermasegError
-from dermaseg.train.history import History
-from dermaseg.train.pace import load_average
+from dermaseg.train.pace import budget_words, load_average
 from dermaseg.upload import count_syncs
 
 if TYPE_CHECKING:
@@ -186,6 +185,7 @@ class TimeBudget(Callback):
         self._start = self._epoch_start = 0.0
         self._last_epoch = 0.0
         self._epochs_done = 0.0  # fractional, at the last batch
+        self._said: list[str] = []  # said after the epoch's own progress line
 
     def elapsed(self) -> float:
         return self.spent + time.monotonic() - self._start
@@ -206,12 +206,31 @@ class TimeBudget(Callback):
     def on_train_epoch_start(self, trainer, pl_module) -> None:
         self._epoch_start = time.monotonic()
         self._epochs_done = float(trainer.current_epoch)
+        self._say_decided()
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        self._say_decided()
+
+    def _say_decided(self) -> None:
+        """What was decided during an epoch, said once the epoch's own line is out."""
+        for line in self._said:
+            rank_zero_info(line)
+        self._said.clear()
+
+    def words(self, trainer: L.Trainer, epoch_end: bool) -> str:
+        """The budget as the epoch's progress line shows it (`pace.budget_words`)."""
+        more_by_max = (trainer.max_epochs or 0) - trainer.current_epoch - 1
+        return budget_words(self.budget, self.budget - self.elapsed(),
+                            self._last_epoch if epoch_end else None,
+                            last=trainer.should_stop or (epoch_end and more_by_max <= 0),
+                            more_by_max=more_by_max,
+                            short_of_min=self.min_epochs - trainer.current_epoch - 1)
 
     def _stop(self, trainer: L.Trainer, stop: bool, why: str) -> None:
         stop = trainer.strategy.broadcast(stop)
         if stop and not trainer.should_stop:
             self.stopped = trainer.should_stop = True
-            rank_zero_info(f"time budget of {self.budget / 60:g} min: {why}")
+            self._said.append(f"time budget of {self.budget / 60:g} min: {why}")
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         self._epochs_done = trainer.current_epoch + (batch_idx + 1) / max(
@@ -233,9 +252,9 @@ class TimeBudget(Callback):
         if no_time and trainer.current_epoch + 1 < self.min_epochs:
             if not self.extended:
                 self.extended = True
-                rank_zero_info(f"time budget of {self.budget / 60:g} min: no time for "
-                               f"another epoch after {trainer.current_epoch + 1}; training "
-                               f"on to train.min_epochs={self.min_epochs}")
+                self._said.append(f"time budget of {self.budget / 60:g} min: no time for "
+                                  f"another epoch after {trainer.current_epoch + 1}; training "
+                                  f"on to train.min_epochs={self.min_epochs}")
             return
         self._stop(trainer, no_time, "no time for another epoch, stopping")
 
@@ -324,76 +343,3 @@ class SyncCounter(Callback):
         if counted >= self.steps:
             self.per_step = len(self.stacks) / counted
         self._counting = None
-
-
-class TimedLossBar(TQDMProgressBar):
-    """Lightning's progress bar with the training loss, read from the GPU at most once a
-    second (reading it at every step would make the CPU wait for the GPU at every step)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self._loss: float | None = None
-        self._read_at = 0.0
-
-    def get_metrics(self, trainer, pl_module) -> dict[str, int | str | float | dict[str, float]]:
-        metrics = super().get_metrics(trainer, pl_module)
-        loss = trainer.callback_metrics.get("loss")
-        if loss is not None and time.monotonic() - self._read_at >= 1.0:
-            self._loss, self._read_at = float(loss), time.monotonic()
-        if self._loss is not None:
-            metrics["loss"] = round(self._loss, 4)
-        return metrics
-
-
-class ProgressLines(Callback):
-    """Progress for output that is not a terminal (a log file, a batch job), where the
-    progress bar shows nothing until the run ends: one line per epoch with its metrics, and
-    inside a long epoch a line every `every_s` seconds. Epochs are numbered from 0, as in
-    metrics.csv and summary.json; a validated epoch's line shows its metrics.csv row (the
-    epoch's mean training loss and its learning rate)."""
-
-    def __init__(self, every_s: float = 30.0) -> None:
-        self.every_s = every_s
-        self._epoch_start = self._last_line = 0.0
-
-    def on_train_epoch_start(self, trainer, pl_module) -> None:
-        self._epoch_start = self._last_line = time.monotonic()
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        if time.monotonic() - self._last_line < self.every_s:
-            return
-        self._last_line = time.monotonic()
-        loss = trainer.callback_metrics.get("loss")  # read only here: no per-step sync
-        rank_zero_info(f"{self._epoch(trainer)}: batch {batch_idx + 1}/"
-                       f"{trainer.num_training_batches}"
-                       + (f", batch loss {float(loss):.4f}" if loss is not None else ""))
-
-    def on_train_epoch_end(self, trainer, pl_module) -> None:
-        row = _history_row(trainer)
-        if row is not None:
-            names = ("train_loss", "val_loss", "val_dice", "val_iou")
-            parts = [f"{name.removeprefix('train_')} {row[name]:.4f}" for name in names
-                     if name in row]
-            lr = row.get("lr")
-        else:  # not validated (train.val_every > 1): no row yet, the last batch's loss
-            loss = trainer.callback_metrics.get("loss")
-            parts = [f"last batch loss {float(loss):.4f}"] if loss is not None else []
-            lr = trainer.optimizers[0].param_groups[0]["lr"] if trainer.optimizers else None
-        if lr is not None:
-            parts.append(f"lr {lr:.2e}")
-        if self._epoch_start:  # else an epoch resumed after its last batch: no time of its own
-            parts.append(f"{time.monotonic() - self._epoch_start:.0f} s")
-        rank_zero_info(f"{self._epoch(trainer)}: {', '.join(parts)}")
-
-    @staticmethod
-    def _epoch(trainer) -> str:
-        return f"epoch {trainer.current_epoch}/{trainer.max_epochs - 1}"
-
-
-def _history_row(trainer) -> dict | None:
-    """This epoch's metrics.csv row (History's), once its validation has run; else None."""
-    history = next((cb for cb in trainer.callbacks if isinstance(cb, History)), None)
-    if history is not None and history.rows and \
-            history.rows[-1]["epoch"] == trainer.current_epoch:
-        return history.rows[-1]
-    return None

@@ -131,7 +131,7 @@ class SegmentationModule(L.LightningModule):
         weight = torch.full((), float(images.shape[0]), device=total.device)
         self.train_loss_avg.update(total.detach(), weight=weight)
         # not prog_bar: Lightning would read it on the host at every step (a sync); the bar
-        # shows it through callbacks.TimedLossBar
+        # shows it through progress_lines.TimedLossBar
         self.log("loss", total.detach(), on_step=True, on_epoch=False, logger=False,
                  batch_size=images.shape[0])
         return total

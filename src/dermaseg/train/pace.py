@@ -32,6 +32,31 @@ def seconds(value: float) -> str:
     return f"{value:.0f} s" if value >= 10 else f"{value:.1f} s"
 
 
+def budget_words(budget_s: float, left_s: float, epoch_s: float | None, *, last: bool,
+                 more_by_max: int, short_of_min: int = 0) -> str:
+    """What an epoch's progress line says under a time budget, in place of `max_epochs`
+    (which the budget usually stops long before): "time budget 18 min, 7.5 min left, ~8 more
+    epochs" (the estimate, at the pace of `epoch_s`, when given, and never past max_epochs),
+    "..., last epoch" when the run stops after this one, "time budget 18 min spent" after it.
+    `short_of_min`: epochs still to train to train.min_epochs."""
+    words = f"time budget {budget_s / 60:g} min"
+    if left_s > 0:
+        words += f", {seconds(left_s) if left_s < 60 else f'{left_s / 60:.1f} min'} left"
+    else:
+        words += " spent"
+    if last:
+        return words + ", last epoch"
+    if left_s <= 0:
+        if short_of_min > 0:
+            words += (f", {short_of_min} more epoch{'' if short_of_min == 1 else 's'} to "
+                      "train.min_epochs")
+        return words
+    if epoch_s:
+        more = max(0, min(max(int(left_s // epoch_s), short_of_min), more_by_max))
+        words += f", ~{more} more epoch{'' if more == 1 else 's'}"
+    return words
+
+
 @dataclass
 class Pace:
     """The epochs of a run under a time budget, and what the machine was doing meanwhile."""
@@ -69,10 +94,10 @@ class Pace:
         """One line, when the epochs were slow or the CPU busy; else None."""
         if not self.epoch_seconds or not (self.slowed() or self.busy()):
             return None
+        count = self.epochs_in_budget
         fitted = (f"the {self.budget_minutes:g}-min time budget fitted "
-                  f"only {self.epochs_in_budget} "
-                  f"epoch{'' if self.epochs_in_budget == 1 else 's'}, "
-                  f"{seconds(self.typical)} each")
+                  f"{f'only {count} epoch' if count else 'no whole epoch'}"
+                  f"{'s' if count > 1 else ''}, {seconds(self.typical)} each")
         if self.slowed():
             expected, source = self.reference()
             fitted += f" against ~{seconds(expected)} expected ({source})"
@@ -81,7 +106,8 @@ class Pace:
                  "the machine ran slower than expected (other work on it?)")
         extended = (f"; trained on to {len(self.epoch_seconds)} epochs (train.min_epochs="
                     f"{self.min_epochs}), {self.minutes:.1f} min in all"
-                    if len(self.epoch_seconds) > self.epochs_in_budget else "")
+                    if len(self.epoch_seconds) > self.epochs_in_budget
+                    and self.min_epochs > self.epochs_in_budget else "")
         return (f"{fitted}: {cause}{extended}; rerun when the machine is free, or with "
                 f"--minutes {self.minutes_needed()}")
 

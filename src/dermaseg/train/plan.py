@@ -62,12 +62,14 @@ class Plan:
                 "config": self.config.to_dict()}
 
 
-def _spread(values: list[float], percentiles: Mapping[str, float], digits: int
+def _spread(values: list[float], percentiles: Mapping[str, float], digits: int | None
             ) -> dict | None:
-    """{"median": .., "p10": ..} of `values` (None when empty)."""
+    """{"median": .., "p10": ..} of `values` (None when empty), rounded to `digits`; None:
+    to whole numbers, as ints (pixel counts)."""
     if not values:
         return None
-    return {name: round(float(np.percentile(values, q)), digits) for name, q in percentiles.items()}
+    return {name: round(float(np.percentile(values, q)), digits)
+            for name, q in percentiles.items()}
 
 
 def read_prepared(prep: Path) -> dict:
@@ -105,8 +107,8 @@ def dataset_fingerprint(prep: Path) -> dict[str, Any]:
         "path": str(prep), "prepared_size": manifest["size"], "items": len(items),
         "counts": {split: sum(item["split"] == split for item in items) for split in SPLITS},
         "folds": manifest.get("folds"), "fold_counts": fold_counts(manifest),
-        "orig_height": _spread([item["orig_height"] for item in items], sides, 1),
-        "orig_width": _spread([item["orig_width"] for item in items], sides, 1),
+        "orig_height": _spread([item["orig_height"] for item in items], sides, None),
+        "orig_width": _spread([item["orig_width"] for item in items], sides, None),
         "lesion_fraction": _spread(fractions, {"median": 50, "p5": 5}, 4),
     }
 

@@ -46,15 +46,15 @@ from dermaseg.train.callbacks import (
     AtomicCheckpointIO,
     LastCheckpoint,
     LateFreeze,
-    ProgressLines,
     TimeBudget,
-    TimedLossBar,
     trainer_callbacks,
 )
 from dermaseg.train.datamodule import SegmentationDataModule
 from dermaseg.train.history import History, summarize
 from dermaseg.train.module import SegmentationModule
 from dermaseg.train.pace import Pace
+from dermaseg.train.progress_lines import ProgressLines, TimedLossBar
+from dermaseg.train.quality_fit import fit_run_quality
 from dermaseg.train.run_folder import (
     DATA_RECORD,
     check_resume_config,
@@ -70,15 +70,25 @@ PRECISIONS: dict[str, LightningPrecision] = {"32": "32-true", "bf16": "bf16-mixe
                                              "16": "16-mixed"}
 
 
-class _DropAdvertisingTips(logging.Filter):
-    """Lightning's "Tip: try installing litlogger" line says nothing about this run."""
+# Lightning's info lines that say nothing about this run. Our own progress lines go through
+# the same logger (rank_zero_info), so these are dropped by their words, not by level; its
+# warnings (e.g. "GPU available but not used") go through `warnings` and stay.
+_NOISE = ("Tip:", "GPU available:", "TPU available:", "HPU available:", "IPU available:")
+
+
+class _DropLightningNoise(logging.Filter):
+    """Drops the "Tip: try installing litlogger" and "GPU/TPU/HPU available" info lines."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return "Tip:" not in record.getMessage()
+        message = record.getMessage()
+        return record.levelno >= logging.WARNING or not any(words in message
+                                                             for words in _NOISE)
 
 
 for _name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
-    logging.getLogger(_name).addFilter(_DropAdvertisingTips())
+    logging.getLogger(_name).addFilter(_DropLightningNoise())
+# "LOCAL_RANK: 0 - CUDA_VISIBLE_DEVICES: [0]" at every GPU run's start; its only info line
+logging.getLogger("lightning.pytorch.accelerators.cuda").setLevel(logging.WARNING)
 
 
 def resolve_precision(value: str, on_gpu: bool) -> LightningPrecision:
@@ -252,9 +262,20 @@ def _train(config: Config, data_dir: Path, out_dir: Path, resume: bool,
     start = time.perf_counter()
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
     summary = _finish(trainer, config, out_dir, time.perf_counter() - start, data_dir)
+    if trainer.is_global_zero and config.train.fit_quality:
+        fitted = fit_run_quality(out_dir, data_dir, config, device=_device(trainer),
+                                 progress=progress)
+        if fitted is not None:
+            summary["quality_estimate"] = fitted
+            write_json_atomic(out_dir / "summary.json", summary)
     if trainer.is_global_zero and trainer.loggers:
         log_outcome(trainer.loggers, out_dir, summary)
     return summary
+
+
+def _device(trainer: L.Trainer) -> str:
+    device = trainer.strategy.root_device
+    return "cpu" if device.type != "cuda" else str(device)
 
 
 def _notes(config: Config, processes: int) -> None:

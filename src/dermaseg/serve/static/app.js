@@ -102,12 +102,10 @@ function drawResult({ bitmap, mask, result }) {
     ctx.drawImage(mask, 0, 0, canvas.width, canvas.height);
     ctx.globalAlpha = 1;
   }
+  if ($("band").checked) drawBand(ctx, result.quality.uncertain_band, canvas);
   const points = result.contour;
   if (points.length > 2) {
-    ctx.beginPath();
-    ctx.moveTo(points[0][0], points[0][1]);
-    for (const [x, y] of points.slice(1)) ctx.lineTo(x, y);
-    ctx.closePath();
+    tracePath(ctx, points);
     if ($("fill").checked) {
       ctx.fillStyle = "rgba(0, 255, 120, 0.15)";
       ctx.fill();
@@ -119,6 +117,42 @@ function drawResult({ bitmap, mask, result }) {
   canvas.dataset.contourPoints = String(points.length);
   offerOverlay(canvas);
   return photo;
+}
+
+function tracePath(ctx, points) {
+  ctx.beginPath();
+  ctx.moveTo(points[0][0], points[0][1]);
+  for (const [x, y] of points.slice(1)) ctx.lineTo(x, y);
+  ctx.closePath();
+}
+
+// The uncertain border: the contours of probability 0.2 and 0.8, dashed, in Okabe-Ito orange.
+function drawBand(ctx, band, canvas) {
+  const width = Math.max(1, Math.round(Math.max(canvas.width, canvas.height) / 400));
+  ctx.save();
+  ctx.setLineDash([4 * width, 3 * width]);
+  ctx.lineWidth = width;
+  ctx.strokeStyle = "#E69F00";
+  for (const points of [band.outer, band.inner]) {
+    if (points.length > 2) {
+      tracePath(ctx, points);
+      ctx.stroke();
+    }
+  }
+  ctx.restore();
+}
+
+// The estimated Jaccard and, when the mask needs a human look, why, above the picture.
+function showQuality(result) {
+  const quality = result.quality;
+  const review = $("review");
+  review.hidden = !quality.review;
+  review.textContent = quality.review ? `Review recommended: ${quality.reasons.join("; ")}.` : "";
+  const estimate = quality.estimated_jaccard;
+  $("quality").textContent = estimate === null
+    ? "No estimate: this model was not calibrated (dermaseg calibrate)."
+    : `Estimated Jaccard (overlap with an expert's outline, 0 to 1): ${estimate.toFixed(2)}` +
+      (quality.review ? "" : ", no review needed.");
 }
 
 function showMeasurements(result) {
@@ -283,6 +317,7 @@ async function segment(file) {
     shown = { bitmap, mask: maskBitmap, result: data, name: file.name };
     $("note").hidden = drawResult(shown);
     showMeasurements(data);
+    showQuality(data);
     offerDownloads(mask, data, file.name);
     $("result").hidden = false;
     setStatus(`${file.name}: done in ${data.inference_ms.toFixed(0)} ms`);
@@ -293,6 +328,7 @@ async function segment(file) {
 }
 
 $("fill").addEventListener("change", () => { if (shown) drawResult(shown); });
+$("band").addEventListener("change", () => { if (shown) drawResult(shown); });
 $("file").addEventListener("change", (event) => {
   if (event.target.files.length) segment(event.target.files[0]);
 });
