@@ -1,19 +1,26 @@
 """A `.tflite` export used like any model: predict, evaluate and serve run it through LiteRT's
 interpreter and agree with the checkpoint it came from. The conversion needs litert-torch
-(`make test-tflite` runs these in .venv-tflite); the refusals run everywhere."""
+(`make test-tflite` runs these in .venv-tflite); the refusals run everywhere. An export of a
+calibrated checkpoint carries its quality estimate and gives the same estimate as the checkpoint
+(`tests/infer/test_quality_estimate.py` does the same for ONNX and the service)."""
 
 from __future__ import annotations
 
 import importlib.util
+import io
 import json
+import shutil
 
 import httpx
 import numpy as np
 import pytest
+from PIL import Image, ImageFilter
 
 from dermaseg.config import Config
 from dermaseg.errors import DermasegError, UsageError
+from dermaseg.fileio import read_rgb_reduced
 from dermaseg.infer.predictor import Predictor
+from dermaseg.infer.segment import Decoded, SegmentOptions, segment
 from dermaseg.infer.tta import TTAConfig
 from dermaseg.model_meta import ModelMeta
 from helpers.badinputs import run_cli
@@ -109,3 +116,77 @@ def test_tflite_metadata_of_another_file_is_refused(tflite_pair, tmp_path):
         path.with_name(path.name + ".json").read_text())
     with pytest.raises(DermasegError, match="written for another .tflite file"):
         Predictor.load(other)
+
+
+@pytest.fixture(scope="module")
+def calibrated_tflite(tmp_path_factory, synth_dir):
+    """(a copy of the shared fitted checkpoint with its quality estimate fitted on the 12
+    synthetic pairs, as `dermaseg calibrate` does, and its .tflite export)."""
+    pytest.importorskip("litert_torch", reason="extra dermaseg[tflite] (litert-torch) missing")
+    from dermaseg.checkpoint import load_model, write_meta
+    from dermaseg.evaluation.calibrate import fit_quality
+    from dermaseg.evaluation.evaluate import source_items
+    from dermaseg.export.parity import parity_batches
+    from dermaseg.export.tflite import export_tflite
+
+    folder = tmp_path_factory.mktemp("tflite-quality")
+    checkpoint = shutil.copy(shared_fitted(), folder / "fit.ckpt")
+    predictor = Predictor.load(checkpoint)
+    items, _ = source_items(synth_dir, "test")
+    estimator = fit_quality(predictor, items, {"data": "synth", "split": "all pairs"},
+                            progress=False)
+    write_meta(checkpoint, predictor.meta.with_quality(estimator))
+    model, meta = load_model(checkpoint)
+    assert meta.quality == estimator
+    path = folder / "fit.tflite"
+    images = [image for image, _ in synth_images(2, seed=3)]
+    export_tflite(model, meta, path, parity_batches(images, meta)[0])
+    return checkpoint, path
+
+
+def _quality(predictor: Predictor, data: bytes) -> dict:
+    """The estimate of an encoded image, decoded as predict and serve decode it."""
+    reduced, original = read_rgb_reduced(data, predictor.meta.image_size, "upload.png")
+    (result,) = segment(predictor, [Decoded(reduced, original, lambda: reduced)],
+                        SegmentOptions())
+    return result.quality.to_dict()
+
+
+def _encoded(image: np.ndarray) -> bytes:
+    out = io.BytesIO()
+    Image.fromarray(image).save(out, format="PNG")
+    return out.getvalue()
+
+
+def test_tflite_export_gives_the_checkpoint_s_quality_estimate(calibrated_tflite, synth_dir,
+                                                               tmp_path):
+    checkpoint, path = calibrated_tflite
+    reference, exported = Predictor.load(checkpoint), Predictor.load(path)
+    assert exported.meta.quality is not None
+    assert exported.meta.quality == reference.meta.quality
+    sharp = np.asarray(Image.open(synth_dir / "synth_0001.jpg").convert("RGB"))
+    radius = 0.1 * max(sharp.shape)  # the lesion's border washed out: a much lower estimate
+    blurred = np.asarray(Image.fromarray(sharp).filter(ImageFilter.GaussianBlur(radius)))
+    uploads = {"sharp": _encoded(sharp), "blurred": _encoded(blurred)}
+    expected = {name: _quality(reference, data) for name, data in uploads.items()}
+    assert expected["blurred"]["review"]
+    assert expected["blurred"]["estimated_jaccard"] < expected["sharp"]["estimated_jaccard"] - 0.2
+    for name, data in uploads.items():
+        ours = _quality(exported, data)
+        assert ours["estimate"] == "one pass", name
+        assert ours["estimated_jaccard"] == pytest.approx(
+            expected[name]["estimated_jaccard"], abs=2e-3), name
+        assert ours["review"] == expected[name]["review"], name
+    server = Server(path, tmp_path / "server.log").wait_ready()
+    try:
+        served = {name: httpx.post(f"{server.url}/v1/segment",
+                                   files={"file": ("upload.png", data)}, timeout=60)
+                  for name, data in uploads.items()}
+    finally:
+        server.stop()
+    for name, reply in served.items():
+        assert reply.status_code == 200, reply.text
+        quality = reply.json()["quality"]
+        assert quality["estimated_jaccard"] == pytest.approx(
+            expected[name]["estimated_jaccard"], abs=2e-3), name
+        assert quality["review"] == expected[name]["review"], name

@@ -1,15 +1,17 @@
 """The web page driven in headless Chromium (Playwright + the system's /usr/bin/chromium):
-upload an image, the contour overlay and the measurements appear, the mask downloads."""
+upload an image, the contour overlay and the measurements appear, the mask downloads; with a
+calibrated model, the quality estimate, the review banner and the uncertain band show."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageFilter
 
 from dermaseg.checkpoint import load_model
 from dermaseg.export.onnx import export_onnx
@@ -25,12 +27,16 @@ ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-net
         "--disable-dev-shm-usage", "--no-first-run", "--disable-extensions"]
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
+def _need_browser() -> None:
     if not Path(CHROMIUM).exists():
         pytest.skip(f"Chromium not found at {CHROMIUM}: install it with "
                     "`apt-get install -y chromium` (make test does)")
     pytest.importorskip("playwright.sync_api", reason="the playwright package is missing")
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    _need_browser()
     folder = tmp_path_factory.mktemp("web")
     model, meta = load_model(shared_fitted())
     onnx_path = export_onnx(model, meta, folder / "fit.onnx", exporter="legacy")
@@ -395,5 +401,101 @@ def test_api_docs_render_without_network(server):
             page.goto(server.rstrip("/") + "/redoc")
             page.get_by_text("/v1/segment/batch").first.wait_for(timeout=30_000)
             assert outside == []
+        finally:
+            browser.close()
+
+
+@pytest.fixture(scope="module")
+def calibrated_server(tmp_path_factory, synth_dir):
+    """The service on a copy of the fitted test model whose quality estimate is fitted on the
+    12 synthetic pairs (as `dermaseg calibrate` does). The tiny model's masks overlap the truth
+    by at most ~0.72 and its estimate says so: at the default review threshold (0.75) every
+    mask is flagged. The stored estimator reviews under 0.5 instead, so that its best masks
+    (synth_0001: ~0.68) are not flagged and the page shows both cases."""
+    _need_browser()
+    from dermaseg.checkpoint import write_meta
+    from dermaseg.evaluation.calibrate import fit_quality
+    from dermaseg.evaluation.evaluate import source_items
+    from dermaseg.infer.predictor import Predictor
+
+    folder = tmp_path_factory.mktemp("web-quality")
+    checkpoint = shutil.copy(shared_fitted(), folder / "fit.ckpt")
+    predictor = Predictor.load(checkpoint)
+    items, _ = source_items(synth_dir, "test")
+    estimator = fit_quality(predictor, items, {"data": "synth", "split": "all pairs"},
+                            progress=False)
+    estimator = dataclasses.replace(estimator, review_below=0.5)
+    write_meta(checkpoint, predictor.meta.with_quality(estimator))
+    running = Server(checkpoint, folder / "server.log").wait_ready()
+    yield running.url
+    running.stop()
+
+
+def _canvas_rgb(page) -> np.ndarray:
+    """The canvas as drawn, (H, W, 3) uint8."""
+    width, height = _canvas_size(page)
+    data = page.evaluate("""() => { const c = document.getElementById('canvas');
+        return Array.from(c.getContext('2d').getImageData(0, 0, c.width, c.height).data); }""")
+    return np.array(data, np.uint8).reshape(height, width, 4)[..., :3]
+
+
+def _orange(rgb: np.ndarray) -> np.ndarray:
+    """Where the canvas is the band's orange (#E69F00, anti-aliased over the photo)."""
+    r, g, b = (rgb[..., k].astype(int) for k in range(3))
+    return (r > 180) & (g > 110) & (g < 200) & (b < 80)
+
+
+def _segment_in_page(page, upload: Path) -> dict:
+    with page.expect_response(lambda r: "/v1/segment" in r.url) as answer:
+        page.set_input_files("#file", str(upload))
+    page.wait_for_selector("#result:not([hidden])", timeout=60_000)
+    return answer.value.json()
+
+
+def test_review_banner_estimate_and_uncertain_band(calibrated_server, synth_dir, tmp_path):
+    """A blurred lesion: "Review recommended" and why above the picture, the estimated
+    Jaccard beside it, and the uncertain band drawn in orange only while "Uncertain border" is
+    ticked. Then a sharp one the estimate trusts: no banner, "no review needed"."""
+    from playwright.sync_api import sync_playwright
+
+    sharp = Image.open(synth_dir / "synth_0001.jpg").convert("RGB")
+    blurred = tmp_path / "blurred.png"
+    sharp.filter(ImageFilter.GaussianBlur(0.1 * max(sharp.size))).save(blurred)
+    confident = tmp_path / "sharp.png"
+    sharp.save(confident)
+    with sync_playwright() as playwright:
+        browser, page, errors = _open_page(playwright, calibrated_server)
+        try:
+            body = _segment_in_page(page, blurred)
+            quality = body["quality"]
+            assert quality["review"] and quality["estimated_jaccard"] < 0.5, quality
+            assert len(quality["uncertain_band"]["outer"]) > 8
+            assert page.is_visible("#review")
+            banner = page.inner_text("#review")
+            assert banner.startswith("Review recommended")
+            assert f"estimated Jaccard {quality['estimated_jaccard']:.2f} < 0.50" in banner
+            shown = page.inner_text("#quality")
+            assert shown.startswith("Estimated Jaccard")
+            assert f"{quality['estimated_jaccard']:.2f}" in shown and "no review" not in shown
+            assert page.is_checked("#band")  # on by default
+            with_band = _canvas_rgb(page)
+            page.uncheck("#band")
+            without_band = _canvas_rgb(page)
+            assert _orange(with_band).sum() > 20 and _orange(without_band).sum() == 0
+            changed = (with_band != without_band).any(axis=2)
+            assert _orange(with_band)[changed].mean() > 0.3  # what the band adds is orange
+            page.check("#band")
+            assert (_canvas_rgb(page) == with_band).all()
+
+            body = _segment_in_page(page, confident)
+            quality = body["quality"]
+            assert not quality["review"] and quality["estimated_jaccard"] > 0.5, quality
+            assert page.inner_text("#status").startswith("sharp.png: done")
+            assert not page.is_visible("#review")
+            shown = page.inner_text("#quality")
+            assert shown.startswith("Estimated Jaccard") and shown.endswith("no review needed.")
+            assert f"{quality['estimated_jaccard']:.2f}" in shown
+            assert _orange(_canvas_rgb(page)).sum() > 20
+            assert errors == []
         finally:
             browser.close()
