@@ -7,7 +7,10 @@ from another clinic brings (darker, lighter, a colour cast, blur, noise, low con
 cut by the frame): the degraded copies widen the range of actual Jaccard values, so that the
 estimate sees failures that a small validation split rarely holds. For every copy the signals
 are read once without and once with the four test-time flips; a ridge regression maps each
-set to the actual Jaccard (`one_pass` and `views` of the estimator).
+set to the actual Jaccard (`one_pass` and `views` of the estimator). Which signals it uses, and
+how strongly it is regularised, is chosen by cross-validation over the fitting images (an
+image and its copies in the same fold): a handful of validation images supports fewer signals
+than a few hundred.
 """
 
 from __future__ import annotations
@@ -28,14 +31,22 @@ from dermaseg.progress import progress as progress_bar
 from dermaseg.quality import (
     FAILURE_JACCARD,
     ONE_PASS_SIGNALS,
-    VIEW_SIGNALS,
     LinearEstimate,
     QualityEstimator,
     signals,
 )
 
-RIDGE = 1.0  # on standardised signals: a light pull towards the mean, for ~100-1000 rows
 MIN_IMAGES = 5
+# The signal sets and ridge strengths tried; grouped cross-validation on the fitting images
+# picks one (`select_and_fit`): fewer signals when a few images cannot support them all.
+CANDIDATE_SIGNALS = (
+    ("uncertain_ratio", "degenerate"),
+    ("uncertain_ratio", "degenerate", "border_margin"),
+    ("uncertain_ratio", "degenerate", "border_margin", "frame_contact", "outside_largest"),
+    ONE_PASS_SIGNALS,
+)
+RIDGES = (1.0, 10.0)
+FOLDS = 5
 
 
 def _gamma(power: float) -> Callable:
@@ -144,7 +155,7 @@ def calibration_rows(predictor, pairs, count: int, *, seed: int = 0, degrade: bo
 
 
 def fit_linear(rows: list[dict[str, float]], target: np.ndarray, names: tuple[str, ...],
-               ridge: float = RIDGE) -> LinearEstimate:
+               ridge: float = 1.0) -> LinearEstimate:
     """Ridge regression of `target` on the standardised signals `names` of `rows`."""
     x = np.array([[row[name] for name in names] for row in rows], np.float64)
     center = x.mean(axis=0)
@@ -155,6 +166,35 @@ def fit_linear(rows: list[dict[str, float]], target: np.ndarray, names: tuple[st
     weights = np.linalg.solve(z.T @ z + ridge * np.eye(len(names)), z.T @ (target - intercept))
     return LinearEstimate(names, tuple(center.tolist()), tuple(scale.tolist()),
                           tuple(weights.tolist()), intercept)
+
+
+def cross_validated_error(rows: list[dict[str, float]], target: np.ndarray, groups: list[str],
+                          names: tuple[str, ...], ridge: float) -> float:
+    """Mean absolute error of `fit_linear` on held-out folds of whole groups (an image and its
+    degraded copies stay together)."""
+    order = sorted(set(groups))
+    np.random.default_rng(0).shuffle(order)
+    fold_of = {group: index % FOLDS for index, group in enumerate(order)}
+    folds = np.array([fold_of[group] for group in groups])
+    errors = np.zeros(len(rows))
+    for fold in range(min(FOLDS, len(order))):
+        train = np.flatnonzero(folds != fold)
+        linear = fit_linear([rows[k] for k in train], target[train], names, ridge)
+        for k in np.flatnonzero(folds == fold):
+            errors[k] = abs(linear(rows[k]) - target[k])
+    return float(errors.mean())
+
+
+def select_and_fit(rows: list[dict[str, float]], target: np.ndarray, groups: list[str],
+                   extra: tuple[str, ...] = ()) -> tuple[LinearEstimate, dict]:
+    """The candidate signal set (each with `extra`) and ridge of least cross-validated error,
+    fitted on all rows; and what was chosen."""
+    error, names, ridge = min(
+        (cross_validated_error(rows, target, groups, (*names, *extra), ridge), names, ridge)
+        for names in CANDIDATE_SIGNALS for ridge in RIDGES)
+    chosen = {"signals": [*names, *extra], "ridge": ridge,
+              "cross_validated_mean_absolute_error": round(error, 4)}
+    return fit_linear(rows, target, (*names, *extra), ridge), chosen
 
 
 def _fit_report(estimate: LinearEstimate, rows: list[dict], actual: np.ndarray) -> dict:
@@ -176,10 +216,13 @@ def fit_estimator(rows: list[Row], about: dict) -> QualityEstimator:
                             f"{MIN_IMAGES} (a validation split, or --split)")
     one_target = np.array([row.one_pass_jaccard for row in rows])
     view_target = np.array([row.views_jaccard for row in rows])
-    one = fit_linear([row.one_pass for row in rows], one_target, ONE_PASS_SIGNALS)
-    views = fit_linear([row.views for row in rows], view_target, VIEW_SIGNALS)
+    groups = [row.image_id for row in rows]
+    one, one_chosen = select_and_fit([row.one_pass for row in rows], one_target, groups)
+    views, views_chosen = select_and_fit([row.views for row in rows], view_target, groups,
+                                         ("view_spread",))
     fitted_on = {**about, "images": images, "samples": len(rows),
                  "degradations": sorted({row.degradation for row in rows} - {"none"}),
+                 "chosen": {"one_pass": one_chosen, "views": views_chosen},
                  "in_sample": {"one_pass": _fit_report(one, [r.one_pass for r in rows],
                                                        one_target),
                                "views": _fit_report(views, [r.views for r in rows],

@@ -1,0 +1,81 @@
+"""The table of `bench/loso.sh` runs: per recipe, trained on one source, judged on its own
+validation split and on the other source.
+
+    python bench/loso_table.py [--work bench/work/loso] [--labels base,cc,robust]
+
+Writes bench/results/loso.md and loso.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+RESULTS = Path(__file__).parent / "results"
+METRICS = ("dice", "jaccard", "threshold_jaccard")
+
+
+def _row(label: str, trained: str, judged: str, metrics: dict) -> dict:
+    ci = metrics.get("ci95") or {}
+    quality = metrics.get("quality") or {}
+    estimate = quality.get("estimate") or {}
+    return {"recipe": label, "trained_on": trained, "judged_on": judged,
+            "images": metrics["images"], "failures": metrics["failures"]["count"],
+            **{name: metrics["overall"][name] for name in METRICS},
+            **{f"{name}_ci95": ci.get(name) for name in METRICS},
+            "estimate_auroc": estimate.get("auroc"),
+            "baseline_auroc": (quality.get("baseline") or {}).get("auroc")}
+
+
+def collect(work: Path, labels: list[str]) -> list[dict]:
+    rows = []
+    for label in labels:
+        for run in sorted((work / label).glob("train-*")):
+            trained = run.name.removeprefix("train-")
+            for folder in sorted(run.glob("eval-*")):
+                judged = folder.name.removeprefix("eval-")
+                judged = f"{trained} val" if judged == "val" else judged
+                metrics = json.loads((folder / "metrics.json").read_text())
+                rows.append(_row(label, trained, judged, metrics))
+    return rows
+
+
+def _cell(row: dict, name: str) -> str:
+    interval = row[f"{name}_ci95"]
+    around = f" ({interval[0]:.3f}-{interval[1]:.3f})" if interval else ""
+    return f"{row[name]:.3f}{around}"
+
+
+def markdown(rows: list[dict]) -> list[str]:
+    lines = ["| recipe | trained on | judged on | images | Dice | Jaccard | threshold-Jaccard "
+             "| failures (J < 0.65) | estimate AUROC (baseline) |",
+             "|---|---|---|---:|---:|---:|---:|---:|---:|"]
+    for row in rows:
+        auroc = ("-" if row["estimate_auroc"] is None
+                 else f"{row['estimate_auroc']:.3f} ({row['baseline_auroc'] or 0:.3f})")
+        lines.append(f"| {row['recipe']} | {row['trained_on']} | {row['judged_on']} | "
+                     f"{row['images']} | {_cell(row, 'dice')} | {_cell(row, 'jaccard')} | "
+                     f"{_cell(row, 'threshold_jaccard')} | {row['failures']} | {auroc} |")
+    return lines
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--work", type=Path, default=Path("bench/work/loso"))
+    parser.add_argument("--labels", default="base,cc,robust,robust-cc")
+    args = parser.parse_args()
+    labels = [label for label in args.labels.split(",") if (args.work / label).is_dir()]
+    rows = collect(args.work, labels)
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "loso.json").write_text(json.dumps(rows, indent=1))
+    lines = ["# Leave-one-source-out on derm-real", "",
+             "`bash bench/loso.sh LABEL [--set ...]` per recipe, then "
+             "`python bench/loso_table.py`. Means over images with their 95 % bootstrap "
+             "interval.", "", *markdown(rows)]
+    (RESULTS / "loso.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
