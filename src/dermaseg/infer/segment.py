@@ -3,11 +3,12 @@ web page (through the service) differ only in how they read images and write res
 
     images = [Decoded(reduced, original, reread), ...]      # as read by the caller
     for result in segment(predictor, images, SegmentOptions(describe=True)):
-        result.mask, result.probability, result.contour, result.measurements
+        result.mask, result.probability, result.contour, result.measurements, result.quality
 
 Per batch: the network runs on the letterboxed inputs (the reduced decodes, as `data prepare`
 makes them); then, one image at a time to bound memory, the probability is restored to the
-image's own size, thresholded, post-processed, and (when asked) the lesion is described. The
+image's own size, thresholded, post-processed, and (when asked) the lesion is described; the
+mask's quality estimate (dermaseg.quality) is read from the network's map inside its box. The
 full-size image is decoded only when a step needs its pixels (CRF, colour measurements, an
 overlay), one image at a time.
 """
