@@ -60,9 +60,12 @@ def test_predict_killed_then_rerun_gives_every_mask_once(tiny_ckpt, tmp_path):
     assert f"{24 - len(done_before)} written, {len(done_before)} already there" in output
     assert not leftovers(out)
     code, _ = run_cli("predict", tiny_ckpt, images, "-o", reference, "--quiet")
-    names = sorted(p.name for p in out.iterdir() if p.name != "predict.json")
-    assert names == sorted(p.name for p in reference.iterdir() if p.name != "predict.json")
-    assert len(names) == 24 and all(n.endswith("_segmentation.png") for n in names)
+    names = sorted(p.name for p in out.glob("*_segmentation.png"))
+    assert names == sorted(p.name for p in reference.glob("*_segmentation.png"))
+    assert len(names) == 24
+    quality = sorted(p.name for p in (out / "quality").iterdir())
+    assert quality == [name.replace("_segmentation.png", ".json") for name in names]
+    assert (out / "quality.csv").read_bytes() == (reference / "quality.csv").read_bytes()
     for name in names:  # the same masks as an uninterrupted run: nothing lost or corrupt
         assert (out / name).read_bytes() == (reference / name).read_bytes(), name
     assert killed or len(done_before) == 24

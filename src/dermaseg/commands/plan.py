@@ -61,11 +61,17 @@ def fingerprint_lines(plan) -> list[str]:
     ]
 
 
+def _value(value) -> str:
+    """A decision's value as the YAML writes it: null, true, false; else as it prints."""
+    if value is None or isinstance(value, bool):
+        return {None: "null", True: "true", False: "false"}[value]
+    return str(value)
+
+
 def decision_lines(plan) -> list[str]:
     """One line per decision: name, value, reason (a table)."""
     width = max(len(d.name) for d in plan.decisions)
-    rows = [(d.name, "null" if d.value is None else str(d.value), d.reason)
-            for d in plan.decisions]
+    rows = [(d.name, _value(d.value), d.reason) for d in plan.decisions]
     values = max(len(v) for _, v, _ in rows)
     lines = [f"{name:<{width}}  {value:<{values}}  {reason}" for name, value, reason in rows]
     return lines + [f"warning: {text}" for text in plan.warnings]
@@ -130,11 +136,16 @@ def plan(
         "(default: the shipped GPU or CPU recipe; `dermaseg recipes list`)."),
     probe: bool = typer.Option(True, "--probe/--no-probe",
                                help="Measure training steps to choose the batch size."),
+    probe_compile: bool | None = typer.Option(
+        None, "--probe-compile/--no-probe-compile", show_default=False,
+        help="Measure the torch.compile'd step too and turn train.compile on when it pays "
+        "over the run (default: on a CUDA GPU only; a minute or more)."),
     force: bool = typer.Option(False, "--force", help="Replace an existing -o / plan.json."),
 ) -> None:
     """Plan a training run: fingerprint the prepared data and this machine, choose recipe,
-    image size, batch size (measured with real training steps), loader workers, loss
-    weighting and time budget, each with its reason.
+    image size, batch size (measured with real training steps), torch.compile (on a GPU,
+    measured: on when it pays over the run), loader workers, loss weighting and time budget,
+    each with its reason.
 
     Writes the resolved config (-o, default plan.yaml; the reasons as # comments) and the
     same name with .json beside it (fingerprints, measurements, decisions), then prints the
@@ -146,7 +157,7 @@ def plan(
     prep = prepared_folder(data, prep)
     sidecar = _check_outputs(out, force)
     result = make_plan(prep, device=device, base=base, minutes=minutes, probe=probe,
-                       report=lambda line: typer.echo(f"  {line}"))
+                       probe_compile=probe_compile, report=lambda line: typer.echo(f"  {line}"))
     command = train_command(result, out, prep)
     typer.echo("\n".join([*fingerprint_lines(result), "", *decision_lines(result), ""]))
     write_bytes_atomic(out, plan_yaml(result, command).encode())

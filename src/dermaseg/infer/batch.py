@@ -214,6 +214,7 @@ def probability_png(prob: np.ndarray) -> np.ndarray:
 def _write_outputs(out: Path, image_id: str, path: Path, result: Segmentation,
                    options: PredictOptions) -> None:
     """Every output asked for, the mask last (a resumed run redoes an image without one)."""
+    names = {"id": display_path(image_id), "image": display_path(path)}  # JSON- and CSV-safe
     if options.save_prob:  # zlib level 1: 3x faster than 6 on a smooth map, ~30 % bigger
         save_png_atomic(_prob_path(out, image_id), probability_png(result.probability),
                         compress_level=1)
@@ -225,13 +226,12 @@ def _write_outputs(out: Path, image_id: str, path: Path, result: Segmentation,
         Image.fromarray(overlay).save(buffer, format="JPEG", quality=90)
         write_bytes_atomic(_overlay_path(out, image_id), buffer.getvalue())
     if options.measure:
-        record = {"id": image_id, "image": display_path(path), **(result.measurements or {})}
+        record = {**names, **(result.measurements or {})}
         write_json_atomic(_measurement_path(out, image_id), record)
     if options.save_uncertainty:
         save_png_atomic(_uncertainty_path(out, image_id), uncertainty_map(result.probability),
                         compress_level=1)
-    record = {"id": image_id, "image": display_path(path), **result.quality.to_dict()}
-    write_json_atomic(_quality_path(out, image_id), record)
+    write_json_atomic(_quality_path(out, image_id), {**names, **result.quality.to_dict()})
     save_png_atomic(mask_path(out, image_id), result.mask.astype(np.uint8) * 255)
 
 

@@ -39,14 +39,14 @@ class CompiledOrEager:
         try:
             out = self.compiled(images)
         except Exception as exc:  # noqa: BLE001 - any compiler failure: the eager model runs
-            self.failed = _one_line(exc)
+            self.failed = one_line_error(exc)
             _note(f"note: torch.compile failed ({self.failed}): training eager")
             return self.model(images)
         self._proven.add(mode)
         return out
 
 
-def _one_line(exc: BaseException, limit: int = 200) -> str:
+def one_line_error(exc: BaseException, limit: int = 200) -> str:
     """"BackendCompilerFailed: backend='inductor' raised: RuntimeError: Cannot find a
     working triton installation ...": the error and its cause, cut to `limit` characters."""
     text = _first_line(exc)

@@ -1,9 +1,11 @@
 """`dermaseg plan`: fingerprint a prepared dataset and this machine, and choose the training
-settings from them (recipe, image size, batch size, workers, loss weighting, time budget).
+settings from them (recipe, image size, batch size, compilation, workers, loss weighting,
+time budget).
 
 `make_plan` returns a Plan: the resolved Config (loadable by `dermaseg train --config`), the two
-fingerprints, the batch-size probe (`dermaseg.train.probe`) and one Decision per setting, each
-with a one-line reason. `plan_yaml` renders it as the config YAML preceded by `#` lines.
+fingerprints, the batch-size probe (`dermaseg.train.probe`), the compiled step's measurement
+(`dermaseg.train.compile_choice`) and one Decision per setting, each with a one-line reason.
+`plan_yaml` renders it as the config YAML preceded by `#` lines.
 """
 
 from __future__ import annotations
@@ -52,12 +54,13 @@ class Plan:
     images_per_s: float | None = None  # measured at the chosen batch (None: not probed)
     warnings: list[str] = field(default_factory=list)
     estimate: dict[str, float] = field(default_factory=dict)  # minutes_per_epoch, epochs
+    compile: dict[str, Any] | None = None  # the compiled step measured, the decision (None: not)
 
     def to_dict(self) -> dict[str, Any]:
         """plan.json: fingerprints, probe measurements, decisions and the config."""
         return {"dataset": self.dataset, "machine": self.machine, "base": self.base,
                 "probes": self.probes, "images_per_s": self.images_per_s,
-                "estimate": self.estimate,
+                "estimate": self.estimate, "compile": self.compile,
                 "decisions": [asdict(d) for d in self.decisions], "warnings": self.warnings,
                 "config": self.config.to_dict()}
 
@@ -292,11 +295,12 @@ def epoch_minutes(items: int, images_per_s: float) -> float:
     return items / images_per_s / 60 / (1 - VALIDATION_SHARE)
 
 
-def plan_time(config: Config, minutes: float | None, items: int,
-              images_per_s: float | None) -> tuple[Decision, dict, list[str]]:
+def plan_time(config: Config, minutes: float | None, items: int, images_per_s: float | None,
+              compile_minutes: float = 0.0) -> tuple[Decision, dict, list[str]]:
     """(train.max_minutes decision, {"minutes_per_epoch", "epochs"}, warnings).
 
-    With `minutes`: max_minutes = minutes, epochs = minutes * 60 * 0.85 * images/s / items.
+    With `minutes`: max_minutes = minutes, epochs = (minutes - compile_minutes) * 60 * 0.85 *
+    images/s / items (`compile_minutes`: torch.compile's, when the plan compiles).
     """
     budget = minutes if minutes is not None else config.train.max_minutes
     source = "--minutes" if minutes is not None else "the recipe's"
@@ -305,14 +309,16 @@ def plan_time(config: Config, minutes: float | None, items: int,
                         "the probe (--no-probe)"), {}, []
     per_epoch = epoch_minutes(items, images_per_s)
     estimate = {"minutes_per_epoch": round(per_epoch, 3)}
+    compiling = f" after ~{compile_minutes:.1f} min compiling" if compile_minutes else ""
     if budget is None:
-        total = per_epoch * config.train.max_epochs
+        total = compile_minutes + per_epoch * config.train.max_epochs
         return Decision("train.max_minutes", None, f"no budget: ~{per_epoch:.2f} min per epoch, "
                         f"~{total:.0f} min for train.max_epochs={config.train.max_epochs} (or "
-                        "less with early stopping)"), estimate, []
-    epochs = budget / per_epoch
+                        f"less with early stopping){compiling}"), estimate, []
+    epochs = max(0.0, budget - compile_minutes) / per_epoch
     estimate["epochs"] = round(epochs, 1)
-    reason = f"{source}: ~{epochs:.0f} epochs of {items} images at ~{per_epoch:.2f} min each"
+    reason = (f"{source}: ~{epochs:.0f} epochs of {items} images at ~{per_epoch:.2f} min "
+              f"each{compiling}")
     if epochs > config.train.max_epochs:
         reason += (f"; train.max_epochs={config.train.max_epochs} ends it first "
                    f"(~{per_epoch * config.train.max_epochs:.0f} min)")
@@ -334,14 +340,17 @@ def busy_warning(machine: dict, probed: bool) -> list[str]:
 
 def make_plan(prep: Path, *, device: str = "auto", base: Path | None = None,
               minutes: float | None = None, probe: bool = True,
-              report=lambda line: None) -> Plan:
+              probe_compile: bool | None = None, report=lambda line: None) -> Plan:
     """Fingerprint `prep` and this machine, then decide each setting (see the module doc).
+    `probe_compile`: measure torch.compile's step (None: on CUDA only; never without `probe`).
 
     Raises:
         UsageError: not a prepared folder, an unknown/absent device, a missing recipe,
             minutes <= 0.
         DermasegError: a bad recipe, or no batch size that fits in memory.
     """
+    from dermaseg.train.compile_choice import plan_compile
+
     if minutes is not None and not (math.isfinite(minutes) and minutes > 0):
         raise UsageError(f"--minutes {minutes}: must be > 0")
     dataset = dataset_fingerprint(prep)
@@ -358,12 +367,18 @@ def make_plan(prep: Path, *, device: str = "auto", base: Path | None = None,
         raise UsageError(f"{prep / MANIFEST}: no training items; prepare more data")
     batch, plan.probes, plan.images_per_s = plan_batch(config, device, items, probe, report)
     config = config.updated({"data.batch_size": batch.value})
+    compiled = plan_compile(config, device, items, plan.images_per_s, minutes, probe_compile,
+                            report)
+    plan.compile = compiled.record
+    config = config.updated(compiled.overrides())
     workers = plan_workers(config, device, machine["cpu_cores"], items,
                            machine.get("gpu_memory_gib"))
     config = config.updated({"data.num_workers": workers.value})
     weight = plan_pos_weight(config, dataset["lesion_fraction"])
     config = config.updated({"loss.pos_weight": weight.value})
-    budget, plan.estimate, plan.warnings = plan_time(config, minutes, items, plan.images_per_s)
+    budget, plan.estimate, plan.warnings = plan_time(config, minutes, items,
+                                                     compiled.images_per_s,
+                                                     compiled.compile_minutes)
     plan.warnings += busy_warning(machine, probe)
     per_epoch = plan.estimate.get("minutes_per_epoch")
     plan.config = config.updated({
@@ -371,7 +386,7 @@ def make_plan(prep: Path, *, device: str = "auto", base: Path | None = None,
         # training compares its epochs with this (dermaseg.train.pace)
         "train.expected_epoch_seconds": None if per_epoch is None else round(per_epoch * 60, 2),
     })
-    plan.decisions += [size, batch, workers, weight, budget]
+    plan.decisions += [size, batch, workers, weight, compiled.decision, budget]
     return plan
 
 
