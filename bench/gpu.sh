@@ -4,7 +4,8 @@
 # bench/results/gpu.json, gpu.md), then `dermaseg plan` on the real set (gpu_plan.yaml,
 # gpu_plan.json): its batch-size probe and, on the GPU, the compiled step and whether
 # train.compile pays over the planned run (plan.json's "compile", printed at the end); all
-# within $DEADLINE_S seconds (default 570), $PLAN_S of them (default 200) kept for the plan.
+# within $DEADLINE_S seconds (default 570), $PLAN_S of them (default 200; 320 with
+# PLAN_ISIC=1) kept for the plan.
 #
 #   bash bench/gpu.sh                  # real set: $DERMASEG_REAL or ./local-data/derm-real
 #   bash bench/gpu.sh --no-compile     # any option of bench/gpu_bench.py
@@ -20,9 +21,11 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 PY="${PYTHON:-python3}"
 DEADLINE_S="${DEADLINE_S:-570}"  # everything ends by then (seconds since the start)
-PLAN_S="${PLAN_S:-200}"  # kept for the plan: batch probe, then compiling (a minute or more)
 PLAN_ONLY="${PLAN_ONLY:-0}"
 PLAN_ISIC="${PLAN_ISIC:-0}"
+# Kept for the plan: batch probe, then compiling (a minute or more); the ISIC-sized set is made
+# first (about a minute).
+PLAN_S="${PLAN_S:-$([ "$PLAN_ISIC" = 1 ] && echo 320 || echo 200)}"
 PLAN_MINUTES="${PLAN_MINUTES:-5}"
 PLAN_SIZE="${PLAN_SIZE:-512}"
 PLAN_SUFFIX=""

@@ -50,3 +50,14 @@ def test_an_error_of_the_model_itself_is_still_raised():
         net(torch.zeros(1, 5, 8, 8))  # 5 channels for a 3-channel convolution
     assert net.failed is not None
     assert net(torch.zeros(1, 3, 8, 8)).shape == (1, 1, 8, 8)  # eager from then on
+
+
+def test_a_compiler_refusing_at_once_gives_the_eager_model(capsys):
+    """torch.compile itself raises (here: a backend it does not know, as a platform without
+    the compiler's dependencies can): the eager model runs, with one note."""
+    model = torch.nn.Conv2d(3, 1, 1)
+    net = CompiledOrEager(model, backend="no-such-backend")
+    assert net.failed is not None and "no-such-backend" in net.failed
+    assert torch.equal(net(torch.ones(1, 3, 4, 4)), model(torch.ones(1, 3, 4, 4)))
+    notes = [line for line in capsys.readouterr().err.splitlines() if "torch.compile" in line]
+    assert len(notes) == 1 and notes[0].endswith(": training eager")

@@ -26,9 +26,14 @@ class CompiledOrEager:
     def __init__(self, model: torch.nn.Module, mode: str | None = None,
                  backend: str | Callable[..., Any] = "inductor") -> None:
         self.model = model
-        self.compiled = torch.compile(model, mode=mode, backend=backend)
         self.failed: str | None = None  # why compiling failed, once it has
         self._proven: set[bool] = set()  # modes (model.training) compiled and run once
+        try:
+            self.compiled = torch.compile(model, mode=mode, backend=backend)
+        except Exception as exc:  # noqa: BLE001 - refused before any call: the eager model runs
+            self.compiled = model
+            self.failed = one_line_error(exc)
+            _note(f"note: torch.compile failed ({self.failed}): training eager")
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         if self.failed is not None:
