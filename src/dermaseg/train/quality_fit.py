@@ -35,10 +35,16 @@ def fit_run_quality(run: Path, data_dir: Path, config: Config, *, device: str = 
             print(f"note: quality estimate not fitted: {len(items)} validation images "
                   f"(it needs {MIN_IMAGES})", file=sys.stderr)
             return None
+        print(f"quality estimate: fitting on the {len(items)} {split} images and degraded "
+              "copies of them", file=sys.stderr)
         predictor = Predictor.load(best, device=device)
         about = {"data": str(data_dir), "split": split}
         estimator = fit_quality(predictor, items, about, progress=progress)
         write_meta(best, predictor.meta.with_quality(estimator))
+        error = estimator.fitted_on["in_sample"]["one_pass"]["mean_absolute_error"]
+        print(f"quality estimate: stored in {best} (mean absolute error {error:.3f} on the "
+              "images it was fitted on; `dermaseg evaluate` judges it on others)",
+              file=sys.stderr)
     except DermasegError as exc:
         print(f"note: quality estimate not fitted ({exc}); `dermaseg calibrate` fits it "
               "later", file=sys.stderr)
