@@ -108,7 +108,7 @@ def _write_outputs(result: Evaluation, out: Path, title: str, notes: list[str]) 
     write_json_atomic(out / "metrics.json", summary)
     plot_jaccard_histogram(list(jaccards.values()), out / "jaccard_hist.png")
     gallery = save_gallery(result.gallery, out / GALLERY)
-    sections = [failure_section(failed, len(jaccards))]
+    sections = [failure_section(failed, len(jaccards), result.quality)]
     if result.quality:
         sections.append(quality_section(summary["quality"], QUALITY_PLOT))
     write_reports(out, title, result.per_image, overall, "jaccard_hist.png", gallery, notes,

@@ -4,10 +4,11 @@ first in report.md and report.html: the images a user must look at before the av
 from __future__ import annotations
 
 import html
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from dermaseg.evaluation.quality_check import WORST_SHARE
-from dermaseg.quality import FAILURE_JACCARD
+from dermaseg.quality import FAILURE_JACCARD, Quality
 
 SHOWN_FAILURES = 50  # listed by name; the rest are counted
 
@@ -22,17 +23,28 @@ class ReportSection:
     picture: str | None = None
 
 
-def failure_section(failed: list[tuple[str, float]], images: int) -> ReportSection:
-    """The images under the threshold-Jaccard cut, worst first."""
+def _estimate_words(quality: Quality | None) -> str:
+    if quality is None or quality.estimated_jaccard is None:
+        return "" if quality is None else (" (review flagged)" if quality.review else "")
+    flag = "review flagged" if quality.review else "not flagged"
+    return f" (estimated {quality.estimated_jaccard:.3f}, {flag})"
+
+
+def failure_section(failed: list[tuple[str, float]], images: int,
+                    qualities: Mapping[str, Quality] | None = None) -> ReportSection:
+    """The images under the threshold-Jaccard cut, worst first, with their quality estimate
+    when a model predicted."""
+    qualities = qualities or {}
     title = f"Failures: {len(failed)} of {images} images with Jaccard < {FAILURE_JACCARD}"
     if not failed:
         return ReportSection(title, ["None."], "<p>None.</p>")
     shown = failed[:SHOWN_FAILURES]
     more = len(failed) - len(shown)
     tail = [f"... and {more} more (metrics.json lists them all)"] if more else []
-    markdown = [f"- {name}: Jaccard {value:.3f}" for name, value in shown] + tail
-    items = "".join(f"<li>{html.escape(name)}: Jaccard {value:.3f}</li>"
-                    for name, value in shown)
+    lines = [f"{name}: Jaccard {value:.3f}{_estimate_words(qualities.get(name))}"
+             for name, value in shown]
+    markdown = [f"- {line}" for line in lines] + tail
+    items = "".join(f"<li>{html.escape(line)}</li>" for line in lines)
     more_html = f"<p>{html.escape(tail[0])}</p>" if tail else ""
     return ReportSection(title, markdown, f"<ol>{items}</ol>{more_html}")
 
