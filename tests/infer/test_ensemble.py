@@ -39,20 +39,24 @@ def _untrained(seed: int, size: int = 64):
 def models(tmp_path_factory, synth_dir) -> dict[str, Path]:
     """a.ckpt and b.ckpt: two different untrained models (seeds 0 and 1) at 64 px sharing a
     threshold, the median of their mean probability on synth_0001 (masks hold both classes);
-    size.ckpt (96 px), threshold.ckpt and mean.ckpt each differ from a.ckpt in one field."""
+    size.ckpt (96 px), threshold.ckpt, mean.ckpt and colours.ckpt (colour constancy) each
+    differ from a.ckpt in one field."""
     folder = tmp_path_factory.mktemp("ensemble")
     (net_a, meta), (net_b, _) = _untrained(0), _untrained(1)
     image = read_rgb(synth_dir / "synth_0001.jpg")
     probs = [Predictor(TorchBackend(net, torch.device("cpu")), meta).predict_proba([image])[0]
              for net in (net_a, net_b)]
     meta.threshold = float(np.median((probs[0] + probs[1]) / 2))
-    paths = {name: folder / f"{name}.ckpt" for name in ("a", "b", "size", "threshold", "mean")}
+    paths = {name: folder / f"{name}.ckpt"
+             for name in ("a", "b", "size", "threshold", "mean", "colours")}
     save_checkpoint(paths["a"], net_a, meta)
     save_checkpoint(paths["b"], net_b, meta)
     net_c, meta_c = _untrained(2, size=96)
     save_checkpoint(paths["size"], net_c, dataclasses.replace(meta_c, threshold=meta.threshold))
     save_checkpoint(paths["threshold"], net_b, dataclasses.replace(meta, threshold=0.25))
     save_checkpoint(paths["mean"], net_b, dataclasses.replace(meta, mean=[0.5, 0.5, 0.5]))
+    corrected = meta.config.updated({"data.colour_constancy": "shades_of_gray"})
+    save_checkpoint(paths["colours"], net_b, dataclasses.replace(meta, config=corrected))
     return paths
 
 
@@ -156,7 +160,8 @@ def test_cli_evaluate_with_two_models_names_both(models, synth_dir):
 
 
 @pytest.mark.parametrize("other, field", [("size", "image_size"), ("threshold", "threshold"),
-                                          ("mean", "mean")])
+                                          ("mean", "mean"),
+                                          ("colours", "data.colour_constancy")])
 def test_members_that_disagree_are_refused_naming_both(models, synth_dir, tmp_path, other,
                                                        field):
     text = f"{models['a']},{models[other]}"

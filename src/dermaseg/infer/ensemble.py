@@ -67,6 +67,11 @@ def check_agreement(members: list[Predictor], names: list[str]) -> None:
                 raise UsageError(
                     f"ensemble members {names[0]} and {name} differ in {field} ({ours} vs "
                     f"{theirs}); members must share input size, mean/std and threshold")
+        if member.preprocessing.colours != members[0].preprocessing.colours:
+            raise UsageError(
+                f"ensemble members {names[0]} and {name} differ in data.colour_constancy "
+                f"({members[0].preprocessing.colours} vs {member.preprocessing.colours}); "
+                "members must prepare an image alike")
 
 
 class Ensemble(Predictor):
