@@ -55,10 +55,11 @@ def test_demo_on_a_small_user_folder_makes_every_artefact(tmp_path):
     assert "1 image of the test split predicted" in predicted
     assert str(out / "predictions") in predicted
     assert "measurements.csv" in predicted and "overlay/" in predicted
+    assert "quality.csv" in predicted and "review recommended for" in predicted
     assert str(out / "prepared") in "\n".join(sections["prepare"])
     assert str(out / "model.onnx") in "\n".join(sections["export"])
     for name in ("run/best.ckpt", "run/curves.png", "eval/report.html", "eval/metrics.csv",
-                 "predictions/measurements.jsonl", "model.onnx"):
+                 "predictions/measurements.jsonl", "predictions/quality.csv", "model.onnx"):
         assert (out / name).is_file(), name
     assert list((out / "predictions").glob("*_segmentation.png"))
     assert 0.0 <= result.test_dice <= 1.0

@@ -185,6 +185,8 @@ def _predict(checkpoint: Path, prepared: Path, out: Path, say: Callable[[str], N
         f"{out}: masks <id>_segmentation.png (0/255), contours on the image in overlay/")
     say(f"measurements (area, asymmetry, colours ...): {out / 'measurements.csv'} (a row per "
         "image) and measurements.jsonl")
+    say(f"quality: {out / 'quality.csv'} (each mask's estimated Jaccard and review flag); "
+        f"review recommended for {len(done.review)} of {len(done.written)}")
 
 
 def _images(count: int) -> str:
@@ -211,7 +213,8 @@ def _explain(result: DemoResult, summary: dict) -> list[str]:
         f"  {out / 'eval'}: report.html (table, Jaccard histogram, best/worst gallery), "
         "metrics.csv per image",
         f"  {out / 'predictions'}: *_segmentation.png (0/255 at original size), overlay/, "
-        "measurements.csv (a row per image) and .jsonl",
+        "measurements.csv (a row per image) and .jsonl, quality.csv (estimated Jaccard, "
+        "review flag)",
         f"  {out / 'model.onnx'}: the model for ONNX Runtime / `dermaseg serve`",
         "",
         "== test-split numbers (macro mean over images, official ISIC conventions) ==",
