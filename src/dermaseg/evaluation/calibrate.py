@@ -137,7 +137,7 @@ def _copies(image_id: str, image: np.ndarray, truth: np.ndarray, seed: int, degr
     """The image as it is, then one copy per degradation (seeded by the image's id)."""
     copies = [(image_id, "none", image, truth)]
     if degrade:
-        rng = np.random.default_rng([seed, *image_id.encode()])
+        rng = np.random.default_rng([seed, *image_id.encode("utf-8", "surrogateescape")])
         for kind, apply in DEGRADATIONS.items():
             copies.append((image_id, kind, *apply(image, truth, rng)))
     return copies
