@@ -5,7 +5,7 @@
 # Env: DATA (derm-real), WORK (bench/work/loso), CONFIG (cpu_small), SIZE (192), EPOCHS_PH2
 # (40), EPOCHS_ISIC2016 (120): a fixed cosine schedule of about the same number of steps for
 # both sources (122 and 34 training images), so that the load on the machine cannot change
-# the result, only the time.
+# the result, only the time. TRAIN_ON ("PH2 ISIC2016"): the sources to train on.
 # Then: python bench/loso_table.py  (bench/results/loso.md, .json)
 set -eu
 LABEL=$1; shift
@@ -14,6 +14,7 @@ WORK=${WORK:-bench/work/loso}
 CONFIG=${CONFIG:-cpu_small}
 EPOCHS_PH2=${EPOCHS_PH2:-40}
 EPOCHS_ISIC2016=${EPOCHS_ISIC2016:-120}
+TRAIN_ON=${TRAIN_ON:-PH2 ISIC2016}
 SIZE=${SIZE:-192}
 DERMASEG=${DERMASEG:-.venv/bin/dermaseg}
 mkdir -p "$WORK"
@@ -32,7 +33,7 @@ for source in PH2 ISIC2016; do
   [ -d "$WORK/prep-$source" ] || "$DERMASEG" data prepare "$WORK/raw-$source" \
     -o "$WORK/prep-$source" --size "$SIZE" --val 0.2 --test 0 --random-split > "$WORK/prep-$source.log"
 done
-for train in PH2 ISIC2016; do
+for train in $TRAIN_ON; do
   other=$([ "$train" = PH2 ] && echo ISIC2016 || echo PH2)
   run="$WORK/$LABEL/train-$train"; mkdir -p "$WORK/$LABEL"
   epochs=$([ "$train" = PH2 ] && echo "$EPOCHS_PH2" || echo "$EPOCHS_ISIC2016")
