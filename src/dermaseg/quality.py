@@ -25,7 +25,6 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
-from scipy import ndimage
 
 UNCERTAIN_LOW, UNCERTAIN_HIGH = 0.2, 0.8  # a pixel's probability is "uncertain" between these
 EMPTY_FRACTION, WHOLE_FRACTION = 0.001, 0.98  # of the image: an empty or a whole-image mask
@@ -62,6 +61,8 @@ def signals(probability: np.ndarray, threshold: float, spread: np.ndarray | None
     """The quality signals of one (h, w) probability map (the image's content, no padding).
 
     `spread`: (h, w) standard deviation between views, or None (one pass)."""
+    from scipy import ndimage  # imported here: every command imports ModelMeta, and so this
+
     mask = probability > threshold
     pixels, area = mask.size, int(mask.sum())
     uncertain = int(((probability > UNCERTAIN_LOW) & (probability < UNCERTAIN_HIGH)).sum())

@@ -70,3 +70,24 @@ def shared_fitted(arch: str = "deeplabv3") -> Path:
     folder = Path(tempfile.mkdtemp(prefix="dermaseg-fitted-"))
     atexit.register(shutil.rmtree, folder, True)
     return fitted_checkpoint(folder / "fit.ckpt", arch=arch)
+
+
+def calibrated_copy(folder: Path, data: Path, review_below: float | None = None) -> Path:
+    """A copy of `shared_fitted()` in `folder` whose quality estimate is fitted on the pairs
+    of `data` (as `dermaseg calibrate` does), optionally with another review threshold."""
+    import dataclasses
+
+    from dermaseg.checkpoint import write_meta
+    from dermaseg.evaluation.calibrate import fit_quality
+    from dermaseg.evaluation.evaluate import source_items
+    from dermaseg.infer.predictor import Predictor
+
+    checkpoint = Path(shutil.copy(shared_fitted(), folder / "fit.ckpt"))
+    predictor = Predictor.load(checkpoint)
+    items, _ = source_items(data, "test")
+    estimator = fit_quality(predictor, items, {"data": str(data), "split": "all pairs"},
+                            progress=False)
+    if review_below is not None:
+        estimator = dataclasses.replace(estimator, review_below=review_below)
+    write_meta(checkpoint, predictor.meta.with_quality(estimator))
+    return checkpoint

@@ -9,7 +9,6 @@ from __future__ import annotations
 import importlib.util
 import io
 import json
-import shutil
 
 import httpx
 import numpy as np
@@ -24,7 +23,7 @@ from dermaseg.infer.segment import Decoded, SegmentOptions, segment
 from dermaseg.infer.tta import TTAConfig
 from dermaseg.model_meta import ModelMeta
 from helpers.badinputs import run_cli
-from helpers.fitted import shared_fitted, synth_images
+from helpers.fitted import calibrated_copy, shared_fitted, synth_images
 from helpers.serving import Server
 
 HAS_LITERT = importlib.util.find_spec("ai_edge_litert") is not None
@@ -123,22 +122,14 @@ def calibrated_tflite(tmp_path_factory, synth_dir):
     """(a copy of the shared fitted checkpoint with its quality estimate fitted on the 12
     synthetic pairs, as `dermaseg calibrate` does, and its .tflite export)."""
     pytest.importorskip("litert_torch", reason="extra dermaseg[tflite] (litert-torch) missing")
-    from dermaseg.checkpoint import load_model, write_meta
-    from dermaseg.evaluation.calibrate import fit_quality
-    from dermaseg.evaluation.evaluate import source_items
+    from dermaseg.checkpoint import load_model
     from dermaseg.export.parity import parity_batches
     from dermaseg.export.tflite import export_tflite
 
-    folder = tmp_path_factory.mktemp("tflite-quality")
-    checkpoint = shutil.copy(shared_fitted(), folder / "fit.ckpt")
-    predictor = Predictor.load(checkpoint)
-    items, _ = source_items(synth_dir, "test")
-    estimator = fit_quality(predictor, items, {"data": "synth", "split": "all pairs"},
-                            progress=False)
-    write_meta(checkpoint, predictor.meta.with_quality(estimator))
+    checkpoint = calibrated_copy(tmp_path_factory.mktemp("tflite-quality"), synth_dir)
     model, meta = load_model(checkpoint)
-    assert meta.quality == estimator
-    path = folder / "fit.tflite"
+    assert meta.quality is not None
+    path = checkpoint.with_suffix(".tflite")
     images = [image for image, _ in synth_images(2, seed=3)]
     export_tflite(model, meta, path, parity_batches(images, meta)[0])
     return checkpoint, path

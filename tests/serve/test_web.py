@@ -4,7 +4,6 @@ calibrated model, the quality estimate, the review banner and the uncertain band
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import shutil
 from pathlib import Path
@@ -15,7 +14,7 @@ from PIL import Image, ImageFilter
 
 from dermaseg.checkpoint import load_model
 from dermaseg.export.onnx import export_onnx
-from helpers.fitted import shared_fitted, synth_images
+from helpers.fitted import calibrated_copy, shared_fitted, synth_images
 from helpers.serving import Server
 
 pytestmark = pytest.mark.browser
@@ -413,19 +412,8 @@ def calibrated_server(tmp_path_factory, synth_dir):
     mask is flagged. The stored estimator reviews under 0.5 instead, so that its best masks
     (synth_0001: ~0.68) are not flagged and the page shows both cases."""
     _need_browser()
-    from dermaseg.checkpoint import write_meta
-    from dermaseg.evaluation.calibrate import fit_quality
-    from dermaseg.evaluation.evaluate import source_items
-    from dermaseg.infer.predictor import Predictor
-
     folder = tmp_path_factory.mktemp("web-quality")
-    checkpoint = shutil.copy(shared_fitted(), folder / "fit.ckpt")
-    predictor = Predictor.load(checkpoint)
-    items, _ = source_items(synth_dir, "test")
-    estimator = fit_quality(predictor, items, {"data": "synth", "split": "all pairs"},
-                            progress=False)
-    estimator = dataclasses.replace(estimator, review_below=0.5)
-    write_meta(checkpoint, predictor.meta.with_quality(estimator))
+    checkpoint = calibrated_copy(folder, synth_dir, review_below=0.5)
     running = Server(checkpoint, folder / "server.log").wait_ready()
     yield running.url
     running.stop()
