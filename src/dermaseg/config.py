@@ -177,6 +177,10 @@ class DataConfig(Section):
         default=6.0, ge=1, le=16, description="Minkowski norm p of shades_of_gray's illuminant "
         "estimate (1: grey world; larger: closer to max-RGB)")
     batch_size: int = Field(default=8, ge=1)
+    val_batch_size: int | None = Field(
+        default=None, ge=1, description="validation batch per process; null: twice "
+        "data.batch_size (validation keeps no activations for a backward pass, so twice the "
+        "batch takes less memory than a training step)")
     num_workers: int = Field(default=-1, ge=-1, description="-1: one per CPU core, up to 8")
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
     augment_on: Place = Field(default="auto", description="auto: the device on a GPU, the loader "
@@ -187,6 +191,11 @@ class DataConfig(Section):
         "memory")
     fold: int | None = Field(default=None, ge=0, description="cross-validation: train on the other "
                              "folds of `data prepare --folds`, validate on this one")
+
+    @property
+    def validation_batch(self) -> int:
+        """The validation batch size: `val_batch_size`, or twice `batch_size` when null."""
+        return self.val_batch_size or 2 * self.batch_size
 
 
 class LossConfig(Section):

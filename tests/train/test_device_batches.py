@@ -83,6 +83,15 @@ def test_gather_on_device_loader_yields_indices_alone(prepared):
     assert images.dtype == torch.uint8 and images.shape == (3, 3, 40, 40)
 
 
+@pytest.mark.parametrize(("setting", "sizes"), [((), [2, 1]), (("data.val_batch_size=3",), [3])])
+def test_validation_batches_have_their_own_size(prepared, setting, sizes):
+    module = SegmentationDataModule(config("data.batch_size=1", *setting), prepared)
+    module.setup("fit")
+    assert len(module.val_set) == 3  # auto: twice the training batch
+    assert [len(indices) for _, _, indices in module.val_dataloader()] == sizes
+    assert next(iter(module.train_dataloader()))[0].shape[0] == 1  # training keeps its own
+
+
 EVERYTHING = ["data.augment.hflip=0.5", "data.augment.vflip=0.5", "data.augment.rotate90=0.5",
               "data.augment.brightness=0.2", "data.augment.contrast=0.2",
               "data.augment.elastic_p=0.5", "data.augment.elastic_sigma=16"]

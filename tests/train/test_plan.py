@@ -17,6 +17,7 @@ import yaml
 from dermaseg.config_io import load_config
 from dermaseg.data.prepare import prepare_dataset
 from dermaseg.data.synth import SynthOptions, synth_dataset
+from dermaseg.train.batch_rule import scale_for_batch
 from dermaseg.train.plan import VALIDATION_SHARE, make_plan, plan_workers
 from dermaseg.train.probe import CPU_BATCHES, Probe, choose_batch, keep_probing
 from helpers.badinputs import run_cli
@@ -107,6 +108,11 @@ def test_probe_measures_each_batch_and_follows_the_rule(probed_plan):
     chosen = load_config(out).data.batch_size
     assert chosen in batches and chosen == choose_batch(probes, gpu=False, items=TRAIN_ITEMS)[0]
     assert record["images_per_s"] == next(p.images_per_s for p in probes if p.batch == chosen)
+    recipe = load_config(out.parent / "tiny.yaml")
+    epochs = min(recipe.train.max_epochs, round(record["estimate"]["epochs"]))
+    rule = scale_for_batch(recipe.optim, recipe.data.batch_size, chosen, epochs)
+    assert load_config(out).optim.lr == rule.lr  # the recipe's rate, scaled to the batch
+    assert {"name": "optim.lr", "value": rule.lr, "reason": rule.reason} in record["decisions"]
     # the probe stopped where the rule says: the last batch gained <= 5 %, or the list ended
     assert not keep_probing(probes, gpu=False) or len(batches) == len(CPU_BATCHES)
 

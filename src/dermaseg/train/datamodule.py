@@ -253,13 +253,13 @@ class SegmentationDataModule(L.LightningDataModule):
         return (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
 
     def _loader(self, dataset: KeyedDataset, sampler: EpochSampler, drop_last: bool,
-                collate: BatchCollate):
+                collate: BatchCollate, batch_size: int):
         workers = loader_workers(self.config.data.num_workers)
         on_gpu = torch.cuda.is_available()
         extra = {"persistent_workers": True, "prefetch_factor": 4 if on_gpu else 2,
                  "worker_init_fn": seed_worker} if workers > 0 else {}
         return DataLoader(
-            dataset, batch_size=self.config.data.batch_size, sampler=sampler,
+            dataset, batch_size=batch_size, sampler=sampler,
             num_workers=workers, pin_memory=on_gpu, drop_last=drop_last, collate_fn=collate,
             # Its own generator: creating an iterator never draws from the global RNG.
             generator=torch.Generator().manual_seed(self.config.train.seed), **extra,
@@ -280,14 +280,15 @@ class SegmentationDataModule(L.LightningDataModule):
                               # RNG (dropout), as the workers' loader
                               generator=torch.Generator().manual_seed(self.config.train.seed))
         return self._loader(train_set, self.train_sampler, drop_last=True,
-                            collate=self.train_collate)
+                            collate=self.train_collate, batch_size=self.config.data.batch_size)
 
     def val_dataloader(self) -> DataLoader:
         rank, world = self._rank_world()
         val_set = _set_up(self.val_set)
         sampler = EpochSampler(len(val_set), shuffle=False, seed=0, rank=rank,
                                world=world, even=False)
-        return self._loader(val_set, sampler, drop_last=False, collate=BatchCollate())
+        return self._loader(val_set, sampler, drop_last=False, collate=BatchCollate(),
+                            batch_size=self.config.data.validation_batch)
 
     def _position_for_resume(self, sampler: EpochSampler) -> None:
         """After a restore, start where the interrupted run stopped.

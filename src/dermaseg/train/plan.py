@@ -1,6 +1,6 @@
 """`dermaseg plan`: fingerprint a prepared dataset and this machine, and choose the training
-settings from them (recipe, image size, batch size, compilation, workers, loss weighting,
-time budget).
+settings from them (recipe, image size, batch size and its learning rate, compilation, workers,
+loss weighting, time budget).
 
 `make_plan` returns a Plan: the resolved Config (loadable by `dermaseg train --config`), the two
 fingerprints, the batch-size probe (`dermaseg.train.probe`), the compiled step's measurement
@@ -349,6 +349,7 @@ def make_plan(prep: Path, *, device: str = "auto", base: Path | None = None,
             minutes <= 0.
         DermasegError: a bad recipe, or no batch size that fits in memory.
     """
+    from dermaseg.train.batch_rule import scale_for_batch
     from dermaseg.train.compile_choice import plan_compile
 
     if minutes is not None and not (math.isfinite(minutes) and minutes > 0):
@@ -366,6 +367,7 @@ def make_plan(prep: Path, *, device: str = "auto", base: Path | None = None,
     if items < 1:
         raise UsageError(f"{prep / MANIFEST}: no training items; prepare more data")
     batch, plan.probes, plan.images_per_s = plan_batch(config, device, items, probe, report)
+    recipe_optim, recipe_batch = config.optim, config.data.batch_size
     config = config.updated({"data.batch_size": batch.value})
     compiled = plan_compile(config, device, items, plan.images_per_s, minutes, probe_compile,
                             report)
@@ -380,13 +382,17 @@ def make_plan(prep: Path, *, device: str = "auto", base: Path | None = None,
                                                      compiled.images_per_s,
                                                      compiled.compile_minutes)
     plan.warnings += busy_warning(machine, probe)
+    epochs = min(config.train.max_epochs, round(plan.estimate.get("epochs", 10**9)))
+    rate = scale_for_batch(recipe_optim, recipe_batch, batch.value, epochs)
+    config = config.updated(rate.overrides())
     per_epoch = plan.estimate.get("minutes_per_epoch")
     plan.config = config.updated({
         "train.max_minutes": budget.value,
         # training compares its epochs with this (dermaseg.train.pace)
         "train.expected_epoch_seconds": None if per_epoch is None else round(per_epoch * 60, 2),
     })
-    plan.decisions += [size, batch, workers, weight, compiled.decision, budget]
+    plan.decisions += [size, batch, Decision("optim.lr", rate.lr, rate.reason), workers, weight,
+                       compiled.decision, budget]
     return plan
 
 
