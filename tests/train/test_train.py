@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from dermaseg.checkpoint import load_model, model_state_dict, read_checkpoint
 from dermaseg.config_io import load_config
 from dermaseg.errors import DermasegError
-from dermaseg.train.callbacks import AtomicCheckpointIO
+from dermaseg.train.callbacks import AtomicCheckpointIO, BackgroundCheckpointIO
 from dermaseg.train.module import LRShape, SegmentationModule
 from dermaseg.train.runner import train
 from helpers.training import (
@@ -301,6 +301,22 @@ def test_atomic_checkpoint_write_keeps_the_old_file(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]
     with pytest.warns(UserWarning, match="not written: the weights are no longer finite"):
         io.save_checkpoint({"state_dict": {"w": torch.tensor([1.0, float("nan"), 2.0])}}, path)
+    assert torch.equal(io.load_checkpoint(path)["state_dict"]["w"], torch.ones(3))
+
+
+def test_background_checkpoint_writes_the_state_at_the_save(tmp_path):
+    path, weights = tmp_path / "best.ckpt", torch.ones(3)
+    io = BackgroundCheckpointIO()
+    io.save_checkpoint({"state_dict": {"w": weights}, "dermaseg": {}}, path)
+    weights.add_(1)  # the next training step, while the file is being written
+    with pytest.warns(UserWarning, match="not written: the weights are no longer finite"):
+        io.save_checkpoint({"state_dict": {"w": torch.tensor([float("nan")])}}, path)
+    io.teardown()  # training's end waits for the writes
+    assert torch.equal(io.load_checkpoint(path)["state_dict"]["w"], torch.ones(3))
+    assert [p.name for p in tmp_path.iterdir()] == ["best.ckpt"]
+    io.save_checkpoint({"state_dict": {"w": torch.zeros(3)}, "bad": lambda: 0}, path)
+    with pytest.raises(Exception):  # noqa: B017  (the failed write surfaces at the end)
+        io.teardown()
     assert torch.equal(io.load_checkpoint(path)["state_dict"]["w"], torch.ones(3))
 
 

@@ -1,6 +1,6 @@
 """What Lightning lacks: late backbone freezing, a time budget that finishes whole epochs, a
 non-finite-loss guard, `last.ckpt` every N steps and every epoch (at most once per interval),
-atomic checkpoint files and a counter of host-device syncs (GPU runs). Progress output (the
+atomic checkpoint files (written in a background thread on a GPU) and a counter of host-device syncs (GPU runs). Progress output (the
 bar, or plain lines in a log file) is in `dermaseg.train.progress_lines`.
 
 Every callback keeps its state in the checkpoint (`state_dict`), so a resumed run behaves as
@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
-from lightning.pytorch.plugins.io import TorchCheckpointIO
+from lightning.pytorch.plugins.io import AsyncCheckpointIO, TorchCheckpointIO
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from dermaseg.errors import DermasegError
@@ -40,21 +40,51 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     Reading uses `torch.load(weights_only=True)`: a checkpoint cannot run code when resumed.
     """
 
+    def __init__(self, check_finite: bool = True) -> None:
+        super().__init__()
+        self.check_finite = check_finite
+
     def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options=None) -> None:
         from dermaseg.checkpoint import torch_save_atomic
 
-        weights = [v for v in checkpoint.get("state_dict", {}).values()
-                   if torch.is_tensor(v) and v.is_floating_point()]
-        if weights and not bool(torch.stack([torch.isfinite(v).all() for v in weights]).all()):
-            rank_zero_warn(f"{path}: not written: the weights are no longer finite (NaN/inf, "
-                           "an exploding step); the earlier file is kept")
-            return
-        torch_save_atomic(checkpoint, path)
+        if not self.check_finite or weights_finite(checkpoint, path):
+            torch_save_atomic(checkpoint, path)
 
     def load_checkpoint(self, path, map_location=None, weights_only=None) -> dict[str, Any]:
         from dermaseg.checkpoint import read_checkpoint
 
         return read_checkpoint(path)
+
+
+def weights_finite(checkpoint: dict[str, Any], path) -> bool:
+    """Whether the checkpoint's floating-point weights are all finite; warns, naming `path`, when
+    not (the earlier file is then kept)."""
+    weights = [v for v in checkpoint.get("state_dict", {}).values()
+               if torch.is_tensor(v) and v.is_floating_point()]
+    if weights and not bool(torch.stack([torch.isfinite(v).all() for v in weights]).all()):
+        rank_zero_warn(f"{path}: not written: the weights are no longer finite (NaN/inf, "
+                       "an exploding step); the earlier file is kept")
+        return False
+    return True
+
+
+class BackgroundCheckpointIO(AsyncCheckpointIO):
+    """Checkpoints written in a background thread, so that a GPU keeps training while the file
+    is serialised and written (a DeepLab-v3+ ResNet-50's best.ckpt: 160 MB).
+
+    On the caller's thread the weights are checked finite (one synchronisation per checkpoint)
+    and Lightning's AsyncCheckpointIO snapshots every tensor (a copy on the device), so later
+    steps cannot change what is written; `AtomicCheckpointIO` writes the snapshot. Lightning
+    waits for the last write when training ends (`teardown`), and a failed write is raised at
+    the next save or then.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(AtomicCheckpointIO(check_finite=False))
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options=None) -> None:
+        if weights_finite(checkpoint, path):
+            super().save_checkpoint(checkpoint, path, storage_options)
 
 
 class LastCheckpoint(ModelCheckpoint):

@@ -44,6 +44,7 @@ from dermaseg.fileio import write_json_atomic
 from dermaseg.output_lock import output_lock
 from dermaseg.train.callbacks import (
     AtomicCheckpointIO,
+    BackgroundCheckpointIO,
     LastCheckpoint,
     LateFreeze,
     TimeBudget,
@@ -193,7 +194,8 @@ def _trainer(config: Config, out_dir: Path, devices: int | str, count: int, node
         precision=resolve_precision(config.train.precision, on_gpu),
         max_epochs=config.train.max_epochs, check_val_every_n_epoch=config.train.val_every,
         callbacks=build_callbacks(config, out_dir) + list(callbacks or []) + lines,
-        plugins=[AtomicCheckpointIO()], logger=loggers or False, default_root_dir=out_dir,
+        plugins=[BackgroundCheckpointIO() if on_gpu else AtomicCheckpointIO()],
+        logger=loggers or False, default_root_dir=out_dir,
         use_distributed_sampler=False, num_sanity_val_steps=0,
         enable_progress_bar=bar, enable_model_summary=False, log_every_n_steps=1,
         # cuDNN's benchmark mode stays off: on an H200 it made bf16 channels_last steps 1.7x

@@ -2,7 +2,8 @@
 
 `TimeSplit` measures, with `time.perf_counter`, the training steps (each batch's start to its
 end: forward, backward, optimiser step and the batch hooks), the validation (its start to its
-end), the checkpoint writing (every `trainer.save_checkpoint`: best.ckpt and last.ckpt), the
+end), the checkpoint writing (every `trainer.save_checkpoint`: best.ckpt and last.ckpt; on a
+GPU the snapshot and hand-off to the background writer, `callbacks.BackgroundCheckpointIO`), the
 drawing of curves.png (`History`), and calls the rest "other": fetching batches between the
 steps, the other callbacks, logging, metrics.csv, the set-up before the first step. The parts
 are exclusive (a checkpoint written inside the validation counts as checkpoint time only), so
