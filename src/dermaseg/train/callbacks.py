@@ -1,7 +1,8 @@
 """What Lightning lacks: late backbone freezing, a time budget that finishes whole epochs, a
 non-finite-loss guard, `last.ckpt` every N steps and every epoch (at most once per interval),
-atomic checkpoint files (written in a background thread on a GPU) and a counter of host-device syncs (GPU runs). Progress output (the
-bar, or plain lines in a log file) is in `dermaseg.train.progress_lines`.
+atomic checkpoint files (written in a background thread on a GPU) and a counter of host-device
+syncs (GPU runs). Progress output (the bar, or plain lines in a log file) is in
+`dermaseg.train.progress_lines`.
 
 Every callback keeps its state in the checkpoint (`state_dict`), so a resumed run behaves as
 the uninterrupted one would have.
