@@ -15,6 +15,8 @@
 #                                      # gpu_plan_isic.yaml/.json) instead of the real set
 #   PLAN_ONLY=1 bash bench/gpu.sh --smoke   # CPU dry run: 64 px, plan --probe-compile on the CPU
 #
+# The whole ISIC-sized run, plan then train against the path before: bash bench/gpu_run.sh.
+#
 # To carry the real images with the checkout (git ignores local-data/):
 #   mkdir -p local-data && cp -r ../shared/data/derm-real local-data/
 set -uo pipefail

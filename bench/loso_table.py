@@ -1,5 +1,7 @@
 """The table of `bench/loso.sh` runs: per recipe, trained on one source, judged on its own
-validation split and on the other source.
+validation split and on the other source; then, per recipe and direction, the mean over the
+training seeds (labels LABEL-sN: LABEL trained with train.seed=N; LABEL alone: the recipe's
+seed).
 
     python bench/loso_table.py [--work bench/work/loso] [--labels base,cc,robust]
 
@@ -10,6 +12,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
+import statistics
 from pathlib import Path
 
 RESULTS = Path(__file__).parent / "results"
@@ -60,19 +64,46 @@ def markdown(rows: list[dict]) -> list[str]:
     return lines
 
 
+def by_recipe(rows: list[dict]) -> list[str]:
+    """Markdown rows: per recipe and unseen source, the mean (min-max) over seeds."""
+    groups: dict[tuple[str, str, str], list[dict]] = {}
+    for row in rows:
+        if row["judged_on"].endswith(" val"):
+            continue
+        recipe = re.sub(r"-s\d+$", "", row["recipe"])
+        groups.setdefault((recipe, row["trained_on"], row["judged_on"]), []).append(row)
+    lines = ["| recipe | trained on | judged on | seeds | threshold-Jaccard | Dice | failures |",
+             "|---|---|---|---:|---:|---:|---:|"]
+    for (recipe, trained, judged), runs in sorted(groups.items()):
+        cells = []
+        for name in ("threshold_jaccard", "dice", "failures"):
+            values = [run[name] for run in runs]
+            form = "{:.1f}" if name == "failures" else "{:.3f}"
+            cells.append(f"{form.format(statistics.mean(values))} "
+                         f"({form.format(min(values))}-{form.format(max(values))})")
+        lines.append(f"| {recipe} | {trained} | {judged} | {len(runs)} | {' | '.join(cells)} |")
+    return lines
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--work", type=Path, default=Path("bench/work/loso"))
-    parser.add_argument("--labels", default="base,cc,robust,robust-cc")
+    parser.add_argument("--labels", default="base,cc,robust",
+                        help="recipes; their LABEL-sN seed runs are included")
     args = parser.parse_args()
-    labels = [label for label in args.labels.split(",") if (args.work / label).is_dir()]
+    labels = [folder.name for label in args.labels.split(",")
+              for folder in sorted(args.work.glob(f"{label}*"))
+              if folder.is_dir() and re.fullmatch(rf"{re.escape(label)}(-s\d+)?", folder.name)]
     rows = collect(args.work, labels)
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "loso.json").write_text(json.dumps(rows, indent=1))
     lines = ["# Leave-one-source-out on derm-real", "",
              "`bash bench/loso.sh LABEL [--set ...]` per recipe, then "
              "`python bench/loso_table.py`. Means over images with their 95 % bootstrap "
-             "interval.", "", *markdown(rows)]
+             "interval.", "", *markdown(rows), "",
+             "## Mean over training seeds, on the unseen source", "",
+             "Mean (min-max) over the runs of each recipe with different `train.seed`.", "",
+             *by_recipe(rows)]
     (RESULTS / "loso.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

@@ -327,7 +327,7 @@ def test_step_runner_bf16_edge_head_and_out_of_memory(monkeypatch):
 
 
 def test_busy_cpu_is_warned_about():
-    from dermaseg.train.plan import busy_warning
+    from dermaseg.train.machine import busy_warning
 
     busy = {"device": "cpu", "cpu_cores": 2, "load_average": 3.6}
     assert "load 3.6 on 2 cores" in busy_warning(busy, probed=True)[0]

@@ -55,7 +55,7 @@ def _onnx_providers() -> list[str]:
 
 def _memory_gib() -> str:
     """Available memory (MemAvailable: free plus reclaimable cache) of the total."""
-    from dermaseg.train.plan import memory_bytes
+    from dermaseg.train.machine import memory_bytes
 
     memory = memory_bytes()
     if memory is None:

@@ -3,15 +3,16 @@ settings from them (recipe, image size, batch size and its learning rate, compil
 loss weighting, time budget).
 
 `make_plan` returns a Plan: the resolved Config (loadable by `dermaseg train --config`), the two
-fingerprints, the batch-size probe (`dermaseg.train.probe`), the compiled step's measurement
-(`dermaseg.train.compile_choice`) and one Decision per setting, each with a one-line reason.
+fingerprints (the machine's: `dermaseg.train.machine`), the batch-size probe
+(`dermaseg.train.probe`), the compiled step's measurement (`dermaseg.train.compile_choice`),
+the learning rate for the batch (`dermaseg.train.batch_rule`) and one Decision per setting,
+each with a one-line reason.
 `plan_yaml` renders it as the config YAML preceded by `#` lines.
 """
 
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -23,13 +24,12 @@ from dermaseg.config import Config
 from dermaseg.config_io import load_config
 from dermaseg.data.splits import MANIFEST, SPLITS, fold_counts, fold_members
 from dermaseg.errors import DermasegError, UsageError
+from dermaseg.train.machine import busy_warning, machine_fingerprint, resolve_device
 
 GPU_RECIPE = "deeplabv3plus_resnet50_isic"  # shipped recipes (dermaseg.recipes)
 CPU_RECIPE = "cpu_small"
-DEVICES = ("auto", "cpu", "cuda", "mps")
 VALIDATION_SHARE = 0.15  # of the time budget kept for validation, loading, checkpoints
 FEW_EPOCHS = 10
-BUSY_LOAD = 0.5  # CPU probe: warn above this load average per core (other work running)
 SMALL_LESION = 0.1  # median lesion fraction below which lesion pixels get a BCE pos_weight
 PREPARE_HINT = "make one with `dermaseg data prepare IMAGES/ -o PREPARED/`"
 
@@ -126,78 +126,6 @@ def training_items(prep: Path, config: Config) -> int:
     if config.data.fold is None:
         return sum(item["split"] == "train" for item in manifest["items"])
     return len(fold_members(manifest, config.data.fold, str(prep / MANIFEST))[0])
-
-
-def cpu_cores() -> int:
-    """CPU cores this process may use (its affinity where the OS has one)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        return os.cpu_count() or 1
-
-
-def memory_bytes() -> tuple[int, int] | None:
-    """(available, total) memory in bytes, available being MemAvailable (free plus reclaimable
-    cache) on Linux and the free pages elsewhere; None when neither can be read."""
-    try:
-        fields = dict(line.split(":", 1) for line in
-                      Path("/proc/meminfo").read_text().splitlines() if ":" in line)
-        available, total = (int(fields[key].split()[0]) * 1024 for key in
-                            ("MemAvailable", "MemTotal"))
-    except (OSError, KeyError, ValueError):
-        try:  # not Linux: the free pages only
-            page = os.sysconf("SC_PAGE_SIZE")
-            available = os.sysconf("SC_AVPHYS_PAGES") * page
-            total = os.sysconf("SC_PHYS_PAGES") * page
-        except (ValueError, OSError, AttributeError):
-            return None
-    return available, total
-
-
-def resolve_device(device: str) -> str:
-    """"cuda", "mps" or "cpu": what `device` ("auto": what training would use) means here.
-
-    Raises:
-        UsageError: an unknown name, or a device this machine does not have.
-    """
-    import torch
-
-    if device.startswith("cuda:"):  # training takes the visible GPUs in order
-        raise UsageError(f"--device {device}: choose the GPU with CUDA_VISIBLE_DEVICES: "
-                         f"`CUDA_VISIBLE_DEVICES={device.removeprefix('cuda:')} dermaseg plan "
-                         "... --device cuda`, and train the same way")
-    if device not in DEVICES:
-        raise UsageError(f"--device {device}: must be one of {', '.join(DEVICES)}")
-    mps = getattr(torch.backends, "mps", None)
-    have = {"cpu": True, "cuda": torch.cuda.is_available(),
-            "mps": mps is not None and mps.is_available()}
-    if device == "auto":
-        return next(name for name in ("cuda", "mps", "cpu") if have[name])
-    if not have[device]:
-        raise UsageError(f"--device {device}: not available on this machine "
-                         "(`dermaseg doctor` lists what is)")
-    return device
-
-
-def machine_fingerprint(device: str) -> dict[str, Any]:
-    """The training device ("cuda": name and memory; "mps"; "cpu"), CPU cores and RAM."""
-    import torch
-
-    info: dict[str, Any] = {"device": device, "cpu_cores": cpu_cores()}
-    if device == "cuda":
-        props = torch.cuda.get_device_properties(0)
-        info |= {"name": props.name, "gpu_memory_gib": round(props.total_memory / 2**30, 1),
-                 "gpus": torch.cuda.device_count()}
-    else:
-        info["name"] = "Apple MPS" if device == "mps" else "CPU"
-    try:  # processes waiting for a core, averaged over the last minute (not on Windows)
-        info["load_average"] = round(os.getloadavg()[0], 2)
-    except (AttributeError, OSError):
-        info["load_average"] = None
-    memory = memory_bytes()
-    info["ram_available_gib"] = None if memory is None else round(memory[0] / 2**30, 1)
-    info["ram_total_gib"] = None if memory is None else round(memory[1] / 2**30, 1)
-    return info
 
 
 def base_recipe(base: Path | None, device: str) -> tuple[Path, str]:
@@ -327,15 +255,6 @@ def plan_time(config: Config, minutes: float | None, items: int, images_per_s: f
         warnings.append(f"only ~{epochs:.1f} epochs fit in {budget:g} min (fewer than "
                         f"{FEW_EPOCHS}): give more minutes, a smaller image size or model")
     return Decision("train.max_minutes", budget, reason), estimate, warnings
-
-
-def busy_warning(machine: dict, probed: bool) -> list[str]:
-    """A warning when the CPU probe ran while other work kept over half the cores busy."""
-    load, cores = machine.get("load_average"), machine["cpu_cores"]
-    if not probed or machine["device"] != "cpu" or load is None or load <= BUSY_LOAD * cores:
-        return []
-    return [f"the CPU was busy while probing (load {load:g} on {cores} cores): the speeds "
-            "and the time estimate are what this load leaves; plan again on a quiet machine"]
 
 
 def make_plan(prep: Path, *, device: str = "auto", base: Path | None = None,
