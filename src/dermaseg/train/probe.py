@@ -314,7 +314,8 @@ class CompileProbe(NamedTuple):
 def probe_compile(config: Config, device: torch.device, batch: int, mode: str) -> CompileProbe:
     """Compile the model as training does (`train.compile`, `compile_mode: mode`), then time
     warm-up and timed steps at `batch` (GPU: 3 + 5, the CUDA graphs recorded in the warm-up;
-    elsewhere 1 + 2) and two validation calls (eval mode, no gradients). torch's compile caches
+    elsewhere 1 + 2) and two validation calls at the validation batch
+    (`config.data.validation_batch`; eval mode, no gradients). torch's compile caches
     (TORCHINDUCTOR_CACHE_DIR) serve a model compiled before: the time is what this run paid.
 
     A compilation that fails, whether torch.compile refuses or the compiled model's first
@@ -322,7 +323,7 @@ def probe_compile(config: Config, device: torch.device, batch: int, mode: str) -
     `failed`, not an error."""
     runner = StepRunner(config, device)
     try:
-        probe = _compiled_steps(runner, batch, mode)
+        probe = _compiled_steps(runner, batch, mode, config.data.validation_batch)
     except Exception as exc:  # noqa: BLE001 - any compiler failure: the plan says eager
         probe = CompileProbe(mode, batch, None, None, None, one_line_error(exc))
     cuda = runner.cuda
@@ -332,8 +333,9 @@ def probe_compile(config: Config, device: torch.device, batch: int, mode: str) -
     return probe
 
 
-def _compiled_steps(runner: StepRunner, batch: int, mode: str) -> CompileProbe:
-    """probe_compile's measurement; raises what torch.compile or the compiled calls raise."""
+def _compiled_steps(runner: StepRunner, batch: int, mode: str, val_batch: int) -> CompileProbe:
+    """probe_compile's measurement (validation at `val_batch`, as training validates); raises
+    what torch.compile or the compiled calls raise."""
     warmup, timed = (3, 5) if runner.cuda else (1, 2)
     runner.compiled = CompiledOrEager(runner.model, mode)
     images, masks = runner.inputs(batch)
@@ -344,7 +346,8 @@ def _compiled_steps(runner: StepRunner, batch: int, mode: str) -> CompileProbe:
     runner.sync()
     first = time.perf_counter() - start
     step_s = runner._timed(images, masks, timed)
-    validation = [runner.validation_seconds(images) for _ in range(2)]
+    val_images = runner.inputs(val_batch)[0]
+    validation = [runner.validation_seconds(val_images) for _ in range(2)]
     if runner.compiled.failed is not None:  # it fell back to eager
         return CompileProbe(mode, batch, None, None, None, runner.compiled.failed)
     extra = max(0.0, validation[0] - validation[1])
