@@ -33,7 +33,7 @@ def train(args: argparse.Namespace, batch: int, seed: int) -> dict:
     rule = scale_for_batch(config.optim, config.data.batch_size, batch, args.epochs)
     out = WORK / f"batch{batch}-seed{seed}"
     sets = {**rule.overrides(), "data.batch_size": batch, "train.max_epochs": args.epochs,
-            "train.seed": seed,
+            "train.seed": seed, "optim.scheduler": "cosine",
             "optim.anneal_by_time": "false", "train.max_minutes": 600,
             "train.early_stop_patience": 1000, "train.fit_quality": "false",
             "data.image_size": args.size}

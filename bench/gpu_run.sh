@@ -7,7 +7,8 @@
 # 512 px, made here). Both train $EPOCHS epochs; bench/gpu_run_table.py measures each run
 # (whole-run images/s, the first epoch's excess: compilation; the steady epoch) and carries
 # both over the planned run (train.max_epochs): bench/results/gpu_run.md, .json. Within
-# $DEADLINE_S seconds (default 570).
+# $DEADLINE_S seconds (default 570). Random initial weights (no network there). With $OUT set
+# (the device tool), the table, the logs, plan.* and both runs' summary/metrics are copied there.
 #
 #   bash bench/gpu_run.sh              # on the GPU machine
 #   SMOKE=1 bash bench/gpu_run.sh      # CPU dry run: 64 px, 24 + 4 images, 2 epochs, eager
@@ -16,17 +17,30 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 PY="${PYTHON:-python3}"
 export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
-EPOCHS="${EPOCHS:-6}"
+EPOCHS="${EPOCHS:-5}"
 TRAIN=2594; VAL=100; SIZE=512; NAME=gpu_run; SCALE=1  # SCALE: of each step's time limit
 if [ "${SMOKE:-0}" = 1 ]; then
   TRAIN=24; VAL=4; SIZE=64; EPOCHS=2; NAME=gpu_run_smoke; SCALE=3; DEADLINE_S="${DEADLINE_S:-1500}"
 fi
 DEADLINE_S="${DEADLINE_S:-570}"
 work="$(mktemp -d)"
-trap 'rm -rf "$work"' EXIT
+finish() {  # on the device machine, what comes back is what lies under $OUT
+  if [ -n "${OUT:-}" ]; then
+    mkdir -p "$OUT"
+    cp bench/results/"$NAME".* "$work"/*.log "$work"/plan.* "$OUT"/ 2>/dev/null
+    for run in planned before; do
+      for file in summary.json metrics.csv; do
+        [ -f "$work/$run/$file" ] && cp "$work/$run/$file" "$OUT/${run}_$file"
+      done
+    done
+  fi
+  rm -rf "$work"
+}
+trap finish EXIT
 step() {  # step LIMIT_S NAME COMMAND...: one line, the log's tail on failure
   local limit=$(($1 * SCALE)) name=$2; shift 2
   local left=$((DEADLINE_S - SECONDS))
+  [ "$left" -le 10 ] && { echo "== $name: no time left (DEADLINE_S=$DEADLINE_S)"; exit 1; }
   [ "$limit" -gt "$left" ] && limit=$left
   echo "== $name (limit ${limit} s)"
   if ! timeout --kill-after=10 "$limit" "$@" >"$work/$name.log" 2>&1; then
@@ -49,8 +63,10 @@ recipe = load_config(base)
 print(plan["config"]["data"]["batch_size"], recipe.optim.lr, recipe.optim.warmup_epochs)
 PYEOF
 )
+[ -n "${warmup:-}" ] || { echo "$work/plan.json: no batch, lr and warm-up read from it"; exit 1; }
+# random initial weights: the machine has no network for the recipe's ImageNet weights
 common=(--config "$work/plan.yaml" --data "$work/prep" -q --set "train.max_epochs=$EPOCHS"
-        --set train.fit_quality=false)
+        --set train.fit_quality=false --set model.pretrained=null)
 step 200 planned "$PY" -m dermaseg train "${common[@]}" -o "$work/planned"
 step 200 before "$PY" -m dermaseg train "${common[@]}" -o "$work/before" \
   --set train.compile=false --set "data.val_batch_size=$batch" --set "optim.lr=$lr" \

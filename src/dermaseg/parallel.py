@@ -1,7 +1,9 @@
-"""One way to map a function over items in worker processes with a progress bar."""
+"""One way to map a function over items in worker processes with a progress bar, and the
+number of CPU cores this process may use."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -12,6 +14,15 @@ from dermaseg.progress import Progress
 
 Item = TypeVar("Item")
 Result = TypeVar("Result")
+
+
+def usable_cores() -> int:
+    """CPU cores this process may use: its affinity where the OS has one (Linux: a container's
+    or `taskset`'s limit), else all of the machine's."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
 
 
 def parallel_map(work: Callable[[Item], Result], items: Sequence[Item], workers: int,

@@ -111,7 +111,8 @@ def test_probe_measures_each_batch_and_follows_the_rule(probed_plan):
     recipe = load_config(out.parent / "tiny.yaml")
     epochs = min(recipe.train.max_epochs, round(record["estimate"]["epochs"]))
     rule = scale_for_batch(recipe.optim, recipe.data.batch_size, chosen, epochs)
-    assert load_config(out).optim.lr == rule.lr  # the recipe's rate, scaled to the batch
+    planned = load_config(out).optim  # the recipe's rate and warm-up, for the batch
+    assert (planned.lr, planned.warmup_epochs) == (rule.lr, rule.warmup_epochs)
     assert {"name": "optim.lr", "value": rule.lr, "reason": rule.reason} in record["decisions"]
     # the probe stopped where the rule says: the last batch gained <= 5 %, or the list ended
     assert not keep_probing(probes, gpu=False) or len(batches) == len(CPU_BATCHES)

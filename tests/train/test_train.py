@@ -311,8 +311,14 @@ def test_background_checkpoint_writes_the_state_at_the_save(tmp_path):
     weights.add_(1)  # the next training step, while the file is being written
     with pytest.warns(UserWarning, match="not written: the weights are no longer finite"):
         io.save_checkpoint({"state_dict": {"w": torch.tensor([float("nan")])}}, path)
+    for step in range(2 * io.MAX_PENDING):  # more saves than may wait: the oldest first
+        io.save_checkpoint({"state_dict": {"w": torch.full((3,), float(step))}, "dermaseg": {}},
+                           tmp_path / "x")
+        assert len(io._written) <= io.MAX_PENDING
     io.teardown()  # training's end waits for the writes
     assert torch.equal(io.load_checkpoint(path)["state_dict"]["w"], torch.ones(3))
+    assert torch.equal(io.load_checkpoint(tmp_path / "x")["state_dict"]["w"], torch.full((3,), 3.0))
+    (tmp_path / "x").unlink()
     assert [p.name for p in tmp_path.iterdir()] == ["best.ckpt"]
     io.save_checkpoint({"state_dict": {"w": torch.zeros(3)}, "bad": lambda: 0}, path)
     with pytest.raises(Exception):  # noqa: B017  (the failed write surfaces at the end)

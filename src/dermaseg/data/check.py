@@ -30,7 +30,7 @@ from PIL import Image
 from dermaseg.data.discover import Discovery, Pair, Problem, discover, display_path
 from dermaseg.fileio import MAX_PIXELS, note_first_frame, too_large
 from dermaseg.image_checks import declared_problem
-from dermaseg.parallel import parallel_map
+from dermaseg.parallel import parallel_map, usable_cores
 from dermaseg.progress import progress as progress_bar
 
 # Every kind of problem, in report order, with what it means.
@@ -317,7 +317,7 @@ def _inspect_all(pairs: list[Pair], workers: int, progress: bool) -> list[PairCh
 
 
 def default_workers() -> int:
-    return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1)
+    return usable_cores()
 
 
 def check_dataset(

@@ -13,7 +13,7 @@ faster). A recipe's learning rate was chosen for its own batch, so the plan scal
   one, because the scaled rate is unstable in the first steps; a longer warm-up of the recipe's
   stays. A smaller batch takes the smaller rate and the recipe's warm-up.
 
-`bench/batch_rule.py` checks that the rule reaches the recipe's validation Dice.
+`bench/batch_rule.py` compares the validation Dice at the recipe's batch and at larger ones.
 """
 
 from __future__ import annotations

@@ -14,6 +14,7 @@ import contextlib
 import os
 import time
 from collections.abc import Callable
+from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any
 
 import lightning as L
@@ -71,21 +72,37 @@ def weights_finite(checkpoint: dict[str, Any], path) -> bool:
 
 class BackgroundCheckpointIO(AsyncCheckpointIO):
     """Checkpoints written in a background thread, so that a GPU keeps training while the file
-    is serialised and written (a DeepLab-v3+ ResNet-50's best.ckpt: 160 MB).
+    is serialised and written (a DeepLab-v3+ ResNet-50's best.ckpt: 160 MB, last.ckpt with
+    Adam's moments: 480 MB).
 
     On the caller's thread the weights are checked finite (one synchronisation per checkpoint)
     and Lightning's AsyncCheckpointIO snapshots every tensor (a copy on the device), so later
-    steps cannot change what is written; `AtomicCheckpointIO` writes the snapshot. Lightning
-    waits for the last write when training ends (`teardown`), and a failed write is raised at
-    the next save or then.
+    steps cannot change what is written; `AtomicCheckpointIO` writes the snapshot. At most
+    `MAX_PENDING` snapshots wait (best.ckpt and last.ckpt of one validation): a further save
+    first waits for the oldest, which bounds the GPU memory they hold when the disk is slow.
+    Lightning waits for the last write when training ends (`teardown`); a failed write is
+    raised at the next save or then.
     """
+
+    MAX_PENDING = 2
 
     def __init__(self) -> None:
         super().__init__(AtomicCheckpointIO(check_finite=False))
+        self._written: list[Future] = []  # done when the matching write has ended
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options=None) -> None:
-        if weights_finite(checkpoint, path):
-            super().save_checkpoint(checkpoint, path, storage_options)
+        if not weights_finite(checkpoint, path):
+            return
+        while len(self._written) >= self.MAX_PENDING:
+            self._written.pop(0).result()
+        super().save_checkpoint(checkpoint, path, storage_options)
+        executor = self._executor  # one worker: this runs after the write just submitted
+        if executor is not None:
+            self._written.append(executor.submit(lambda: None))
+
+    def teardown(self) -> None:
+        self._written.clear()
+        super().teardown()
 
 
 class LastCheckpoint(ModelCheckpoint):

@@ -33,6 +33,7 @@ from dermaseg.data.dataset import CACHE_LIMIT_BYTES, PreparedDataset, Transform
 from dermaseg.data.prepare import MANIFEST
 from dermaseg.data.splits import fold_members
 from dermaseg.errors import DermasegError
+from dermaseg.parallel import usable_cores
 from dermaseg.train.device_batches import IndexDataset, gather_on_device, split_bytes
 
 # More workers than 8 starved the training process of CPU on a 16-core GPU machine.
@@ -43,11 +44,7 @@ def loader_workers(requested: int) -> int:
     """`num_workers` from the config: -1 means one per available CPU core, at most 8."""
     if requested >= 0:
         return requested
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        cores = os.cpu_count() or 1
-    return min(cores, MAX_WORKERS)
+    return min(usable_cores(), MAX_WORKERS)
 
 
 def sample_seed(seed: int, epoch: int, index: int) -> int:

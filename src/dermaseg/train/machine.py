@@ -8,35 +8,29 @@ from pathlib import Path
 from typing import Any
 
 from dermaseg.errors import UsageError
+from dermaseg.parallel import usable_cores
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
 BUSY_LOAD = 0.5  # CPU probe: warn above this load average per core (other work running)
 
 
-def cpu_cores() -> int:
-    """CPU cores this process may use (its affinity where the OS has one)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        return os.cpu_count() or 1
-
-
 def memory_bytes() -> tuple[int, int] | None:
-    """(available, total) memory in bytes, available being MemAvailable (free plus reclaimable
-    cache) on Linux and the free pages elsewhere; None when neither can be read."""
+    """(available, total) memory in bytes: available as `dermaseg.infer.memory` counts it (the
+    least of the system's available memory, a container's and a ulimit's room), total the
+    machine's; None when either cannot be read."""
+    from dermaseg.infer.memory import available_memory
+
     try:
         fields = dict(line.split(":", 1) for line in
                       Path("/proc/meminfo").read_text().splitlines() if ":" in line)
-        available, total = (int(fields[key].split()[0]) * 1024 for key in
-                            ("MemAvailable", "MemTotal"))
+        total = int(fields["MemTotal"].split()[0]) * 1024
     except (OSError, KeyError, ValueError):
-        try:  # not Linux: the free pages only
-            page = os.sysconf("SC_PAGE_SIZE")
-            available = os.sysconf("SC_AVPHYS_PAGES") * page
-            total = os.sysconf("SC_PHYS_PAGES") * page
+        try:  # not Linux
+            total = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
         except (ValueError, OSError, AttributeError):
             return None
-    return available, total
+    available = available_memory()
+    return None if available is None else (available, total)
 
 
 def resolve_device(device: str) -> str:
@@ -68,7 +62,7 @@ def machine_fingerprint(device: str) -> dict[str, Any]:
     """The training device ("cuda": name and memory; "mps"; "cpu"), CPU cores and RAM."""
     import torch
 
-    info: dict[str, Any] = {"device": device, "cpu_cores": cpu_cores()}
+    info: dict[str, Any] = {"device": device, "cpu_cores": usable_cores()}
     if device == "cuda":
         props = torch.cuda.get_device_properties(0)
         info |= {"name": props.name, "gpu_memory_gib": round(props.total_memory / 2**30, 1),

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from dermaseg.config import Config
+from dermaseg.config import Config, OptimConfig
 from dermaseg.config_io import load_config
 from dermaseg.data.splits import MANIFEST, SPLITS, fold_counts, fold_members
 from dermaseg.errors import DermasegError, UsageError
@@ -218,6 +218,22 @@ def plan_batch(config: Config, device: str, items: int, probe: bool,
     return Decision("batch size", batch, reason), [p._asdict() for p in probes], speed
 
 
+def plan_learning_rate(recipe_optim: OptimConfig, recipe_batch: int, config: Config,
+                       estimate: dict) -> list[Decision]:
+    """optim.lr and optim.warmup_epochs for the planned batch (`dermaseg.train.batch_rule`),
+    the warm-up bounded by the epochs the run will train: train.max_epochs, or fewer when the
+    time budget's estimate says so."""
+    from dermaseg.train.batch_rule import scale_for_batch
+
+    epochs = min(config.train.max_epochs, round(estimate.get("epochs", config.train.max_epochs)))
+    rule = scale_for_batch(recipe_optim, recipe_batch, config.data.batch_size, epochs)
+    warmup = ("the recipe's" if rule.warmup_epochs == recipe_optim.warmup_epochs else
+              f"a larger batch warms up over at most a tenth of the ~{epochs} epochs (at most "
+              "5, at least 1)")
+    return [Decision("optim.lr", rule.lr, rule.reason),
+            Decision("optim.warmup_epochs", rule.warmup_epochs, warmup)]
+
+
 def epoch_minutes(items: int, images_per_s: float) -> float:
     """Minutes one epoch takes: training at `images_per_s`, plus the validation share."""
     return items / images_per_s / 60 / (1 - VALIDATION_SHARE)
@@ -268,7 +284,6 @@ def make_plan(prep: Path, *, device: str = "auto", base: Path | None = None,
             minutes <= 0.
         DermasegError: a bad recipe, or no batch size that fits in memory.
     """
-    from dermaseg.train.batch_rule import scale_for_batch
     from dermaseg.train.compile_choice import plan_compile
 
     if minutes is not None and not (math.isfinite(minutes) and minutes > 0):
@@ -301,17 +316,15 @@ def make_plan(prep: Path, *, device: str = "auto", base: Path | None = None,
                                                      compiled.images_per_s,
                                                      compiled.compile_minutes)
     plan.warnings += busy_warning(machine, probe)
-    epochs = min(config.train.max_epochs, round(plan.estimate.get("epochs", 10**9)))
-    rate = scale_for_batch(recipe_optim, recipe_batch, batch.value, epochs)
-    config = config.updated(rate.overrides())
+    rates = plan_learning_rate(recipe_optim, recipe_batch, config, plan.estimate)
+    config = config.updated({d.name: d.value for d in rates})
     per_epoch = plan.estimate.get("minutes_per_epoch")
     plan.config = config.updated({
         "train.max_minutes": budget.value,
         # training compares its epochs with this (dermaseg.train.pace)
         "train.expected_epoch_seconds": None if per_epoch is None else round(per_epoch * 60, 2),
     })
-    plan.decisions += [size, batch, Decision("optim.lr", rate.lr, rate.reason), workers, weight,
-                       compiled.decision, budget]
+    plan.decisions += [size, batch, *rates, workers, weight, compiled.decision, budget]
     return plan
 
 
