@@ -22,16 +22,17 @@ from pathlib import Path
 
 from common import report
 from dermaseg.config_io import load_config
-from dermaseg.train.batch_rule import scale_for_batch
+from dermaseg.train.batch_rule import BatchRule, scale_for_batch
 
 WORK = Path(__file__).resolve().parent / "work" / "batch_rule"
 
 
-def train(args: argparse.Namespace, batch: int, seed: int) -> dict:
-    """One training run at `batch` with the rule's rate; its summary.json."""
-    config = load_config(args.config)
-    rule = scale_for_batch(config.optim, config.data.batch_size, batch, args.epochs)
-    out = WORK / f"batch{batch}-seed{seed}"
+def train(args: argparse.Namespace, batch: int, seed: int, rule: BatchRule, name: str) -> dict:
+    """One training run at `batch` with `rule`'s rate and warm-up; its summary.json (an
+    earlier run's with --reuse)."""
+    out = WORK / f"{name}-seed{seed}"
+    if args.reuse and (out / "summary.json").is_file():
+        return json.loads((out / "summary.json").read_text())
     sets = {**rule.overrides(), "data.batch_size": batch, "train.max_epochs": args.epochs,
             "train.seed": seed, "optim.scheduler": "cosine",
             "optim.anneal_by_time": "false", "train.max_minutes": 600,
@@ -50,7 +51,24 @@ def train(args: argparse.Namespace, batch: int, seed: int) -> dict:
     summary = json.loads((out / "summary.json").read_text())
     print(f"batch {batch}, seed {seed}: val Dice {summary['best']['val_dice']:.4f}, "
           f"{summary['images_per_s']:.1f} images/s ({rule.reason})", flush=True)
-    return {"summary": summary, "rule": rule}
+    return summary
+
+
+def variants(args: argparse.Namespace) -> list[tuple[str, int, BatchRule, str]]:
+    """(run name, batch, rule, label): each batch with the rule; with --unscaled, each larger
+    batch also with the recipe's own rate and warm-up (the control)."""
+    recipe = load_config(args.config)
+    optim, recipe_batch = recipe.optim, recipe.data.batch_size
+    batches = [int(b) for b in args.batches.split(",")]
+    runs = []
+    for batch in batches:
+        runs.append((f"batch{batch}", batch,
+                     scale_for_batch(optim, recipe_batch, batch, args.epochs), "the rule"))
+        if args.unscaled and batch != recipe_batch:
+            runs.append((f"batch{batch}-unscaled", batch,
+                         BatchRule(optim.lr, optim.warmup_epochs, "the recipe's rate"),
+                         "the recipe's rate (control)"))
+    return runs
 
 
 def main() -> None:
@@ -61,29 +79,33 @@ def main() -> None:
     parser.add_argument("--seeds", default="1,2")
     parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--size", type=int, default=192)
+    parser.add_argument("--unscaled", action="store_true",
+                        help="also train each larger batch at the recipe's rate (a control)")
+    parser.add_argument("--reuse", action="store_true", help="keep runs already in the work "
+                        "folder (same options) instead of training them again")
     args = parser.parse_args()
     WORK.mkdir(parents=True, exist_ok=True)
-    batches = [int(b) for b in args.batches.split(",")]
     seeds = [int(s) for s in args.seeds.split(",")]
     rows = []
-    for batch in batches:
-        runs = [train(args, batch, seed) for seed in seeds]
-        dice = [run["summary"]["best"]["val_dice"] for run in runs]
-        rule = runs[0]["rule"]
-        rows.append({"batch": batch, "lr": rule.lr, "warmup_epochs": rule.warmup_epochs,
+    for name, batch, rule, label in variants(args):
+        summaries = [train(args, batch, seed, rule, name) for seed in seeds]
+        dice = [summary["best"]["val_dice"] for summary in summaries]
+        rows.append({"batch": batch, "rate": label, "lr": rule.lr,
+                     "warmup_epochs": rule.warmup_epochs,
                      "val Dice per seed": ", ".join(f"{d:.4f}" for d in dice),
                      "mean val Dice": round(statistics.mean(dice), 4),
-                     "images/s": round(statistics.mean(
-                         run["summary"]["images_per_s"] for run in runs), 2)})
+                     "images/s": round(statistics.mean(s["images_per_s"] for s in summaries), 2)})
     base = rows[0]["mean val Dice"]
     for row in rows:
         row["Dice vs recipe batch"] = round(row["mean val Dice"] - base, 4)
     report("batch_rule", f"Learning-rate rule across batch sizes ({args.config}, {args.size} px, "
            f"{args.epochs} epochs, fixed cosine, seeds {args.seeds})", rows,
            [f"python bench/batch_rule.py --data {args.data} --batches {args.batches} "
-            f"--seeds {args.seeds} --epochs {args.epochs} --size {args.size}",
-            "each batch trains with the rate and warm-up of dermaseg.train.batch_rule; "
-            "val Dice is the best epoch's mean per-image Dice on the validation split"])
+            f"--seeds {args.seeds} --epochs {args.epochs} --size {args.size}"
+            + (" --unscaled" if args.unscaled else ""),
+            "the rule: the rate and warm-up of dermaseg.train.batch_rule for the batch; val Dice "
+            "is the best epoch's mean per-image Dice on the validation split; the same epochs "
+            "for every batch, so a larger batch takes fewer optimiser steps"])
 
 
 if __name__ == "__main__":
