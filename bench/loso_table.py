@@ -4,8 +4,9 @@ training seeds (labels LABEL-sN: LABEL trained with train.seed=N; LABEL alone: t
 seed).
 
     python bench/loso_table.py [--work bench/work/loso] [--labels base,cc,robust]
+    python bench/loso_table.py --work bench/work/seeded --labels base,cc --name seeded_split
 
-Writes bench/results/loso.md and loso.json.
+Writes bench/results/NAME.md and NAME.json (NAME: loso).
 """
 
 from __future__ import annotations
@@ -90,21 +91,27 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=Path("bench/work/loso"))
     parser.add_argument("--labels", default="base,cc,robust",
                         help="recipes; their LABEL-sN seed runs are included")
+    parser.add_argument("--name", default="loso", help="bench/results/NAME.md and .json")
     args = parser.parse_args()
     labels = [folder.name for label in args.labels.split(",")
               for folder in sorted(args.work.glob(f"{label}*"))
               if folder.is_dir() and re.fullmatch(rf"{re.escape(label)}(-s\d+)?", folder.name)]
     rows = collect(args.work, labels)
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "loso.json").write_text(json.dumps(rows, indent=1))
-    lines = ["# Leave-one-source-out on derm-real", "",
-             "`bash bench/loso.sh LABEL [--set ...]` per recipe, then "
-             "`python bench/loso_table.py`. Means over images with their 95 % bootstrap "
-             "interval.", "", *markdown(rows), "",
+    (RESULTS / f"{args.name}.json").write_text(json.dumps(rows, indent=1))
+    command = " ".join(["python bench/loso_table.py", *(
+        [f"--work {args.work} --labels {args.labels} --name {args.name}"]
+        if args.name != "loso" else [])])
+    title = ("Leave-one-source-out on derm-real" if args.name == "loso"
+             else f"{args.name.replace('_', ' ').capitalize()} of derm-real")
+    lines = [f"# {title}", "",
+             "`bash bench/loso.sh LABEL [--set ...]` (or bench/seeded_split.sh) per recipe, then "
+             f"`{command}`. Means over images with their 95 % bootstrap interval.", "",
+             *markdown(rows), "",
              "## Mean over training seeds, on the unseen source", "",
              "Mean (min-max) over the runs of each recipe with different `train.seed`.", "",
              *by_recipe(rows)]
-    (RESULTS / "loso.md").write_text("\n".join(lines) + "\n")
+    (RESULTS / f"{args.name}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
 
