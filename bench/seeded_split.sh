@@ -5,7 +5,9 @@
 # seeded split" check of a recipe change.
 #   bash bench/seeded_split.sh LABEL [--set key=value ...]
 # Env: PREP (local-data/prep-real), WORK (bench/work/seeded), CONFIG (cpu_small), EPOCHS (40).
-# Then: python bench/loso_table.py --work bench/work/seeded --labels base,cc
+# The rows of bench/results/seeded_split.md: bash bench/seeded_split.sh cc and
+#   bash bench/seeded_split.sh base --set data.colour_constancy=none
+# Then: python bench/loso_table.py --work bench/work/seeded --labels base,cc --name seeded_split
 set -eu
 LABEL=$1; shift
 PREP=${PREP:-local-data/prep-real}

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from dermaseg.config import Config, OptimConfig
+from dermaseg.config import Config
 from dermaseg.config_io import load_config
 from dermaseg.data.splits import MANIFEST, SPLITS, fold_counts, fold_members
 from dermaseg.errors import DermasegError, UsageError
@@ -218,16 +218,16 @@ def plan_batch(config: Config, device: str, items: int, probe: bool,
     return Decision("batch size", batch, reason), [p._asdict() for p in probes], speed
 
 
-def plan_learning_rate(recipe_optim: OptimConfig, recipe_batch: int, config: Config,
-                       estimate: dict) -> list[Decision]:
-    """optim.lr and optim.warmup_epochs for the planned batch (`dermaseg.train.batch_rule`),
-    the warm-up bounded by the epochs the run will train: train.max_epochs, or fewer when the
-    time budget's estimate says so."""
+def plan_learning_rate(config: Config, recipe_batch: int, estimate: dict) -> list[Decision]:
+    """optim.lr and optim.warmup_epochs for the planned data.batch_size, from the recipe's
+    (its optim for its `recipe_batch`; `dermaseg.train.batch_rule`), the warm-up bounded by the
+    epochs the run will train: train.max_epochs, or fewer when the time budget's estimate says
+    so."""
     from dermaseg.train.batch_rule import scale_for_batch
 
     epochs = min(config.train.max_epochs, round(estimate.get("epochs", config.train.max_epochs)))
-    rule = scale_for_batch(recipe_optim, recipe_batch, config.data.batch_size, epochs)
-    warmup = ("the recipe's" if rule.warmup_epochs == recipe_optim.warmup_epochs else
+    rule = scale_for_batch(config.optim, recipe_batch, config.data.batch_size, epochs)
+    warmup = ("the recipe's" if rule.warmup_epochs == config.optim.warmup_epochs else
               f"a larger batch warms up over at most a tenth of the ~{epochs} epochs (at most "
               "5, at least 1)")
     return [Decision("optim.lr", rule.lr, rule.reason),
@@ -301,7 +301,7 @@ def make_plan(prep: Path, *, device: str = "auto", base: Path | None = None,
     if items < 1:
         raise UsageError(f"{prep / MANIFEST}: no training items; prepare more data")
     batch, plan.probes, plan.images_per_s = plan_batch(config, device, items, probe, report)
-    recipe_optim, recipe_batch = config.optim, config.data.batch_size
+    recipe_batch = config.data.batch_size
     config = config.updated({"data.batch_size": batch.value})
     compiled = plan_compile(config, device, items, plan.images_per_s, minutes, probe_compile,
                             report)
@@ -316,7 +316,7 @@ def make_plan(prep: Path, *, device: str = "auto", base: Path | None = None,
                                                      compiled.images_per_s,
                                                      compiled.compile_minutes)
     plan.warnings += busy_warning(machine, probe)
-    rates = plan_learning_rate(recipe_optim, recipe_batch, config, plan.estimate)
+    rates = plan_learning_rate(config, recipe_batch, plan.estimate)
     config = config.updated({d.name: d.value for d in rates})
     per_epoch = plan.estimate.get("minutes_per_epoch")
     plan.config = config.updated({
