@@ -16,7 +16,6 @@ from pathlib import Path
 from lightning.pytorch.callbacks import EMAWeightAveraging
 
 from dermaseg.config_io import load_config
-from dermaseg.recipes import recipe_path
 from dermaseg.train.runner import train
 
 
@@ -60,7 +59,7 @@ def main() -> None:
     parser.add_argument("--set", action="append", default=[], dest="overrides")
     args = parser.parse_args()
     overrides = args.overrides + ([] if args.fold is None else [f"data.fold={args.fold}"])
-    config = load_config(recipe_path(args.config, "--config"), overrides)
+    config = load_config(args.config, overrides)
     summary = train(config, args.data, args.out, callbacks=[ValidatedEMA(args.decay)],
                     progress=False)
     best = summary.get("best", {})
