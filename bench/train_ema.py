@@ -60,8 +60,7 @@ def main() -> None:
     args = parser.parse_args()
     overrides = args.overrides + ([] if args.fold is None else [f"data.fold={args.fold}"])
     config = load_config(args.config, overrides)
-    summary = train(config, args.data, args.out, callbacks=[ValidatedEMA(args.decay)],
-                    progress=False)
+    summary = train(config, args.data, args.out, callbacks=[ValidatedEMA(args.decay)])
     best = summary.get("best", {})
     print(json.dumps({"run": str(args.out), "ema_decay": args.decay,
                       "best_epoch": summary.get("best_epoch"), "val_dice": best.get("val_dice"),
