@@ -1,7 +1,8 @@
 """`dermaseg train` with an exponential moving average of the weights (Lightning's
-EMAWeightAveraging): the weighting-averaging trial of issue 19, run by bench/loso.sh and
+EMAWeightAveraging): the weight-averaging trial of issue 19, run by bench/loso.sh and
 bench/crossval.sh through their TRAIN variable. Validation, best.ckpt and the quality fit
-all see the averaged weights.
+all see the averaged weights. A trial, not for resuming: a last.ckpt written at the end of a
+validation holds the averaged weights as the current ones.
 
     TRAIN="python bench/train_ema.py --decay 0.99" bash bench/loso.sh ema
     python bench/train_ema.py --decay 0.99 --config cpu_small --data PREP -o RUN [--set k=v]
