@@ -254,6 +254,9 @@ class TrainConfig(Section):
     freeze_after_lr_drops: int | None = Field(default=None, ge=0, description="or after the "
                                               "plateau scheduler cut the LR k times")
     val_every: int = Field(default=1, ge=1)
+    ema_decay: float | None = Field(default=None, gt=0, lt=1, description="validate, keep and "
+                                    "export an exponential moving average of the weights with "
+                                    "this decay per step (0.99 in cpu_small); null: off")
     devices: str = "auto"
     num_nodes: int = Field(default=1, ge=1)
     threshold: float = Field(default=0.5, gt=0, lt=1)

@@ -42,6 +42,7 @@ from dermaseg.config_io import save_config
 from dermaseg.errors import DermasegError, UsageError
 from dermaseg.fileio import write_json_atomic
 from dermaseg.output_lock import output_lock
+from dermaseg.train.averaging import WeightAverage
 from dermaseg.train.callbacks import (
     AtomicCheckpointIO,
     BackgroundCheckpointIO,
@@ -134,6 +135,8 @@ def build_callbacks(config: Config, out_dir: Path) -> list[Callback]:
                         enable_version_counter=False, auto_insert_metric_name=False),
         LastCheckpoint(out_dir, t.checkpoint_every_steps, t.checkpoint_every_minutes),
     ]
+    if t.ema_decay is not None:  # before the checkpoints: they save what it holds
+        callbacks.insert(1, WeightAverage(t.ema_decay))
     if t.max_minutes is not None:
         callbacks.insert(1, TimeBudget(t.max_minutes, t.min_epochs))
     if t.loggers:  # after History: it sends the row History has just added
