@@ -27,14 +27,17 @@ from common import median_time, report
 from dermaseg.config_io import load_config
 from dermaseg.data.prepare import prepare_dataset
 from dermaseg.data.synth import SynthOptions, synth_dataset
+from dermaseg.train.averaging import moving_average
 from dermaseg.train.datamodule import SegmentationDataModule, loader_workers
 from dermaseg.train.module import SegmentationModule
 
 RECIPES = [("cpu_small", None), ("deeplabv3_resnet50_isic", 2)]  # (recipe, CPU batch)
 
 
-def step_time(config, batch: int, device: torch.device, repeats: int) -> float:
-    """Median seconds of one optimiser step on a random batch."""
+def step_time(config, batch: int, device: torch.device, repeats: int,
+              ema_decay: float | None = None) -> float:
+    """Median seconds of one optimiser step on a random batch (and, with `ema_decay`, the
+    update of the weights' moving average that `train.ema_decay` adds to it)."""
     module = SegmentationModule(config).to(device).train()
     if device.type == "cuda" and config.train.channels_last:
         module.model.to(memory_format=torch.channels_last)
@@ -43,6 +46,7 @@ def step_time(config, batch: int, device: torch.device, repeats: int) -> float:
     images = torch.randn(batch, 3, size, size, device=device)
     masks = (torch.rand(batch, 1, size, size, device=device) > 0.5).float()
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+    average = None if ema_decay is None else moving_average(module.model, ema_decay)
 
     def step() -> None:
         optimizer.zero_grad(set_to_none=True)
@@ -50,6 +54,8 @@ def step_time(config, batch: int, device: torch.device, repeats: int) -> float:
             loss, _ = module.criterion(module.model(images), masks)
         loss.backward()
         optimizer.step()
+        if average is not None:
+            average.update_parameters(module.model)
         if device.type == "cuda":
             torch.cuda.synchronize()
 
@@ -91,10 +97,12 @@ def main(argv: list[str]) -> None:
                 batch = cpu_batch if device.type == "cpu" and cpu_batch else \
                     config.data.batch_size
                 seconds = step_time(config, batch, device, repeats)
+                with_ema = step_time(config, batch, device, repeats, ema_decay=0.99)
                 model_bps = 1.0 / seconds * batch / config.data.batch_size
                 rows.append({
                     "recipe": name, "device": device.type, "size": config.data.image_size,
                     "batch": batch, "step_s": seconds, "train_images_per_s": batch / seconds,
+                    "step_with_ema_ratio": with_ema / seconds,
                     "model_batches_per_s": model_bps, "loader_batches_per_s": loader_bps,
                     "loader_workers": loader_workers(config.data.num_workers),
                     "bottleneck": "loader" if loader_bps < model_bps else "model",
@@ -102,6 +110,8 @@ def main(argv: list[str]) -> None:
     report("train", "Training step vs data loader (batches of the recipe's batch size)", rows, [
         "train_images_per_s: forward + Dice/BCE loss + backward + Adam step, random weights; "
         "fp32 on CPU, bf16 autocast + channels_last on GPU.",
+        "step_with_ema_ratio: the step plus the update of the weights' moving average "
+        "(train.ema_decay), against the step alone.",
         "model_batches_per_s is for the recipe's batch size (scaled when the CPU batch is "
         "smaller); loader_batches_per_s: the recipe's DataLoader (augmentation on) on a "
         "synthetic prepared set; the loader is the bottleneck when it is the smaller rate.",

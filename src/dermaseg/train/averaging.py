@@ -36,8 +36,7 @@ class WeightAverage(Callback):
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if stage == "fit" and self.average is None:  # before a resume restores into it
-            self.average = AveragedModel(_network(pl_module), use_buffers=True,
-                                         multi_avg_fn=get_ema_multi_avg_fn(self.decay))
+            self.average = moving_average(_network(pl_module), self.decay)
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # the module is on its device, in its memory format (channels_last on a GPU), only now
@@ -106,6 +105,12 @@ class WeightAverage(Callback):
         if self.average is None:
             raise RuntimeError("WeightAverage used outside fit")
         return self.average
+
+
+def moving_average(network: torch.nn.Module, decay: float) -> AveragedModel:
+    """A copy of `network` whose `update_parameters(network)` moves it toward `network`'s
+    weights and buffers by 1 - decay (the first call copies them)."""
+    return AveragedModel(network, use_buffers=True, multi_avg_fn=get_ema_multi_avg_fn(decay))
 
 
 def _network(pl_module: L.LightningModule) -> torch.nn.Module:
