@@ -6,8 +6,7 @@
 # The rows of bench/results/crossval.md: bash bench/crossval.sh cc and
 #   bash bench/crossval.sh base --set data.colour_constancy=none
 # Env: DATA (derm-real), WORK (bench/work/crossval), CONFIG (cpu_small), EPOCHS (40),
-# FOLDS ("0 1 2 3 4": the folds to run), TRAIN ("$DERMASEG train"): the training command,
-# e.g. "python bench/train_ema.py --decay 0.99".
+# FOLDS ("0 1 2 3 4": the folds to run).
 # Then: python bench/crossval_table.py  (bench/results/crossval.md, .json)
 set -eu
 LABEL=$1; shift
@@ -17,14 +16,13 @@ CONFIG=${CONFIG:-cpu_small}
 EPOCHS=${EPOCHS:-40}
 FOLDS=${FOLDS:-0 1 2 3 4}
 DERMASEG=${DERMASEG:-.venv/bin/dermaseg}
-TRAIN=${TRAIN:-$DERMASEG train}
 PREP="$WORK/prep"
 mkdir -p "$WORK/$LABEL"
 [ -f "$PREP/manifest.json" ] || "$DERMASEG" data prepare "$DATA" -o "$PREP" --size 192 \
   --folds 5 --test 0 --random-split > "$WORK/prep.log"
 for fold in $FOLDS; do
   run="$WORK/$LABEL/fold$fold"
-  $TRAIN --config "$CONFIG" --data "$PREP" --fold "$fold" -o "$run" \
+  "$DERMASEG" train --config "$CONFIG" --data "$PREP" --fold "$fold" -o "$run" \
     --set "train.max_epochs=$EPOCHS" --set optim.anneal_by_time=false \
     --set train.max_minutes=120 --set train.early_stop_patience=1000 "$@" > "$run.log" 2>&1 \
     || { tail "$run.log"; exit 1; }

@@ -6,8 +6,7 @@
 # Env: DATA (derm-real), WORK (bench/work/loso), CONFIG (cpu_small), SIZE (192), EPOCHS_PH2
 # (40), EPOCHS_ISIC2016 (120): a fixed cosine schedule of about the same number of steps for
 # both sources (122 and 34 training images), so that the load on the machine cannot change
-# the result, only the time. TRAIN_ON ("PH2 ISIC2016"): the sources to train on. TRAIN
-# ("$DERMASEG train"): the training command, e.g. "python bench/train_ema.py --decay 0.99".
+# the result, only the time. TRAIN_ON ("PH2 ISIC2016"): the sources to train on.
 # Then: python bench/loso_table.py  (bench/results/loso.md, .json)
 set -eu
 LABEL=$1; shift
@@ -19,7 +18,6 @@ EPOCHS_ISIC2016=${EPOCHS_ISIC2016:-120}
 TRAIN_ON=${TRAIN_ON:-PH2 ISIC2016}
 SIZE=${SIZE:-192}
 DERMASEG=${DERMASEG:-.venv/bin/dermaseg}
-TRAIN=${TRAIN:-$DERMASEG train}
 mkdir -p "$WORK"
 for source in PH2 ISIC2016; do  # raw pair folders of one source, as links
   raw="$WORK/raw-$source"
@@ -40,7 +38,7 @@ for train in $TRAIN_ON; do
   other=$([ "$train" = PH2 ] && echo ISIC2016 || echo PH2)
   run="$WORK/$LABEL/train-$train"; mkdir -p "$WORK/$LABEL"
   epochs=$([ "$train" = PH2 ] && echo "$EPOCHS_PH2" || echo "$EPOCHS_ISIC2016")
-  $TRAIN --config "$CONFIG" --data "$WORK/prep-$train" -o "$run" \
+  "$DERMASEG" train --config "$CONFIG" --data "$WORK/prep-$train" -o "$run" \
     --set "train.max_epochs=$epochs" --set optim.anneal_by_time=false \
     --set train.max_minutes=120 --set train.early_stop_patience=1000 "$@" > "$run.log" 2>&1 || { tail "$run.log"; exit 1; }
   "$DERMASEG" evaluate "$run/best.ckpt" --data "$WORK/prep-$train" --split val \

@@ -3,7 +3,7 @@ validation split and on the other source; then, per recipe and direction, the me
 training seeds (labels LABEL-sN: LABEL trained with train.seed=N; LABEL alone: the recipe's
 seed).
 
-    python bench/loso_table.py [--work bench/work/loso] [--labels base,cc,robust,ema]
+    python bench/loso_table.py [--work bench/work/loso] [--labels base,cc,robust,ema,...]
     python bench/loso_table.py --work bench/work/seeded --labels base,cc --name seeded_split
 
 Writes bench/results/NAME.md and NAME.json (NAME: loso).
@@ -89,7 +89,7 @@ def by_recipe(rows: list[dict]) -> list[str]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--work", type=Path, default=Path("bench/work/loso"))
-    parser.add_argument("--labels", default="base,cc,robust,ema",
+    parser.add_argument("--labels", default="base,cc,robust,ema,ensemble-cc,ensemble-ema",
                         help="recipes; their LABEL-sN seed runs are included")
     parser.add_argument("--name", default="loso", help="bench/results/NAME.md and .json")
     args = parser.parse_args()

@@ -4,8 +4,7 @@
 # and evaluate it on the val and test splits; beside bench/loso.sh, the "no loss on the
 # seeded split" check of a recipe change.
 #   bash bench/seeded_split.sh LABEL [--set key=value ...]
-# Env: PREP (local-data/prep-real), WORK (bench/work/seeded), CONFIG (cpu_small), EPOCHS (40),
-# TRAIN ("$DERMASEG train"): the training command, e.g. "python bench/train_ema.py --decay 0.99".
+# Env: PREP (local-data/prep-real), WORK (bench/work/seeded), CONFIG (cpu_small), EPOCHS (40).
 # The rows of bench/results/seeded_split.md: bash bench/seeded_split.sh cc and
 #   bash bench/seeded_split.sh base --set data.colour_constancy=none
 # Then: python bench/loso_table.py --work bench/work/seeded --labels base,cc --name seeded_split
@@ -16,10 +15,9 @@ WORK=${WORK:-bench/work/seeded}
 CONFIG=${CONFIG:-cpu_small}
 EPOCHS=${EPOCHS:-40}
 DERMASEG=${DERMASEG:-.venv/bin/dermaseg}
-TRAIN=${TRAIN:-$DERMASEG train}
 run="$WORK/$LABEL/train-seeded"
 mkdir -p "$WORK/$LABEL"
-$TRAIN --config "$CONFIG" --data "$PREP" -o "$run" --set "train.max_epochs=$EPOCHS" \
+"$DERMASEG" train --config "$CONFIG" --data "$PREP" -o "$run" --set "train.max_epochs=$EPOCHS" \
   --set optim.anneal_by_time=false --set train.max_minutes=120 \
   --set train.early_stop_patience=1000 "$@" > "$run.log" 2>&1 || { tail "$run.log"; exit 1; }
 for split in val test; do

@@ -1,5 +1,5 @@
 """The recipe trials of bench/: the cross-validation table pools each fold's images and pairs
-two recipes image by image; the weight-averaging trial's best.ckpt holds the averaged weights."""
+two recipes image by image."""
 
 from __future__ import annotations
 
@@ -8,19 +8,11 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
-
-from dermaseg.checkpoint import model_state_dict
-from dermaseg.config_io import load_config
-from dermaseg.data.prepare import prepare_dataset
-from dermaseg.data.synth import SynthOptions, synth_dataset
-from dermaseg.train.runner import train
 
 BENCH = Path(__file__).resolve().parents[1] / "bench"
 sys.path.insert(0, str(BENCH))
 
 import crossval_table  # noqa: E402
-from train_ema import ValidatedEMA  # noqa: E402
 
 
 def _fold_metrics(folder: Path, jaccards: dict[str, float]) -> None:
@@ -61,21 +53,3 @@ def test_crossval_table_names_a_recipe_without_runs(tmp_path):
     with pytest.raises(SystemExit, match="no fold"):
         crossval_table.per_image(tmp_path, "missing")
 
-
-def test_weight_averaging_trial_keeps_the_average_in_best_ckpt(tmp_path):
-    synth_dataset(12, tmp_path / "raw", seed=1, options=SynthOptions(size=(64, 64)),
-                  progress=False)
-    prepare_dataset(tmp_path / "raw", tmp_path / "prep", size=64, val=0.25, test=0.0, seed=0,
-                    workers=1, progress=False)
-    config = load_config(None, ["model.arch=deeplabv3", "model.backbone=resnet18",
-                                "model.pretrained=null", "data.image_size=64",
-                                "data.batch_size=3", "data.num_workers=0",
-                                "train.max_epochs=1", "train.fit_quality=false"])
-    averaging = ValidatedEMA(decay=0.5)
-    train(config, tmp_path / "prep", tmp_path / "run", callbacks=[averaging], progress=False)
-    saved = model_state_dict(torch.load(tmp_path / "run" / "best.ckpt", weights_only=True))
-    assert averaging._average_model is not None
-    average = {name.removeprefix("module.model."): value for name, value
-               in averaging._average_model.state_dict().items()}
-    weights = [name for name in saved if name.endswith("weight")]
-    assert weights and all(torch.equal(saved[name], average[name]) for name in weights)
