@@ -3,8 +3,9 @@
 # --test 0 --size 192`): train each fold with a fixed cosine schedule (the machine's load
 # cannot change the result, only the time) and evaluate it on its own fold's images.
 #   bash bench/crossval.sh LABEL [--set key=value ...]
-# The rows of bench/results/crossval.md: bash bench/crossval.sh cc and
-#   bash bench/crossval.sh base --set data.colour_constancy=none
+# The rows of bench/results/crossval.md: bash bench/crossval.sh ema (cpu_small),
+#   bash bench/crossval.sh cc --set train.ema_decay=null and
+#   bash bench/crossval.sh base --set train.ema_decay=null --set data.colour_constancy=none
 # Env: DATA (derm-real), WORK (bench/work/crossval), CONFIG (cpu_small), EPOCHS (40),
 # FOLDS ("0 1 2 3 4": the folds to run).
 # Then: python bench/crossval_table.py  (bench/results/crossval.md, .json)

@@ -2,7 +2,7 @@
 the fold model that did not train on it; per source (MANIFEST.tsv) and in all, with the
 failures (Jaccard < 0.65); then each recipe against the first one, paired image by image.
 
-    python bench/crossval_table.py [--work bench/work/crossval] [--labels base,cc]
+    python bench/crossval_table.py [--work bench/work/crossval] [--labels cc,ema,base]
 
 Writes bench/results/crossval.md and crossval.json. The quality estimate is left out: under
 cross-validation each fold's estimate is fitted on the same images it would be judged on.
@@ -101,7 +101,7 @@ def markdown(rows: list[dict], pairs: list[dict]) -> list[str]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--work", type=Path, default=Path("bench/work/crossval"))
-    parser.add_argument("--labels", default="base,cc", help="recipes, the first the reference")
+    parser.add_argument("--labels", default="cc,ema,base", help="recipes, the first the reference")
     parser.add_argument("--data", type=Path, default=Path("../shared/data/derm-real"),
                         help="derm-real, for MANIFEST.tsv's sources")
     args = parser.parse_args()

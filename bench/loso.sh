@@ -1,8 +1,9 @@
 #!/bin/bash
 # Leave-one-source-out on derm-real: train a recipe on one source (PH2 or ISIC 2016, from
 # MANIFEST.tsv), evaluate it on its own validation split and on the other source it never saw.
-#   bash bench/loso.sh LABEL [--set key=value ...]   # e.g. bash bench/loso.sh cc
-#   bash bench/loso.sh base --set data.colour_constancy=none   # cpu_small before 2026-12-07
+#   bash bench/loso.sh LABEL [--set key=value ...]   # e.g. bash bench/loso.sh ema (cpu_small)
+#   bash bench/loso.sh cc --set train.ema_decay=null  # without weight averaging
+#   bash bench/loso.sh base --set train.ema_decay=null --set data.colour_constancy=none
 # Env: DATA (derm-real), WORK (bench/work/loso), CONFIG (cpu_small), SIZE (192), EPOCHS_PH2
 # (40), EPOCHS_ISIC2016 (120): a fixed cosine schedule of about the same number of steps for
 # both sources (122 and 34 training images), so that the load on the machine cannot change

@@ -84,7 +84,9 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     return data
 
 
-FINITE_PARTS = ("state_dict", "optimizer_states")  # Lightning's callback states may hold inf
+WEIGHT_AVERAGE = "weight_average"  # last.ckpt of a train.ema_decay run: the training weights
+# Not Lightning's callback states: they may hold inf.
+FINITE_PARTS = ("state_dict", "optimizer_states", WEIGHT_AVERAGE)
 
 
 def refuse_non_finite(tensors: dict[str, Any], path: Path) -> None:

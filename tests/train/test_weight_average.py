@@ -8,14 +8,14 @@ import lightning as L
 import pytest
 import torch
 
-from dermaseg.checkpoint import model_state_dict, read_checkpoint
-from dermaseg.train.averaging import CHECKPOINT_KEY
+from dermaseg.checkpoint import WEIGHT_AVERAGE, model_state_dict, read_checkpoint
+from dermaseg.errors import DermasegError
 from dermaseg.train.runner import train
 from helpers.training import Interrupt, InterruptAt, read_rows, tiny
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-DECAY = 0.5  # large steps: the average is far from the weights after a few steps
+DECAY = 0.4  # the warm-up reaches it after 5 of the 12 steps: both phases are run
 EMA = [f"train.ema_decay={DECAY}", "optim.scheduler=cosine", "train.fit_quality=false"]
 
 
@@ -26,15 +26,18 @@ class IndependentAverage(L.Callback):
 
     def __init__(self) -> None:
         self.average: dict[str, torch.Tensor] | None = None
+        self.updates = 0
         self.validated: list[dict[str, torch.Tensor]] = []
 
     def on_train_batch_end(self, trainer, pl_module, *args) -> None:
         weights = _floats(pl_module.model.state_dict())
         if self.average is None:
-            self.average = weights
-        else:
-            for name, value in weights.items():
-                self.average[name] = DECAY * self.average[name] + (1 - DECAY) * value
+            self.average, self.updates = weights, 1
+            return
+        decay = min(DECAY, (1 + self.updates) / (10 + self.updates))
+        self.updates += 1
+        for name, value in weights.items():
+            self.average[name] = decay * self.average[name] + (1 - decay) * value
 
     def on_validation_epoch_end(self, trainer, pl_module) -> None:
         assert self.average is not None
@@ -70,9 +73,19 @@ def test_last_ckpt_holds_the_average_and_the_training_weights(averaged_run):
     last = read_checkpoint(out / "last.ckpt")
     average = _floats(model_state_dict(last))
     assert all(torch.equal(average[name], independent.validated[-1][name]) for name in average)
-    training = _floats(last[CHECKPOINT_KEY]["training_weights"])
+    training = _floats(last[WEIGHT_AVERAGE]["training_weights"])
     assert average.keys() == training.keys()
     assert any(not torch.allclose(average[name], training[name]) for name in average)
+
+
+def test_non_finite_training_weights_are_refused_as_damaged(averaged_run, tmp_path):
+    out, _, _ = averaged_run
+    last = read_checkpoint(out / "last.ckpt")
+    name = next(iter(last[WEIGHT_AVERAGE]["training_weights"]))
+    last[WEIGHT_AVERAGE]["training_weights"][name].fill_(float("nan"))
+    torch.save(last, tmp_path / "last.ckpt")
+    with pytest.raises(DermasegError, match=rf"damaged.*{WEIGHT_AVERAGE}/training_weights"):
+        read_checkpoint(tmp_path / "last.ckpt")
 
 
 @pytest.mark.parametrize("crash", [InterruptAt(7), InterruptAt(5)],
@@ -88,8 +101,8 @@ def test_resume_continues_the_average_exactly(averaged_run, tiny_prepared, tmp_p
     for name in ("last.ckpt", "best.ckpt"):
         a, b = read_checkpoint(full / name), read_checkpoint(out / name)
         assert _same(model_state_dict(a), model_state_dict(b)), name
-    assert _same(read_checkpoint(full / "last.ckpt")[CHECKPOINT_KEY]["training_weights"],
-                 read_checkpoint(out / "last.ckpt")[CHECKPOINT_KEY]["training_weights"])
+    assert _same(read_checkpoint(full / "last.ckpt")[WEIGHT_AVERAGE]["training_weights"],
+                 read_checkpoint(out / "last.ckpt")[WEIGHT_AVERAGE]["training_weights"])
 
 
 def _same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
