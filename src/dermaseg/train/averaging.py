@@ -16,7 +16,7 @@ from typing import Any
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from torch.optim.swa_utils import PARAM_LIST, AveragedModel, get_ema_multi_avg_fn
 
 from dermaseg.checkpoint import WEIGHT_AVERAGE, model_state_dict
 
@@ -127,8 +127,8 @@ class _WarmedUpEMA:
     def __init__(self, decay: float) -> None:
         self.decay = decay
 
-    def __call__(self, averaged: list[torch.Tensor], current: list[torch.Tensor],
-                 num_averaged: torch.Tensor) -> None:
+    def __call__(self, averaged: PARAM_LIST, current: PARAM_LIST,
+                 num_averaged: torch.Tensor | int) -> None:
         decay = warmed_up_decay(self.decay, int(num_averaged))
         get_ema_multi_avg_fn(decay)(averaged, current, num_averaged)
 
