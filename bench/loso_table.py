@@ -89,7 +89,7 @@ def by_recipe(rows: list[dict]) -> list[str]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--work", type=Path, default=Path("bench/work/loso"))
-    parser.add_argument("--labels", default="base,cc,robust,ema,ensemble-cc,ensemble-ema",
+    parser.add_argument("--labels", default="base,cc,robust,ema,emaw,ensemble-cc,ensemble-ema",
                         help="recipes; their LABEL-sN seed runs are included")
     parser.add_argument("--name", default="loso", help="bench/results/NAME.md and .json")
     args = parser.parse_args()
