@@ -255,8 +255,9 @@ class TrainConfig(Section):
                                               "plateau scheduler cut the LR k times")
     val_every: int = Field(default=1, ge=1)
     ema_decay: float | None = Field(default=None, gt=0, lt=1, description="validate, keep and "
-                                    "export an exponential moving average of the weights with "
-                                    "this decay per step (0.99 in cpu_small); null: off")
+                                    "export an exponential moving average of the weights, with "
+                                    "this decay per step after a warm-up (0.99 in cpu_small); "
+                                    "null: off")
     devices: str = "auto"
     num_nodes: int = Field(default=1, ge=1)
     threshold: float = Field(default=0.5, gt=0, lt=1)
