@@ -5,10 +5,10 @@
 # seeded split" check of a recipe change.
 #   bash bench/seeded_split.sh LABEL [--set key=value ...]
 # Env: PREP (local-data/prep-real), WORK (bench/work/seeded), CONFIG (cpu_small), EPOCHS (40).
-# The rows of bench/results/seeded_split.md: bash bench/seeded_split.sh ema (cpu_small),
+# The rows of bench/results/seeded_split.md: bash bench/seeded_split.sh emaw (cpu_small),
 #   bash bench/seeded_split.sh cc --set train.ema_decay=null and
 #   bash bench/seeded_split.sh base --set train.ema_decay=null --set data.colour_constancy=none
-# Then: python bench/loso_table.py --work bench/work/seeded --labels base,cc,ema --name seeded_split
+# Then: python bench/loso_table.py --work bench/work/seeded --labels base,cc,ema,emaw --name seeded_split
 set -eu
 LABEL=$1; shift
 PREP=${PREP:-local-data/prep-real}
