@@ -2,7 +2,7 @@
 
 After every optimizer step the average moves toward the trained weights by 1 - decay, the
 decay growing to `train.ema_decay` over the first steps (`warmed_up_decay`; the update is
-`torch.optim.swa_utils`'; BatchNorm statistics included). Validation, early stopping, the
+`torch.optim.swa_utils`; BatchNorm statistics included). Validation, early stopping, the
 plateau scheduler, best.ckpt and the quality fit all see the average: the model holds it
 from the start of each validation until the next training batch, and from the end of the
 run on. last.ckpt keeps both: `state_dict` holds the average (what any reader of the file
