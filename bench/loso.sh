@@ -1,7 +1,7 @@
 #!/bin/bash
 # Leave-one-source-out on derm-real: train a recipe on one source (PH2 or ISIC 2016, from
 # MANIFEST.tsv), evaluate it on its own validation split and on the other source it never saw.
-#   bash bench/loso.sh LABEL [--set key=value ...]   # e.g. bash bench/loso.sh ema (cpu_small)
+#   bash bench/loso.sh LABEL [--set key=value ...]   # e.g. bash bench/loso.sh emaw (cpu_small)
 #   bash bench/loso.sh cc --set train.ema_decay=null  # without weight averaging
 #   bash bench/loso.sh base --set train.ema_decay=null --set data.colour_constancy=none
 # Env: DATA (derm-real), WORK (bench/work/loso), CONFIG (cpu_small), SIZE (192), EPOCHS_PH2

@@ -27,9 +27,7 @@ class WeightAverage(Callback):
     """The average of `pl_module.model`'s weights, kept beside it during `fit`."""
 
     def __init__(self, decay: float) -> None:
-        if not 0 < decay < 1:
-            raise ValueError(f"decay must be in (0, 1), got {decay}")
-        self.decay = decay
+        self.decay = decay  # in (0, 1): train.ema_decay is validated with the config
         self.average: AveragedModel | None = None
         self.holds_average = False  # the model holds the average, `average` the training weights
         self._updated_at_step = 0
@@ -54,7 +52,7 @@ class WeightAverage(Callback):
             self._updated_at_step = trainer.global_step
 
     def on_validation_epoch_start(self, trainer, pl_module) -> None:
-        if trainer.state.fn == "fit" and self.average is not None and not self.holds_average:
+        if self.average is not None and not self.holds_average:
             self._swap(pl_module)
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
